@@ -1,0 +1,210 @@
+"""Runtime data model: the seed design's ScheduledJob record, job states and RunResult.
+
+The jobs.yaml spec (desired state) lives in ``config.JobSpec``; this module holds
+what the daemon observes and persists about each job (observed state).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from stocksched.config import JobSpec
+
+
+class JobStatus(StrEnum):
+    """The seed's state machine: PENDING -> RUNNING -> COMPLETED | FAILED -> PENDING; PAUSED."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    PAUSED = "paused"
+
+
+class RunStatus(StrEnum):
+    SUCCESS = "success"
+    PARTIAL_SUCCESS = "partial_success"
+    FAILED = "failed"
+    # Slots that did not run; recorded in history so nothing disappears silently.
+    MISSED = "missed"
+    SKIPPED = "skipped"
+    INTERRUPTED = "interrupted"
+
+
+class Trigger(StrEnum):
+    SCHEDULE = "schedule"
+    MANUAL = "manual"
+
+
+def iso(dt: datetime | None) -> str:
+    return dt.isoformat() if dt is not None else ""
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def run_status_for(fetched: list[str], failed: list[str]) -> RunStatus:
+    """The seed's rule: no failures is success, some of each is partial, none fetched failed."""
+    if not failed:
+        return RunStatus.SUCCESS
+    if fetched:
+        return RunStatus.PARTIAL_SUCCESS
+    return RunStatus.FAILED
+
+
+@dataclass
+class RunResult:
+    job_id: str
+    run_id: str
+    trigger: Trigger
+    scheduled_for: datetime | None
+    started_at: datetime
+    finished_at: datetime
+    status: RunStatus
+    fetched_stocks: list[str] = field(default_factory=list)
+    failed_stocks: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    rows_stored: int = 0
+    reason: str = ""
+
+    @property
+    def duration_s(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def to_fields(self) -> dict[str, str]:
+        """Flat string fields for the run-history stream entry."""
+        return {
+            "run_id": self.run_id,
+            "trigger": str(self.trigger),
+            "scheduled_for": iso(self.scheduled_for),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "duration_s": f"{self.duration_s:.3f}",
+            "status": str(self.status),
+            "fetched": json.dumps(self.fetched_stocks),
+            "failed": json.dumps(self.failed_stocks),
+            "errors": json.dumps(self.errors, sort_keys=True),
+            "rows": str(self.rows_stored),
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_fields(cls, job_id: str, f: dict[str, str]) -> RunResult:
+        started = parse_iso(f.get("started_at"))
+        finished = parse_iso(f.get("finished_at")) or started
+        assert started is not None and finished is not None
+        return cls(
+            job_id=job_id,
+            run_id=f["run_id"],
+            trigger=Trigger(f.get("trigger", "schedule")),
+            scheduled_for=parse_iso(f.get("scheduled_for")),
+            started_at=started,
+            finished_at=finished,
+            status=RunStatus(f["status"]),
+            fetched_stocks=json.loads(f.get("fetched") or "[]"),
+            failed_stocks=json.loads(f.get("failed") or "[]"),
+            errors=json.loads(f.get("errors") or "{}"),
+            rows_stored=int(f.get("rows") or 0),
+            reason=f.get("reason", ""),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": str(self.status),
+            "trigger": str(self.trigger),
+            "finished_at": iso(self.finished_at),
+            "duration_s": round(self.duration_s, 3),
+            "fetched": len(self.fetched_stocks),
+            "failed": len(self.failed_stocks),
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class ScheduledJob:
+    """One job's Redis record: its spec from jobs.yaml plus runtime state.
+
+    ``to_dict`` keeps the seed's field names (stock_ids, schedule_time, is_active,
+    start_date, end_date) so readers of the seed design recognise the record.
+    """
+
+    spec: JobSpec
+    spec_hash: str
+    created_at: datetime
+    updated_at: datetime
+    status: JobStatus = JobStatus.PENDING
+    paused: bool = False
+    last_run: datetime | None = None
+    next_run: datetime | None = None
+    last_result: dict[str, Any] | None = None
+
+    @property
+    def job_id(self) -> str:
+        return self.spec.id
+
+    @property
+    def is_active(self) -> bool:
+        return self.spec.enabled and not self.paused
+
+    def with_spec(self, spec: JobSpec, spec_hash: str, now: datetime) -> ScheduledJob:
+        return replace(self, spec=spec, spec_hash=spec_hash, updated_at=now)
+
+    def effective_status(self) -> JobStatus:
+        if not self.is_active and self.status != JobStatus.RUNNING:
+            return JobStatus.PAUSED
+        if self.status == JobStatus.PAUSED:
+            return JobStatus.PENDING
+        return self.status
+
+    def to_dict(self) -> dict[str, Any]:
+        spec = self.spec.to_json()
+        return {
+            "job_id": self.job_id,
+            "name": self.spec.display_name,
+            "stock_ids": list(self.spec.tickers),
+            "schedule_time": self.spec.schedule,
+            "timezone": self.spec.timezone,
+            "is_active": self.is_active,
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "last_run": iso(self.last_run) or None,
+            "next_run": iso(self.next_run) or None,
+            "status": str(self.status),
+            "paused": self.paused,
+            "start_date": spec.get("start"),
+            "end_date": spec.get("end"),
+            "window": spec.get("window"),
+            "prefix": self.spec.prefix,
+            "spec": spec,
+            "spec_hash": self.spec_hash,
+            "last_result": self.last_result,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ScheduledJob:
+        created = parse_iso(d.get("created_at"))
+        assert created is not None
+        return cls(
+            spec=JobSpec.model_validate(d["spec"]),
+            spec_hash=d["spec_hash"],
+            created_at=created,
+            updated_at=parse_iso(d.get("updated_at")) or created,
+            status=JobStatus(d.get("status", "pending")),
+            paused=bool(d.get("paused", False)),
+            last_run=parse_iso(d.get("last_run")),
+            next_run=parse_iso(d.get("next_run")),
+            last_result=d.get("last_result"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ScheduledJob:
+        return cls.from_dict(json.loads(text))
