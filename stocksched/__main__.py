@@ -1,0 +1,3 @@
+from stocksched.cli import entrypoint
+
+entrypoint()

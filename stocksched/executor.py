@@ -1,0 +1,140 @@
+"""JobExecutor: one run of one job, with each ticker's failure isolated (the seed's rule).
+
+A ticker that fails to fetch or store is recorded with its error and the run goes on;
+the run's status follows from the counts (success, partial_success, failed).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from stocksched.clock import Clock
+from stocksched.config import JobSpec
+from stocksched.metrics import Metrics
+from stocksched.model import RunResult, RunStatus, Trigger, run_status_for
+from stocksched.sources.base import FetchError, Fetcher
+from stocksched.storage.adapter import StorageError
+from stocksched.storage.butler import DataIOButler
+
+log = logging.getLogger(__name__)
+
+
+def scheduled_run_id(job_id: str, slot: datetime) -> str:
+    """Deterministic id of a slot's run: the same on every replica and after restarts."""
+    return f"{job_id}:{int(slot.timestamp() * 1000)}"
+
+
+def manual_run_id(job_id: str, now: datetime) -> str:
+    return f"{job_id}:m{int(now.timestamp() * 1000)}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class _TickerOutcome:
+    ticker: str
+    rows: int = 0
+    error: str = ""
+
+
+class JobExecutor:
+    def __init__(
+        self,
+        fetchers: Mapping[str, Fetcher],
+        butler: DataIOButler,
+        clock: Clock,
+        ticker_concurrency: int = 4,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._fetchers = fetchers
+        self._butler = butler
+        self._clock = clock
+        self._concurrency = ticker_concurrency
+        self._metrics = metrics
+
+    def execute_job(
+        self,
+        job: JobSpec,
+        *,
+        run_id: str | None = None,
+        trigger: Trigger = Trigger.MANUAL,
+        scheduled_for: datetime | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RunResult:
+        started = self._clock.now()
+        run_id = run_id or manual_run_id(job.id, started)
+        start, end = job.window_dates(started.astimezone(job.zone).date())
+        fetcher = self._fetchers[job.source]
+        workers = max(1, min(self._concurrency, len(job.tickers)))
+        with ThreadPoolExecutor(max_workers=workers,
+                                thread_name_prefix=f"run-{job.id}") as pool:
+            outcomes = list(pool.map(
+                lambda t: self._fetch_and_store(job, fetcher, t, start, end, run_id, cancel),
+                job.tickers))
+        fetched = [o.ticker for o in outcomes if not o.error]
+        failed = [o.ticker for o in outcomes if o.error]
+        result = RunResult(
+            job_id=job.id, run_id=run_id, trigger=trigger, scheduled_for=scheduled_for,
+            started_at=started, finished_at=self._clock.now(),
+            status=run_status_for(fetched, failed), fetched_stocks=fetched,
+            failed_stocks=failed, errors={o.ticker: o.error for o in outcomes if o.error},
+            rows_stored=sum(o.rows for o in outcomes),
+        )
+        self._observe(result)
+        log.log(
+            logging.INFO if result.status == RunStatus.SUCCESS else logging.WARNING,
+            "run finished job=%s run_id=%s status=%s fetched=%d failed=%d rows=%d duration=%.2fs",
+            job.id, run_id, result.status, len(fetched), len(failed), result.rows_stored,
+            result.duration_s, extra={"job": job.id, "run_id": run_id},
+        )
+        return result
+
+    def _fetch_and_store(
+        self, job: JobSpec, fetcher: Fetcher, ticker: str, start: date, end: date,
+        run_id: str, cancel: threading.Event | None,
+    ) -> _TickerOutcome:
+        if cancel is not None and cancel.is_set():
+            return _TickerOutcome(ticker, error="run cancelled before this ticker started")
+        ctx = {"job": job.id, "run_id": run_id, "ticker": ticker}
+        t0 = time.perf_counter()
+        try:
+            frame = fetcher.fetch_from_source(ticker, start, end, job.interval)
+            if self._metrics is not None:
+                self._metrics.fetch_duration.observe(time.perf_counter() - t0)
+            self._butler.save_data(data=frame, prefix=job.prefix, stock_id=ticker,
+                                   start_date=start.isoformat(), end_date=end.isoformat(),
+                                   ttl=job.ttl)
+        except (FetchError, StorageError) as exc:
+            log.warning("ticker failed job=%s run_id=%s ticker=%s: %s",
+                        job.id, run_id, ticker, exc, extra=ctx)
+            return self._count(job, _TickerOutcome(ticker, error=str(exc)))
+        except Exception as exc:  # an unexpected bug must not sink the other tickers
+            log.exception("ticker crashed job=%s run_id=%s ticker=%s", job.id, run_id, ticker,
+                          extra=ctx)
+            return self._count(job, _TickerOutcome(ticker, error=f"{type(exc).__name__}: {exc}"))
+        return self._count(job, _TickerOutcome(ticker, rows=len(frame)))
+
+    def _count(self, job: JobSpec, outcome: _TickerOutcome) -> _TickerOutcome:
+        if self._metrics is not None:
+            result = "failure" if outcome.error else "success"
+            self._metrics.ticker_fetches.labels(job=job.id, result=result).inc()
+            if outcome.rows:
+                self._metrics.rows_stored.labels(job=job.id).inc(outcome.rows)
+        return outcome
+
+    def _observe(self, result: RunResult) -> None:
+        m = self._metrics
+        if m is None:
+            return
+        m.job_runs.labels(job=result.job_id, status=str(result.status),
+                          trigger=str(result.trigger)).inc()
+        m.job_run_duration.labels(job=result.job_id).observe(result.duration_s)
+        m.job_last_run.labels(job=result.job_id).set(result.finished_at.timestamp())
+        if result.status != RunStatus.FAILED:
+            m.job_last_success.labels(job=result.job_id).set(result.finished_at.timestamp())
+

@@ -1,0 +1,148 @@
+"""Daemon settings: one typed model that documents every default.
+
+Precedence, lowest first: built-in defaults, the settings file (``config/stocksched.yaml``
+or ``--config``), ``STOCKSCHED_*`` environment variables, command-line flags.
+Relative paths are taken relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_CONFIG_PATH = Path("config/stocksched.yaml")
+DEFAULT_LISTEN = "127.0.0.1:9731"
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; the message is one or more readable lines."""
+
+
+class HttpSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    listen: str = DEFAULT_LISTEN
+    token_file: Path | None = None
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_host_port(cls, v: str) -> str:
+        split_listen(v)
+        return v
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` (IPv6 as ``[::1]:PORT``) to (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # None or "memory://": embedded in-process store (nothing persisted).
+    redis_url: str | None = None
+    redis_password_file: Path | None = None
+    jobs: Path = Path("jobs.yaml")
+    pool_size: int = Field(default=4, ge=1, le=256)
+    ticker_concurrency: int = Field(default=4, ge=1, le=64)
+    shutdown_grace: float = Field(default=30.0, ge=0, le=3600)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    # yfinance's caches go here; default: $STATE_DIRECTORY (systemd), else a temp dir.
+    state_dir: Path | None = None
+    run_history: int = Field(default=1000, ge=10, le=1_000_000)
+    max_requests_per_second: float | None = Field(default=None, gt=0)
+    http: HttpSettings = HttpSettings()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+# Environment variable -> dotted settings path.
+ENV_VARS: dict[str, str] = {
+    "STOCKSCHED_REDIS_URL": "redis_url",
+    "STOCKSCHED_REDIS_PASSWORD_FILE": "redis_password_file",
+    "STOCKSCHED_JOBS": "jobs",
+    "STOCKSCHED_POOL_SIZE": "pool_size",
+    "STOCKSCHED_TICKER_CONCURRENCY": "ticker_concurrency",
+    "STOCKSCHED_SHUTDOWN_GRACE": "shutdown_grace",
+    "STOCKSCHED_LOG_LEVEL": "log_level",
+    "STOCKSCHED_LOG_FORMAT": "log_format",
+    "STOCKSCHED_STATE_DIR": "state_dir",
+    "STOCKSCHED_MAX_REQUESTS_PER_SECOND": "max_requests_per_second",
+    "STOCKSCHED_LISTEN": "http.listen",
+    "STOCKSCHED_TOKEN_FILE": "http.token_file",
+}
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise SettingsError(f"{p}: expected a mapping")
+    d[leaf] = value
+
+
+def resolve_config_path(flag: str | None, env: Mapping[str, str]) -> Path | None:
+    """Explicit --config or $STOCKSCHED_CONFIG must exist; the default file is optional."""
+    explicit = flag or env.get("STOCKSCHED_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise SettingsError(f"{path}: settings file not found")
+        return path
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(f"{path}: cannot read: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.line + 1}:{mark.column + 1}: " if mark else ""
+        raise SettingsError(f"{path}:{where}invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"{path}: expected a mapping of settings")
+    return data
+
+
+def load_settings(
+    config_path: Path | None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge file, environment and flag overrides (dotted keys) into validated Settings."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = read_settings_file(config_path) if config_path else {}
+    for var, dotted in ENV_VARS.items():
+        if env.get(var):
+            _set_dotted(data, dotted, env[var])
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        source = str(config_path) if config_path else "settings"
+        lines = [
+            f"{source}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise SettingsError("\n".join(lines)) from None

@@ -1,0 +1,262 @@
+"""Yahoo Finance bars through yfinance's own API, with failures sorted into permanent/transient.
+
+yfinance (1.7) keeps one process-wide HTTP session and a few process-wide settings, so
+``configure_yfinance`` sets them once at daemon start-up. Facts this module relies on
+(read from yfinance's source):
+
+- ``yf.config.debug.hide_exceptions`` defaults to True, which turns every failure into a
+  logged message and an empty frame; it must be False for us to see what went wrong.
+- ``yfinance.data.YfData`` is a singleton holding the curl_cffi session; passing
+  ``session=`` to any ``Ticker`` replaces it for every caller.
+- On any HTTP status >= 400 yfinance repeats the request once (after switching cookie
+  strategy); a second 429 becomes ``YFRateLimitError``, which carries no response, and a
+  5xx with a JSON error body becomes ``YFPricesMissingError``, which looks exactly like a
+  delisted symbol. The HTTP status and ``Retry-After`` are therefore taken from the
+  session itself: ``YahooSession`` remembers the last chart-API answer per thread.
+- Time-zone lookups and past windows go through ``YfData.cache_get``, an in-memory
+  ``lru_cache`` that also keeps error responses; it is cleared after a transient failure
+  so that a retry asks Yahoo again instead of replaying the cached 5xx.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import shutil
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yfinance as yf
+from curl_cffi import requests as curl_requests
+from yfinance.data import YfData
+from yfinance.exceptions import (
+    YFDataException,
+    YFException,
+    YFInvalidPeriodError,
+    YFRateLimitError,
+    YFTickerMissingError,
+)
+
+from stocksched.sources.base import (
+    BAR_COLUMNS,
+    FetchError,
+    PermanentFetchError,
+    TransientFetchError,
+)
+
+log = logging.getLogger(__name__)
+
+_CHART_PATH = "/v8/finance/chart/"
+_PRICE_COLUMNS = ("Open", "High", "Low", "Close")
+_ACTION_COLUMNS = ("Dividends", "Stock Splits")
+
+
+@dataclass(frozen=True)
+class HttpOutcome:
+    """What Yahoo's chart API last answered in one thread."""
+
+    url: str
+    status: int
+    retry_after: float | None
+
+
+class YahooSession(curl_requests.Session):
+    """A curl_cffi session that remembers, per thread, the last chart-API status.
+
+    yfinance drops the HTTP response when it raises, so without this a 429's
+    ``Retry-After`` would be lost and a 5xx could not be told from a delisted symbol.
+    Tests subclass it to answer locally (tests/yahoo_fake.py).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._outcomes = threading.local()
+
+    def request(self, method: Any, url: str, *args: Any, **kwargs: Any) -> Any:
+        response = super().request(method, url, *args, **kwargs)
+        self.observe(url, response)
+        return response
+
+    def observe(self, url: str, response: curl_requests.Response) -> None:
+        """Record ``response`` if it came from the chart API (other endpoints are noise)."""
+        if _CHART_PATH in url:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            self._outcomes.last = HttpOutcome(url, int(response.status_code), retry_after)
+
+    def last_outcome(self) -> HttpOutcome | None:
+        outcome: HttpOutcome | None = getattr(self._outcomes, "last", None)
+        return outcome
+
+    def forget_outcome(self) -> None:
+        self._outcomes.last = None
+
+
+def new_session() -> YahooSession:
+    """The session the daemon shares with yfinance (impersonating Chrome, as yfinance does)."""
+    return YahooSession(impersonate="chrome")
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now or datetime.now(UTC)
+    return max(0.0, (when - current).total_seconds())
+
+
+def configure_yfinance(cache_dir: Path | None, session: YahooSession | None = None) -> None:
+    """Set yfinance's process-wide state; call ONCE at daemon start-up, before any fetch.
+
+    ``cache_dir`` receives yfinance's time-zone, cookie and ISIN caches (SQLite files).
+    yfinance has no supported switch to disable them, so ``None`` points them at a
+    private temporary directory removed at exit: nothing is ever written under $HOME.
+    ``session`` (default: ``new_session()``) becomes yfinance's shared HTTP session; pass
+    the same one to ``build_fetchers``.
+    """
+    yf.config.debug.hide_exceptions = False
+    # Retries belong to our executor's policy (backoff, Retry-After), not to yfinance.
+    yf.config.network.retries = 0
+    silence_yfinance_warnings()
+    location = cache_dir if cache_dir is not None else _private_cache_dir()
+    location.mkdir(parents=True, exist_ok=True)
+    yf.set_tz_cache_location(str(location))
+    YfData(session=session if session is not None else new_session())
+    log.debug("yfinance configured: caches in %s", location)
+
+
+def silence_yfinance_warnings() -> None:
+    """Drop deprecation warnings raised in yfinance's modules (pandas 3 emits many per fetch).
+
+    They concern yfinance's own use of pandas, which we cannot act on; left alone they
+    would repeat on every fetch. Warnings from our code are untouched.
+    """
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"yfinance(\.|$)")
+
+
+def clear_response_cache() -> None:
+    """Empty yfinance's in-memory response cache (it keeps error responses too)."""
+    YfData.cache_get.cache_clear()
+
+
+def _private_cache_dir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="stocksched-yfinance-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+class YFinanceFetcher:
+    """Bars from Yahoo through ``yf.Ticker(...).history()`` (never ``yf.download``).
+
+    Prices are as Yahoo serves them (``auto_adjust=False``: split-adjusted, not
+    dividend-adjusted), so a stored window does not change retroactively when a later
+    dividend is paid; the Dividends and Stock Splits columns let consumers adjust.
+    yfinance's "Adj Close" and "Capital Gains" columns are dropped to keep one schema
+    (``BAR_COLUMNS``) for every source. Intraday frames get their index renamed from
+    yfinance's "Datetime" to "Date" for the same reason.
+    """
+
+    def __init__(self, session: YahooSession | None = None, timeout: float = 30.0) -> None:
+        self._session = session if session is not None else new_session()
+        self._timeout = timeout
+
+    def fetch_from_source(
+        self, ticker: str, start: date, end: date, interval: str
+    ) -> pd.DataFrame:
+        if end < start:
+            raise PermanentFetchError(ticker, f"no data: window end {end} is before start {start}")
+        _require_configured()
+        self._session.forget_outcome()
+        try:
+            frame = yf.Ticker(ticker, session=self._session).history(
+                start=start, end=end + timedelta(days=1), interval=interval,
+                auto_adjust=False, actions=True, timeout=self._timeout,
+            )
+        except Exception as exc:  # yfinance raises anything from parse errors to curl errors
+            error = classify_failure(ticker, exc, self._session.last_outcome())
+            if isinstance(error, TransientFetchError):
+                clear_response_cache()
+            raise error from exc
+        if frame.empty:
+            raise PermanentFetchError(ticker, f"no data for {start}..{end} ({interval})")
+        return normalise_frame(ticker, frame)
+
+
+def _require_configured() -> None:
+    if yf.config.debug.hide_exceptions:
+        # Without this yfinance would turn timeouts into empty frames, i.e. fake "no data".
+        raise RuntimeError("yfinance is not configured: call configure_yfinance() at start-up")
+
+
+def classify_failure(ticker: str, exc: BaseException, outcome: HttpOutcome | None) -> FetchError:
+    """Sort a yfinance failure into permanent or transient, trusting the HTTP status first."""
+    reason = _one_line(exc)
+    if isinstance(exc, YFRateLimitError) or (outcome is not None and outcome.status == 429):
+        retry_after = outcome.retry_after if outcome is not None else None
+        return TransientFetchError(ticker, "rate limited by Yahoo (HTTP 429)", retry_after)
+    if outcome is not None and outcome.status >= 500:
+        return TransientFetchError(ticker, f"Yahoo answered HTTP {outcome.status}: {reason}")
+    if isinstance(exc, curl_requests.exceptions.HTTPError):
+        return _classify_http_error(ticker, exc, reason)
+    if isinstance(exc, OSError):  # curl_cffi's Timeout/ConnectionError are OSErrors too
+        return TransientFetchError(ticker, f"network error: {type(exc).__name__}: {reason}")
+    if isinstance(exc, YFDataException) and "CURRENTLY DOWN" in str(exc):
+        return TransientFetchError(ticker, "Yahoo Finance is down (maintenance page)")
+    if isinstance(exc, (YFTickerMissingError, YFInvalidPeriodError)):
+        return PermanentFetchError(ticker, reason)
+    if isinstance(exc, ValueError) and outcome is not None and outcome.status == 200:
+        # A 200 whose body is not the JSON we expect: a proxy or captive page, try later.
+        return TransientFetchError(ticker, f"unreadable answer from Yahoo: {reason}")
+    if not isinstance(exc, YFException):
+        log.warning("unexpected yfinance failure for %s", ticker, exc_info=exc)
+    return PermanentFetchError(ticker, f"{type(exc).__name__}: {reason}")
+
+
+def _classify_http_error(
+    ticker: str, exc: curl_requests.exceptions.HTTPError, reason: str
+) -> FetchError:
+    response = getattr(exc, "response", None)
+    status = int(getattr(response, "status_code", 0) or 0)
+    if status == 429 or status >= 500 or status == 0:
+        return TransientFetchError(ticker, f"Yahoo answered HTTP {status or '?'}: {reason}")
+    return PermanentFetchError(ticker, f"Yahoo answered HTTP {status}: {reason}")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def normalise_frame(ticker: str, frame: pd.DataFrame) -> pd.DataFrame:
+    """Bring yfinance's frame to ``BAR_COLUMNS`` with a tz-aware index named "Date"."""
+    missing = [c for c in (*_PRICE_COLUMNS, "Volume") if c not in frame.columns]
+    if missing:
+        raise PermanentFetchError(ticker, f"Yahoo's answer lacks columns {missing}")
+    if not isinstance(frame.index, pd.DatetimeIndex) or frame.index.tz is None:
+        raise PermanentFetchError(ticker, "Yahoo's answer has no time-zone-aware dates")
+    out = pd.DataFrame(index=frame.index.rename("Date"))
+    for column in _PRICE_COLUMNS:
+        out[column] = frame[column].astype("float64")
+    out["Volume"] = frame["Volume"].fillna(0).astype("int64")
+    for column in _ACTION_COLUMNS:
+        source = frame[column] if column in frame.columns else 0.0
+        out[column] = pd.Series(source, index=frame.index).fillna(0.0).astype("float64")
+    return out[list(BAR_COLUMNS)]

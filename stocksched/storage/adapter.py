@@ -1,0 +1,206 @@
+"""The key-value contract the data layer stores through, and its Redis implementation.
+
+The seed's ``AbstractDatabaseAdapter`` is kept as the narrow contract (four
+operations on string values) so the butler and the tests do not depend on
+Redis specifics; ``RedisAdapter.client`` is the escape hatch for the registry,
+which needs streams and transactions.
+
+Every Redis failure leaves this module as ``StorageError`` whose message names
+the operation and the key, so callers can log one useful line and keep going
+(the seed's "log, continue") without importing redis exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import fakeredis
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+logger = logging.getLogger(__name__)
+
+#: Schemes redis-py's ``from_url`` understands; anything else is a config mistake.
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+#: Spellings that select the embedded, non-persistent store.
+EMBEDDED_URLS = frozenset({"", "memory://"})
+
+# Timeouts bound how long one call can hang on a dead peer; a query string in the
+# URL (e.g. ``?socket_timeout=10``) overrides them, since redis-py lets URL
+# options win over keyword arguments.
+SOCKET_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 2.0
+HEALTH_CHECK_INTERVAL_S = 30
+# Rides over a blip (a restart, a dropped idle connection) inside one call:
+# 3 retries after 0.1 s, 0.2 s, 0.4 s. Longer outages are the caller's to back
+# off from, so one call never blocks a worker for long.
+RETRIES = 3
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 1.0
+
+
+class StorageError(Exception):
+    """A storage operation failed (Redis unreachable, timed out, or refused the command)."""
+
+    def __init__(self, operation: str, key: str, reason: str) -> None:
+        self.operation = operation
+        self.key = key
+        self.reason = " ".join(reason.split())  # one line, whatever redis-py said
+        super().__init__(f"redis {operation} {key!r} failed: {self.reason}")
+
+
+@contextmanager
+def storage_errors(operation: str, key: str) -> Iterator[None]:
+    """Turn any redis-py failure inside the block into a StorageError naming op and key."""
+    try:
+        yield
+    except redis.RedisError as exc:
+        raise StorageError(operation, key, str(exc) or type(exc).__name__) from exc
+
+
+def ttl_to_ms(ttl: timedelta | None) -> int | None:
+    """Milliseconds for ``SET ... PX``; rejects a ttl that would expire the key at once."""
+    if ttl is None:
+        return None
+    ms = int(ttl.total_seconds() * 1000)
+    if ms < 1:
+        raise ValueError(f"ttl must be at least 1 ms, got {ttl}")
+    return ms
+
+
+class AbstractDatabaseAdapter(ABC):
+    """The seed's storage contract: string values under string keys.
+
+    Implementations raise ``StorageError`` for backend failures and never
+    return partial results.
+    """
+
+    @abstractmethod
+    def save_data(self, key: str, value: str, ttl: timedelta | None = None) -> None:
+        """Store ``value`` under ``key``, replacing any value and any previous expiry.
+
+        With ``ttl`` the key disappears after that long; without it the key
+        persists (and a ttl it had before is removed).
+        """
+
+    @abstractmethod
+    def get_data(self, key: str) -> str | None:
+        """The value under ``key``, or None when the key does not exist (or has expired)."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` currently exists."""
+
+    @abstractmethod
+    def delete_data(self, key: str) -> bool:
+        """Delete ``key``; True when it existed."""
+
+
+class RedisAdapter(AbstractDatabaseAdapter):
+    """``AbstractDatabaseAdapter`` on a redis-py client (real server or embedded fakeredis)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> redis.Redis:
+        """The underlying client (``decode_responses=True``), for streams and transactions."""
+        return self._client
+
+    def save_data(self, key: str, value: str, ttl: timedelta | None = None) -> None:
+        px = ttl_to_ms(ttl)
+        with storage_errors("SET", key):
+            self._client.set(key, value, px=px)
+
+    def get_data(self, key: str) -> str | None:
+        with storage_errors("GET", key):
+            value = self._client.get(key)
+        return None if value is None else str(value)
+
+    def exists(self, key: str) -> bool:
+        with storage_errors("EXISTS", key):
+            return bool(self._client.exists(key))
+
+    def delete_data(self, key: str) -> bool:
+        with storage_errors("DEL", key):
+            return bool(self._client.delete(key))
+
+    def ping(self) -> bool:
+        """Whether the store answers now; False instead of raising, for readiness probes."""
+        try:
+            return bool(self._client.ping())
+        except (redis.RedisError, OSError) as exc:
+            logger.debug("redis ping failed: %s", exc)
+            return False
+
+
+def connect(url: str | None, password_file: Path | None = None) -> redis.Redis:
+    """A client for ``url``; None, "" or ``memory://`` give the embedded in-process store.
+
+    The embedded store (fakeredis) lives and dies with the process: nothing is
+    persisted, and every call makes a new, empty one, so create it once and
+    share it. Real URLs get bounded timeouts, periodic health checks and a few
+    quick retries with exponential backoff on connection errors and timeouts.
+
+    ``password_file`` (e.g. a systemd credential in ``$CREDENTIALS_DIRECTORY``)
+    supplies the password so it never appears in the URL, the environment or
+    ``ps``. It is ignored for the embedded store, which has no authentication.
+
+    Raises ValueError for an unsupported scheme, an unreadable or empty
+    password file, or a password both in the URL and in a file. Does not
+    contact the server: the first command does.
+    """
+    spec = (url or "").strip()
+    if spec in EMBEDDED_URLS:
+        if password_file is not None:
+            logger.debug("password file ignored for the embedded store")
+        return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    scheme = urlsplit(spec).scheme.lower()
+    if scheme == "memory":
+        raise ValueError("the embedded store URL is exactly 'memory://' (no host or path)")
+    if scheme not in REDIS_SCHEMES:
+        raise ValueError(
+            f"unsupported Redis URL scheme {scheme or '(none)'!r}: use redis://, rediss://, "
+            "unix:// or memory:// (embedded, not persisted)"
+        )
+    password = None
+    if password_file is not None:
+        if urlsplit(spec).password:
+            raise ValueError("give the Redis password in the URL or in a password file, not both")
+        password = _read_password(password_file)
+    return redis.Redis.from_url(
+        spec,
+        decode_responses=True,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        health_check_interval=HEALTH_CHECK_INTERVAL_S,
+        retry=Retry(
+            ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S),
+            RETRIES,
+            supported_errors=(redis.ConnectionError, redis.TimeoutError),
+        ),
+        password=password,
+    )
+
+
+def _read_password(path: Path) -> str:
+    """The password in ``path``, minus the trailing newline ``echo`` and editors leave."""
+    try:
+        password = path.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as exc:
+        raise ValueError(f"cannot read Redis password file {path}: {exc.strerror}") from exc
+    if not password:
+        raise ValueError(f"Redis password file {path} is empty")
+    return password
+
+
+def is_embedded(client: redis.Redis) -> bool:
+    """Whether ``client`` is the in-process store (data lost at exit; no server to reach)."""
+    return isinstance(client, fakeredis.FakeRedis | fakeredis.FakeStrictRedis)

@@ -1,0 +1,84 @@
+"""End to end: `stocksched run` as a subprocess against a real redis-server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from stocksched.storage import keys
+from tests.conftest import RedisServer
+
+pytestmark = pytest.mark.slow
+
+JOBS = """\
+version: 1
+jobs:
+  - id: demo-fast
+    tickers: [AAA, BBB]
+    schedule: "@every 1s"
+    source: demo
+    window: 10d
+    ttl: 1h
+"""
+
+
+def wait_for(pred, timeout: float = 15.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def start_daemon(tmp_path: Path, redis_url: str, *extra: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSCHED_")}
+    env["HOME"] = str(tmp_path / "home")  # nothing may be written to the user's home
+    return subprocess.Popen(
+        [sys.executable, "-m", "stocksched", "run", "--jobs", str(tmp_path / "jobs.yaml"),
+         "--redis-url", redis_url, "--shutdown-grace", "10", *extra],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def test_run_stores_bars_and_history_then_exits_cleanly_on_sigterm(
+    tmp_path: Path, redis_server: RedisServer, real_redis: redis.Redis
+) -> None:
+    (tmp_path / "jobs.yaml").write_text(JOBS)
+    (tmp_path / "home").mkdir()
+    proc = start_daemon(tmp_path, redis_server.url)
+    try:
+        wait_for(lambda: real_redis.xlen(keys.runs_key("demo-fast")) >= 2)
+        latest = real_redis.get(keys.latest_key("scheduled_stock_data", "AAA"))
+        assert latest and latest.startswith("scheduled_stock_data:AAA:")
+        bars = json.loads(real_redis.get(latest) or "[]")
+        assert bars and set(bars[0]) >= {"Date", "Open", "High", "Low", "Close", "Volume"}
+        assert 0 < real_redis.ttl(latest) <= 3600
+        record = json.loads(real_redis.get(keys.job_key("demo-fast")) or "{}")
+        assert record["last_run"] and record["next_run"]
+        assert record["status"] in {"running", "completed"}
+        entry = real_redis.xrevrange(keys.runs_key("demo-fast"), count=1)[0][1]
+        assert entry["status"] == "success" and entry["trigger"] == "schedule"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
+    assert not any((tmp_path / "home").iterdir()), "wrote into $HOME"
+
+
+def test_run_refuses_invalid_jobs_file(tmp_path: Path, redis_server: RedisServer) -> None:
+    (tmp_path / "jobs.yaml").write_text("version: 1\njobs:\n  - id: x\n    schedule: nope\n")
+    proc = start_daemon(tmp_path, "memory://")
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "jobs.yaml:4:" in out and "Traceback" not in out

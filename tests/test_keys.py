@@ -1,0 +1,58 @@
+"""Every key builder pins the exact key text: consumers outside stocksched read these keys."""
+
+from __future__ import annotations
+
+import pytest
+
+from stocksched.storage import keys
+
+
+def test_job_key_is_the_seeds_record_key() -> None:
+    assert keys.job_key("daily-tech") == "scheduler:job:daily-tech"
+
+
+def test_job_index_key_is_the_seeds_index() -> None:
+    assert keys.job_index_key() == "scheduler:job_index"
+
+
+def test_runs_key_is_per_job() -> None:
+    assert keys.runs_key("daily-tech") == "scheduler:runs:daily-tech"
+    assert keys.runs_key("a") != keys.runs_key("b")
+
+
+def test_data_key_is_the_seeds_window_key() -> None:
+    key = keys.data_key("scheduled_stock_data", "AAPL", "2025-09-21", "2025-10-21")
+    assert key == "scheduled_stock_data:AAPL:2025-09-21:2025-10-21"
+
+
+def test_latest_key_sits_beside_the_windows_of_its_ticker() -> None:
+    assert keys.latest_key("scheduled_stock_data", "AAPL") == "scheduled_stock_data:AAPL:latest"
+    window = keys.data_key("scheduled_stock_data", "AAPL", "2025-09-21", "2025-10-21")
+    # one SCAN pattern finds a ticker's windows and its pointer
+    assert window.startswith("scheduled_stock_data:AAPL:")
+    assert keys.latest_key("scheduled_stock_data", "AAPL").startswith("scheduled_stock_data:AAPL:")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        keys.job_key("x"),
+        keys.job_index_key(),
+        keys.runs_key("x"),
+        keys.data_key("p", "T", "2025-01-01", "2025-01-31"),
+        keys.latest_key("p", "T"),
+    ],
+)
+def test_no_key_has_empty_segments(key: str) -> None:
+    """Guards against the drift rq had (a stray double colon in one key but not its sibling)."""
+    assert "::" not in key
+    assert not key.startswith(":")
+    assert not key.endswith(":")
+
+
+def test_scheduler_keys_share_one_namespace() -> None:
+    for key in (keys.job_key("x"), keys.job_index_key(), keys.runs_key("x")):
+        assert key.startswith("scheduler:")
+    assert keys.job_key("x").startswith(keys.JOB_PREFIX)
+    assert keys.runs_key("x").startswith(keys.RUNS_PREFIX)
+    assert keys.job_index_key() == keys.JOB_INDEX
