@@ -25,6 +25,8 @@ from stocksched.storage.butler import DataIOButler
 
 log = logging.getLogger(__name__)
 
+INTRADAY = frozenset({"1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h"})
+
 
 def scheduled_run_id(job_id: str, slot: datetime) -> str:
     """Deterministic id of a slot's run: the same on every replica and after restarts."""
@@ -108,8 +110,8 @@ class JobExecutor:
                 self._metrics.fetch_duration.observe(time.perf_counter() - t0)
             self._butler.save_data(data=frame, prefix=job.prefix, stock_id=ticker,
                                    start_date=start.isoformat(), end_date=end.isoformat(),
-                                   ttl=job.ttl)
-        except (FetchError, StorageError) as exc:
+                                   ttl=job.ttl, intraday=job.interval in INTRADAY)
+        except (FetchError, StorageError, ValueError) as exc:
             log.warning("ticker failed job=%s run_id=%s ticker=%s: %s",
                         job.id, run_id, ticker, exc, extra=ctx)
             return self._count(job, _TickerOutcome(ticker, error=str(exc)))

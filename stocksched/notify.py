@@ -129,5 +129,6 @@ class SystemdNotifier:
             log.debug("sd_notify to %s failed again: %s", self._socket_path, exc)
             return
         self._failure_logged = True
-        log.warning("sd_notify to %s failed (further failures at debug level): %s",
-                    self._socket_path, exc)
+        log.warning(
+            "sd_notify to %s failed (further failures at debug level): %s", self._socket_path, exc
+        )

@@ -14,8 +14,8 @@ yfinance (1.7) keeps one process-wide HTTP session and a few process-wide settin
   delisted symbol. The HTTP status and ``Retry-After`` are therefore taken from the
   session itself: ``YahooSession`` remembers the last chart-API answer per thread.
 - Time-zone lookups and past windows go through ``YfData.cache_get``, an in-memory
-  ``lru_cache`` that also keeps error responses; it is cleared after a transient failure
-  so that a retry asks Yahoo again instead of replaying the cached 5xx.
+  ``lru_cache`` that also keeps error responses; it is cleared after every failed fetch
+  so that a retry, or the next run, asks Yahoo again instead of replaying a cached error.
 """
 
 from __future__ import annotations
@@ -34,12 +34,14 @@ from typing import Any
 
 import pandas as pd
 import yfinance as yf
+import yfinance.cache as yf_cache
 from curl_cffi import requests as curl_requests
 from yfinance.data import YfData
 from yfinance.exceptions import (
     YFDataException,
     YFException,
     YFInvalidPeriodError,
+    YFPricesMissingError,
     YFRateLimitError,
     YFTickerMissingError,
 )
@@ -138,6 +140,7 @@ def configure_yfinance(cache_dir: Path | None, session: YahooSession | None = No
     location = cache_dir if cache_dir is not None else _private_cache_dir()
     location.mkdir(parents=True, exist_ok=True)
     yf.set_tz_cache_location(str(location))
+    pass  # _open_caches()
     YfData(session=session if session is not None else new_session())
     log.debug("yfinance configured: caches in %s", location)
 
@@ -155,6 +158,16 @@ def silence_yfinance_warnings() -> None:
 def clear_response_cache() -> None:
     """Empty yfinance's in-memory response cache (it keeps error responses too)."""
     YfData.cache_get.cache_clear()
+
+
+def _open_caches() -> None:
+    """Create the cache databases now, from this one thread.
+
+    yfinance opens them lazily and unlocked: the first fetches of a thread pool would race
+    to switch a fresh SQLite file to WAL mode and fail with "database is locked".
+    """
+    yf_cache.get_tz_cache().lookup("")
+    yf_cache.get_cookie_cache().lookup("basic")
 
 
 def _private_cache_dir() -> Path:
@@ -191,10 +204,10 @@ class YFinanceFetcher:
                 auto_adjust=False, actions=True, timeout=self._timeout,
             )
         except Exception as exc:  # yfinance raises anything from parse errors to curl errors
-            error = classify_failure(ticker, exc, self._session.last_outcome())
-            if isinstance(error, TransientFetchError):
-                clear_response_cache()
-            raise error from exc
+            # The cache keeps error answers too: drop them so the next attempt asks Yahoo.
+            clear_response_cache()
+            window = f"{start}..{end} ({interval})"
+            raise classify_failure(ticker, exc, self._session.last_outcome(), window) from exc
         if frame.empty:
             raise PermanentFetchError(ticker, f"no data for {start}..{end} ({interval})")
         return normalise_frame(ticker, frame)
@@ -206,9 +219,14 @@ def _require_configured() -> None:
         raise RuntimeError("yfinance is not configured: call configure_yfinance() at start-up")
 
 
-def classify_failure(ticker: str, exc: BaseException, outcome: HttpOutcome | None) -> FetchError:
-    """Sort a yfinance failure into permanent or transient, trusting the HTTP status first."""
-    reason = _one_line(exc)
+def classify_failure(
+    ticker: str, exc: BaseException, outcome: HttpOutcome | None, window: str = ""
+) -> FetchError:
+    """Sort a yfinance failure into permanent or transient, trusting the HTTP status first.
+
+    ``window`` describes the request ("2025-01-02..2025-01-10 (1d)") for the no-data message.
+    """
+    reason = _one_line(exc).removeprefix(f"${ticker.upper()}: ")
     if isinstance(exc, YFRateLimitError) or (outcome is not None and outcome.status == 429):
         retry_after = outcome.retry_after if outcome is not None else None
         return TransientFetchError(ticker, "rate limited by Yahoo (HTTP 429)", retry_after)
@@ -220,6 +238,9 @@ def classify_failure(ticker: str, exc: BaseException, outcome: HttpOutcome | Non
         return TransientFetchError(ticker, f"network error: {type(exc).__name__}: {reason}")
     if isinstance(exc, YFDataException) and "CURRENTLY DOWN" in str(exc):
         return TransientFetchError(ticker, "Yahoo Finance is down (maintenance page)")
+    if isinstance(exc, YFPricesMissingError) and exc.yahoo_reason is None and window:
+        # Yahoo answered, without complaint, with no bars in the window.
+        return PermanentFetchError(ticker, f"no data for {window}")
     if isinstance(exc, (YFTickerMissingError, YFInvalidPeriodError)):
         return PermanentFetchError(ticker, reason)
     if isinstance(exc, ValueError) and outcome is not None and outcome.status == 200:
@@ -237,6 +258,8 @@ def _classify_http_error(
     status = int(getattr(response, "status_code", 0) or 0)
     if status == 429 or status >= 500 or status == 0:
         return TransientFetchError(ticker, f"Yahoo answered HTTP {status or '?'}: {reason}")
+    if status == 404:
+        return PermanentFetchError(ticker, "unknown or delisted symbol (HTTP 404)")
     return PermanentFetchError(ticker, f"Yahoo answered HTTP {status}: {reason}")
 
 

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import fakeredis
@@ -26,6 +27,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: Schemes redis-py's ``from_url`` understands; anything else is a config mistake.
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
@@ -44,6 +46,38 @@ HEALTH_CHECK_INTERVAL_S = 30
 RETRIES = 3
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 1.0
+
+
+# A refused login or a missing ACL permission: retrying cannot fix either.
+_NOT_RETRYABLE: tuple[type[Exception], ...] = (
+    redis.AuthenticationError,
+    getattr(redis.exceptions, "AuthorizationError", redis.AuthenticationError),
+)
+
+
+class _TransientRetry(Retry):
+    """redis-py's Retry, minus retrying a refused login.
+
+    redis-py files authentication failures under ConnectionError, and nests
+    the connect retry inside the command retry, so a wrong password would
+    otherwise cost seconds per call before failing the same way.
+    """
+
+    def call_with_retry(
+        self,
+        do: Callable[[], _T],
+        fail: Callable[..., object],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> _T:
+        def retryable(error: Exception) -> bool:
+            if isinstance(error, _NOT_RETRYABLE):
+                return False
+            return is_retryable is None or is_retryable(error)
+
+        parent: Any = super()
+        result: _T = parent.call_with_retry(do, fail, retryable, with_failure_count)
+        return result
 
 
 class StorageError(Exception):
@@ -181,7 +215,7 @@ def connect(url: str | None, password_file: Path | None = None) -> redis.Redis:
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        retry=Retry(
+        retry=_TransientRetry(
             ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S),
             RETRIES,
             supported_errors=(redis.ConnectionError, redis.TimeoutError),
