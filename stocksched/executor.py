@@ -11,9 +11,9 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from stocksched.clock import Clock
 from stocksched.config import JobSpec
@@ -67,32 +67,47 @@ class JobExecutor:
         trigger: Trigger = Trigger.MANUAL,
         scheduled_for: datetime | None = None,
         cancel: threading.Event | None = None,
+        timeout: timedelta | None = None,
     ) -> RunResult:
         started = self._clock.now()
         run_id = run_id or manual_run_id(job.id, started)
+        cancel = cancel or threading.Event()
         start, end = job.window_dates(started.astimezone(job.zone).date())
         fetcher = self._fetchers[job.source]
         workers = max(1, min(self._concurrency, len(job.tickers)))
-        with ThreadPoolExecutor(max_workers=workers,
-                                thread_name_prefix=f"run-{job.id}") as pool:
-            outcomes = list(pool.map(
-                lambda t: self._fetch_and_store(job, fetcher, t, start, end, run_id, cancel),
-                job.tickers))
-        fetched = [o.ticker for o in outcomes if not o.error]
-        failed = [o.ticker for o in outcomes if o.error]
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"run-{job.id}")
+        futures = {pool.submit(self._fetch_and_store, job, fetcher, t, start, end, run_id,
+                               cancel): t for t in job.tickers}
+        done, pending = wait(futures, timeout=timeout.total_seconds() if timeout else None)
+        # A timed-out run frees its job now; stuck fetches finish (or not) on their own
+        # threads and store nothing, because they see ``cancel``.
+        if pending:
+            cancel.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        outcomes = {futures[f]: f.result() for f in done}
+        reason = ""
+        if pending:
+            reason = f"timeout after {timeout}"
+            for f in pending:
+                outcomes[futures[f]] = _TickerOutcome(futures[f], error=reason)
+        ordered = [outcomes[t] for t in job.tickers]
+        fetched = [o.ticker for o in ordered if not o.error]
+        failed = [o.ticker for o in ordered if o.error]
         result = RunResult(
             job_id=job.id, run_id=run_id, trigger=trigger, scheduled_for=scheduled_for,
             started_at=started, finished_at=self._clock.now(),
-            status=run_status_for(fetched, failed), fetched_stocks=fetched,
-            failed_stocks=failed, errors={o.ticker: o.error for o in outcomes if o.error},
-            rows_stored=sum(o.rows for o in outcomes),
+            status=RunStatus.FAILED if pending else run_status_for(fetched, failed),
+            fetched_stocks=fetched, failed_stocks=failed,
+            errors={o.ticker: o.error for o in ordered if o.error},
+            rows_stored=sum(o.rows for o in ordered), reason=reason,
         )
         self._observe(result)
         log.log(
             logging.INFO if result.status == RunStatus.SUCCESS else logging.WARNING,
-            "run finished job=%s run_id=%s status=%s fetched=%d failed=%d rows=%d duration=%.2fs",
-            job.id, run_id, result.status, len(fetched), len(failed), result.rows_stored,
-            result.duration_s, extra={"job": job.id, "run_id": run_id},
+            "run finished job=%s run_id=%s status=%s fetched=%d failed=%d rows=%d "
+            "duration=%.2fs%s", job.id, run_id, result.status, len(fetched), len(failed),
+            result.rows_stored, result.duration_s, f" reason={reason}" if reason else "",
+            extra={"job": job.id, "run_id": run_id},
         )
         return result
 
@@ -108,6 +123,9 @@ class JobExecutor:
             frame = fetcher.fetch_from_source(ticker, start, end, job.interval)
             if self._metrics is not None:
                 self._metrics.fetch_duration.observe(time.perf_counter() - t0)
+            if cancel is not None and cancel.is_set():
+                return _TickerOutcome(ticker, error="run ended (timeout or shutdown) before "
+                                                    "this ticker was stored")
             self._butler.save_data(data=frame, prefix=job.prefix, stock_id=ticker,
                                    start_date=start.isoformat(), end_date=end.isoformat(),
                                    ttl=job.ttl, intraday=job.interval in INTRADAY)

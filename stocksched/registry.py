@@ -205,6 +205,15 @@ class JobRegistry:
             self._xadd(result)(pipe)
             pipe.execute()
 
+    def add_history_many(self, results: Sequence[RunResult]) -> None:
+        if not results:
+            return
+        with storage_errors("XADD", keys.runs_key(results[0].job_id)), \
+                self._r.pipeline(transaction=True) as pipe:
+            for result in results:
+                self._xadd(result)(pipe)
+            pipe.execute()
+
     def _xadd(self, result: RunResult) -> Callable[[redis.client.Pipeline], None]:
         def add(pipe: redis.client.Pipeline) -> None:
             pipe.xadd(keys.runs_key(result.job_id), result.to_fields(),  # type: ignore[arg-type]

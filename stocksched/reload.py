@@ -2,18 +2,29 @@
 
 The same path serves the first load at startup, SIGHUP and file-watch reloads, so a
 reload can never apply something the startup path would have refused.
+
+``ConfigWatcher`` watches the jobs file's directory (not the file: editors, ``git`` and
+Kubernetes replace files by renaming, which a watch on the old inode would never see)
+and the directories of every symlink on the way to the real file, so a ConfigMap's
+``..data`` swap is seen too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import watchfiles
+
 from stocksched.clock import Clock
-from stocksched.config import ConfigError, LoadedJobs, load_jobs_file
+from stocksched.config import MAX_FILE_BYTES, ConfigError, LoadedJobs, load_jobs_file
 from stocksched.metrics import Metrics
 from stocksched.registry import JobRegistry, ReconcileDiff
 from stocksched.scheduler import JobScheduler
@@ -24,11 +35,27 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ReloadStatus:
+    """Outcome of the last reload attempt: what the status endpoint shows.
+
+    ``retryable`` is set when the file was valid but could not be applied (Redis down):
+    trying the same content again later can succeed, unlike an invalid file.
+    """
+
     at: datetime | None = None
     ok: bool = False
     errors: list[str] = field(default_factory=list)
     sha256: str = ""
     diff: ReconcileDiff | None = None
+    retryable: bool = False
+
+
+def _file_sha256(path: Path) -> str | None:
+    """Hash of the bytes a load would read now; None when the file cannot be read."""
+    try:
+        with path.open("rb") as fh:
+            return hashlib.sha256(fh.read(MAX_FILE_BYTES + 1)).hexdigest()
+    except OSError:
+        return None
 
 
 class ConfigReloader:
@@ -45,30 +72,47 @@ class ConfigReloader:
         self._scheduler = scheduler
         self._clock = clock
         self._metrics = metrics
-        self._lock = threading.Lock()  # one reload at a time
+        self._lock = threading.Lock()  # one reload at a time (SIGHUP and watcher)
         self.current: LoadedJobs | None = None
         self.last = ReloadStatus()
+        # Content whose outcome is final (applied, or invalid): seeing it again changes nothing.
+        self._settled: str | None = None
 
-    def reload(self) -> ReloadStatus:
-        """Validate the whole file first; apply its diff only if it is entirely valid."""
+    def reload(self, force: bool = True) -> ReloadStatus:
+        """Validate the whole file first; apply its diff only if it is entirely valid.
+
+        ``force=False`` is the watcher's call: file events also fire for writes that leave
+        the content as it was, and those must not log, count or touch Redis.
+        """
         with self._lock:
-            now = self._clock.now()
-            try:
-                loaded = load_jobs_file(self.path)
-            except ConfigError as exc:
-                for line in exc.errors:
-                    log.error("config invalid, keeping last good config: %s", line)
-                return self._finish(ReloadStatus(now, False, list(exc.errors)))
-            try:
-                diff = self._registry.reconcile(loaded.jobs)
-                wanted = {j.id for j in loaded.jobs}
-                self._scheduler.set_jobs(j for j in self._registry.list_jobs() if j.job_id in wanted)
-            except StorageError as exc:
-                log.error("config valid but could not be applied: %s", exc)
-                return self._finish(ReloadStatus(now, False, [f"storage: {exc}"], loaded.sha256))
-            self.current = loaded
-            log.info("config applied %s sha256=%s", diff.summary(), loaded.sha256[:12])
-            return self._finish(ReloadStatus(now, True, [], loaded.sha256, diff))
+            digest = _file_sha256(self.path)
+            if not force and digest is not None and digest == self._settled:
+                log.debug("config unchanged sha256=%s; nothing to do", digest[:12])
+                return self.last
+            return self._reload(digest)
+
+    def _reload(self, digest: str | None) -> ReloadStatus:
+        now = self._clock.now()
+        try:
+            loaded = load_jobs_file(self.path)
+        except ConfigError as exc:
+            for line in exc.errors:
+                log.error("config invalid, keeping last good config: %s", line)
+            self._settled = digest
+            return self._finish(ReloadStatus(now, False, list(exc.errors), digest or ""))
+        try:
+            diff = self._registry.reconcile(loaded.jobs)
+            wanted = {j.id for j in loaded.jobs}
+            self._scheduler.set_jobs(j for j in self._registry.list_jobs() if j.job_id in wanted)
+        except StorageError as exc:
+            log.error("config valid but could not be applied: %s", exc)
+            self._settled = None  # the same content must be tried again
+            return self._finish(ReloadStatus(now, False, [f"storage: {exc}"], loaded.sha256,
+                                             retryable=True))
+        self.current = loaded
+        self._settled = loaded.sha256
+        log.info("config applied %s sha256=%s", diff.summary(), loaded.sha256[:12])
+        return self._finish(ReloadStatus(now, True, [], loaded.sha256, diff))
 
     def _finish(self, status: ReloadStatus) -> ReloadStatus:
         self.last = status
@@ -79,3 +123,201 @@ class ConfigReloader:
             if status.ok and status.at is not None:
                 m.config_last_reload_success.set(status.at.timestamp())
         return status
+
+
+# -- watching --------------------------------------------------------------------------
+
+MAX_SYMLINK_HOPS = 40  # as the kernel's ELOOP limit
+
+
+@dataclass(frozen=True)
+class WatchTargets:
+    """What reading the jobs file depends on: each symlink on the way and the real file.
+
+    ``paths`` are absolute, spelled as the watcher reports them (joined onto the
+    watched directories), so an event's path can be compared as a string.
+    """
+
+    base: str
+    paths: frozenset[str]
+    dirs: tuple[str, ...]
+    identity: tuple[tuple[int, int] | None, ...]
+
+    @classmethod
+    def resolve(cls, path: Path) -> WatchTargets:
+        base, name = os.path.split(os.path.abspath(path))
+        chain = _symlink_chain(base, name)
+        dirs = sorted({base} | {os.path.dirname(p) for p in chain})
+        dirs = [d for d in dirs if d == base or os.path.isdir(d)]
+        return cls(base, frozenset(chain), tuple(dirs), tuple(_identity(d) for d in dirs))
+
+    @property
+    def base_exists(self) -> bool:
+        return self.identity[self.dirs.index(self.base)] is not None
+
+    def affected_by(self, paths: Iterable[str]) -> bool:
+        """True if a change at one of ``paths`` can change what a read of the file returns."""
+        for raw in paths:
+            p = os.path.normpath(raw)
+            prefix = p.rstrip(os.sep) + os.sep
+            if p in self.paths or any(c.startswith(prefix) for c in self.paths):
+                return True
+        return False
+
+
+def _symlink_chain(base: str, name: str) -> list[str]:
+    """``base/name``, every symlink met resolving it (where it was met), and the real path.
+
+    Like ``os.path.realpath`` but keeping the links: replacing any of them (a ConfigMap's
+    ``..data``) changes the file without touching ``base/name`` itself.
+    """
+    chain = [os.path.join(base, name)]
+    todo = [name]
+    cur = base
+    hops = 0
+    while todo:
+        part = todo.pop(0)
+        if part in ("", "."):
+            continue
+        if part == "..":
+            cur = os.path.dirname(cur)
+            continue
+        nxt = os.path.join(cur, part)
+        if hops < MAX_SYMLINK_HOPS and os.path.islink(nxt):
+            hops += 1
+            chain.append(nxt)
+            try:
+                target = os.readlink(nxt)
+            except OSError:
+                break
+            if os.path.isabs(target):
+                cur = os.sep
+            todo = target.split(os.sep) + todo
+        else:
+            cur = nxt
+    chain.append(cur)
+    return list(dict.fromkeys(chain))
+
+
+def _identity(d: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(d)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class ConfigWatcher:
+    """Reloads the config when its file changes, from its own thread, without ever dying.
+
+    Events are grouped for up to ``debounce_ms`` (watchfiles yields a batch once
+    ``step`` ms pass without a new event), so a ``git checkout`` or an editor's
+    temp-file-and-rename is one reload. Re-resolves the symlink chain after every batch
+    and re-watches when it changed (a ConfigMap swap points at a new directory) or a
+    watched directory was deleted or replaced (inotify does not follow a recreated one).
+    """
+
+    def __init__(
+        self,
+        reloader: ConfigReloader,
+        debounce_ms: int = 200,
+        *,
+        retry_s: float = 1.0,
+        storage_retry_s: float = 10.0,
+        rust_timeout_ms: int = 1000,
+    ) -> None:
+        self._reloader = reloader
+        self._debounce_ms = max(1, debounce_ms)
+        self._step_ms = max(1, min(50, self._debounce_ms))
+        self._retry_s = retry_s
+        self._storage_retry_s = storage_retry_s
+        self._rust_timeout_ms = rust_timeout_ms
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._missing_reported = False
+        self._last_setup_error = ""
+        self._last_attempt = 0.0
+        self.reload_calls = 0  # reloads this watcher asked for (no-ops included)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        if self.alive:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop promptly: watchfiles checks the event every ``step`` ms; a reload in
+        progress is let finish (it never waits for running jobs)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("config watcher did not stop within %.1fs", timeout)
+            self._thread = None
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        log.info("watching %s for changes", self._reloader.path)
+        while not self._stop.is_set():
+            try:
+                self._watch_once()
+            except Exception as exc:  # the watcher must outlive anything the OS throws at it
+                self._report_setup_error(exc)
+                self._stop.wait(self._retry_s)
+        log.debug("config watcher stopped")
+
+    def _watch_once(self) -> None:
+        """Watch until the set of paths to watch changes; then return to re-resolve."""
+        targets = WatchTargets.resolve(self._reloader.path)
+        if not targets.base_exists:
+            if not self._missing_reported:
+                log.warning("config directory %s is missing; retrying every %.1fs",
+                            targets.base, self._retry_s)
+                self._missing_reported = True
+            self._stop.wait(self._retry_s)
+            return
+        if self._missing_reported:
+            log.info("config directory %s is back", targets.base)
+            self._missing_reported = False
+        log.debug("watching %s for %s", ", ".join(targets.dirs), sorted(targets.paths))
+        first = True
+        for changes in watchfiles.watch(
+            *targets.dirs, watch_filter=None, debounce=self._debounce_ms, step=self._step_ms,
+            stop_event=self._stop, rust_timeout=self._rust_timeout_ms, yield_on_timeout=True,
+            recursive=False, raise_interrupt=False,
+        ):
+            self._last_setup_error = ""
+            # The first yield means the watch is in place: anything changed before that
+            # was not seen as an event, so compare the content once (a quiet no-op if equal).
+            if first or targets.affected_by(p for _, p in changes) or self._retry_due():
+                self._reload()
+            first = False
+            if WatchTargets.resolve(self._reloader.path) != targets:
+                return
+
+    def _retry_due(self) -> bool:
+        """A valid file that Redis refused is tried again now and then, not only on a save."""
+        return (self._reloader.last.retryable
+                and time.monotonic() - self._last_attempt >= self._storage_retry_s)
+
+    def _reload(self) -> None:
+        self.reload_calls += 1
+        self._last_attempt = time.monotonic()
+        try:
+            self._reloader.reload(force=False)
+        except Exception:  # a bug in one reload must not end hot reload for good
+            log.exception("config reload crashed; still watching %s", self._reloader.path)
+
+    def _report_setup_error(self, exc: Exception) -> None:
+        """Log a failing watch once per distinct error, not once per retry."""
+        text = f"{type(exc).__name__}: {exc}"
+        if text != self._last_setup_error:
+            log.error("cannot watch %s (%s); retrying every %.1fs",
+                      self._reloader.path, text, self._retry_s)
+            self._last_setup_error = text

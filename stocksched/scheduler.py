@@ -1,13 +1,26 @@
 """JobScheduler: one thread that sleeps until the earliest next fire time, then dispatches.
 
 Due runs go to a bounded thread pool; a job never runs twice at once. The scheduler
-thread itself does no network I/O: Redis bookkeeping happens in the worker threads.
+thread itself does no network I/O: Redis bookkeeping happens in worker threads.
 ``tick(now)`` is the whole decision step, so tests drive it with a fake clock and
 never sleep.
+
+Slot policies (per job, from jobs.yaml):
+
+- catch-up: at startup and on resume, slots missed since the persisted ``next_run``
+  are looked at. The newest one runs once, now, if it is less than ``catchup`` old;
+  every other missed slot is recorded as ``missed``. A running daemon that falls
+  behind (a suspended host) coalesces the same way but always runs the newest slot.
+- overlap: a slot due while the job's previous run is still going is skipped
+  (recorded) or, with ``overlap: queue``, runs once right after it.
+- jitter: each slot fires at ``slot + offset``, the offset a hash of (job, slot) below
+  ``jitter``, so every replica picks the same instant.
+- calendar: a slot on a day the exchange does not trade is recorded as skipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
 import logging
@@ -16,8 +29,10 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
+from stocksched.calendars import MarketCalendars
 from stocksched.clock import Clock
 from stocksched.config import JobSpec
 from stocksched.executor import JobExecutor, manual_run_id, scheduled_run_id
@@ -27,6 +42,11 @@ from stocksched.registry import JobRegistry, UnknownJobError
 from stocksched.storage.adapter import StorageError
 
 log = logging.getLogger(__name__)
+
+# History entries written for one stretch of missed slots; the metric counts them all.
+MAX_MISSED_RECORDS = 100
+# Slots examined when catching up; beyond this the oldest are counted, not enumerated.
+MAX_MISSED_SCAN = 100_000
 
 
 class JobBusyError(RuntimeError):
@@ -40,10 +60,20 @@ class _JobState:
     paused: bool
     next_run: datetime | None
     gen: int = 0
+    queued: datetime | None = None  # overlap: queue — the slot waiting for the current run
 
     @property
     def active(self) -> bool:
         return self.spec.enabled and not self.paused
+
+
+class _Entry(NamedTuple):
+    fire_at: datetime
+    seq: int
+    job_id: str
+    gen: int
+    slot: datetime
+    catchup: bool  # a missed slot run late on purpose, not the job's regular next slot
 
 
 @dataclass
@@ -54,6 +84,14 @@ class RunHandle:
     started_at: datetime
     future: Future[RunResult | None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+
+
+def jitter_offset(job_id: str, slot: datetime, jitter: timedelta) -> timedelta:
+    if jitter <= timedelta(0):
+        return timedelta(0)
+    digest = hashlib.sha256(f"{job_id}|{slot.timestamp()}".encode()).digest()
+    frac = int.from_bytes(digest[:8], "big") / 2**64
+    return timedelta(seconds=round(jitter.total_seconds() * frac, 3))
 
 
 class JobScheduler:
@@ -67,20 +105,22 @@ class JobScheduler:
         metrics: Metrics | None = None,
         max_sleep: float = 30.0,
         pool: Executor | None = None,
+        calendars: MarketCalendars | None = None,
         on_loop: Callable[[], None] | None = None,
     ) -> None:
         self._registry = registry
         self._executor = executor
         self._clock = clock
         self._metrics = metrics
-        self._max_sleep = max_sleep
+        self.max_sleep = max_sleep
         self._pool = pool or ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="job")
         self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bookkeeping")
+        self._calendars = calendars or MarketCalendars()
         self._on_loop = on_loop
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._jobs: dict[str, _JobState] = {}
-        self._heap: list[tuple[datetime, int, str, int]] = []
+        self._heap: list[_Entry] = []
         self._seq = itertools.count()
         self._running: dict[str, RunHandle] = {}
         self._dirty = False
@@ -98,75 +138,153 @@ class JobScheduler:
             for rec in records:
                 seen.add(rec.job_id)
                 old = self._jobs.get(rec.job_id)
-                if (old is not None and old.spec_hash == rec.spec_hash
-                        and old.paused == rec.paused):
+                if old is not None and (old.spec_hash, old.paused) == (rec.spec_hash, rec.paused):
                     continue
-                nxt = rec.next_run
-                if old is not None and old.spec.schedule == rec.spec.schedule and \
-                        old.spec.timezone == rec.spec.timezone and old.active:
-                    nxt = old.next_run  # a spec change that does not touch timing
-                if nxt is None or nxt < now:
-                    nxt = rec.spec.next_fire(now)
-                state = _JobState(rec.spec, rec.spec_hash, rec.paused, nxt,
+                state = _JobState(rec.spec, rec.spec_hash, rec.paused, rec.next_run,
                                   gen=(old.gen + 1) if old else 0)
                 self._jobs[rec.job_id] = state
-                self._push(rec.job_id, state)
+                if old is not None and old.active and state.active and \
+                        (old.spec.schedule, old.spec.timezone) == (rec.spec.schedule,
+                                                                   rec.spec.timezone):
+                    state.next_run = old.next_run  # a change that does not touch timing
+                    self._push(state, state.next_run)
+                else:
+                    self._arm(state, now)
             for job_id in set(self._jobs) - seen:
                 del self._jobs[job_id]  # a run in progress finishes and is recorded
                 if self._metrics is not None:
                     self._metrics.remove_job(job_id)
             self._dirty = True
             self._wake.notify_all()
-        self._publish_gauges()
 
-    def _push(self, job_id: str, state: _JobState) -> None:
-        if state.active and state.next_run is not None:
-            heapq.heappush(self._heap, (state.next_run, next(self._seq), job_id, state.gen))
+    def _arm(self, state: _JobState, now: datetime) -> None:
+        """Give a (re)activated job its next slot, catching up on slots it missed."""
+        if not state.active:
+            self._push(state, None)
+            return
+        missed_from = state.next_run
+        state.next_run = state.spec.next_fire(now)
+        self._push(state, state.next_run)
+        if missed_from is not None and missed_from <= now:
+            self._catch_up(state, missed_from, now)
+        if state.next_run != missed_from:
+            self._persist_next_run(state)
+
+    def _persist_next_run(self, state: _JobState) -> None:
+        """Keep the record's next_run current, so a restart does not re-count missed slots."""
+        job_id, next_run = state.spec.id, state.next_run
+        self._side.submit(self._safe, "store next_run", job_id,
+                          lambda: self._registry.set_next_run(job_id, next_run))
+
+    def _catch_up(self, state: _JobState, first: datetime, now: datetime) -> None:
+        spec = state.spec
+        missed = [first, *spec.parsed_schedule.slots_between(first, now, spec.zone,
+                                                             limit=MAX_MISSED_SCAN)]
+        newest = missed[-1]
+        if spec.catchup > timedelta(0) and now - newest <= spec.catchup:
+            missed.pop()
+            log.info("catching up job=%s slot=%s (missed while down)", spec.id,
+                     newest.isoformat(), extra={"job": spec.id})
+            self._push_entry(state, newest, newest, catchup=True)
+        if missed:
+            log.warning("job=%s missed %d slot(s) from %s to %s (catchup=%s)", spec.id,
+                        len(missed), missed[0].isoformat(), missed[-1].isoformat(),
+                        spec.catchup, extra={"job": spec.id})
+            self._record_not_run(spec, missed, now, RunStatus.MISSED,
+                                 "daemon was not running or job was paused")
+
+    def _push(self, state: _JobState, slot: datetime | None) -> None:
+        if state.active and slot is not None:
+            self._push_entry(state, slot, slot + jitter_offset(state.spec.id, slot,
+                                                              state.spec.jitter), False)
         if self._metrics is not None:
+            job_id = state.spec.id
             ts = state.next_run.timestamp() if state.active and state.next_run else 0
             self._metrics.job_next_run.labels(job=job_id).set(ts)
             self._metrics.job_paused.labels(job=job_id).set(0 if state.active else 1)
 
+    def _push_entry(self, state: _JobState, slot: datetime, fire_at: datetime,
+                    catchup: bool) -> None:
+        heapq.heappush(self._heap, _Entry(fire_at, next(self._seq), state.spec.id, state.gen,
+                                          slot, catchup))
+
     # -- the decision step -----------------------------------------------------------
 
     def tick(self, now: datetime | None = None) -> datetime | None:
-        """Dispatch every slot due at ``now``; return the earliest remaining due time."""
+        """Dispatch every slot due at ``now``; return the earliest remaining fire time."""
         now = now or self._clock.now()
         with self._lock:
-            while self._heap and self._heap[0][0] <= now:
-                due, _, job_id, gen = heapq.heappop(self._heap)
-                state = self._jobs.get(job_id)
-                if state is None or state.gen != gen or not state.active:
+            while self._heap and self._heap[0].fire_at <= now:
+                entry = heapq.heappop(self._heap)
+                state = self._jobs.get(entry.job_id)
+                if state is None or state.gen != entry.gen or not state.active:
                     continue  # stale entry: the job changed, paused or left the config
-                state.next_run = state.spec.next_fire(max(due, now))
-                self._push(job_id, state)
-                self._dispatch_slot(state, due, now)
+                slot = entry.slot
+                if not entry.catchup:
+                    slot = self._advance(state, slot, now)
+                self._dispatch_slot(state, slot, now)
             self._dirty = False
-            return self._heap[0][0] if self._heap else None
+            return self._heap[0].fire_at if self._heap else None
 
-    def _dispatch_slot(self, state: _JobState, due: datetime, now: datetime) -> None:
-        job_id = state.spec.id
-        if job_id in self._running:
+    def _advance(self, state: _JobState, slot: datetime, now: datetime) -> datetime:
+        """Move the job to its next slot; if it fell behind, run only the newest due slot."""
+        spec = state.spec
+        later = list(spec.parsed_schedule.slots_between(slot, now, spec.zone,
+                                                        limit=MAX_MISSED_SCAN))
+        if later:
+            self._record_not_run(spec, [slot, *later[:-1]], now, RunStatus.MISSED,
+                                 "scheduler fell behind (host suspended or overloaded)")
+            slot = later[-1]
+        state.next_run = spec.next_fire(max(slot, now))
+        self._push(state, state.next_run)
+        return slot
+
+    def _dispatch_slot(self, state: _JobState, slot: datetime, now: datetime) -> None:
+        spec = state.spec
+        if spec.calendar and not self._is_session(spec, slot):
+            log.info("slot skipped: %s closed job=%s slot=%s", spec.calendar, spec.id,
+                     slot.isoformat(), extra={"job": spec.id})
+            self._record_not_run(spec, [slot], now, RunStatus.SKIPPED,
+                                 f"market closed ({spec.calendar})")
+            self._persist_next_run(state)
+            return
+        if spec.id in self._running:
+            if spec.overlap == "queue":
+                log.info("slot queued behind the running run job=%s slot=%s", spec.id,
+                         slot.isoformat(), extra={"job": spec.id})
+                if state.queued is not None:  # one queued run at most: the older is dropped
+                    self._record_not_run(spec, [state.queued], now, RunStatus.SKIPPED,
+                                         "superseded by a newer queued slot")
+                state.queued = slot
+                return
             log.warning("slot skipped: previous run still going job=%s slot=%s",
-                        job_id, due.isoformat(), extra={"job": job_id})
-            self._record_skip(state, due, now)
+                        spec.id, slot.isoformat(), extra={"job": spec.id})
+            self._record_not_run(spec, [slot], now, RunStatus.SKIPPED,
+                                 "previous run still in progress")
+            self._persist_next_run(state)
             return
         if self._metrics is not None:
-            self._metrics.schedule_lateness.observe(max(0.0, (now - due).total_seconds()))
-        handle = RunHandle(scheduled_run_id(job_id, due), Trigger.SCHEDULE, due, now)
-        self._submit(state.spec, handle, state.next_run)
+            self._metrics.schedule_lateness.observe(max(0.0, (now - slot).total_seconds()))
+        handle = RunHandle(scheduled_run_id(spec.id, slot), Trigger.SCHEDULE, slot, now)
+        self._submit(spec, handle, state.next_run)
 
-    def _record_skip(self, state: _JobState, due: datetime, now: datetime) -> None:
-        result = RunResult(job_id=state.spec.id, run_id=scheduled_run_id(state.spec.id, due),
-                           trigger=Trigger.SCHEDULE, scheduled_for=due, started_at=now,
-                           finished_at=now, status=RunStatus.SKIPPED,
-                           reason="previous run still in progress")
+    def _is_session(self, spec: JobSpec, slot: datetime) -> bool:
+        assert spec.calendar is not None
+        day = slot.astimezone(self._calendars.tz(spec.calendar)).date()
+        return self._calendars.is_session(spec.calendar, day)
+
+    def _record_not_run(self, spec: JobSpec, slots: list[datetime], now: datetime,
+                        status: RunStatus, reason: str) -> None:
         if self._metrics is not None:
-            self._metrics.job_missed_runs.labels(job=state.spec.id).inc()
-        next_run = state.next_run
-        self._side.submit(self._safe, "record skipped slot", state.spec.id,
-                          lambda: (self._registry.add_history(result),
-                                   self._registry.set_next_run(state.spec.id, next_run)))
+            self._metrics.job_missed_runs.labels(job=spec.id).inc(len(slots))
+        listed = slots[-MAX_MISSED_RECORDS:]
+        results = [RunResult(job_id=spec.id, run_id=scheduled_run_id(spec.id, s),
+                             trigger=Trigger.SCHEDULE, scheduled_for=s, started_at=now,
+                             finished_at=now, status=status, reason=reason) for s in listed]
+        if len(slots) > len(listed):
+            results[0].reason += f" ({len(slots) - len(listed)} earlier slots not listed)"
+        self._side.submit(self._safe, "record slots not run", spec.id,
+                          lambda: self._registry.add_history_many(results))
 
     def _submit(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> None:
         self._running[spec.id] = handle
@@ -185,7 +303,8 @@ class JobScheduler:
                 self._safe("mark running", spec.id, lambda: self._registry.mark_running(spec.id))
             result = self._executor.execute_job(
                 spec, run_id=handle.run_id, trigger=handle.trigger,
-                scheduled_for=handle.scheduled_for, cancel=handle.cancel)
+                scheduled_for=handle.scheduled_for, cancel=handle.cancel,
+                timeout=spec.timeout)
             self._safe("record run", spec.id, lambda: self._record(result))
             return result
         except Exception:
@@ -193,12 +312,20 @@ class JobScheduler:
                           extra={"job": spec.id, "run_id": handle.run_id})
             return None
         finally:
-            with self._lock:
-                if self._running.get(spec.id) is handle:
-                    del self._running[spec.id]
-                self._wake.notify_all()
+            self._finish(spec, handle)
+
+    def _finish(self, spec: JobSpec, handle: RunHandle) -> None:
+        with self._lock:
+            if self._running.get(spec.id) is handle:
+                del self._running[spec.id]
             if self._metrics is not None and spec.id in self._jobs:
                 self._metrics.job_running.labels(job=spec.id).set(0)
+            state = self._jobs.get(spec.id)
+            if state is not None and state.queued is not None:
+                slot, state.queued = state.queued, None
+                if state.active and not self._stopping:
+                    self._dispatch_slot(state, slot, self._clock.now())
+            self._wake.notify_all()
 
     def _record(self, result: RunResult) -> None:
         try:
@@ -232,18 +359,15 @@ class JobScheduler:
             return handle.run_id
 
     def set_paused(self, job_id: str, paused: bool) -> ScheduledJob:
-        """Persist the pause override, then follow it here (a resume schedules from now)."""
+        """Persist the pause override, then follow it here (resume catches up like a start)."""
         rec = self._registry.set_paused(job_id, paused)
         with self._lock:
             state = self._jobs.get(job_id)
             if state is not None and state.paused != paused:
                 state.paused = paused
                 state.gen += 1
-                if not paused:
-                    state.next_run = state.spec.next_fire(self._clock.now())
-                self._push(job_id, state)
+                self._arm(state, self._clock.now())
                 self._wake.notify_all()
-        self._publish_gauges()
         return rec
 
     # -- introspection ----------------------------------------------------------------
@@ -260,6 +384,14 @@ class JobScheduler:
         with self._lock:
             return {i: (s.next_run if s.active else None) for i, s in self._jobs.items()}
 
+    def next_due(self) -> tuple[str, datetime] | None:
+        with self._lock:
+            due = [(t, i) for i, t in self.next_runs().items() if t is not None]
+            if not due:
+                return None
+            t, i = min(due)
+            return i, t
+
     def job_states(self) -> dict[str, JobStatus]:
         with self._lock:
             out: dict[str, JobStatus] = {}
@@ -272,17 +404,14 @@ class JobScheduler:
                     out[job_id] = JobStatus.PENDING
             return out
 
-    def _publish_gauges(self) -> None:
-        if self._metrics is None:
-            return
-        with self._lock:
-            for job_id, s in self._jobs.items():
-                self._metrics.job_paused.labels(job=job_id).set(0 if s.active else 1)
-
     def wait_idle(self, timeout: float) -> bool:
         """Block until no run is in progress (tests and run-job)."""
         with self._wake:
             return self._wake.wait_for(lambda: not self._running, timeout)
+
+    def flush_bookkeeping(self, timeout: float = 10) -> None:
+        """Wait for queued history writes (tests, shutdown)."""
+        self._side.submit(lambda: None).result(timeout)
 
     # -- thread lifecycle -------------------------------------------------------------
 
@@ -309,7 +438,7 @@ class JobScheduler:
                     return
                 if self._dirty:
                     continue
-                timeout = self._max_sleep
+                timeout = self.max_sleep
                 if next_due is not None:
                     timeout = min(timeout, (next_due - self._clock.now()).total_seconds())
                 if timeout > 0:

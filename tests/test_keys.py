@@ -56,3 +56,9 @@ def test_scheduler_keys_share_one_namespace() -> None:
     assert keys.job_key("x").startswith(keys.JOB_PREFIX)
     assert keys.runs_key("x").startswith(keys.RUNS_PREFIX)
     assert keys.job_index_key() == keys.JOB_INDEX
+
+
+def test_ratelimit_key_is_shared_per_source_name() -> None:
+    assert keys.ratelimit_key("yahoo") == "scheduler:ratelimit:yahoo"
+    assert keys.ratelimit_key("yahoo") != keys.ratelimit_key("demo")
+    assert "::" not in keys.ratelimit_key("yahoo")

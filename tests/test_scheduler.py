@@ -46,7 +46,7 @@ class Rig:
 
     def settle(self) -> None:
         assert self.scheduler.wait_idle(10)
-        self.scheduler._side.submit(lambda: None).result(5)  # flush bookkeeping
+        self.scheduler.flush_bookkeeping()
 
 
 @pytest.fixture

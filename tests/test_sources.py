@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import warnings
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +23,26 @@ import pytest
 import yfinance as yf
 import yfinance.base
 import yfinance.cache
+from curl_cffi import requests as curl_requests
+from yfinance.exceptions import YFPricesMissingError, YFRateLimitError, YFTzMissingError
 
 from stocksched.sources import (
     BAR_COLUMNS,
     DemoFetcher,
+    FetchError,
     PermanentFetchError,
     TransientFetchError,
     YFinanceFetcher,
     build_fetchers,
 )
 from stocksched.sources.demo import demo_bar
-from stocksched.sources.yahoo import parse_retry_after, silence_yfinance_warnings
+from stocksched.sources.yahoo import (
+    HttpOutcome,
+    YahooSession,
+    classify_failure,
+    parse_retry_after,
+    silence_yfinance_warnings,
+)
 from tests.yahoo_fake import AAPL, FakeYahoo, Reply, installed_fake
 
 REPO = Path(__file__).resolve().parent.parent
@@ -156,6 +167,13 @@ def test_empty_answer_for_the_window_is_permanent(
         fetcher.fetch_from_source("AAPL", date(2025, 1, 2), date(2025, 1, 10), "1d")
 
 
+def test_request_yahoo_refuses_is_permanent(fake: FakeYahoo, fetcher: YFinanceFetcher) -> None:
+    fake.script_attempts("AAPL", Reply.rejected())
+
+    with pytest.raises(PermanentFetchError, match="Only 8 days worth of 1m"):
+        fetcher.fetch_from_source("AAPL", date(2025, 1, 2), date(2025, 1, 10), "1m")
+
+
 def test_window_without_trading_days_is_permanent(fetcher: YFinanceFetcher) -> None:
     with pytest.raises(PermanentFetchError, match="no data"):
         fetcher.fetch_from_source("AAPL", date(2025, 1, 4), date(2025, 1, 5), "1d")
@@ -222,6 +240,62 @@ def test_server_and_network_failures_are_transient(
 
     assert caught.value.ticker == "AAPL"
     assert caught.value.retry_after is None
+
+
+def test_unreadable_200_is_transient(fake: FakeYahoo, fetcher: YFinanceFetcher) -> None:
+    fake.script_attempts("AAPL", Reply.garbage())
+
+    with pytest.raises(TransientFetchError, match="unreadable answer"):
+        fetcher.fetch_from_source("AAPL", date(2025, 1, 2), date(2025, 1, 10), "1d")
+
+
+def http_error(status: int) -> curl_requests.exceptions.HTTPError:
+    response = curl_requests.Response()
+    response.status_code = status
+    return curl_requests.exceptions.HTTPError(f"HTTP Error {status}", 0, response)
+
+
+class OperationalError(Exception):
+    """Stands in for peewee's, which yfinance's SQLite caches raise."""
+
+
+@pytest.mark.parametrize(
+    ("exc", "outcome", "expected"),
+    [
+        (YFRateLimitError(), None, TransientFetchError),
+        (YFPricesMissingError("X", "", yahoo_reason="Internal Server Error"),
+         HttpOutcome("u", 500, None), TransientFetchError),
+        (YFPricesMissingError("X", "", yahoo_reason="No data found"),
+         HttpOutcome("u", 404, None), PermanentFetchError),
+        (YFTzMissingError("X"), None, PermanentFetchError),
+        (http_error(404), HttpOutcome("u", 404, None), PermanentFetchError),
+        (http_error(401), HttpOutcome("u", 404, None), PermanentFetchError),
+        (http_error(503), HttpOutcome("u", 404, None), TransientFetchError),
+        (http_error(429), None, TransientFetchError),
+        (curl_requests.exceptions.ReadTimeout("timed out", 28), None, TransientFetchError),
+        (OperationalError("database is locked"), None, TransientFetchError),
+        (ValueError("bad json"), HttpOutcome("u", 200, None), TransientFetchError),
+        (KeyError("chart"), HttpOutcome("u", 200, None), PermanentFetchError),
+    ],
+    ids=["rate-limit", "5xx-as-missing-prices", "404-missing-prices", "tz-missing",
+         "quote-404", "quote-401", "quote-503", "quote-429", "read-timeout", "cache-locked",
+         "bad-json", "parse-bug"],
+)
+def test_classify_failure(
+    exc: BaseException, outcome: HttpOutcome | None, expected: type[FetchError],
+) -> None:
+    error = classify_failure("X", exc, outcome)
+
+    assert type(error) is expected
+    assert error.ticker == "X"
+    assert error.message and "\n" not in error.message
+
+
+def test_unexpected_failure_is_logged_with_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="stocksched.sources.yahoo"):
+        classify_failure("X", KeyError("chart"), None)
+
+    assert caplog.records and caplog.records[0].exc_info is not None
 
 
 def test_timeout_during_time_zone_lookup_is_transient(
@@ -295,6 +369,51 @@ def test_concurrent_fetches_keep_their_own_outcomes(
 
     assert results == {"AAPL": "TransientFetchError", "MSFT": 4, "BMW.DE": 3,
                        "GONE": "PermanentFetchError"}
+
+
+# ------------------------------------------------------------------ Yahoo: the session
+
+class _LocalYahoo(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if "/v8/finance/chart/" in self.path:
+            self.send_response(429)
+            self.send_header("Retry-After", "9")
+        else:
+            self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"Too Many Requests" if "/chart/" in self.path else b"crumb")
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def local_http() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LocalYahoo)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_yahoo_session_remembers_the_last_chart_answer_per_thread(local_http: str) -> None:
+    session = YahooSession(trust_env=False)
+    chart_url = f"{local_http}/v8/finance/chart/AAPL"
+
+    session.get(chart_url, timeout=5)
+    session.get(f"{local_http}/v1/test/getcrumb", timeout=5)  # not the chart API: ignored
+
+    assert session.last_outcome() == HttpOutcome(chart_url, 429, 9.0)
+    elsewhere: list[HttpOutcome | None] = []
+    other = threading.Thread(target=lambda: elsewhere.append(session.last_outcome()))
+    other.start()
+    other.join()
+    assert elsewhere == [None]
+    session.forget_outcome()
+    assert session.last_outcome() is None
 
 
 # ------------------------------------------------------------------ Yahoo: configuration

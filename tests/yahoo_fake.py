@@ -9,7 +9,7 @@ exceptions our code would see from Yahoo, without any network. It serves:
   failure: 404 "No data found, symbol may be delisted", 429 (optionally with
   ``Retry-After``), 5xx, an empty window, or a raised curl_cffi ``Timeout`` /
   ``ConnectionError``;
-- quoteSummary / quote (yfinance's fallback time-zone lookup): 404 for unknown symbols.
+- quoteSummary / quote (yfinance's fallback time-zone lookup): always 404, no quote data.
 
 How yfinance 1.7 spends requests (useful when scripting): before the first history
 request of a symbol it looks up the symbol's time zone with a chart request
@@ -54,6 +54,9 @@ SERVER_ERROR_BODY = {"chart": {"result": None, "error": {
     "code": "Internal Server Error", "description": "Internal Server Error"}}}
 MAINTENANCE_PAGE = ("<html><head><title>Yahoo</title></head>"
                     "<body>Will be right back...</body></html>")
+INTRADAY_TOO_OLD = (
+    "1m data not available for startTime=1733150400 and endTime=1736197200. "
+    "Only 8 days worth of 1m granularity data are allowed to be fetched per request.")
 VALID_RANGES = ["1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max"]
 
 
@@ -269,11 +272,12 @@ def chart_body(sym: FakeSymbol, interval: str, bars: list[Bar] | tuple[Bar, ...]
 class Reply:
     """One scripted answer to a chart request."""
 
-    # ok | no_data | delisted | rate_limited | server_error | maintenance | timeout
-    # | connection_error
+    # ok | no_data | delisted | rejected | rate_limited | server_error | maintenance
+    # | garbage | timeout | connection_error
     kind: str
     status: int = 200
     retry_after: str | None = None
+    description: str = ""
 
     @classmethod
     def ok(cls) -> Reply:
@@ -286,6 +290,16 @@ class Reply:
     @classmethod
     def delisted(cls) -> Reply:
         return cls("delisted", 404)
+
+    @classmethod
+    def rejected(cls, description: str = INTRADAY_TOO_OLD, status: int = 422) -> Reply:
+        """Yahoo refusing the request itself, e.g. 1m bars older than it keeps."""
+        return cls("rejected", status, description=description)
+
+    @classmethod
+    def garbage(cls) -> Reply:
+        """A 200 that is not Yahoo's JSON (a captive portal, a misbehaving proxy)."""
+        return cls("garbage")
 
     @classmethod
     def rate_limited(cls, retry_after: float | str | None = None) -> Reply:
@@ -447,6 +461,12 @@ class FakeYahoo(YahooSession):
             return _response(url, 429, b"Too Many Requests\r\n", headers)
         if reply.kind == "server_error":
             return _json_response(url, reply.status, SERVER_ERROR_BODY)
+        if reply.kind == "rejected":
+            return _json_response(url, reply.status, {"chart": {"result": None, "error": {
+                "code": HTTPStatus(reply.status).phrase, "description": reply.description}}})
+        if reply.kind == "garbage":
+            return _response(url, 200, b"<html><body>Please log in to the network</body></html>",
+                             {"Content-Type": "text/html"})
         if reply.kind == "maintenance":
             return _response(url, reply.status, MAINTENANCE_PAGE.encode(),
                              {"Content-Type": "text/html"})

@@ -9,6 +9,8 @@ Daemon start-up wires them once::
 
 from __future__ import annotations
 
+from curl_cffi import requests as curl_requests
+
 from stocksched.sources.base import (
     BAR_COLUMNS,
     Fetcher,
@@ -40,7 +42,7 @@ __all__ = [
 
 
 def build_fetchers(
-    session: YahooSession | None = None,
+    session: curl_requests.Session | None = None,
     timeout: float = 30.0,
     demo_latency_s: float = 0.0,
 ) -> dict[str, Fetcher]:

@@ -124,14 +124,17 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return max(0.0, (when - current).total_seconds())
 
 
-def configure_yfinance(cache_dir: Path | None, session: YahooSession | None = None) -> None:
+def configure_yfinance(
+    cache_dir: Path | None, session: curl_requests.Session | None = None
+) -> None:
     """Set yfinance's process-wide state; call ONCE at daemon start-up, before any fetch.
 
     ``cache_dir`` receives yfinance's time-zone, cookie and ISIN caches (SQLite files).
     yfinance has no supported switch to disable them, so ``None`` points them at a
     private temporary directory removed at exit: nothing is ever written under $HOME.
-    ``session`` (default: ``new_session()``) becomes yfinance's shared HTTP session; pass
-    the same one to ``build_fetchers``.
+    ``session`` (default: ``new_session()``; a ``YahooSession`` keeps Retry-After and 5xx
+    detection working) becomes yfinance's shared HTTP session; pass the same one to
+    ``build_fetchers``.
     """
     yf.config.debug.hide_exceptions = False
     # Retries belong to our executor's policy (backoff, Retry-After), not to yfinance.
@@ -140,7 +143,7 @@ def configure_yfinance(cache_dir: Path | None, session: YahooSession | None = No
     location = cache_dir if cache_dir is not None else _private_cache_dir()
     location.mkdir(parents=True, exist_ok=True)
     yf.set_tz_cache_location(str(location))
-    pass  # _open_caches()
+    _open_caches()
     YfData(session=session if session is not None else new_session())
     log.debug("yfinance configured: caches in %s", location)
 
@@ -187,8 +190,13 @@ class YFinanceFetcher:
     yfinance's "Datetime" to "Date" for the same reason.
     """
 
-    def __init__(self, session: YahooSession | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, session: curl_requests.Session | None = None, timeout: float = 30.0
+                 ) -> None:
         self._session = session if session is not None else new_session()
+        self._observer = self._session if isinstance(self._session, YahooSession) else None
+        if self._observer is None:
+            log.warning("session is a plain curl_cffi Session, not a YahooSession: Retry-After "
+                        "is lost and an HTTP 5xx may be taken for a delisted symbol")
         self._timeout = timeout
 
     def fetch_from_source(
@@ -197,7 +205,8 @@ class YFinanceFetcher:
         if end < start:
             raise PermanentFetchError(ticker, f"no data: window end {end} is before start {start}")
         _require_configured()
-        self._session.forget_outcome()
+        if self._observer is not None:
+            self._observer.forget_outcome()
         try:
             frame = yf.Ticker(ticker, session=self._session).history(
                 start=start, end=end + timedelta(days=1), interval=interval,
@@ -207,7 +216,8 @@ class YFinanceFetcher:
             # The cache keeps error answers too: drop them so the next attempt asks Yahoo.
             clear_response_cache()
             window = f"{start}..{end} ({interval})"
-            raise classify_failure(ticker, exc, self._session.last_outcome(), window) from exc
+            outcome = self._observer.last_outcome() if self._observer is not None else None
+            raise classify_failure(ticker, exc, outcome, window) from exc
         if frame.empty:
             raise PermanentFetchError(ticker, f"no data for {start}..{end} ({interval})")
         return normalise_frame(ticker, frame)
@@ -224,28 +234,56 @@ def classify_failure(
 ) -> FetchError:
     """Sort a yfinance failure into permanent or transient, trusting the HTTP status first.
 
-    ``window`` describes the request ("2025-01-02..2025-01-10 (1d)") for the no-data message.
+    ``outcome`` is the last chart-API answer seen in this thread (None when the request
+    never got an answer or was served from yfinance's cache); ``window`` describes the
+    request ("2025-01-02..2025-01-10 (1d)") for the no-data message.
     """
     reason = _one_line(exc).removeprefix(f"${ticker.upper()}: ")
-    if isinstance(exc, YFRateLimitError) or (outcome is not None and outcome.status == 429):
-        retry_after = outcome.retry_after if outcome is not None else None
-        return TransientFetchError(ticker, "rate limited by Yahoo (HTTP 429)", retry_after)
-    if outcome is not None and outcome.status >= 500:
-        return TransientFetchError(ticker, f"Yahoo answered HTTP {outcome.status}: {reason}")
+    by_status = _transient_by_status(ticker, exc, outcome, reason)
+    if by_status is not None:
+        return by_status
     if isinstance(exc, curl_requests.exceptions.HTTPError):
         return _classify_http_error(ticker, exc, reason)
+    by_exception = _transient_by_exception(ticker, exc, outcome, reason)
+    if by_exception is not None:
+        return by_exception
+    return _permanent(ticker, exc, reason, window)
+
+
+def _transient_by_status(
+    ticker: str, exc: BaseException, outcome: HttpOutcome | None, reason: str
+) -> TransientFetchError | None:
+    status = outcome.status if outcome is not None else None
+    if isinstance(exc, YFRateLimitError) or status == 429:
+        retry_after = outcome.retry_after if outcome is not None else None
+        return TransientFetchError(ticker, "rate limited by Yahoo (HTTP 429)", retry_after)
+    if status is not None and status >= 500:
+        return TransientFetchError(ticker, f"Yahoo answered HTTP {status}: {reason}")
+    return None
+
+
+def _transient_by_exception(
+    ticker: str, exc: BaseException, outcome: HttpOutcome | None, reason: str
+) -> TransientFetchError | None:
     if isinstance(exc, OSError):  # curl_cffi's Timeout/ConnectionError are OSErrors too
         return TransientFetchError(ticker, f"network error: {type(exc).__name__}: {reason}")
     if isinstance(exc, YFDataException) and "CURRENTLY DOWN" in str(exc):
         return TransientFetchError(ticker, "Yahoo Finance is down (maintenance page)")
+    if type(exc).__name__ == "OperationalError" and "locked" in reason:
+        # yfinance's SQLite caches (peewee) briefly busy under concurrent writers.
+        return TransientFetchError(ticker, f"yfinance cache busy: {reason}")
+    if isinstance(exc, ValueError) and outcome is not None and outcome.status == 200:
+        # A 200 whose body is not the JSON we expect: a proxy or captive page, try later.
+        return TransientFetchError(ticker, f"unreadable answer from Yahoo: {reason}")
+    return None
+
+
+def _permanent(ticker: str, exc: BaseException, reason: str, window: str) -> PermanentFetchError:
     if isinstance(exc, YFPricesMissingError) and exc.yahoo_reason is None and window:
         # Yahoo answered, without complaint, with no bars in the window.
         return PermanentFetchError(ticker, f"no data for {window}")
     if isinstance(exc, (YFTickerMissingError, YFInvalidPeriodError)):
         return PermanentFetchError(ticker, reason)
-    if isinstance(exc, ValueError) and outcome is not None and outcome.status == 200:
-        # A 200 whose body is not the JSON we expect: a proxy or captive page, try later.
-        return TransientFetchError(ticker, f"unreadable answer from Yahoo: {reason}")
     if not isinstance(exc, YFException):
         log.warning("unexpected yfinance failure for %s", ticker, exc_info=exc)
     return PermanentFetchError(ticker, f"{type(exc).__name__}: {reason}")

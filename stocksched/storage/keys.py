@@ -30,3 +30,51 @@ def data_key(prefix: str, ticker: str, start: str, end: str) -> str:
 def latest_key(prefix: str, ticker: str) -> str:
     """Name of the newest window key for a ticker, so consumers need not know dates."""
     return f"{prefix}:{ticker}:latest"
+
+
+RATELIMIT_PREFIX = "scheduler:ratelimit:"
+
+
+def ratelimit_key(name: str) -> str:
+    """State of one shared request limiter (e.g. ``yahoo``), common to every replica."""
+    return f"{RATELIMIT_PREFIX}{name}"
+
+
+# -- coordination between replicas (stocksched.coordination) ----------------------
+
+SLOT_PREFIX = "scheduler:slot:"
+RUNNING_PREFIX = "scheduler:running:"
+INFLIGHT_PREFIX = "scheduler:inflight:"
+INFLIGHT_INDEX = "scheduler:inflight_index"
+REPLICA_PREFIX = "scheduler:replica:"
+REPLICA_INDEX = "scheduler:replica_index"
+
+
+def slot_key(run_id: str) -> str:
+    """Claim marker of one run id (``{job}:{unix_ms}``); outlives the run so it never reruns."""
+    return f"{SLOT_PREFIX}{run_id}"
+
+
+def running_key(job_id: str) -> str:
+    """Per-job running lease (hash: owner token, run id) with a PX expiry the owner extends."""
+    return f"{RUNNING_PREFIX}{job_id}"
+
+
+def inflight_key(job_id: str) -> str:
+    """Hash run id -> JSON of the job's runs in progress; a field left behind is a crash."""
+    return f"{INFLIGHT_PREFIX}{job_id}"
+
+
+def inflight_index_key() -> str:
+    """Set of job ids with in-flight records, so the crash scan never SCANs the keyspace."""
+    return INFLIGHT_INDEX
+
+
+def replica_key(replica_id: str) -> str:
+    """One live replica's heartbeat (JSON, expires unless beaten)."""
+    return f"{REPLICA_PREFIX}{replica_id}"
+
+
+def replica_index_key() -> str:
+    """Sorted set replica id -> heartbeat expiry (server ms), pruned on read."""
+    return REPLICA_INDEX

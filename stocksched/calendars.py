@@ -1,0 +1,50 @@
+"""Exchange trading calendars (exchange_calendars), loaded lazily and cached.
+
+A calendar takes a second or so to build, so each code is built once per process
+and only when a job names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import date
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class MarketCalendars:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cache: dict[str, Any] = {}
+        self._warned: set[tuple[str, int]] = set()
+
+    def _get(self, code: str) -> Any:
+        with self._lock:
+            cal = self._cache.get(code)
+            if cal is None:
+                import exchange_calendars
+
+                cal = exchange_calendars.get_calendar(code)
+                self._cache[code] = cal
+            return cal
+
+    def is_session(self, code: str, day: date) -> bool:
+        """True if ``code`` trades on ``day``; days outside the calendar's range count as open.
+
+        Skipping a slot is the riskier mistake (data silently not fetched), so a day the
+        calendar cannot judge runs, with a warning once per calendar and year.
+        """
+        cal = self._get(code)
+        try:
+            return bool(cal.is_session(day.isoformat()))
+        except Exception as exc:  # exchange_calendars raises DateOutOfBounds and friends
+            if (code, day.year) not in self._warned:
+                self._warned.add((code, day.year))
+                log.warning("calendar %s cannot judge %s (%s); treating it as open",
+                            code, day, exc)
+            return True
+
+    def tz(self, code: str) -> Any:
+        return self._get(code).tz

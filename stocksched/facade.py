@@ -1,0 +1,386 @@
+"""SchedulerServingApp: the one object the HTTP API talks to (the seed's webapp layer).
+
+The seed made it a singleton that also created, edited and deleted jobs. Here it is an
+ordinary object built from its collaborators, and job definitions are read-only:
+``jobs.yaml`` in git is the source of truth, so the API can read state, trigger a run,
+and pause or resume a job, nothing more.
+
+Views combine the Redis record (spec, last run, last result, the persisted pause flag)
+with the scheduler's live state (running now, the next fire time it is waiting for).
+Status, health and metrics are served from memory so they keep answering while Redis is
+down; the calls that need Redis raise ``StorageError``, which the API turns into 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from stocksched.clock import Clock
+from stocksched.metrics import JOB_STATES, Metrics
+from stocksched.model import JobStatus, RunResult, ScheduledJob
+from stocksched.registry import JobRegistry, UnknownJobError
+from stocksched.reload import ConfigReloader, ReloadStatus
+from stocksched.scheduler import JobBusyError, JobScheduler
+from stocksched.settings import Settings
+from stocksched.storage.adapter import RedisAdapter, StorageError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "JobBusyError",
+    "JobNotFoundError",
+    "JobView",
+    "PauseView",
+    "RunView",
+    "SchedulerServingApp",
+    "StatusView",
+    "TriggerView",
+]
+
+# The scheduler thread wakes at least every 30 s (its max_sleep); three missed wake-ups
+# mean it is stuck, not merely idle.
+DEFAULT_STUCK_AFTER_S = 90.0
+MAX_RUNS_LIMIT = 1000
+
+ReplicasHook = Callable[[], list[dict[str, Any]]]
+
+
+class JobNotFoundError(UnknownJobError):
+    """No job with this id is in the current config (the API answers 404)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"no job {self.job_id!r} in the current config"
+
+
+# -- views (also the API's response models) ------------------------------------------
+
+
+class RunSummaryView(BaseModel):
+    """The last run of a job, as stored on its record."""
+
+    run_id: str
+    status: str = Field(description="success, partial_success or failed")
+    trigger: str = Field(description="schedule or manual")
+    finished_at: datetime | None = None
+    duration_s: float = 0.0
+    fetched: int = Field(0, description="tickers fetched and stored")
+    failed: int = Field(0, description="tickers that failed")
+    reason: str = ""
+
+
+class JobView(BaseModel):
+    """A job's spec from jobs.yaml and its runtime state."""
+
+    job_id: str
+    name: str
+    status: str = Field(description="pending, running, completed, failed or paused")
+    running: bool = Field(description="a run of this job is in progress in this daemon")
+    enabled: bool = Field(description="enabled in jobs.yaml (the seed's is_active)")
+    paused: bool = Field(description="paused through the API (persisted in Redis)")
+    active: bool = Field(description="enabled and not paused: scheduled runs happen")
+    schedule: str
+    timezone: str
+    source: str
+    interval: str
+    tickers: list[str]
+    last_run: datetime | None = None
+    next_run: datetime | None = Field(None, description="next scheduled slot; null if inactive")
+    last_result: RunSummaryView | None = None
+    spec: dict[str, Any] = Field(description="the job as written in jobs.yaml, defaults merged")
+    spec_hash: str
+    created_at: datetime
+    updated_at: datetime
+
+
+class RunView(BaseModel):
+    """One entry of a job's run history."""
+
+    run_id: str
+    job_id: str
+    trigger: str
+    status: str = Field(
+        description="success, partial_success, failed, or missed/skipped/interrupted for "
+        "slots that did not run")
+    scheduled_for: datetime | None = None
+    started_at: datetime
+    finished_at: datetime
+    duration_s: float
+    fetched: list[str]
+    failed: list[str]
+    errors: dict[str, str] = Field(description="error message per failed ticker")
+    rows_stored: int
+    reason: str = ""
+
+    @classmethod
+    def of(cls, r: RunResult) -> RunView:
+        return cls(run_id=r.run_id, job_id=r.job_id, trigger=str(r.trigger),
+                   status=str(r.status), scheduled_for=r.scheduled_for,
+                   started_at=r.started_at, finished_at=r.finished_at,
+                   duration_s=round(r.duration_s, 3), fetched=list(r.fetched_stocks),
+                   failed=list(r.failed_stocks), errors=dict(r.errors),
+                   rows_stored=r.rows_stored, reason=r.reason)
+
+
+class ReloadView(BaseModel):
+    """The last load or reload of jobs.yaml."""
+
+    at: datetime | None = None
+    ok: bool
+    errors: list[str] = Field(description="FILE:LINE:COL: path: message, when invalid")
+    sha256: str = ""
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+
+    @classmethod
+    def of(cls, s: ReloadStatus) -> ReloadView:
+        d = s.diff
+        return cls(at=s.at, ok=s.ok, errors=list(s.errors), sha256=s.sha256,
+                   added=len(d.added) if d else 0, changed=len(d.changed) if d else 0,
+                   removed=len(d.removed) if d else 0, unchanged=len(d.unchanged) if d else 0)
+
+
+class ConfigView(BaseModel):
+    path: str
+    sha256: str | None = Field(None, description="hash of the config in effect")
+    jobs: int = Field(description="jobs in the config in effect")
+
+
+class StatusView(BaseModel):
+    """The daemon at a glance."""
+
+    running: bool = Field(description="the scheduler thread is alive")
+    version: str
+    started_at: datetime
+    uptime_s: float
+    jobs_total: int
+    jobs_by_state: dict[str, int] = Field(description="pending, running, paused")
+    config: ConfigView
+    last_reload: ReloadView
+    replicas: list[dict[str, Any]] | None = Field(
+        None, description="live replicas sharing this Redis, when known")
+
+
+class TriggerView(BaseModel):
+    job_id: str
+    run_id: str
+    message: str
+
+
+class PauseView(BaseModel):
+    job_id: str
+    paused: bool
+    enabled: bool
+    active: bool
+    message: str
+    job: JobView
+
+
+# -- the facade ----------------------------------------------------------------------
+
+
+class SchedulerServingApp:
+    """Reads and steers the running daemon; holds no state of its own besides its start time."""
+
+    def __init__(
+        self,
+        *,
+        registry: JobRegistry,
+        scheduler: JobScheduler,
+        reloader: ConfigReloader,
+        adapter: RedisAdapter,
+        metrics: Metrics,
+        clock: Clock,
+        settings: Settings,
+        version: str,
+        started_at: datetime,
+        replicas: ReplicasHook | None = None,
+        stuck_after_s: float = DEFAULT_STUCK_AFTER_S,
+    ) -> None:
+        self._registry = registry
+        self._scheduler = scheduler
+        self._reloader = reloader
+        self._adapter = adapter
+        self._metrics = metrics
+        self._clock = clock
+        self._settings = settings
+        self._version = version
+        self._started_at = started_at
+        self._replicas = replicas
+        self._stuck_after_s = stuck_after_s
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    @contextmanager
+    def _storage(self) -> Iterator[None]:
+        """Count Redis failures of API calls like the scheduler counts its own."""
+        try:
+            yield
+        except StorageError:
+            self._metrics.redis_errors.inc()
+            raise
+
+    # -- reads -----------------------------------------------------------------------
+
+    def status(self) -> StatusView:
+        states = self._scheduler.job_states()
+        counts = Counter(str(s) for s in states.values())
+        current = self._reloader.current
+        return StatusView(
+            running=self._scheduler.alive,
+            version=self._version,
+            started_at=self._started_at,
+            uptime_s=round(max(0.0, (self._clock.now() - self._started_at).total_seconds()), 3),
+            jobs_total=len(states),
+            jobs_by_state={s: counts.get(s, 0) for s in ("pending", "running", "paused")},
+            config=ConfigView(
+                path=str(self._reloader.path),
+                sha256=current.sha256 if current else None,
+                jobs=len(current.jobs) if current else 0),
+            last_reload=ReloadView.of(self._reloader.last),
+            replicas=self._replicas() if self._replicas is not None else None,
+        )
+
+    def list_jobs(self) -> list[JobView]:
+        with self._storage():
+            records = self._registry.list_jobs()
+        running = self._scheduler.running()
+        next_runs = self._scheduler.next_runs()
+        return [self._view(r, r.job_id in running, next_runs) for r in records]
+
+    def get_job(self, job_id: str) -> JobView:
+        rec = self._record(job_id)
+        return self._view(rec, self._scheduler.is_running(job_id), self._scheduler.next_runs())
+
+    def get_runs(self, job_id: str, limit: int = 20) -> list[RunView]:
+        """Newest first; only for jobs in the current config."""
+        self._record(job_id)
+        with self._storage():
+            runs = self._registry.get_runs(job_id, max(1, min(limit, MAX_RUNS_LIMIT)))
+        return [RunView.of(r) for r in runs]
+
+    def _record(self, job_id: str) -> ScheduledJob:
+        with self._storage():
+            rec = self._registry.get_job(job_id)
+        if rec is None:
+            raise JobNotFoundError(job_id)
+        return rec
+
+    def _view(
+        self, rec: ScheduledJob, running: bool, next_runs: dict[str, datetime | None]
+    ) -> JobView:
+        spec = rec.spec
+        # The scheduler's next fire time is live (e.g. just after a resume); the record's
+        # is what was last written.
+        next_run = next_runs[rec.job_id] if rec.job_id in next_runs else rec.next_run
+        status = JobStatus.RUNNING if running else rec.effective_status()
+        return JobView(
+            job_id=rec.job_id, name=spec.display_name, status=str(status),
+            running=status == JobStatus.RUNNING, enabled=spec.enabled, paused=rec.paused,
+            active=rec.is_active, schedule=spec.schedule, timezone=spec.timezone,
+            source=spec.source, interval=spec.interval, tickers=list(spec.tickers),
+            last_run=rec.last_run, next_run=next_run if rec.is_active else None,
+            last_result=_summary(rec.last_result), spec=spec.to_json(),
+            spec_hash=rec.spec_hash, created_at=rec.created_at, updated_at=rec.updated_at,
+        )
+
+    # -- actions ----------------------------------------------------------------------
+
+    def trigger(self, job_id: str) -> str:
+        """Start a manual run now; next_run does not move. Raises JobBusyError if running."""
+        try:
+            run_id = self._scheduler.trigger(job_id)
+        except UnknownJobError:
+            raise JobNotFoundError(job_id) from None
+        log.info("manual run requested job=%s run_id=%s", job_id, run_id,
+                 extra={"job": job_id, "run_id": run_id})
+        return run_id
+
+    def pause(self, job_id: str) -> PauseView:
+        return self._set_paused(job_id, True)
+
+    def resume(self, job_id: str) -> PauseView:
+        return self._set_paused(job_id, False)
+
+    def _set_paused(self, job_id: str, paused: bool) -> PauseView:
+        before = self._record(job_id)
+        try:
+            with self._storage():
+                rec = self._scheduler.set_paused(job_id, paused)
+        except UnknownJobError:
+            raise JobNotFoundError(job_id) from None
+        if before.paused != paused:
+            log.info("job %s %s through the API", job_id, "paused" if paused else "resumed",
+                     extra={"job": job_id})
+        view = self.get_job(job_id)
+        return PauseView(job_id=job_id, paused=rec.paused, enabled=rec.spec.enabled,
+                         active=rec.is_active, message=_pause_message(before, view),
+                         job=view)
+
+    # -- probes and metrics ---------------------------------------------------------------
+
+    def healthz(self) -> tuple[bool, str]:
+        """Alive: the scheduler thread runs and its loop came round recently."""
+        if not self._scheduler.alive:
+            return False, "scheduler thread is not running"
+        age = self._clock.monotonic() - self._scheduler.last_loop_monotonic
+        if age > self._stuck_after_s:
+            return False, (f"scheduler loop last ran {age:.0f}s ago "
+                           f"(stuck after {self._stuck_after_s:.0f}s)")
+        return True, "ok"
+
+    def readyz(self) -> tuple[bool, str]:
+        """Ready: a valid config is in effect and Redis answers."""
+        if self._reloader.current is None:
+            errors = self._reloader.last.errors
+            detail = f": {errors[0]}" if errors else ""
+            return False, f"no valid config loaded from {self._reloader.path}{detail}"
+        if not self._adapter.ping():
+            return False, "redis is not answering"
+        return True, "ok"
+
+    def render_metrics(self) -> bytes:
+        """Prometheus text; gauges derived from live state are refreshed first (no Redis)."""
+        counts = Counter(str(s) for s in self._scheduler.job_states().values())
+        for state in JOB_STATES:
+            self._metrics.jobs.labels(state=state).set(counts.get(state, 0))
+        return self._metrics.render()
+
+
+def _summary(d: dict[str, Any] | None) -> RunSummaryView | None:
+    if not d:
+        return None
+    try:
+        return RunSummaryView.model_validate({k: (v or None) if k == "finished_at" else v
+                                              for k, v in d.items()})
+    except ValidationError:  # a record written by an older version: show no summary
+        log.debug("unreadable last_result %r", d)
+        return None
+
+
+def _pause_message(before: ScheduledJob, after: JobView) -> str:
+    if after.paused:
+        if before.paused:
+            return "already paused"
+        return ("paused: no scheduled runs until resumed; the override is kept in Redis "
+                "and survives reloads and restarts (a run in progress finishes)")
+    if not after.enabled:
+        return ("pause override cleared, but the job is disabled in jobs.yaml "
+                "(enabled: false) and stays disabled until jobs.yaml enables it")
+    prefix = "was not paused" if not before.paused else "resumed"
+    when = after.next_run.isoformat() if after.next_run else "unknown"
+    return f"{prefix}; next run at {when}"
