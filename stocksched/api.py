@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, Path as PathParam, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -213,7 +214,8 @@ def _add_read_routes(app: FastAPI, facade: SchedulerServingApp) -> None:
 
 
 def _add_action_routes(app: FastAPI, facade: SchedulerServingApp, auth: Any) -> None:
-    busy = {409: {"model": ErrorBody, "description": "a run of this job is in progress"}}
+    busy: dict[int | str, dict[str, Any]] = {
+        409: {"model": ErrorBody, "description": "a run of this job is in progress"}}
 
     @app.post("/scheduler/jobs/{job_id}/trigger", status_code=202, response_model=TriggerView,
               tags=["actions"], dependencies=[auth], responses={**_POST_ERRORS, **busy},

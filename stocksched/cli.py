@@ -65,7 +65,45 @@ def build_parser() -> argparse.ArgumentParser:
     rj.add_argument("--json", action="store_true", help="print the result as JSON")
 
     sub.add_parser("schema", help="print the JSON Schema of jobs.yaml")
+    _add_client_commands(sub)
     return parser
+
+
+def _add_client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", metavar="URL",
+                   help="daemon address, e.g. http://127.0.0.1:9731 (env STOCKSCHED_URL; "
+                        "default: from the settings' http.listen)")
+    p.add_argument("--token-file", metavar="PATH",
+                   help="API token for POSTs (env STOCKSCHED_TOKEN_FILE, or http.token_file)")
+    p.add_argument("--config", metavar="PATH",
+                   help="settings file (default: $STOCKSCHED_CONFIG or config/stocksched.yaml)")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """HTTP clients of a running daemon (see stocksched.client for exit codes)."""
+    st = sub.add_parser("status", help="show the running daemon's status")
+    _add_client_flags(st)
+    jobs = sub.add_parser("jobs", help="list jobs with their state, last and next run")
+    _add_client_flags(jobs)
+    runs = sub.add_parser("runs", help="show a job's run history, newest first")
+    _add_client_flags(runs)
+    runs.add_argument("job_id", metavar="JOB_ID")
+    runs.add_argument("--limit", type=int, default=20, metavar="N", help="entries (default 20)")
+    trig = sub.add_parser(
+        "trigger", help="run a job now, outside its schedule",
+        description="Start a run now. With --wait, wait for it and exit like run-job: "
+                    "0 success, 3 partial success, 1 failed or timed out.")
+    _add_client_flags(trig)
+    trig.add_argument("job_id", metavar="JOB_ID")
+    trig.add_argument("--wait", action="store_true", help="wait until the run has finished")
+    trig.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
+                      help="with --wait: give up after this long (default 300)")
+    for name, text in (("pause", "pause a job's schedule (kept across restarts)"),
+                       ("resume", "resume a paused job")):
+        p = sub.add_parser(name, help=text)
+        _add_client_flags(p)
+        p.add_argument("job_id", metavar="JOB_ID")
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -186,11 +224,18 @@ def cmd_schema(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_client(args: argparse.Namespace) -> int:
+    from stocksched.client import run_command
+
+    return run_command(args, lambda: _settings(args))
+
+
 COMMANDS = {
     "validate": cmd_validate,
     "run": cmd_run,
     "run-job": cmd_run_job,
     "schema": cmd_schema,
+    **{name: cmd_client for name in ("status", "jobs", "runs", "trigger", "pause", "resume")},
 }
 
 

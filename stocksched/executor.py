@@ -42,6 +42,7 @@ class _TickerOutcome:
     ticker: str
     rows: int = 0
     error: str = ""
+    storage_failed: bool = False
 
 
 class JobExecutor:
@@ -86,6 +87,8 @@ class JobExecutor:
         pool.shutdown(wait=False, cancel_futures=True)
         outcomes = {futures[f]: f.result() for f in done}
         reason = ""
+        if any(o.storage_failed for o in outcomes.values()):
+            reason = "could not store data: Redis unavailable"
         if pending:
             reason = f"timeout after {timeout}"
             for f in pending:
@@ -129,7 +132,11 @@ class JobExecutor:
             self._butler.save_data(data=frame, prefix=job.prefix, stock_id=ticker,
                                    start_date=start.isoformat(), end_date=end.isoformat(),
                                    ttl=job.ttl, intraday=job.interval in INTRADAY)
-        except (FetchError, StorageError, ValueError) as exc:
+        except StorageError as exc:
+            log.debug("ticker not stored job=%s run_id=%s ticker=%s: %s",
+                      job.id, run_id, ticker, exc, extra=ctx)
+            return self._count(job, _TickerOutcome(ticker, error=str(exc), storage_failed=True))
+        except (FetchError, ValueError) as exc:
             log.warning("ticker failed job=%s run_id=%s ticker=%s: %s",
                         job.id, run_id, ticker, exc, extra=ctx)
             return self._count(job, _TickerOutcome(ticker, error=str(exc)))

@@ -44,9 +44,9 @@ __all__ = [
     "TriggerView",
 ]
 
-# The scheduler thread wakes at least every 30 s (its max_sleep); three missed wake-ups
+# The scheduler thread wakes at least every ``max_sleep`` seconds; three missed wake-ups
 # mean it is stuck, not merely idle.
-DEFAULT_STUCK_AFTER_S = 90.0
+STUCK_AFTER_SLEEPS = 3
 MAX_RUNS_LIMIT = 1000
 
 ReplicasHook = Callable[[], list[dict[str, Any]]]
@@ -207,7 +207,7 @@ class SchedulerServingApp:
         version: str,
         started_at: datetime,
         replicas: ReplicasHook | None = None,
-        stuck_after_s: float = DEFAULT_STUCK_AFTER_S,
+        stuck_after_s: float | None = None,
     ) -> None:
         self._registry = registry
         self._scheduler = scheduler
@@ -219,7 +219,8 @@ class SchedulerServingApp:
         self._version = version
         self._started_at = started_at
         self._replicas = replicas
-        self._stuck_after_s = stuck_after_s
+        self._stuck_after_s = (stuck_after_s if stuck_after_s is not None
+                               else STUCK_AFTER_SLEEPS * scheduler.max_sleep)
 
     @property
     def version(self) -> str:
@@ -286,7 +287,7 @@ class SchedulerServingApp:
         spec = rec.spec
         # The scheduler's next fire time is live (e.g. just after a resume); the record's
         # is what was last written.
-        next_run = next_runs[rec.job_id] if rec.job_id in next_runs else rec.next_run
+        next_run = next_runs.get(rec.job_id, rec.next_run)
         status = JobStatus.RUNNING if running else rec.effective_status()
         return JobView(
             job_id=rec.job_id, name=spec.display_name, status=str(status),

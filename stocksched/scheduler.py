@@ -38,6 +38,7 @@ from stocksched.config import JobSpec
 from stocksched.executor import JobExecutor, manual_run_id, scheduled_run_id
 from stocksched.metrics import Metrics
 from stocksched.model import JobStatus, RunResult, RunStatus, ScheduledJob, Trigger
+from stocksched.outbox import Outbox, StorageHealth
 from stocksched.registry import JobRegistry, UnknownJobError
 from stocksched.storage.adapter import StorageError
 
@@ -107,6 +108,7 @@ class JobScheduler:
         pool: Executor | None = None,
         calendars: MarketCalendars | None = None,
         on_loop: Callable[[], None] | None = None,
+        health: StorageHealth | None = None,
     ) -> None:
         self._registry = registry
         self._executor = executor
@@ -117,6 +119,8 @@ class JobScheduler:
         self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bookkeeping")
         self._calendars = calendars or MarketCalendars()
         self._on_loop = on_loop
+        self.health = health or StorageHealth(clock, metrics)
+        self.outbox = Outbox(self.health, clock)
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._jobs: dict[str, _JobState] = {}
@@ -283,7 +287,7 @@ class JobScheduler:
                              finished_at=now, status=status, reason=reason) for s in listed]
         if len(slots) > len(listed):
             results[0].reason += f" ({len(slots) - len(listed)} earlier slots not listed)"
-        self._side.submit(self._safe, "record slots not run", spec.id,
+        self._side.submit(self.outbox.run, "record slots not run",
                           lambda: self._registry.add_history_many(results))
 
     def _submit(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> None:
@@ -305,7 +309,7 @@ class JobScheduler:
                 spec, run_id=handle.run_id, trigger=handle.trigger,
                 scheduled_for=handle.scheduled_for, cancel=handle.cancel,
                 timeout=spec.timeout)
-            self._safe("record run", spec.id, lambda: self._record(result))
+            self.outbox.run("record run", lambda: self._record(result))
             return result
         except Exception:
             log.exception("run crashed job=%s run_id=%s", spec.id, handle.run_id,
@@ -339,9 +343,9 @@ class JobScheduler:
         except UnknownJobError:
             log.info("%s: job %s left the config meanwhile", what, job_id, extra={"job": job_id})
         except StorageError as exc:
-            if self._metrics is not None:
-                self._metrics.redis_errors.inc()
-            log.error("%s failed job=%s: %s", what, job_id, exc, extra={"job": job_id})
+            self.health.failed(f"{what} job={job_id}", exc)
+        else:
+            self.health.ok()
 
     # -- operator actions --------------------------------------------------------------
 
@@ -433,12 +437,16 @@ class JobScheduler:
             except Exception:  # one bad job must not stop the scheduler
                 log.exception("scheduler step failed; continuing")
                 next_due = None
+            retry_in = self.outbox.retry_in()
+            if retry_in == 0:
+                self._side.submit(self.outbox.flush)
+                retry_in = self.max_sleep  # flush reschedules itself on failure
             with self._wake:
                 if self._stopping:
                     return
                 if self._dirty:
                     continue
-                timeout = self.max_sleep
+                timeout = min(self.max_sleep, retry_in if retry_in is not None else self.max_sleep)
                 if next_due is not None:
                     timeout = min(timeout, (next_due - self._clock.now()).total_seconds())
                 if timeout > 0:

@@ -62,3 +62,24 @@ def test_ratelimit_key_is_shared_per_source_name() -> None:
     assert keys.ratelimit_key("yahoo") == "scheduler:ratelimit:yahoo"
     assert keys.ratelimit_key("yahoo") != keys.ratelimit_key("demo")
     assert "::" not in keys.ratelimit_key("yahoo")
+
+
+def test_coordination_keys_pin_their_text() -> None:
+    assert keys.slot_key("daily-tech:1741617000000") == "scheduler:slot:daily-tech:1741617000000"
+    assert keys.running_key("daily-tech") == "scheduler:running:daily-tech"
+    assert keys.inflight_key("daily-tech") == "scheduler:inflight:daily-tech"
+    assert keys.inflight_index_key() == "scheduler:inflight_index"
+    assert keys.replica_key("host-1") == "scheduler:replica:host-1"
+    assert keys.replica_index_key() == "scheduler:replica_index"
+
+
+def test_coordination_keys_are_well_formed_and_distinct() -> None:
+    built = [keys.slot_key("j:1"), keys.running_key("j"), keys.inflight_key("j"),
+             keys.inflight_index_key(), keys.replica_key("r"), keys.replica_index_key()]
+    assert len(set(built)) == len(built)
+    for key in built:
+        assert key.startswith("scheduler:")
+        assert "::" not in key and not key.endswith(":")
+    # the index keys never match the SCAN pattern of their records
+    assert not keys.inflight_index_key().startswith(keys.INFLIGHT_PREFIX)
+    assert not keys.replica_index_key().startswith(keys.REPLICA_PREFIX)

@@ -1,0 +1,377 @@
+"""The CLI's HTTP client of a running daemon: status, jobs, runs, trigger, pause, resume.
+
+Kept light (httpx, no FastAPI) so the commands start fast. The daemon's address comes
+from ``--url``, ``$STOCKSCHED_URL`` or the settings' ``http.listen``; the token (needed
+for POSTs only) from ``--token-file``, ``$STOCKSCHED_TOKEN_FILE`` or ``http.token_file``.
+
+Exit codes: 0 ok; 1 daemon unreachable, server error, 409, failed run; 2 usage (unknown
+job, bad argument, refused token, unreadable token file); 3 the awaited run partially
+succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote
+
+import httpx
+
+from stocksched.settings import Settings, split_listen
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+REQUEST_TIMEOUT_S = 10.0
+# Runs that ended well enough: the same mapping as ``run-job``.
+RUN_EXIT = {"success": EXIT_OK, "partial_success": EXIT_PARTIAL}
+_USAGE_STATUSES = frozenset({400, 401, 403, 404, 405, 413, 422})
+
+
+class TokenFileError(ValueError):
+    """The token file cannot be read or is empty."""
+
+
+class DaemonUnreachableError(Exception):
+    """No answer from the daemon's address (not running, wrong URL, firewall)."""
+
+
+class ApiError(Exception):
+    """The daemon answered with an error; ``message`` is its ``error`` field."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def read_token(path: Path) -> str:
+    """The token in ``path`` without surrounding whitespace (``echo`` adds a newline)."""
+    try:
+        token = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise TokenFileError(f"cannot read API token file {path}: {reason}") from None
+    if not token:
+        raise TokenFileError(f"API token file {path} is empty")
+    return token
+
+
+def url_from_listen(listen: str) -> str:
+    """``http://HOST:PORT`` to reach a daemon listening on ``listen`` from this machine."""
+    host, port = split_listen(listen)
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class ApiClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = REQUEST_TIMEOUT_S,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
+                                  transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise DaemonUnreachableError(
+                f"cannot reach the stocksched daemon at {self.base_url}: "
+                f"{exc or type(exc).__name__}") from None
+        if resp.is_success:
+            try:
+                return resp.json()
+            except ValueError:
+                raise ApiError(resp.status_code, "the answer is not JSON; is this URL a "
+                                                 "stocksched daemon?") from None
+        raise ApiError(resp.status_code, _error_message(resp))
+
+    def status(self) -> dict[str, Any]:
+        data: dict[str, Any] = self._request("GET", "/scheduler/status")
+        return data
+
+    def jobs(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self._request("GET", "/scheduler/jobs")
+        return data
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = self._request("GET", f"/scheduler/jobs/{_seg(job_id)}")
+        return data
+
+    def runs(self, job_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self._request(
+            "GET", f"/scheduler/jobs/{_seg(job_id)}/runs", params={"limit": limit})
+        return data
+
+    def trigger(self, job_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = self._request("POST", f"/scheduler/jobs/{_seg(job_id)}/trigger")
+        return data
+
+    def pause(self, job_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = self._request("POST", f"/scheduler/jobs/{_seg(job_id)}/stop")
+        return data
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        data: dict[str, Any] = self._request("POST", f"/scheduler/jobs/{_seg(job_id)}/start")
+        return data
+
+    def wait_for_run(self, job_id: str, run_id: str, timeout: float,
+                     poll_s: float = 0.5) -> dict[str, Any] | None:
+        """The run's history entry once it has finished; None if ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for run in self.runs(job_id, limit=50):
+                if run.get("run_id") == run_id:
+                    return run
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
+def _seg(job_id: str) -> str:
+    return quote(job_id, safe="")
+
+
+def _error_message(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    return resp.reason_phrase or "error"
+
+
+# -- formatting ------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def fmt_time(value: str | None) -> str:
+    if not value:
+        return "-"
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def fmt_duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    d, rem = divmod(s, 86400)
+    h, rem = divmod(rem, 3600)
+    m, sec = divmod(rem, 60)
+    if d:
+        return f"{d}d{h:02d}h{m:02d}m"
+    if h:
+        return f"{h}h{m:02d}m"
+    return f"{m}m{sec:02d}s"
+
+
+def format_status(st: Mapping[str, Any]) -> str:
+    state = "running" if st["running"] else "NOT RUNNING (scheduler thread stopped)"
+    cfg = st["config"]
+    sha = (cfg.get("sha256") or "")[:12] or "none"
+    by = st["jobs_by_state"]
+    lines = [
+        f"stocksched {st['version']}: {state}, up {fmt_duration(st['uptime_s'])} "
+        f"(since {fmt_time(st['started_at'])})",
+        f"config:      {cfg['path']} (sha256 {sha}, {cfg['jobs']} jobs)",
+        f"jobs:        {st['jobs_total']} total: "
+        + ", ".join(f"{n} {s}" for s, n in by.items()),
+        "last reload: " + _format_reload(st["last_reload"]),
+    ]
+    lines += [f"  {e}" for e in st["last_reload"]["errors"]]
+    replicas = st.get("replicas")
+    if replicas:
+        keys = list(dict.fromkeys(k for r in replicas for k in r))
+        lines += ["replicas:", table([k.upper() for k in keys],
+                                     [[_cell(r.get(k)) for k in keys] for r in replicas])]
+    return "\n".join(lines)
+
+
+def _format_reload(rl: Mapping[str, Any]) -> str:
+    when = fmt_time(rl.get("at"))
+    if not rl["ok"]:
+        return f"{when} FAILED, keeping the last good config:"
+    return (f"{when} ok: added {rl['added']}, changed {rl['changed']}, "
+            f"removed {rl['removed']}, unchanged {rl['unchanged']}")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def format_jobs(jobs: Sequence[Mapping[str, Any]]) -> str:
+    if not jobs:
+        return "no jobs in the current config"
+    rows = []
+    for j in jobs:
+        status = "disabled" if not j["enabled"] and not j["running"] else j["status"]
+        result = (j.get("last_result") or {}).get("status", "-")
+        rows.append([j["job_id"], status, j["schedule"], j["timezone"], str(len(j["tickers"])),
+                     fmt_time(j.get("last_run")), result, fmt_time(j.get("next_run"))])
+    return table(["JOB", "STATUS", "SCHEDULE", "TIMEZONE", "TICKERS", "LAST RUN", "RESULT",
+                  "NEXT RUN"], rows)
+
+
+def format_runs(runs: Sequence[Mapping[str, Any]]) -> str:
+    if not runs:
+        return "no runs recorded yet"
+    rows = [[r["run_id"], r["trigger"], r["status"], fmt_time(r["started_at"]),
+             fmt_duration(r["duration_s"]), str(len(r["fetched"])), str(len(r["failed"])),
+             str(r["rows_stored"]), r.get("reason", "")] for r in runs]
+    return table(["RUN ID", "TRIGGER", "STATUS", "STARTED", "DURATION", "FETCHED", "FAILED",
+                  "ROWS", "REASON"], rows)
+
+
+def format_run(run: Mapping[str, Any]) -> str:
+    lines = [f"{run['job_id']} {run['run_id']}: {run['status']} in {run['duration_s']:.2f}s, "
+             f"{len(run['fetched'])} fetched, {len(run['failed'])} failed, "
+             f"{run['rows_stored']} rows stored"]
+    lines += [f"  {ticker}: {err}" for ticker, err in sorted(run["errors"].items())]
+    return "\n".join(lines)
+
+
+# -- commands --------------------------------------------------------------------------
+
+SettingsLoader = Callable[[], Settings]
+
+
+class _Ctx:
+    """Resolves the URL and (lazily, for POSTs only) the token, reading settings once."""
+
+    def __init__(self, args: argparse.Namespace, load_settings: SettingsLoader,
+                 env: Mapping[str, str]) -> None:
+        self.args = args
+        self._load_settings = load_settings
+        self._env = env
+        self._settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = self._load_settings()
+        return self._settings
+
+    def url(self) -> str:
+        flag = getattr(self.args, "url", None) or self._env.get("STOCKSCHED_URL")
+        return flag or url_from_listen(self.settings().http.listen)
+
+    def token(self) -> str | None:
+        path = getattr(self.args, "token_file", None) or self.settings().http.token_file
+        return read_token(Path(path)) if path else None
+
+    def client(self, with_token: bool) -> ApiClient:
+        return ApiClient(self.url(), self.token() if with_token else None)
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str, out: TextIO) -> None:
+    out.write((json.dumps(data, indent=2) if args.json else text) + "\n")
+
+
+def _status(c: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    st = c.status()
+    _emit(args, st, format_status(st), out)
+    return EXIT_OK
+
+
+def _jobs(c: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    jobs = c.jobs()
+    _emit(args, jobs, format_jobs(jobs), out)
+    return EXIT_OK
+
+
+def _runs(c: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    runs = c.runs(args.job_id, args.limit)
+    _emit(args, runs, format_runs(runs), out)
+    return EXIT_OK
+
+
+def _trigger(c: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    accepted = c.trigger(args.job_id)
+    if not args.wait:
+        _emit(args, accepted, f"{args.job_id}: run {accepted['run_id']} started", out)
+        return EXIT_OK
+    run = c.wait_for_run(args.job_id, accepted["run_id"], args.timeout)
+    if run is None:
+        sys.stderr.write(f"stocksched: run {accepted['run_id']} did not finish within "
+                         f"{args.timeout:g}s (it may still be running)\n")
+        return EXIT_FAIL
+    _emit(args, run, format_run(run), out)
+    return RUN_EXIT.get(run["status"], EXIT_FAIL)
+
+
+def _pause_resume(c: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
+    res = c.pause(args.job_id) if args.command == "pause" else c.resume(args.job_id)
+    _emit(args, res, f"{res['job_id']}: {res['message']}", out)
+    return EXIT_OK
+
+
+COMMANDS: dict[str, tuple[Callable[[ApiClient, argparse.Namespace, TextIO], int], bool]] = {
+    # command: (handler, sends the token)
+    "status": (_status, False),
+    "jobs": (_jobs, False),
+    "runs": (_runs, False),
+    "trigger": (_trigger, True),
+    "pause": (_pause_resume, True),
+    "resume": (_pause_resume, True),
+}
+
+
+def run_command(
+    args: argparse.Namespace,
+    load_settings: SettingsLoader,
+    env: Mapping[str, str] | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Run one client subcommand; every failure becomes one line on stderr and an exit code."""
+    handler, with_token = COMMANDS[args.command]
+    ctx = _Ctx(args, load_settings, os.environ if env is None else env)
+    try:
+        client = ctx.client(with_token)
+    except (TokenFileError, ValueError) as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    try:
+        return handler(client, args, out or sys.stdout)
+    except DaemonUnreachableError as exc:
+        return _fail(f"{exc} (is `stocksched run` running? set --url or STOCKSCHED_URL)",
+                     EXIT_FAIL)
+    except ApiError as exc:
+        hint = " (set --token-file or STOCKSCHED_TOKEN_FILE)" if exc.status == 401 else ""
+        code = EXIT_USAGE if exc.status in _USAGE_STATUSES else EXIT_FAIL
+        return _fail(f"{exc}{hint}", code)
+    finally:
+        client.close()
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"stocksched: {message}\n")
+    return code

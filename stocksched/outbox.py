@@ -1,0 +1,132 @@
+"""Writes that must not be lost while Redis is away: run results and history entries.
+
+A write that fails with StorageError is kept, in order, and retried with exponential
+backoff until Redis answers again. The outage is logged once when it starts and once
+when it ends, not once per attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from stocksched.clock import Clock
+from stocksched.metrics import Metrics
+from stocksched.storage.adapter import StorageError
+
+log = logging.getLogger(__name__)
+
+MAX_PENDING = 100_000  # beyond this the oldest writes are dropped, loudly
+
+
+class StorageHealth:
+    """Tracks whether Redis is reachable, so an outage is logged once, not per attempt."""
+
+    def __init__(self, clock: Clock, metrics: Metrics | None = None,
+                 on_recovered: Callable[[], None] | None = None) -> None:
+        self._clock = clock
+        self._metrics = metrics
+        self.on_recovered = on_recovered  # e.g. re-reconcile: a restarted Redis may be empty
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def failed(self, what: str, exc: StorageError) -> None:
+        if self._metrics is not None:
+            self._metrics.redis_errors.inc()
+        with self._lock:
+            first = self._down_since is None
+            if first:
+                self._down_since = self._clock.monotonic()
+        if first:
+            log.error("Redis unavailable (%s): %s; retrying with backoff", what, exc)
+        else:
+            log.debug("Redis still unavailable (%s): %s", what, exc)
+
+    def ok(self) -> None:
+        with self._lock:
+            since, self._down_since = self._down_since, None
+        if since is not None:
+            log.warning("Redis reachable again after %.1fs", self._clock.monotonic() - since)
+            if self.on_recovered is not None:
+                self.on_recovered()
+
+
+class Outbox:
+    def __init__(self, health: StorageHealth, clock: Clock,
+                 min_backoff: float = 0.5, max_backoff: float = 30.0) -> None:
+        self._health = health
+        self._clock = clock
+        self._min = min_backoff
+        self._max = max_backoff
+        self._lock = threading.Lock()
+        self._pending: deque[tuple[str, Callable[[], object]]] = deque()
+        self._backoff = min_backoff
+        self._next_attempt = 0.0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def run(self, what: str, write: Callable[[], object]) -> bool:
+        """Do ``write`` now, or keep it for later if Redis is away (or writes are queued)."""
+        with self._lock:
+            queued = bool(self._pending)
+            if queued:
+                self._append(what, write)
+        if queued:
+            self.flush()
+            return False
+        try:
+            write()
+        except StorageError as exc:
+            self._health.failed(what, exc)
+            with self._lock:
+                self._append(what, write)
+                self._schedule_retry()
+            return False
+        self._health.ok()
+        return True
+
+    def _append(self, what: str, write: Callable[[], object]) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            dropped, _ = self._pending.popleft()
+            log.error("outbox full: dropped pending write %r", dropped)
+        self._pending.append((what, write))
+
+    def _schedule_retry(self) -> None:
+        self._next_attempt = self._clock.monotonic() + self._backoff
+        self._backoff = min(self._max, self._backoff * 2)
+
+    def retry_in(self) -> float | None:
+        """Seconds until the next retry is due; None when nothing is pending."""
+        with self._lock:
+            if not self._pending:
+                return None
+            return max(0.0, self._next_attempt - self._clock.monotonic())
+
+    def flush(self) -> int:
+        """Write pending entries in order; stop at the first failure. Returns how many went."""
+        done = 0
+        while True:
+            with self._lock:
+                if not self._pending or self._clock.monotonic() < self._next_attempt:
+                    return done
+                what, write = self._pending[0]
+            try:
+                write()
+            except StorageError as exc:
+                self._health.failed(what, exc)
+                with self._lock:
+                    self._schedule_retry()
+                return done
+            with self._lock:
+                self._pending.popleft()
+                self._backoff = self._min
+            self._health.ok()
+            done += 1
