@@ -277,7 +277,7 @@ class ConfigWatcher:
         targets = WatchTargets.resolve(self._reloader.path)
         if not targets.base_exists:
             if not self._missing_reported:
-                log.warning("config directory %s is missing; retrying every %.1fs",
+                log.warning("config directory %s is missing; retrying every %gs",
                             targets.base, self._retry_s)
                 self._missing_reported = True
             self._stop.wait(self._retry_s)
@@ -318,6 +318,6 @@ class ConfigWatcher:
         """Log a failing watch once per distinct error, not once per retry."""
         text = f"{type(exc).__name__}: {exc}"
         if text != self._last_setup_error:
-            log.error("cannot watch %s (%s); retrying every %.1fs",
+            log.error("cannot watch %s (%s); retrying every %gs",
                       self._reloader.path, text, self._retry_s)
             self._last_setup_error = text

@@ -16,5 +16,7 @@ def make_spec(job_id: str = "job-a", **kw: Any) -> JobSpec:
         "source": "demo",
         "window": "10d",
     }
+    if "start" in kw or "end" in kw:
+        del data["window"]
     data.update(kw)
     return JobSpec.model_validate(data)
