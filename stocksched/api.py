@@ -146,11 +146,14 @@ def create_app(facade: SchedulerServingApp, token: str | None, max_body_bytes: i
     return app
 
 
+_BEARER = HTTPBearer(auto_error=False, description="The daemon's API token")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+
+
 def _bearer_check(token: str | None) -> Callable[..., None]:
-    bearer = HTTPBearer(auto_error=False, description="The daemon's API token")
     expected = token.encode() if token is not None else None
 
-    def check(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    def check(creds: Credentials) -> None:
         if expected is None:
             return
         if creds is None:

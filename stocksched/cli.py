@@ -174,8 +174,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from stocksched.daemon import Components, Daemon
     from stocksched.logs import configure_logging
 
+    import faulthandler
+
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
+    faulthandler.enable()  # a watchdog SIGABRT then logs every thread's stack
     return Daemon(Components(settings)).run()
 
 

@@ -130,16 +130,21 @@ class ApiClient:
         return data
 
     def wait_for_run(self, job_id: str, run_id: str, timeout: float,
-                     poll_s: float = 0.5) -> dict[str, Any] | None:
-        """The run's history entry once it has finished; None if ``timeout`` passes first."""
+                     max_poll_s: float = 1.0) -> dict[str, Any] | None:
+        """The run's history entry once it has finished; None if ``timeout`` passes first.
+
+        Polls quickly at first (most runs are short), then backs off to ``max_poll_s``.
+        """
         deadline = time.monotonic() + timeout
+        poll = 0.05
         while True:
             for run in self.runs(job_id, limit=50):
                 if run.get("run_id") == run_id:
                     return run
             if time.monotonic() >= deadline:
                 return None
-            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+            poll = min(poll * 1.5, max_poll_s)
 
 
 def _seg(job_id: str) -> str:

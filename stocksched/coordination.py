@@ -35,7 +35,9 @@ Claiming is one script: if the slot is taken nothing happens (``SLOT_TAKEN``);
 otherwise the slot becomes ours, and either the job is free and we also get the
 running lease and the in-flight record (``CLAIMED``), or another run holds the job
 (``JOB_BUSY``) and we own only the slot, so we alone record it as skipped, or queue
-it and take the lease later with ``lease_job``.
+it and take the lease later with ``lease_job`` / ``wait_lease_job``. Slots that will
+not run at all (missed while down, market closed) are claimed with ``claim_slots``
+before they are recorded, so several replicas write one history entry per slot.
 
 Limits, stated rather than hidden: a lease is time-based, so a run whose process
 stalls (or whose Redis is unreachable) for longer than ``lease_ms`` loses it while
@@ -56,7 +58,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -95,6 +97,24 @@ redis.call('SADD', KEYS[4], ARGV[6])
 return {'claimed', ''}
 """
 
+# KEYS: slot keys. ARGV: token, slot_ttl_ms, owner prefix ("{replica}/")
+# Per key 1 when the slot is now ours (newly, or already by this replica), else 0.
+_CLAIM_SLOTS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if not v then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    out[i] = 1
+  elseif string.sub(v, 1, string.len(ARGV[3])) == ARGV[3] then
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
 # KEYS: running. ARGV: token, lease_ms
 _EXTEND = """
 if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
@@ -116,6 +136,19 @@ _FINISH = """
 local n = redis.call('HDEL', KEYS[1], ARGV[1])
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SREM', KEYS[2], ARGV[2])
+end
+return n
+"""
+
+# KEYS: inflight, inflight index, running. ARGV: run_id, job_id, token
+# The end of a run in one step: record gone and lease gone, never one without the other.
+_FINISH_RUN = """
+local n = redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[2], ARGV[2])
+end
+if redis.call('HGET', KEYS[3], 'owner') == ARGV[3] then
+  redis.call('DEL', KEYS[3])
 end
 return n
 """
@@ -203,7 +236,7 @@ class InflightRun:
     trigger: Trigger
     scheduled_for: datetime | None
     started_at: datetime
-    owner: str  # the lease token of the replica that ran it
+    owner: str  # lease token ("{replica}/{random}") or replica id of the runner
 
     def to_json(self) -> str:
         return json.dumps({
@@ -261,9 +294,11 @@ class LeaseManager:
         self.slot_ttl_ms = slot_ttl_ms
         self._clock = clock or SystemClock()
         self._claim = client.register_script(_CLAIM)
+        self._claim_slots = client.register_script(_CLAIM_SLOTS)
         self._extend = client.register_script(_EXTEND)
         self._release = client.register_script(_RELEASE)
         self._finish = client.register_script(_FINISH)
+        self._finish_run = client.register_script(_FINISH_RUN)
         self._take = client.register_script(_TAKE_INTERRUPTED)
 
     def _new_token(self) -> str:
@@ -315,6 +350,45 @@ class LeaseManager:
         return self._run_claim(job_id, run_id, trigger, scheduled_for, started_at,
                                take_slot=False, slot_ttl_ms=None).lease
 
+    def wait_lease_job(
+        self,
+        job_id: str,
+        run_id: str,
+        *,
+        stop: threading.Event,
+        timeout_s: float,
+        poll_s: float = 0.25,
+        trigger: Trigger = Trigger.SCHEDULE,
+        scheduled_for: datetime | None = None,
+    ) -> Lease | None:
+        """``lease_job`` retried until the job is free: a queued slot behind another replica.
+
+        None when ``stop`` is set or ``timeout_s`` passes first; StorageError propagates.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lease = self.lease_job(job_id, run_id, trigger=trigger, scheduled_for=scheduled_for)
+            if lease is not None:
+                return lease
+            left = deadline - time.monotonic()
+            if left <= 0 or stop.wait(min(poll_s, left)):
+                return None
+
+    def claim_slots(self, run_ids: Sequence[str], *, slot_ttl_ms: int | None = None) -> list[bool]:
+        """Claim slots that will not run (missed, skipped), so one replica alone records each.
+
+        True per slot this replica now owns; idempotent for this replica, so a history
+        write retried after an outage claims the same slots again.
+        """
+        if not run_ids:
+            return []
+        first = keys.slot_key(run_ids[0])
+        with storage_errors("EVALSHA claim_slots", first):
+            won = self._claim_slots(keys=[keys.slot_key(r) for r in run_ids],
+                                    args=[self._new_token(), slot_ttl_ms or self.slot_ttl_ms,
+                                          f"{self.owner}/"])
+        return [bool(w) for w in won]
+
     def _run_claim(
         self, job_id: str, run_id: str, trigger: Trigger, scheduled_for: datetime | None,
         started_at: datetime | None, *, take_slot: bool, slot_ttl_ms: int | None,
@@ -348,6 +422,18 @@ class LeaseManager:
         key = keys.running_key(lease.job_id)
         with storage_errors("EVALSHA release", key):
             return bool(self._release(keys=[key], args=[lease.token]))
+
+    def finish(self, lease: Lease) -> bool:
+        """End a recorded run: drop its in-flight record and release its lease, atomically.
+
+        Call after the run's outcome is stored. False when a crash scan had already
+        taken the record (the lease was lost and the run recorded as interrupted).
+        """
+        key = keys.inflight_key(lease.job_id)
+        with storage_errors("EVALSHA finish_run", key):
+            return bool(self._finish_run(
+                keys=[key, keys.inflight_index_key(), keys.running_key(lease.job_id)],
+                args=[lease.run_id, lease.job_id, lease.token]))
 
     def running_run_id(self, job_id: str) -> str | None:
         """The run id holding the job's running lease on any replica, if any."""
@@ -439,6 +525,8 @@ class LeaseKeeper:
     A lease that cannot be extended -- the key vanished or another token holds it, or
     Redis stayed unreachable until the lease must have expired -- is dropped and
     reported to ``on_lost(lease, reason)``, so the run it covered can be flagged.
+    ``discard`` a lease before releasing or finishing it: one released while still
+    held here would be reported lost by the next extension.
     """
 
     def __init__(

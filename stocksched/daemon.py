@@ -11,17 +11,31 @@ import os
 import signal
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from stocksched import __version__
+from stocksched.api import (
+    ApiConfigError,
+    ApiServer,
+    ApiStartError,
+    check_bind,
+    create_app,
+    load_token,
+)
 from stocksched.clock import Clock, SystemClock
 from stocksched.executor import JobExecutor
+from stocksched.facade import SchedulerServingApp
 from stocksched.metrics import Metrics
+from stocksched.notify import SystemdNotifier
+from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
 from stocksched.reload import ConfigReloader
 from stocksched.scheduler import JobScheduler
-from stocksched.settings import Settings
+from stocksched.settings import Settings, split_listen
 from stocksched.sources import build_fetchers, configure_yfinance, new_session
 from stocksched.sources.base import Fetcher
 from stocksched.storage.adapter import RedisAdapter, connect, is_embedded
@@ -31,6 +45,7 @@ log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
+EXIT_USAGE = 2
 
 
 def state_dir(settings: Settings) -> Path:
@@ -68,17 +83,31 @@ class Components:
         self.registry = JobRegistry(self.adapter, self.clock, settings.run_history)
         self.executor = JobExecutor(self.fetchers, self.butler, self.clock,
                                     settings.ticker_concurrency, self.metrics)
+        self.health = StorageHealth(self.clock, self.metrics)
         self.scheduler = JobScheduler(self.registry, self.executor, self.clock,
-                                      pool_size=settings.pool_size, metrics=self.metrics)
+                                      pool_size=settings.pool_size, metrics=self.metrics,
+                                      health=self.health)
+        self.replicas: Callable[[], list[dict[str, Any]]] | None = None
         self.reloader = ConfigReloader(settings.jobs, self.registry, self.scheduler,
                                        self.clock, self.metrics)
 
 
 class Daemon:
-    def __init__(self, components: Components) -> None:
+    """The process lifetime: wait for Redis and config, serve, reload on SIGHUP, drain."""
+
+    def __init__(self, components: Components, notifier: SystemdNotifier | None = None) -> None:
         self.c = components
+        self.notifier = notifier or SystemdNotifier()
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self.api: ApiServer | None = None
+        self._last_watchdog = 0.0
+        self._watchdog_every = self.notifier.watchdog_interval()
+        if self._watchdog_every is not None:
+            # The scheduler loop pings the watchdog itself, so it must wake often enough.
+            self.c.scheduler.max_sleep = min(self.c.scheduler.max_sleep, self._watchdog_every)
+        self.c.scheduler.set_on_loop(self._on_scheduler_loop)
+        self.c.health.on_recovered = self.request_reload  # a restarted Redis may be empty
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
@@ -89,32 +118,104 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
-    def run(self) -> int:
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def _on_scheduler_loop(self) -> None:
+        now = time.monotonic()
+        if self._watchdog_every is not None and now - self._last_watchdog >= self._watchdog_every:
+            self._last_watchdog = now
+            self.notifier.watchdog()
+
+    def _build_api(self) -> ApiServer | None:
+        """Refuse bad HTTP settings before anything starts (raises ApiConfigError)."""
         c = self.c
-        if c.embedded:
-            log.warning("no redis_url configured: using the embedded in-process store; "
-                        "job records and market data are NOT persisted")
-        status = c.reloader.reload()
-        if not status.ok:
-            log.error("not starting: %s has errors (see above)", c.settings.jobs)
-            return EXIT_CONFIG
+        http = c.settings.http
+        if not http.enabled:
+            return None
+        host, port = split_listen(http.listen)
+        token = load_token(http.token_file) if http.token_file else None
+        check_bind(host, token)
+        facade = SchedulerServingApp(
+            registry=c.registry, scheduler=c.scheduler, reloader=c.reloader, adapter=c.adapter,
+            metrics=c.metrics, clock=c.clock, settings=c.settings, version=__version__,
+            started_at=c.clock.now(), replicas=c.replicas)
+        return ApiServer(create_app(facade, token, http.max_body_bytes), host, port,
+                         log_level=c.settings.log_level)
+
+    def run(self) -> int:
+        try:
+            self.api = self._build_api()
+        except ApiConfigError as exc:
+            log.error("not starting: %s", exc)
+            return EXIT_USAGE
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        c.scheduler.start()
-        log.info("stocksched %s running: %d jobs from %s", __version__,
-                 len(c.reloader.current.jobs) if c.reloader.current else 0, c.settings.jobs)
+        if self.c.embedded:
+            log.warning("no redis_url configured: using the embedded in-process store; "
+                        "job records and market data are NOT persisted")
+        if not self._first_load():
+            return EXIT_OK if self._stop.is_set() else EXIT_CONFIG
+        self.c.scheduler.start()
+        if self.api is not None:
+            try:
+                self.api.start()
+            except ApiStartError as exc:
+                log.error("not starting: %s", exc)
+                self.c.scheduler.stop(0)
+                return EXIT_CONFIG
+            log.info("HTTP API listening on %s", self.api.url)
+        log.info("stocksched %s running: %s", __version__, self.status_line())
+        self.notifier.ready(self.status_line())
+        last_status = time.monotonic()
         while not self._stop.is_set():
             self._stop.wait(0.5)
             if self._reload.is_set():
-                self._reload.clear()
-                log.info("SIGHUP: reloading %s", c.settings.jobs)
-                c.reloader.reload()
+                self._do_reload()
+            if time.monotonic() - last_status >= 10:
+                last_status = time.monotonic()
+                self.notifier.status(self.status_line())
         return self._shutdown()
+
+    def _first_load(self) -> bool:
+        """Load the config, waiting (with backoff) for Redis; False on a bad config or stop."""
+        delay = 0.5
+        while not self._stop.is_set():
+            status = self.c.reloader.reload()
+            if status.ok:
+                return True
+            if not all(e.startswith("storage:") for e in status.errors):
+                log.error("not starting: %s has errors (see above)", self.c.settings.jobs)
+                return False
+            self.notifier.status(f"waiting for Redis: {status.errors[0]}")
+            self._stop.wait(delay)
+            delay = min(30.0, delay * 2)
+        return False
+
+    def _do_reload(self) -> None:
+        self._reload.clear()
+        log.info("reloading %s", self.c.settings.jobs)
+        self.notifier.reloading("reloading jobs file")
+        self.c.reloader.reload()
+        self.notifier.ready(self.status_line())
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: jobs, next due job, last reload result."""
+        c = self.c
+        jobs = len(c.reloader.current.jobs) if c.reloader.current else 0
+        nxt = c.scheduler.next_due()
+        due = f"next {nxt[0]} at {nxt[1].isoformat(timespec='seconds')}" if nxt else "nothing due"
+        last = c.reloader.last
+        reload = "ok" if last.ok else f"FAILED ({len(last.errors)} errors, old config kept)"
+        return f"{jobs} jobs; {due}; last reload {reload}"
 
     def _shutdown(self) -> int:
         grace = self.c.settings.shutdown_grace
+        self.notifier.stopping("draining running jobs")
         log.info("stopping: no new runs; waiting up to %.0fs for running jobs", grace)
         left = self.c.scheduler.stop(grace)
+        if self.api is not None:
+            self.api.stop()
         if left:
             log.warning("shutdown grace over; abandoning runs of %s", ", ".join(left))
             logging.shutdown()

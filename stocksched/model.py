@@ -142,6 +142,7 @@ class ScheduledJob:
     paused: bool = False
     last_run: datetime | None = None
     next_run: datetime | None = None
+    last_success: datetime | None = None
     last_result: dict[str, Any] | None = None
 
     @property
@@ -175,6 +176,7 @@ class ScheduledJob:
             "updated_at": iso(self.updated_at),
             "last_run": iso(self.last_run) or None,
             "next_run": iso(self.next_run) or None,
+            "last_success": iso(self.last_success) or None,
             "status": str(self.status),
             "paused": self.paused,
             "start_date": spec.get("start"),
@@ -202,6 +204,7 @@ class ScheduledJob:
             paused=bool(d.get("paused", False)),
             last_run=parse_iso(d.get("last_run")),
             next_run=parse_iso(d.get("next_run")),
+            last_success=parse_iso(d.get("last_success")),
             last_result=d.get("last_result"),
         )
 

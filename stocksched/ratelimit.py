@@ -19,18 +19,26 @@ If Redis cannot be asked (unreachable, timed out, refused the script) ``acquire`
 ``RateLimiterUnavailable`` instead of letting the request through unlimited: with Redis
 gone the fetched data could not be stored either, and an unlimited burst from every
 replica is exactly what gets a host banned. The caller decides (e.g. fail the ticker).
+
+Where to spend slots: one per HTTP REQUEST, not one per fetch. A yfinance fetch is
+several requests (cookie and crumb once per process, a time-zone probe per symbol not
+yet in its cache, the chart, and yfinance's own repeat of any answer >= 400), so the
+HTTP session calls ``acquire_in_scope`` before each request, and the executor opens a
+``request_scope`` (the run's deadline and cancel event) around each ticker's fetch.
+``rate_limited`` gates a whole callable instead, for sources of one request per call.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import redis
 
-from stocksched.sources.base import FetchError
 from stocksched.storage import keys
 
 T = TypeVar("T")
@@ -46,7 +54,7 @@ local burst = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0
 if tat < now then tat = now end
 local wait = tat - (burst - 1) * interval - now
 if wait < 0 then wait = 0 end
@@ -58,14 +66,18 @@ return {1, wait}
 """
 
 
-class RateLimiterUnavailable(Exception):
-    """The shared limiter's Redis could not be asked; no request slot was granted."""
+class RateLimitError(Exception):
+    """No request slot was granted; the request was not made. Never retried in a run."""
 
 
-class RateLimitTimeout(FetchError):
-    """No request slot could be had before the run's deadline (or the run was cancelled).
+class RateLimiterUnavailable(RateLimitError):
+    """The shared limiter's Redis could not be asked (unreachable, timed out, refused)."""
 
-    A ``FetchError`` but not transient: retrying within the same run cannot get a slot
+
+class RateLimitTimeout(RateLimitError):
+    """No slot before the run's deadline, or the run was cancelled while waiting.
+
+    Not a ``TransientFetchError``: retrying within the same run cannot get a slot
     sooner, so ``RetryPolicy`` lets it through and the ticker is recorded as failed.
     """
 
@@ -147,29 +159,74 @@ def build_rate_limiter(client: redis.Redis, rate_per_s: float | None,
     return RedisRateLimiter(client, rate_per_s, burst=burst, key=keys.ratelimit_key(name))
 
 
+@dataclass(frozen=True)
+class _Scope:
+    deadline: float | None
+    cancel: threading.Event | None
+
+
+_scopes = threading.local()
+
+
+@contextmanager
+def request_scope(deadline: float | None = None,
+                  cancel: threading.Event | None = None) -> Iterator[None]:
+    """Bound the slot waits of the HTTP requests this thread makes inside the block.
+
+    The executor opens one around each ticker's fetch (with the run's deadline, a
+    ``time.monotonic()`` instant, and its cancel event); the HTTP session, which cannot
+    see the run, calls ``acquire_in_scope`` before each request. Scopes nest.
+    """
+    previous = getattr(_scopes, "current", None)
+    _scopes.current = _Scope(deadline, cancel)
+    try:
+        yield
+    finally:
+        _scopes.current = previous
+
+
+def acquire_in_scope(limiter: RateLimiter,
+                     clock: Callable[[], float] = time.monotonic) -> None:
+    """One slot for one HTTP request, within this thread's ``request_scope`` (if any).
+
+    Raises ``RateLimitTimeout`` when the scope's deadline comes first or its cancel is
+    set, ``RateLimiterUnavailable`` when Redis cannot be asked. Both pass through
+    yfinance unchanged (it re-raises what it does not know as a network error).
+    """
+    scope: _Scope | None = getattr(_scopes, "current", None)
+    deadline = scope.deadline if scope is not None else None
+    cancel = scope.cancel if scope is not None else None
+    _acquire_or_raise(limiter, deadline, cancel, clock)
+
+
 def rate_limited(
     fn: Callable[[], T],
     limiter: RateLimiter,
     *,
-    ticker: str,
     deadline: float | None = None,
     cancel: threading.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> Callable[[], T]:
-    """``fn`` behind a request slot: each call first acquires one from ``limiter``.
+    """``fn`` behind a slot: each call first acquires one from ``limiter``.
 
-    Wrap the fetch with this, then wrap the result in ``RetryPolicy.call``, so every
-    attempt, retries included, spends a slot. ``deadline`` is a ``clock()`` instant (the
-    run's timeout); no slot before it, or a cancel, raises ``RateLimitTimeout``.
-    ``RateLimiterUnavailable`` propagates.
+    For a source with one request per fetch (the session-level ``acquire_in_scope``
+    is the right place for Yahoo, whose fetch makes several). Wrap the fetch with this,
+    then the result in ``RetryPolicy.call``, so every attempt spends a slot.
+    ``deadline`` is a ``clock()`` instant; see ``acquire_in_scope`` for what is raised.
     """
 
     def attempt() -> T:
-        timeout = None if deadline is None else max(0.0, deadline - clock())
-        if not limiter.acquire(timeout=timeout, cancel=cancel):
-            why = "run cancelled" if cancel is not None and cancel.is_set() else (
-                "no request slot before the run's deadline")
-            raise RateLimitTimeout(ticker, f"rate limiter: {why}")
+        _acquire_or_raise(limiter, deadline, cancel, clock)
         return fn()
 
     return attempt
+
+
+def _acquire_or_raise(limiter: RateLimiter, deadline: float | None,
+                      cancel: threading.Event | None, clock: Callable[[], float]) -> None:
+    timeout = None if deadline is None else max(0.0, deadline - clock())
+    if limiter.acquire(timeout=timeout, cancel=cancel):
+        return
+    if cancel is not None and cancel.is_set():
+        raise RateLimitTimeout("rate limiter: run cancelled while waiting for a request slot")
+    raise RateLimitTimeout("rate limiter: no request slot before the run's deadline")

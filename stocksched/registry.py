@@ -193,7 +193,9 @@ class JobRegistry:
         status = JobStatus.FAILED if result.status == "failed" else JobStatus.COMPLETED
 
         def mutate(j: ScheduledJob) -> ScheduledJob:
+            ok = result.status != "failed"
             return replace(j, status=status, last_run=result.finished_at,
+                           last_success=result.finished_at if ok else j.last_success,
                            last_result=result.summary())
 
         return self._update(result.job_id, mutate, extra=self._xadd(result))

@@ -62,6 +62,7 @@ class _JobState:
     next_run: datetime | None
     gen: int = 0
     queued: datetime | None = None  # overlap: queue — the slot waiting for the current run
+    outcome: JobStatus = JobStatus.PENDING  # COMPLETED/FAILED after a run, as in the record
 
     @property
     def active(self) -> bool:
@@ -85,6 +86,7 @@ class RunHandle:
     started_at: datetime
     future: Future[RunResult | None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    outcome: JobStatus = JobStatus.FAILED
 
 
 def jitter_offset(job_id: str, slot: datetime, jitter: timedelta) -> timedelta:
@@ -146,6 +148,11 @@ class JobScheduler:
                     continue
                 state = _JobState(rec.spec, rec.spec_hash, rec.paused, rec.next_run,
                                   gen=(old.gen + 1) if old else 0)
+                if old is None:
+                    self._restore_gauges(rec)
+                state.outcome = old.outcome if old is not None else (
+                    rec.status if rec.status in (JobStatus.COMPLETED, JobStatus.FAILED)
+                    else JobStatus.PENDING)
                 self._jobs[rec.job_id] = state
                 if old is not None and old.active and state.active and \
                         (old.spec.schedule, old.spec.timezone) == (rec.spec.schedule,
@@ -160,6 +167,16 @@ class JobScheduler:
                     self._metrics.remove_job(job_id)
             self._dirty = True
             self._wake.notify_all()
+
+    def _restore_gauges(self, rec: ScheduledJob) -> None:
+        """After a restart, alerts on run age need the persisted times, not zeros."""
+        if self._metrics is None:
+            return
+        if rec.last_run is not None:
+            self._metrics.job_last_run.labels(job=rec.job_id).set(rec.last_run.timestamp())
+        if rec.last_success is not None:
+            self._metrics.job_last_success.labels(job=rec.job_id).set(
+                rec.last_success.timestamp())
 
     def _arm(self, state: _JobState, now: datetime) -> None:
         """Give a (re)activated job its next slot, catching up on slots it missed."""
@@ -309,6 +326,8 @@ class JobScheduler:
                 spec, run_id=handle.run_id, trigger=handle.trigger,
                 scheduled_for=handle.scheduled_for, cancel=handle.cancel,
                 timeout=spec.timeout)
+            handle.outcome = (JobStatus.FAILED if result.status == RunStatus.FAILED
+                              else JobStatus.COMPLETED)
             self.outbox.run("record run", lambda: self._record(result))
             return result
         except Exception:
@@ -322,9 +341,14 @@ class JobScheduler:
         with self._lock:
             if self._running.get(spec.id) is handle:
                 del self._running[spec.id]
-            if self._metrics is not None and spec.id in self._jobs:
-                self._metrics.job_running.labels(job=spec.id).set(0)
+            if self._metrics is not None:
+                if spec.id in self._jobs:
+                    self._metrics.job_running.labels(job=spec.id).set(0)
+                else:  # removed while running: the run's own metrics re-created its series
+                    self._metrics.remove_job(spec.id)
             state = self._jobs.get(spec.id)
+            if state is not None:
+                state.outcome = handle.outcome
             if state is not None and state.queued is not None:
                 slot, state.queued = state.queued, None
                 if state.active and not self._stopping:
@@ -374,6 +398,10 @@ class JobScheduler:
                 self._wake.notify_all()
         return rec
 
+    def set_on_loop(self, fn: Callable[[], None]) -> None:
+        """Called at every scheduler-loop iteration (the systemd watchdog pings from here)."""
+        self._on_loop = fn
+
     # -- introspection ----------------------------------------------------------------
 
     def is_running(self, job_id: str) -> bool:
@@ -405,7 +433,7 @@ class JobScheduler:
                 elif not s.active:
                     out[job_id] = JobStatus.PAUSED
                 else:
-                    out[job_id] = JobStatus.PENDING
+                    out[job_id] = s.outcome
             return out
 
     def wait_idle(self, timeout: float) -> bool:

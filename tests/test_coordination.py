@@ -137,6 +137,33 @@ def test_claim_is_exclusive_across_three_processes(real_redis: redis.Redis,
     assert counts == Counter(range(slots))
 
 
+def test_slots_that_will_not_run_are_recorded_by_one_replica(any_redis: redis.Redis) -> None:
+    a = LeaseManager(any_redis, "replica-a")
+    b = LeaseManager(any_redis, "replica-b")
+    ids = [run_id("job", n) for n in range(5)]
+    assert a.claim_slots(ids[:3]) == [True, True, True]
+    assert b.claim_slots(ids) == [False, False, False, True, True]
+    assert a.claim_slots(ids[:3]) == [True, True, True]  # a retried write keeps its slots
+    assert a.claim_slots([]) == []
+    assert b.try_claim("job", ids[0]).outcome == ClaimOutcome.SLOT_TAKEN  # and none runs
+
+
+def test_queued_slot_waits_for_the_other_replicas_run(any_redis: redis.Redis) -> None:
+    a = LeaseManager(any_redis, "replica-a")
+    b = LeaseManager(any_redis, "replica-b")
+    first = a.claim("job", run_id("job", 0))
+    assert first is not None
+    assert b.try_claim("job", run_id("job", 1)).outcome == ClaimOutcome.JOB_BUSY
+    stop = threading.Event()
+    assert b.wait_lease_job("job", run_id("job", 1), stop=stop, timeout_s=0.1,
+                            poll_s=0.02) is None
+    threading.Timer(0.1, lambda: a.release(first)).start()
+    queued = b.wait_lease_job("job", run_id("job", 1), stop=stop, timeout_s=3, poll_s=0.02)
+    assert queued is not None and b.running_run_id("job") == run_id("job", 1)
+    stop.set()
+    assert b.wait_lease_job("job", run_id("job", 2), stop=stop, timeout_s=3) is None
+
+
 # -- extend and release ----------------------------------------------------------------
 
 
@@ -156,6 +183,20 @@ def test_only_the_owner_can_extend_or_release(any_redis: redis.Redis) -> None:
     assert a.running_run_id("job") is None
     assert not a.release(lease)
     assert not a.extend(lease)
+
+
+def test_finish_drops_record_and_lease_together(any_redis: redis.Redis) -> None:
+    a = LeaseManager(any_redis, "replica-a", lease_ms=100)
+    lease = a.claim("job", run_id("job", 0))
+    assert lease is not None
+    assert a.finish(lease)
+    assert any_redis.exists(keys.running_key("job"), keys.inflight_key("job"),
+                            keys.inflight_index_key()) == 0
+    late = a.claim("job", run_id("job", 1))
+    assert late is not None
+    time.sleep(0.15)  # lease lost mid-run; another replica records it interrupted
+    assert [r.run_id for r in a.find_interrupted()] == [late.run_id]
+    assert not a.finish(late)  # the caller learns its run was recorded elsewhere
 
 
 def test_a_stale_lease_cannot_release_the_next_run_of_the_same_job(
@@ -280,7 +321,7 @@ def test_rerun_ids_are_deterministic(given: str, expected: str) -> None:
 
 
 def test_keeper_holds_a_lease_past_its_ttl_and_reports_theft(real_redis: redis.Redis) -> None:
-    mgr = LeaseManager(real_redis, "replica-a", lease_ms=300)
+    mgr = LeaseManager(real_redis, "replica-a", lease_ms=400)
     lost: list[tuple[Lease, str]] = []
     keeper = LeaseKeeper(mgr, lambda lease, why: lost.append((lease, why)))
     lease = mgr.claim("job", run_id("job"))
@@ -288,7 +329,7 @@ def test_keeper_holds_a_lease_past_its_ttl_and_reports_theft(real_redis: redis.R
     keeper.add(lease)
     keeper.start()
     try:
-        time.sleep(0.8)
+        time.sleep(1.0)  # 2.5 lease lengths
         assert mgr.running_run_id("job") == lease.run_id and lost == []
         real_redis.hset(keys.running_key("job"), "owner", "thief/1")
         wait_until(lambda: lost)
@@ -329,15 +370,15 @@ def test_released_lease_is_not_reported_lost(fake_redis: redis.Redis) -> None:
 
 
 def test_live_replicas_are_listed_and_a_dead_one_drops_out(any_redis: redis.Redis) -> None:
-    live = ReplicaHeartbeat(any_redis, "replica-a", {"version": "1"}, ttl_s=0.3)
-    dying = ReplicaHeartbeat(any_redis, "replica-b", {"version": "1"}, ttl_s=0.3)
+    live = ReplicaHeartbeat(any_redis, "replica-a", {"version": "1"}, ttl_s=0.5)
+    dying = ReplicaHeartbeat(any_redis, "replica-b", {"version": "1"}, ttl_s=0.5)
     live.start()
     dying.beat()  # then the process dies without stop()
     try:
         listed = list_replicas(any_redis)
         assert [r["replica_id"] for r in listed] == ["replica-a", "replica-b"]
         assert listed[0]["version"] == "1" and listed[0]["last_beat"]
-        time.sleep(0.45)
+        time.sleep(0.65)
         assert [r["replica_id"] for r in list_replicas(any_redis)] == ["replica-a"]
         assert any_redis.zcard(keys.replica_index_key()) == 1  # the dead one was pruned
     finally:

@@ -26,6 +26,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from stocksched.metrics import Metrics
+from stocksched.settings import ENV_VARS, Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -36,10 +40,12 @@ SCRAPE_CONFIG = DEPLOY / "prometheus" / "scrape-config.yml"
 DASHBOARD = DEPLOY / "grafana" / "stocksched-dashboard.json"
 HOOKS = REPO / ".pre-commit-hooks.yaml"
 
-# TODO(lead): compare with the daemon's real /metrics output instead (issue 4: "compares its
-# queries' metric names with /metrics"), e.g. the sample names parsed with
-# prometheus_client.parser.text_string_to_metric_families from the metrics registry. Until
-# then: issue 3's list, as sample names (histograms expose _bucket, _sum and _count).
+# Issue 3's metric list, as sample names (histograms expose _bucket, _sum and _count); the
+# dashboard and the rules may use only these. test_exported_metrics_are_in_the_daemons_registry
+# checks them against the daemon's /metrics text.
+# TODO(lead): switch to `_sample_names(<daemon /metrics text>)` outright (issue 4: "compares its
+# queries' metric names with /metrics") when the kit may use metrics beyond issue 3's list,
+# such as stocksched_job_missed_runs_total.
 _COUNTERS = {
     "stocksched_job_runs_total",
     "stocksched_ticker_fetches_total",
@@ -69,8 +75,22 @@ EXPORTED_METRICS = frozenset(
 # Series Prometheus itself adds to every scrape target.
 PROMETHEUS_SERIES = frozenset({"up"})
 
-# TODO(lead): import the default from the settings model once it exists.
-DEFAULT_SHUTDOWN_GRACE_SECONDS = 30
+
+def _sample_names(exposition: str) -> set[str]:
+    """Sample names a /metrics text can carry, including families with no series yet."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    names = set()
+    for family in text_string_to_metric_families(exposition):
+        if family.name.endswith("_created"):
+            continue
+        names |= {family.name + s for s in suffixes.get(family.type, ("",))}
+    return names
+
+
+def test_exported_metrics_are_in_the_daemons_registry() -> None:
+    """Issue 3's list, which the dashboard and rules are checked against, is what the daemon has."""
+    exposed = _sample_names(Metrics(version="0.0.0").render().decode())
+    assert EXPORTED_METRICS - exposed == set()
 
 
 def _tool(name: str, package: str) -> str:
@@ -90,7 +110,7 @@ def _run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 
 def _unit_settings(path: Path) -> dict[str, list[str]]:
-    """KEY -> every value assigned, in order (units repeat keys, so configparser cannot read them)."""
+    """KEY -> every value assigned, in order (keys repeat, so configparser cannot read units)."""
     settings: dict[str, list[str]] = {}
     for raw in path.read_text().splitlines():
         line = raw.strip()
@@ -174,9 +194,11 @@ def test_unit_carries_the_issue_requirements() -> None:
     assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert s["Restart"] == ["on-failure"]
     assert _seconds(s["WatchdogSec"][0]) > 0
-    assert _seconds(s["TimeoutStopSec"][0]) > DEFAULT_SHUTDOWN_GRACE_SECONDS
+    # systemd must not SIGKILL runs the daemon is still allowed to finish.
+    assert _seconds(s["TimeoutStopSec"][0]) > Settings().shutdown_grace
     assert {c.split(":")[0] for c in s["LoadCredential"]} == {"api-token", "redis-password"}
     assert "STOCKSCHED_TOKEN_FILE=%d/api-token" in s["Environment"]
+    assert "STOCKSCHED_REDIS_PASSWORD_FILE=%d/redis-password" in s["Environment"]
     assert s["EnvironmentFile"] == ["-/etc/stocksched/stocksched.env"]
     assert s["StateDirectory"] == ["stocksched"]
     assert s["DynamicUser"] == ["yes"]
@@ -184,6 +206,16 @@ def test_unit_carries_the_issue_requirements() -> None:
     assert s["CapabilityBoundingSet"] == [""]
     assert s["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert s["SystemCallFilter"][0] == "@system-service"
+
+
+def test_unit_and_env_example_use_known_settings() -> None:
+    """Environment names in the kit are ones the daemon reads (a typo would be ignored)."""
+    known = set(ENV_VARS) | {"STOCKSCHED_CONFIG"}
+    unit_vars = {e.partition("=")[0] for e in _unit_settings(UNIT)["Environment"]}
+    example = (DEPLOY / "stocksched.env.example").read_text()
+    example_vars = set(re.findall(r"^#?(STOCKSCHED_\w+)=", example, flags=re.MULTILINE))
+    assert example_vars, "the example lists no settings"
+    assert (unit_vars | example_vars) - known == set()
 
 
 # --- Prometheus ------------------------------------------------------------------------------

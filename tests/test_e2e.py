@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from stocksched.storage import keys
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +40,22 @@ def wait_for(pred, timeout: float = 15.0):  # type: ignore[no-untyped-def]
     raise AssertionError("condition not met in time")
 
 
-def start_daemon(tmp_path: Path, redis_url: str, *extra: str) -> subprocess.Popen[str]:
+def start_daemon(tmp_path: Path, redis_url: str, *extra: str,
+                 env_extra: dict[str, str] | None = None,
+                 port: int | None = None) -> subprocess.Popen[str]:
+    """`stocksched run` on the tmp jobs.yaml; its HTTP API on a free port (``proc.port``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSCHED_")}
     env["HOME"] = str(tmp_path / "home")  # nothing may be written to the user's home
-    return subprocess.Popen(
+    env.update(env_extra or {})
+    port = port or free_port()
+    proc = subprocess.Popen(
         [sys.executable, "-m", "stocksched", "run", "--jobs", str(tmp_path / "jobs.yaml"),
-         "--redis-url", redis_url, "--shutdown-grace", "10", *extra],
+         "--redis-url", redis_url, "--shutdown-grace", "10",
+         "--listen", f"127.0.0.1:{port}", *extra],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+    proc.port = port  # type: ignore[attr-defined]
+    return proc
 
 
 def test_run_stores_bars_and_history_then_exits_cleanly_on_sigterm(

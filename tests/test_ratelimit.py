@@ -11,27 +11,34 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
 import redis
+import yfinance as yf
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from stocksched.ratelimit import (
     NullRateLimiter,
+    RateLimitError,
     RateLimiterUnavailable,
     RateLimitTimeout,
     RedisRateLimiter,
+    acquire_in_scope,
     build_rate_limiter,
     rate_limited,
+    request_scope,
 )
 from stocksched.retry import RetryPolicy
-from stocksched.sources import TransientFetchError
+from stocksched.sources import TransientFetchError, YFinanceFetcher
 from stocksched.storage import keys
 from stocksched.storage.adapter import connect
 from tests.conftest import RedisServer, free_port
+from tests.yahoo_fake import FakeYahoo, installed_fake
 
 REPO = Path(__file__).resolve().parent.parent
 RATE = 20.0
@@ -178,7 +185,7 @@ def test_the_key_expires_and_follows_the_servers_clock(any_redis: redis.Redis) -
 
     seconds, micros = any_redis.time()
     server_now_us = seconds * 1_000_000 + micros
-    tat = int(any_redis.get(keys.ratelimit_key("yahoo")))
+    tat = int(str(any_redis.get(keys.ratelimit_key("yahoo"))))
     # The booked time is on the server's timeline (not this process's clock) ...
     assert 0 < tat - server_now_us <= 250_000
     # ... and the key goes away once the bucket is full again.
@@ -250,7 +257,7 @@ class CountingLimiter:
     def acquire(self, timeout: float | None = None,
                 cancel: threading.Event | None = None) -> bool:
         self.calls.append(timeout)
-        return self.grant
+        return self.grant and (cancel is None or not cancel.is_set())
 
 
 def test_every_attempt_retries_included_spends_a_slot() -> None:
@@ -262,24 +269,22 @@ def test_every_attempt_retries_included_spends_a_slot() -> None:
             raise errors.pop(0)
         return "frame"
 
-    result = RetryPolicy(3, 0.01).call(rate_limited(fetch, limiter, ticker="AAPL"),
-                                       sleep=lambda _s: None)
+    result = RetryPolicy(3, 0.01).call(rate_limited(fetch, limiter), sleep=lambda _s: None)
 
     assert result == "frame"
     assert limiter.calls == [None, None, None]
 
 
-def test_no_slot_before_the_deadline_fails_the_ticker_without_retrying() -> None:
+def test_no_slot_before_the_deadline_fails_without_retrying() -> None:
     limiter = CountingLimiter(grant=False)
     fetched: list[str] = []
     deadline = time.monotonic() + 5
 
-    with pytest.raises(RateLimitTimeout, match="deadline") as caught:
+    with pytest.raises(RateLimitTimeout, match="deadline"):
         RetryPolicy(3, 0.01).call(
-            rate_limited(lambda: fetched.append("x"), limiter, ticker="AAPL", deadline=deadline),
+            rate_limited(lambda: fetched.append("x"), limiter, deadline=deadline),
             sleep=lambda _s: None, deadline=deadline)
 
-    assert caught.value.ticker == "AAPL"
     assert fetched == []
     assert len(limiter.calls) == 1
     assert limiter.calls[0] is not None and 4 < limiter.calls[0] <= 5
@@ -288,10 +293,80 @@ def test_no_slot_before_the_deadline_fails_the_ticker_without_retrying() -> None
 def test_cancel_while_waiting_for_a_slot_says_so() -> None:
     cancel = threading.Event()
     cancel.set()
-    limited = rate_limited(lambda: "x", NullRateLimiter(), ticker="AAPL", cancel=cancel)
+    limited = rate_limited(lambda: "x", NullRateLimiter(), cancel=cancel)
 
     with pytest.raises(RateLimitTimeout, match="cancelled"):
         limited()
+
+
+def test_rate_limit_errors_share_a_base_the_executor_can_catch() -> None:
+    assert issubclass(RateLimiterUnavailable, RateLimitError)
+    assert issubclass(RateLimitTimeout, RateLimitError)
+    assert not issubclass(RateLimitError, TransientFetchError)  # never retried in a run
+
+
+def test_request_scope_bounds_the_waits_of_this_thread_only() -> None:
+    limiter = CountingLimiter()
+    cancel = threading.Event()
+    seen: list[float | None] = []
+
+    acquire_in_scope(limiter)  # outside any scope: wait as long as it takes
+    with request_scope(deadline=time.monotonic() + 3, cancel=cancel):
+        acquire_in_scope(limiter)
+        other = threading.Thread(target=lambda: acquire_in_scope(limiter))
+        other.start()
+        other.join()
+        seen.extend(limiter.calls)
+        cancel.set()
+        with pytest.raises(RateLimitTimeout, match="cancelled"):
+            acquire_in_scope(limiter)
+    acquire_in_scope(limiter)  # the scope is gone again
+
+    assert seen[0] is None
+    assert seen[1] is not None and 2 < seen[1] <= 3
+    assert seen[2] is None  # another thread is not bound by this thread's scope
+    assert limiter.calls[-1] is None
+
+
+class GatedFakeYahoo(FakeYahoo):
+    """The fake Yahoo with a limiter in front of every HTTP request, where the lead
+    is advised to put it (``YahooSession.request``)."""
+
+    def __init__(self, limiter: CountingLimiter) -> None:
+        super().__init__()
+        self.limiter = limiter
+
+    def request(self, method: Any, url: str, params: Any = None, **kwargs: Any) -> Any:
+        acquire_in_scope(self.limiter)
+        return super().request(method, url, params, **kwargs)
+
+
+def test_one_yahoo_fetch_is_several_http_requests(tmp_path: Path) -> None:
+    """Why the limiter belongs in the session: a per-fetch slot would let yfinance send
+    two to four requests per slot (cookie and crumb once per process, then a time-zone
+    probe per new symbol, then the chart)."""
+    limiter = CountingLimiter()
+    with installed_fake(tmp_path / "yf", GatedFakeYahoo(limiter)) as fake:
+        fetcher = YFinanceFetcher(session=fake, timeout=5)
+        fetcher.fetch_from_source("AAPL", date(2025, 1, 2), date(2025, 1, 10), "1d")
+        first = len(limiter.calls)
+        fetcher.fetch_from_source("MSFT", date(2025, 2, 18), date(2025, 2, 21), "1d")
+        second = len(limiter.calls) - first
+
+    assert first == 4
+    assert [r.kind for r in fake.requests[:4]] == ["cookie", "crumb", "chart", "chart"]
+    assert second == 2  # time-zone probe + chart
+    assert [(r.kind, r.tz_lookup) for r in fake.requests[4:]] == [
+        ("chart", True), ("chart", False)]
+
+
+def test_a_slot_timeout_passes_through_yfinance_unchanged(tmp_path: Path) -> None:
+    limiter = CountingLimiter(grant=False)
+    with installed_fake(tmp_path / "yf", GatedFakeYahoo(limiter)) as fake, \
+            request_scope(deadline=time.monotonic() + 1), pytest.raises(RateLimitTimeout):
+        yf.Ticker("AAPL", session=fake).history(start="2025-01-02", end="2025-01-11")
+
+    assert fake.requests == []  # nothing was sent without a slot
 
 
 def test_embedded_store_runs_the_script() -> None:

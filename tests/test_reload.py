@@ -119,7 +119,7 @@ def wait_until(pred: Callable[[], object], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met within %.0fs" % timeout)
+            raise AssertionError(f"condition not met within {timeout:.0f}s")
         time.sleep(0.01)
 
 
@@ -395,7 +395,12 @@ def test_reload_does_not_wait_for_a_running_job(rig: Rig) -> None:
     assert rig.fetcher.entered.wait(5)
     rig.path.write_text(jobs_yaml(("a", "0 * * * *"), ("c", "*/5 * * * *")), encoding="utf-8")
     done = threading.Event()
-    t = threading.Thread(target=lambda: (rig.reloader.reload(), done.set()))
+
+    def reload_then_signal() -> None:
+        rig.reloader.reload()
+        done.set()
+
+    t = threading.Thread(target=reload_then_signal)
     t.start()
     try:
         assert done.wait(5), "reload blocked on the running job"

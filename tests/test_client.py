@@ -1,0 +1,289 @@
+"""`stocksched status|jobs|runs|trigger|pause|resume` against a real ApiServer on a free port."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from stocksched.api import ApiServer
+from stocksched.cli import main
+from stocksched.client import fmt_duration, table, url_from_listen
+from tests.conftest import free_port
+from tests.test_api import TOKEN, Stack
+
+
+@dataclass
+class Daemon:
+    stack: Stack
+    server: ApiServer
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No STOCKSCHED_* from the developer's shell; no config/stocksched.yaml from the repo."""
+    for var in ("STOCKSCHED_URL", "STOCKSCHED_TOKEN_FILE", "STOCKSCHED_CONFIG",
+                "STOCKSCHED_LISTEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def _serve(tmp_path: Path, **kw: object) -> Iterator[Daemon]:
+    stack = Stack(tmp_path, **kw)  # type: ignore[arg-type]
+    server = ApiServer(stack.app, "127.0.0.1", 0)
+    server.start()
+    try:
+        yield Daemon(stack, server)
+    finally:
+        server.stop()
+        stack.close()
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    yield from _serve(tmp_path)
+
+
+@pytest.fixture
+def slow_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    yield from _serve(tmp_path, latency=1.0)
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[Daemon]:
+    yield from _serve(tmp_path, token=TOKEN)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def columns(line: str, header: str) -> list[str]:
+    """Split a table line at the header's column starts (headers like "LAST RUN" are one)."""
+    starts = [m.start() for m in re.finditer(r"\S+(?: \S+)*", header)]
+    return [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+def test_status_table_and_json(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "status", "--url", daemon.url)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert re.match(r"stocksched \S+: running, up \d", lines[0])
+    assert "jobs.yaml (sha256 " in out and "5 jobs" in out
+    assert "5 total: 4 pending, 0 running, 1 paused" in out
+    assert "last reload:" in out and "ok: added 5, changed 0, removed 0, unchanged 0" in out
+
+    code, out, _ = run(capsys, "status", "--url", daemon.url, "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["running"] is True and data["jobs_total"] == 5
+
+
+def test_status_shows_reload_errors(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    daemon.stack.jobs_path.write_text("jobs:\n  - id: Bad\n")
+    daemon.stack.c.reloader.reload()
+    code, out, _ = run(capsys, "status", "--url", daemon.url)
+    assert code == 0
+    assert "FAILED, keeping the last good config:" in out
+    assert re.search(r"^  \S*jobs\.yaml:2:\d+: jobs\[0\]", out, re.MULTILINE)
+
+
+def test_jobs_table_is_aligned_and_json_is_full(daemon: Daemon,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "jobs", "--url", daemon.url)
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert re.split(r"  +", header) == ["JOB", "STATUS", "SCHEDULE", "TIMEZONE", "TICKERS",
+                                        "LAST RUN", "RESULT", "NEXT RUN"]
+    by_id = {columns(r, header)[0]: columns(r, header) for r in rows}
+    assert sorted(by_id) == ["alpha", "beta", "broken", "mixed", "off"]
+    assert by_id["alpha"][1] == "pending" and by_id["alpha"][2] == "0 0 1 1 *"
+    assert by_id["alpha"][4] == "2" and by_id["alpha"][6] == "-"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", by_id["alpha"][-1])
+    assert by_id["off"][1] == "disabled" and by_id["off"][-1] == "-"
+
+    code, out, _ = run(capsys, "jobs", "--url", daemon.url, "--json")
+    jobs = json.loads(out)
+    assert {j["job_id"] for j in jobs} == set(by_id) and "spec" in jobs[0]
+
+
+def test_runs_table_limit_and_json(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "runs", "alpha", "--url", daemon.url)
+    assert code == 0 and out.strip() == "no runs recorded yet"
+    first = daemon.stack.trigger_and_wait("alpha")
+    second = daemon.stack.trigger_and_wait("alpha")
+    code, out, _ = run(capsys, "runs", "alpha", "--url", daemon.url)
+    header, *rows = out.splitlines()
+    assert header.split()[:3] == ["RUN", "ID", "TRIGGER"]
+    assert [r.split()[0] for r in rows] == [second["run_id"], first["run_id"]]
+    assert rows[0].split()[1:3] == ["manual", "success"]
+    code, out, _ = run(capsys, "runs", "alpha", "--limit", "1", "--json", "--url", daemon.url)
+    assert [r["run_id"] for r in json.loads(out)] == [second["run_id"]]
+
+
+# -- acting ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("job", "status", "exit_code"), [
+    ("alpha", "success", 0), ("mixed", "partial_success", 3), ("broken", "failed", 1)])
+def test_trigger_wait_exits_like_run_job(daemon: Daemon, capsys: pytest.CaptureFixture[str],
+                                         job: str, status: str, exit_code: int) -> None:
+    code, out, _ = run(capsys, "trigger", job, "--wait", "--url", daemon.url)
+    assert code == exit_code
+    assert re.match(rf"{job} {job}:m\S+: {status} in \d+\.\d\ds, ", out)
+    if status != "success":
+        assert re.search(r"^  BAD\w: no such symbol$", out, re.MULTILINE)
+
+
+def test_trigger_without_wait_and_json(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "trigger", "beta", "--url", daemon.url)
+    assert code == 0 and re.fullmatch(r"beta: run beta:m\S+ started\n", out)
+    run_id = out.split()[2]
+    daemon.stack.wait_run("beta", run_id)
+    code, out, _ = run(capsys, "trigger", "beta", "--wait", "--json", "--url", daemon.url)
+    result = json.loads(out)
+    assert code == 0 and result["status"] == "success" and result["job_id"] == "beta"
+
+
+def test_trigger_while_running_prints_the_servers_message(
+        slow_daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "trigger", "alpha", "--url", slow_daemon.url)[0] == 0
+    code, out, err = run(capsys, "trigger", "alpha", "--url", slow_daemon.url)
+    assert code == 1 and out == ""
+    assert err.startswith("stocksched: HTTP 409: job 'alpha' is already running")
+
+
+def test_trigger_wait_times_out(slow_daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "trigger", "alpha", "--wait", "--timeout", "0.2",
+                       "--url", slow_daemon.url)
+    assert code == 1 and "did not finish within 0.2s" in err
+
+
+def test_pause_and_resume(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "pause", "alpha", "--url", daemon.url)
+    assert code == 0 and out.startswith("alpha: paused: no scheduled runs until resumed")
+    code, out, _ = run(capsys, "jobs", "--url", daemon.url)
+    assert re.search(r"^alpha\s+paused\s", out, re.MULTILINE)
+    code, out, _ = run(capsys, "resume", "alpha", "--url", daemon.url)
+    assert code == 0 and out.startswith("alpha: resumed; next run at ")
+    code, out, _ = run(capsys, "resume", "off", "--url", daemon.url, "--json")
+    assert code == 0 and json.loads(out)["active"] is False
+
+
+def test_unknown_job_is_a_usage_error(daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    for cmd in ("runs", "trigger", "pause", "resume"):
+        code, out, err = run(capsys, cmd, "nope", "--url", daemon.url)
+        assert code == 2 and out == ""
+        assert err == "stocksched: HTTP 404: no job 'nope' in the current config\n"
+    code, _, err = run(capsys, "runs", "Not-Valid", "--url", daemon.url)
+    assert code == 2 and err.startswith("stocksched: HTTP 422: job_id: ")
+
+
+# -- where the daemon is, and the token -----------------------------------------------------
+
+
+def test_unreachable_daemon_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    for argv in (["status"], ["jobs"], ["trigger", "alpha", "--wait"], ["pause", "alpha"]):
+        code, out, err = run(capsys, *argv, "--url", url)
+        assert code == 1 and out == ""
+        assert err.startswith(f"stocksched: cannot reach the stocksched daemon at {url}: ")
+        assert "is `stocksched run` running?" in err
+        assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_url_from_env_and_from_settings(daemon: Daemon, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("STOCKSCHED_URL", daemon.url)
+    assert run(capsys, "status")[0] == 0
+    monkeypatch.delenv("STOCKSCHED_URL")
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"http:\n  listen: 0.0.0.0:{daemon.server.port}\n")
+    assert run(capsys, "jobs", "--config", str(settings))[0] == 0
+    monkeypatch.setenv("STOCKSCHED_LISTEN", f"127.0.0.1:{daemon.server.port}")
+    assert run(capsys, "status")[0] == 0
+
+
+def test_token_from_flag_env_or_settings(secured: Daemon, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    code, _, err = run(capsys, "pause", "alpha", "--url", secured.url)
+    assert code == 2
+    assert err == ("stocksched: HTTP 401: missing 'Authorization: Bearer <token>' header "
+                   "(set --token-file or STOCKSCHED_TOKEN_FILE)\n")
+    assert run(capsys, "status", "--url", secured.url)[0] == 0  # GETs need no token
+    assert run(capsys, "pause", "alpha", "--url", secured.url,
+               "--token-file", str(token_file))[0] == 0
+    monkeypatch.setenv("STOCKSCHED_TOKEN_FILE", str(token_file))
+    assert run(capsys, "resume", "alpha", "--url", secured.url)[0] == 0
+    monkeypatch.delenv("STOCKSCHED_TOKEN_FILE")
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"http:\n  token_file: {token_file}\n")
+    assert run(capsys, "trigger", "alpha", "--wait", "--url", secured.url,
+               "--config", str(settings))[0] == 0
+    wrong = tmp_path / "wrong"
+    wrong.write_text("nope")
+    code, _, err = run(capsys, "pause", "alpha", "--url", secured.url, "--token-file", str(wrong))
+    assert code == 2 and "HTTP 401: invalid token" in err
+
+
+def test_unreadable_token_file_is_a_usage_error(daemon: Daemon, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "pause", "alpha", "--url", daemon.url,
+                       "--token-file", str(tmp_path / "missing"))
+    assert code == 2 and err.startswith("stocksched: cannot read API token file ")
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    code, _, err = run(capsys, "pause", "alpha", "--url", daemon.url, "--token-file", str(empty))
+    assert code == 2 and "is empty" in err
+
+
+def test_not_a_stocksched_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fastapi import FastAPI
+    from fastapi.responses import PlainTextResponse
+
+    other = FastAPI()
+    other.get("/scheduler/status", response_class=PlainTextResponse)(lambda: "hello")
+    server = ApiServer(other, "127.0.0.1", 0)
+    server.start()
+    try:
+        code, _, err = run(capsys, "status", "--url", server.url)
+        assert code == 1 and "not JSON" in err
+        code, _, err = run(capsys, "jobs", "--url", server.url)
+        assert code == 2 and "HTTP 404: Not Found" in err
+    finally:
+        server.stop()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("listen", "url"), [
+    ("127.0.0.1:9731", "http://127.0.0.1:9731"), ("0.0.0.0:80", "http://127.0.0.1:80"),
+    ("[::1]:9731", "http://[::1]:9731"), ("[::]:9731", "http://[::1]:9731"),
+    ("myhost:1234", "http://myhost:1234")])
+def test_url_from_listen(listen: str, url: str) -> None:
+    assert url_from_listen(listen) == url
+
+
+def test_table_and_durations() -> None:
+    assert table(["A", "LONGER"], [["xxx", "1"], ["y", "22"]]).splitlines() == [
+        "A    LONGER", "xxx  1", "y    22"]
+    assert [fmt_duration(s) for s in (0.25, 42, 125, 3 * 3600 + 61, 90000)] == [
+        "0.2s", "42s", "2m05s", "3h01m", "1d01h00m"]
