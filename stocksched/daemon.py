@@ -33,7 +33,7 @@ from stocksched.metrics import Metrics
 from stocksched.notify import SystemdNotifier
 from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
-from stocksched.reload import ConfigReloader
+from stocksched.reload import ConfigReloader, ConfigWatcher
 from stocksched.scheduler import JobScheduler
 from stocksched.settings import Settings, split_listen
 from stocksched.sources import build_fetchers, configure_yfinance, new_session
@@ -90,6 +90,7 @@ class Components:
         self.replicas: Callable[[], list[dict[str, Any]]] | None = None
         self.reloader = ConfigReloader(settings.jobs, self.registry, self.scheduler,
                                        self.clock, self.metrics)
+        self.watcher = ConfigWatcher(self.reloader)
 
 
 class Daemon:
@@ -165,6 +166,7 @@ class Daemon:
                 self.c.scheduler.stop(0)
                 return EXIT_CONFIG
             log.info("HTTP API listening on %s", self.api.url)
+        self.c.watcher.start()
         log.info("stocksched %s running: %s", __version__, self.status_line())
         self.notifier.ready(self.status_line())
         last_status = time.monotonic()
@@ -184,7 +186,7 @@ class Daemon:
             status = self.c.reloader.reload()
             if status.ok:
                 return True
-            if not all(e.startswith("storage:") for e in status.errors):
+            if not status.retryable:
                 log.error("not starting: %s has errors (see above)", self.c.settings.jobs)
                 return False
             self.notifier.status(f"waiting for Redis: {status.errors[0]}")
@@ -212,6 +214,7 @@ class Daemon:
     def _shutdown(self) -> int:
         grace = self.c.settings.shutdown_grace
         self.notifier.stopping("draining running jobs")
+        self.c.watcher.stop()
         log.info("stopping: no new runs; waiting up to %.0fs for running jobs", grace)
         left = self.c.scheduler.stop(grace)
         if self.api is not None:

@@ -517,7 +517,9 @@ def test_metrics_has_every_issue_metric_with_job_series(stack: Stack) -> None:
     assert runs[(("job", "mixed"), ("status", "partial_success"), ("trigger", "manual"))] == 1
     fetches = samples["stocksched_ticker_fetches_total"]
     assert fetches[(("job", "mixed"), ("result", "failure"))] == 1
-    assert samples["stocksched_jobs"][(("state", "pending"),)] == 4
+    # The seed's states: alpha and mixed ran (partial success completes), the rest wait.
+    assert samples["stocksched_jobs"][(("state", "completed"),)] == 2
+    assert samples["stocksched_jobs"][(("state", "pending"),)] == 2
     assert samples["stocksched_jobs"][(("state", "paused"),)] == 1
     assert samples["stocksched_build_info"][(("version", __version__),)] == 1
     assert samples["stocksched_config_last_reload_successful"][()] == 1
@@ -532,7 +534,8 @@ def test_jobs_by_state_gauge_is_computed_at_scrape_time(tmp_path: Path) -> None:
         assert jobs[(("state", "running"),)] == 1 and jobs[(("state", "pending"),)] == 3
         s.wait_run("alpha", run_id)
         jobs = _samples(s.http.get("/metrics").text)["stocksched_jobs"]
-        assert jobs[(("state", "running"),)] == 0 and jobs[(("state", "pending"),)] == 4
+        assert jobs[(("state", "running"),)] == 0 and jobs[(("state", "pending"),)] == 3
+        assert jobs[(("state", "completed"),)] == 1
     finally:
         s.close()
 
