@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -27,18 +29,20 @@ from stocksched.api import (
     load_token,
 )
 from stocksched.clock import Clock, SystemClock
+from stocksched.coordination import LeaseManager, ReplicaHeartbeat, list_replicas
 from stocksched.executor import JobExecutor
 from stocksched.facade import SchedulerServingApp
 from stocksched.metrics import Metrics
 from stocksched.notify import SystemdNotifier
 from stocksched.outbox import StorageHealth
+from stocksched.ratelimit import build_rate_limiter
 from stocksched.registry import JobRegistry
 from stocksched.reload import ConfigReloader, ConfigWatcher
 from stocksched.scheduler import JobScheduler
 from stocksched.settings import Settings, split_listen
 from stocksched.sources import build_fetchers, configure_yfinance, new_session
 from stocksched.sources.base import Fetcher
-from stocksched.storage.adapter import RedisAdapter, connect, is_embedded
+from stocksched.storage.adapter import RedisAdapter, StorageError, connect, is_embedded
 from stocksched.storage.butler import DataIOButler
 
 log = logging.getLogger(__name__)
@@ -76,7 +80,8 @@ class Components:
         if fetchers is None:
             cache = state_dir(settings) / "yfinance"
             cache.mkdir(parents=True, exist_ok=True)
-            session = new_session()
+            limiter = build_rate_limiter(self.client, settings.max_requests_per_second)
+            session = new_session(limiter=limiter)
             configure_yfinance(cache, session=session)
             fetchers = build_fetchers(session=session)
         self.fetchers = fetchers
@@ -84,13 +89,28 @@ class Components:
         self.executor = JobExecutor(self.fetchers, self.butler, self.clock,
                                     settings.ticker_concurrency, self.metrics)
         self.health = StorageHealth(self.clock, self.metrics)
+        self.replica_id = settings.replica_id or (
+            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}")
+        lease_ms = int(settings.lease_ttl * 1000)
+        self.leases = LeaseManager(self.client, self.replica_id, lease_ms, clock=self.clock)
+        self.heartbeat = ReplicaHeartbeat(
+            self.client, self.replica_id,
+            {"version": __version__, "hostname": socket.gethostname(), "pid": os.getpid()},
+            settings.replica_ttl)
         self.scheduler = JobScheduler(self.registry, self.executor, self.clock,
                                       pool_size=settings.pool_size, metrics=self.metrics,
-                                      health=self.health)
-        self.replicas: Callable[[], list[dict[str, Any]]] | None = None
+                                      health=self.health, leases=self.leases)
+        self.replicas: Callable[[], list[dict[str, Any]] | None] = self._replicas
         self.reloader = ConfigReloader(settings.jobs, self.registry, self.scheduler,
                                        self.clock, self.metrics)
         self.watcher = ConfigWatcher(self.reloader)
+
+
+    def _replicas(self) -> list[dict[str, Any]] | None:
+        try:
+            return list_replicas(self.client)
+        except StorageError:
+            return None  # status still answers during an outage
 
 
 class Daemon:
@@ -157,6 +177,10 @@ class Daemon:
                         "job records and market data are NOT persisted")
         if not self._first_load():
             return EXIT_OK if self._stop.is_set() else EXIT_CONFIG
+        # Runs of ours that a crash left behind: with a stable replica id they are ours
+        # to record now; others' are found once their leases expire (main loop).
+        self.c.scheduler.recover_interrupted(dead_replica=self.c.settings.replica_id)
+        self.c.heartbeat.start()
         self.c.scheduler.start()
         if self.api is not None:
             try:
@@ -169,13 +193,18 @@ class Daemon:
         self.c.watcher.start()
         log.info("stocksched %s running: %s", __version__, self.status_line())
         self.notifier.ready(self.status_line())
-        last_status = time.monotonic()
+        last_status = last_scan = time.monotonic()
+        scan_every = self.c.settings.lease_ttl / 2
         while not self._stop.is_set():
             self._stop.wait(0.5)
             if self._reload.is_set():
                 self._do_reload()
-            if time.monotonic() - last_status >= 10:
-                last_status = time.monotonic()
+            now = time.monotonic()
+            if now - last_scan >= scan_every:
+                last_scan = now
+                self.c.scheduler.recover_interrupted()
+            if now - last_status >= 10:
+                last_status = now
                 self.notifier.status(self.status_line())
         return self._shutdown()
 
@@ -217,6 +246,7 @@ class Daemon:
         self.c.watcher.stop()
         log.info("stopping: no new runs; waiting up to %.0fs for running jobs", grace)
         left = self.c.scheduler.stop(grace)
+        self.c.heartbeat.stop()
         if self.api is not None:
             self.api.stop()
         if left:

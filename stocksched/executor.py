@@ -19,6 +19,8 @@ from stocksched.clock import Clock
 from stocksched.config import JobSpec
 from stocksched.metrics import Metrics
 from stocksched.model import RunResult, RunStatus, Trigger, run_status_for
+from stocksched.ratelimit import RateLimiterUnavailable, RateLimitTimeout, request_scope
+from stocksched.retry import RetryPolicy
 from stocksched.sources.base import FetchError, Fetcher
 from stocksched.storage.adapter import StorageError
 from stocksched.storage.butler import DataIOButler
@@ -77,8 +79,10 @@ class JobExecutor:
         fetcher = self._fetchers[job.source]
         workers = max(1, min(self._concurrency, len(job.tickers)))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"run-{job.id}")
-        futures = {pool.submit(self._fetch_and_store, job, fetcher, t, start, end, run_id,
-                               cancel): t for t in job.tickers}
+        deadline = time.monotonic() + timeout.total_seconds() if timeout else None
+        policy = RetryPolicy(job.retries, job.retry_backoff)
+        futures = {pool.submit(self._fetch_and_store, job, fetcher, policy, t, start, end,
+                               run_id, cancel, deadline): t for t in job.tickers}
         done, pending = wait(futures, timeout=timeout.total_seconds() if timeout else None)
         # A timed-out run frees its job now; stuck fetches finish (or not) on their own
         # threads and store nothing, because they see ``cancel``.
@@ -115,15 +119,21 @@ class JobExecutor:
         return result
 
     def _fetch_and_store(
-        self, job: JobSpec, fetcher: Fetcher, ticker: str, start: date, end: date,
-        run_id: str, cancel: threading.Event | None,
+        self, job: JobSpec, fetcher: Fetcher, policy: RetryPolicy, ticker: str, start: date,
+        end: date, run_id: str, cancel: threading.Event, deadline: float | None,
     ) -> _TickerOutcome:
         if cancel is not None and cancel.is_set():
             return _TickerOutcome(ticker, error="run cancelled before this ticker started")
         ctx = {"job": job.id, "run_id": run_id, "ticker": ticker}
         t0 = time.perf_counter()
         try:
-            frame = fetcher.fetch_from_source(ticker, start, end, job.interval)
+            with request_scope(deadline=deadline, cancel=cancel):
+                frame = policy.call(
+                    lambda: fetcher.fetch_from_source(ticker, start, end, job.interval),
+                    deadline=deadline, cancel=cancel,
+                    on_retry=lambda n, exc, wait: log.info(
+                        "retry %d job=%s run_id=%s ticker=%s in %.2fs: %s",
+                        n, job.id, run_id, ticker, wait, exc, extra=ctx))
             if self._metrics is not None:
                 self._metrics.fetch_duration.observe(time.perf_counter() - t0)
             if cancel is not None and cancel.is_set():
@@ -132,11 +142,11 @@ class JobExecutor:
             self._butler.save_data(data=frame, prefix=job.prefix, stock_id=ticker,
                                    start_date=start.isoformat(), end_date=end.isoformat(),
                                    ttl=job.ttl, intraday=job.interval in INTRADAY)
-        except StorageError as exc:
+        except (StorageError, RateLimiterUnavailable) as exc:
             log.debug("ticker not stored job=%s run_id=%s ticker=%s: %s",
                       job.id, run_id, ticker, exc, extra=ctx)
             return self._count(job, _TickerOutcome(ticker, error=str(exc), storage_failed=True))
-        except (FetchError, ValueError) as exc:
+        except (FetchError, RateLimitTimeout, ValueError) as exc:
             log.warning("ticker failed job=%s run_id=%s ticker=%s: %s",
                         job.id, run_id, ticker, exc, extra=ctx)
             return self._count(job, _TickerOutcome(ticker, error=str(exc)))

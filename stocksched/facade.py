@@ -49,7 +49,7 @@ __all__ = [
 STUCK_AFTER_SLEEPS = 3
 MAX_RUNS_LIMIT = 1000
 
-ReplicasHook = Callable[[], list[dict[str, Any]]]
+ReplicasHook = Callable[[], list[dict[str, Any]] | None]
 
 
 class JobNotFoundError(UnknownJobError):

@@ -19,7 +19,7 @@ import redis
 
 from stocksched.clock import Clock
 from stocksched.config import JobSpec
-from stocksched.model import JobStatus, RunResult, ScheduledJob
+from stocksched.model import JobStatus, RunResult, RunStatus, ScheduledJob
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, storage_errors
 
@@ -190,10 +190,11 @@ class JobRegistry:
 
     def record_run(self, result: RunResult) -> ScheduledJob:
         """Store the outcome on the record and append it to the history, in one EXEC."""
-        status = JobStatus.FAILED if result.status == "failed" else JobStatus.COMPLETED
+        failed = result.status in (RunStatus.FAILED, RunStatus.INTERRUPTED)
+        status = JobStatus.FAILED if failed else JobStatus.COMPLETED
 
         def mutate(j: ScheduledJob) -> ScheduledJob:
-            ok = result.status != "failed"
+            ok = not failed
             return replace(j, status=status, last_run=result.finished_at,
                            last_success=result.finished_at if ok else j.last_success,
                            last_result=result.summary())

@@ -35,6 +35,14 @@ from typing import NamedTuple
 from stocksched.calendars import MarketCalendars
 from stocksched.clock import Clock
 from stocksched.config import JobSpec
+from stocksched.coordination import (
+    ClaimOutcome,
+    InflightRun,
+    Lease,
+    LeaseKeeper,
+    LeaseManager,
+    rerun_run_id,
+)
 from stocksched.executor import JobExecutor, manual_run_id, scheduled_run_id
 from stocksched.metrics import Metrics
 from stocksched.model import JobStatus, RunResult, RunStatus, ScheduledJob, Trigger
@@ -76,6 +84,7 @@ class _Entry(NamedTuple):
     gen: int
     slot: datetime
     catchup: bool  # a missed slot run late on purpose, not the job's regular next slot
+    run_id: str | None = None  # set for the rerun of an interrupted run
 
 
 @dataclass
@@ -87,6 +96,8 @@ class RunHandle:
     future: Future[RunResult | None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     outcome: JobStatus = JobStatus.FAILED
+    lease: Lease | None = None  # the cross-replica running lease, when coordinating
+    lease_lost: str = ""
 
 
 def jitter_offset(job_id: str, slot: datetime, jitter: timedelta) -> timedelta:
@@ -111,6 +122,7 @@ class JobScheduler:
         calendars: MarketCalendars | None = None,
         on_loop: Callable[[], None] | None = None,
         health: StorageHealth | None = None,
+        leases: LeaseManager | None = None,
     ) -> None:
         self._registry = registry
         self._executor = executor
@@ -123,6 +135,8 @@ class JobScheduler:
         self._on_loop = on_loop
         self.health = health or StorageHealth(clock, metrics)
         self.outbox = Outbox(self.health, clock)
+        self._leases = leases
+        self._keeper = LeaseKeeper(leases, self._on_lease_lost) if leases else None
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._jobs: dict[str, _JobState] = {}
@@ -225,9 +239,9 @@ class JobScheduler:
             self._metrics.job_paused.labels(job=job_id).set(0 if state.active else 1)
 
     def _push_entry(self, state: _JobState, slot: datetime, fire_at: datetime,
-                    catchup: bool) -> None:
+                    catchup: bool, run_id: str | None = None) -> None:
         heapq.heappush(self._heap, _Entry(fire_at, next(self._seq), state.spec.id, state.gen,
-                                          slot, catchup))
+                                          slot, catchup, run_id))
 
     # -- the decision step -----------------------------------------------------------
 
@@ -243,7 +257,7 @@ class JobScheduler:
                 slot = entry.slot
                 if not entry.catchup:
                     slot = self._advance(state, slot, now)
-                self._dispatch_slot(state, slot, now)
+                self._dispatch_slot(state, slot, now, entry.run_id)
             self._dirty = False
             return self._heap[0].fire_at if self._heap else None
 
@@ -260,7 +274,8 @@ class JobScheduler:
         self._push(state, state.next_run)
         return slot
 
-    def _dispatch_slot(self, state: _JobState, slot: datetime, now: datetime) -> None:
+    def _dispatch_slot(self, state: _JobState, slot: datetime, now: datetime,
+                       run_id: str | None = None) -> None:
         spec = state.spec
         if spec.calendar and not self._is_session(spec, slot):
             log.info("slot skipped: %s closed job=%s slot=%s", spec.calendar, spec.id,
@@ -286,7 +301,7 @@ class JobScheduler:
             return
         if self._metrics is not None:
             self._metrics.schedule_lateness.observe(max(0.0, (now - slot).total_seconds()))
-        handle = RunHandle(scheduled_run_id(spec.id, slot), Trigger.SCHEDULE, slot, now)
+        handle = RunHandle(run_id or scheduled_run_id(spec.id, slot), Trigger.SCHEDULE, slot, now)
         self._submit(spec, handle, state.next_run)
 
     def _is_session(self, spec: JobSpec, slot: datetime) -> bool:
@@ -296,7 +311,7 @@ class JobScheduler:
 
     def _record_not_run(self, spec: JobSpec, slots: list[datetime], now: datetime,
                         status: RunStatus, reason: str) -> None:
-        if self._metrics is not None:
+        if self._metrics is not None and self._leases is None:
             self._metrics.job_missed_runs.labels(job=spec.id).inc(len(slots))
         listed = slots[-MAX_MISSED_RECORDS:]
         results = [RunResult(job_id=spec.id, run_id=scheduled_run_id(spec.id, s),
@@ -305,7 +320,26 @@ class JobScheduler:
         if len(slots) > len(listed):
             results[0].reason += f" ({len(slots) - len(listed)} earlier slots not listed)"
         self._side.submit(self.outbox.run, "record slots not run",
-                          lambda: self._registry.add_history_many(results))
+                          lambda: self._write_not_run(spec.id, results, len(slots)))
+
+    def _write_not_run(self, job_id: str, results: list[RunResult], count: int) -> None:
+        """With several replicas, each slot is claimed first so only one records it."""
+        if self._leases is not None:
+            won = self._leases.claim_slots([r.run_id for r in results],
+                                           slot_ttl_ms=self._slot_ttl_ms(job_id))
+            results = [r for r, w in zip(results, won, strict=True) if w]
+            if results and self._metrics is not None:
+                unlisted = count - len(won)  # slots beyond the listed ones go with the first
+                self._metrics.job_missed_runs.labels(job=job_id).inc(
+                    len(results) + (unlisted if won[0] else 0))
+        if results:
+            self._registry.add_history_many(results)
+
+    def _slot_ttl_ms(self, job_id: str) -> int:
+        """A slot claim must outlive the catch-up window, or a late replica could rerun it."""
+        state = self._jobs.get(job_id)
+        catchup_ms = int(state.spec.catchup.total_seconds() * 1000) if state else 0
+        return max(86_400_000, 2 * catchup_ms)
 
     def _submit(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> None:
         self._running[spec.id] = handle
@@ -317,6 +351,8 @@ class JobScheduler:
 
     def _run(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> RunResult | None:
         try:
+            if not self._claim(spec, handle):
+                return None
             if handle.trigger == Trigger.SCHEDULE:
                 self._safe("mark running", spec.id,
                            lambda: self._registry.start_run(spec.id, next_run))
@@ -326,6 +362,8 @@ class JobScheduler:
                 spec, run_id=handle.run_id, trigger=handle.trigger,
                 scheduled_for=handle.scheduled_for, cancel=handle.cancel,
                 timeout=spec.timeout)
+            if handle.lease_lost:
+                result.reason = "; ".join(x for x in (result.reason, handle.lease_lost) if x)
             handle.outcome = (JobStatus.FAILED if result.status == RunStatus.FAILED
                               else JobStatus.COMPLETED)
             self.outbox.run("record run", lambda: self._record(result))
@@ -335,7 +373,116 @@ class JobScheduler:
                           extra={"job": spec.id, "run_id": handle.run_id})
             return None
         finally:
+            self._release(handle)
             self._finish(spec, handle)
+
+    def _claim(self, spec: JobSpec, handle: RunHandle) -> bool:
+        """Win the slot and the job's running lease across replicas; False: do not run."""
+        if self._leases is None or handle.lease is not None:
+            return True
+        try:
+            res = self._leases.try_claim(
+                spec.id, handle.run_id, trigger=handle.trigger,
+                scheduled_for=handle.scheduled_for, started_at=handle.started_at,
+                slot_ttl_ms=self._slot_ttl_ms(spec.id))
+        except StorageError as exc:
+            self.health.failed(f"claim slot job={spec.id}", exc)
+            now = self._clock.now()
+            result = RunResult(job_id=spec.id, run_id=handle.run_id, trigger=handle.trigger,
+                               scheduled_for=handle.scheduled_for, started_at=now,
+                               finished_at=now, status=RunStatus.FAILED,
+                               reason="Redis unavailable: slot could not be claimed")
+            self.outbox.run("record unclaimed run", lambda: self._write_unclaimed(result))
+            return False
+        if res.outcome == ClaimOutcome.SLOT_TAKEN:
+            log.debug("slot taken by another replica job=%s run_id=%s", spec.id, handle.run_id)
+            return False
+        lease = res.lease
+        if res.outcome == ClaimOutcome.JOB_BUSY:
+            if spec.overlap == "queue" and handle.scheduled_for is not None:
+                lease = self._leases.wait_lease_job(
+                    spec.id, handle.run_id, stop=handle.cancel,
+                    timeout_s=(spec.timeout or timedelta(hours=1)).total_seconds()
+                    + self._leases.lease_ms / 1000, scheduled_for=handle.scheduled_for)
+            if lease is None:
+                if handle.scheduled_for is not None:
+                    with self._lock:
+                        self._record_not_run(spec, [handle.scheduled_for], self._clock.now(),
+                                             RunStatus.SKIPPED,
+                                             f"run {res.busy_with} still in progress "
+                                             "on another replica")
+                return False
+        assert lease is not None
+        handle.lease = lease
+        if self._keeper is not None:
+            self._keeper.add(lease)
+        return True
+
+    def _write_unclaimed(self, result: RunResult) -> None:
+        assert self._leases is not None
+        if self._leases.claim_slots([result.run_id])[0]:
+            self._record(result)
+
+    def _release(self, handle: RunHandle) -> None:
+        """Give the running lease back once the result is stored (in outbox order)."""
+        lease = handle.lease
+        if lease is None or self._leases is None:
+            return
+        leases, keeper = self._leases, self._keeper
+
+        def finish() -> None:
+            if keeper is not None:
+                keeper.discard(lease)
+            if not leases.finish(lease):
+                log.warning("run %s was recorded as interrupted elsewhere (lease lost)",
+                            lease.run_id, extra={"job": lease.job_id, "run_id": lease.run_id})
+
+        self.outbox.run("finish run", finish)
+
+    def _on_lease_lost(self, lease: Lease, reason: str) -> None:
+        with self._lock:
+            handle = self._running.get(lease.job_id)
+            if handle is not None and handle.run_id == lease.run_id:
+                handle.lease_lost = f"lease lost: {reason}"
+                handle.cancel.set()  # never twice at once: another replica may take over
+
+    def recover_interrupted(self, dead_replica: str | None = None) -> int:
+        """Record runs whose lease heartbeat stopped as interrupted; rerun per catch-up."""
+        if self._leases is None:
+            return 0
+        try:
+            found = self._leases.find_interrupted(dead_replica=dead_replica)
+        except StorageError as exc:
+            self.health.failed("scan for interrupted runs", exc)
+            return 0
+        now = self._clock.now()
+        for run in found:
+            self._interrupted(run, now)
+        return len(found)
+
+    def _interrupted(self, run: InflightRun, now: datetime) -> None:
+        owner = run.owner.rsplit("/", 1)[0] or "unknown"
+        log.warning("run interrupted job=%s run_id=%s (replica %s stopped renewing its lease)",
+                    run.job_id, run.run_id, owner, extra={"job": run.job_id, "run_id": run.run_id})
+        result = RunResult(job_id=run.job_id, run_id=run.run_id, trigger=run.trigger,
+                           scheduled_for=run.scheduled_for, started_at=run.started_at,
+                           finished_at=now, status=RunStatus.INTERRUPTED,
+                           reason=f"replica {owner} stopped renewing its lease mid-run")
+        self.outbox.run("record interrupted run", lambda: self._record(result))
+        with self._lock:
+            state = self._jobs.get(run.job_id)
+            slot = run.scheduled_for
+            if (state is None or not state.active or slot is None
+                    or run.trigger != Trigger.SCHEDULE or run.job_id in self._running):
+                return
+            spec = state.spec
+            if spec.catchup > timedelta(0) and now - slot <= spec.catchup \
+                    and spec.next_fire(slot) > now:
+                log.info("rerunning interrupted slot job=%s slot=%s", spec.id, slot.isoformat(),
+                         extra={"job": spec.id})
+                self._push_entry(state, slot, now, catchup=True, run_id=rerun_run_id(run.run_id))
+                self._dirty = True
+                self._wake.notify_all()
 
     def _finish(self, spec: JobSpec, handle: RunHandle) -> None:
         with self._lock:
@@ -374,7 +521,7 @@ class JobScheduler:
     # -- operator actions --------------------------------------------------------------
 
     def trigger(self, job_id: str) -> str:
-        """Run now, outside the schedule; next_run does not move."""
+        """Run now, outside the schedule; next_run does not move. Claimed like a slot."""
         with self._lock:
             state = self._jobs.get(job_id)
             if state is None:
@@ -383,6 +530,21 @@ class JobScheduler:
                 raise JobBusyError(job_id)
             now = self._clock.now()
             handle = RunHandle(manual_run_id(job_id, now), Trigger.MANUAL, None, now)
+        if self._leases is not None:  # Redis I/O outside the lock; StorageError propagates
+            handle.lease = self._leases.claim(job_id, handle.run_id, trigger=Trigger.MANUAL,
+                                              started_at=now)
+            if handle.lease is None:
+                raise JobBusyError(job_id)  # running on another replica
+        with self._lock:
+            state = self._jobs.get(job_id)
+            if state is None or job_id in self._running or self._stopping:
+                if handle.lease is not None and self._leases is not None:
+                    self._leases.finish(handle.lease)
+                if state is None:
+                    raise UnknownJobError(job_id)
+                raise JobBusyError(job_id)
+            if handle.lease is not None and self._keeper is not None:
+                self._keeper.add(handle.lease)
             self._submit(state.spec, handle, state.next_run)
             return handle.run_id
 
@@ -452,6 +614,8 @@ class JobScheduler:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
+        if self._keeper is not None:
+            self._keeper.start()
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self._thread.start()
 
@@ -495,4 +659,8 @@ class JobScheduler:
         if isinstance(self._pool, ThreadPoolExecutor):
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._side.shutdown(wait=True)
+        if not left:
+            self.outbox.flush()
+        if self._keeper is not None and not left:
+            self._keeper.stop()  # abandoned runs keep their leases until the process exits
         return left

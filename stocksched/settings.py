@@ -62,6 +62,11 @@ class Settings(BaseModel):
     state_dir: Path | None = None
     run_history: int = Field(default=1000, ge=10, le=1_000_000)
     max_requests_per_second: float | None = Field(default=None, gt=0)
+    # Replicas: a stable id lets a restarted daemon recognise its own crashed runs at
+    # once; by default it is hostname-pid-random (crashes then surface after lease_ttl).
+    replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,100}$")
+    lease_ttl: float = Field(default=30.0, ge=1, le=3600)
+    replica_ttl: float = Field(default=15.0, ge=1, le=3600)
     http: HttpSettings = HttpSettings()
 
     @field_validator("log_level", mode="before")
@@ -82,6 +87,8 @@ ENV_VARS: dict[str, str] = {
     "STOCKSCHED_LOG_FORMAT": "log_format",
     "STOCKSCHED_STATE_DIR": "state_dir",
     "STOCKSCHED_MAX_REQUESTS_PER_SECOND": "max_requests_per_second",
+    "STOCKSCHED_REPLICA_ID": "replica_id",
+    "STOCKSCHED_LEASE_TTL": "lease_ttl",
     "STOCKSCHED_LISTEN": "http.listen",
     "STOCKSCHED_TOKEN_FILE": "http.token_file",
 }

@@ -46,6 +46,12 @@ from yfinance.exceptions import (
     YFTickerMissingError,
 )
 
+from stocksched.ratelimit import (
+    NullRateLimiter,
+    RateLimiter,
+    RateLimitError,
+    acquire_in_scope,
+)
 from stocksched.sources.base import (
     BAR_COLUMNS,
     FetchError,
@@ -77,11 +83,14 @@ class YahooSession(curl_requests.Session):
     Tests subclass it to answer locally (tests/yahoo_fake.py).
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, limiter: RateLimiter | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._outcomes = threading.local()
+        # Every HTTP request is limited, not each fetch: one fetch is several requests.
+        self._limiter: RateLimiter = limiter or NullRateLimiter()
 
     def request(self, method: Any, url: str, *args: Any, **kwargs: Any) -> Any:
+        acquire_in_scope(self._limiter)
         response = super().request(method, url, *args, **kwargs)
         self.observe(url, response)
         return response
@@ -100,9 +109,9 @@ class YahooSession(curl_requests.Session):
         self._outcomes.last = None
 
 
-def new_session() -> YahooSession:
+def new_session(limiter: RateLimiter | None = None) -> YahooSession:
     """The session the daemon shares with yfinance (impersonating Chrome, as yfinance does)."""
-    return YahooSession(impersonate="chrome")
+    return YahooSession(limiter=limiter, impersonate="chrome")
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -212,6 +221,8 @@ class YFinanceFetcher:
                 start=start, end=end + timedelta(days=1), interval=interval,
                 auto_adjust=False, actions=True, timeout=self._timeout,
             )
+        except RateLimitError:
+            raise  # our own limiter said no: the caller decides, it is not Yahoo's answer
         except Exception as exc:  # yfinance raises anything from parse errors to curl errors
             # The cache keeps error answers too: drop them so the next attempt asks Yahoo.
             clear_response_cache()
