@@ -13,7 +13,6 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from stocksched import __version__
@@ -49,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(run)
     run.add_argument("--pool-size", type=int, metavar="N")
     run.add_argument("--shutdown-grace", type=float, metavar="SECONDS")
-    run.add_argument("--listen", metavar="HOST:PORT", help="HTTP API address (env STOCKSCHED_LISTEN)")
+    run.add_argument("--listen", metavar="HOST:PORT",
+                     help="HTTP API address (env STOCKSCHED_LISTEN)")
 
     val = sub.add_parser(
         "validate", help="check jobs files and show each job's next fire times",
@@ -171,10 +171,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import faulthandler
+
     from stocksched.daemon import Components, Daemon
     from stocksched.logs import configure_logging
-
-    import faulthandler
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)

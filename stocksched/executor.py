@@ -21,7 +21,7 @@ from stocksched.metrics import Metrics
 from stocksched.model import RunResult, RunStatus, Trigger, run_status_for
 from stocksched.ratelimit import RateLimiterUnavailable, RateLimitTimeout, request_scope
 from stocksched.retry import RetryPolicy
-from stocksched.sources.base import FetchError, Fetcher
+from stocksched.sources.base import Fetcher, FetchError
 from stocksched.storage.adapter import StorageError
 from stocksched.storage.butler import DataIOButler
 

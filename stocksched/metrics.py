@@ -8,6 +8,8 @@ survive config reloads.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -90,20 +92,16 @@ class Metrics:
         for metric in (self.job_run_duration, self.job_last_run, self.job_last_success,
                        self.job_next_run, self.job_running, self.job_paused,
                        self.job_missed_runs, self.rows_stored):
-            try:
+            with contextlib.suppress(KeyError):
                 metric.remove(job_id)
-            except KeyError:
-                pass
         for metric, label_sets in (
             (self.job_runs, [(s, t) for s in ("success", "partial_success", "failed")
                              for t in ("schedule", "manual")]),
             (self.ticker_fetches, [(r,) for r in ("success", "failure")]),
         ):
             for labels in label_sets:
-                try:
+                with contextlib.suppress(KeyError):
                     metric.remove(job_id, *labels)
-                except KeyError:
-                    pass
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

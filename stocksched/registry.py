@@ -67,7 +67,7 @@ class JobRegistry:
 
     def job_ids(self) -> set[str]:
         with storage_errors("SMEMBERS", keys.job_index_key()):
-            return {str(m) for m in self._r.smembers(keys.job_index_key())}  # type: ignore[union-attr]
+            return {str(m) for m in self._r.smembers(keys.job_index_key())}
 
     def list_jobs(self) -> list[ScheduledJob]:
         return [j for j in self._get_many(sorted(self.job_ids())).values() if j is not None]
@@ -81,13 +81,13 @@ class JobRegistry:
         with storage_errors("MGET", keys.JOB_PREFIX + "*"):
             raws = self._r.mget([keys.job_key(i) for i in ids])
         return {i: ScheduledJob.from_json(str(raw)) if raw else None
-                for i, raw in zip(ids, raws, strict=True)}  # type: ignore[arg-type]
+                for i, raw in zip(ids, raws, strict=True)}
 
     def get_runs(self, job_id: str, limit: int = 20) -> list[RunResult]:
         """Run history, newest first."""
         with storage_errors("XREVRANGE", keys.runs_key(job_id)):
             entries = self._r.xrevrange(keys.runs_key(job_id), count=limit)
-        return [RunResult.from_fields(job_id, dict(f)) for _id, f in entries]  # type: ignore[union-attr]
+        return [RunResult.from_fields(job_id, dict(f)) for _id, f in entries]
 
     # -- reconcile -------------------------------------------------------------
 
@@ -105,7 +105,7 @@ class JobRegistry:
                 self._create(spec, h, now)
                 diff.added.append(job_id)
             elif rec.spec_hash != h:
-                self._update(job_id, lambda j, s=spec, h=h: self._respec(j, s, h))
+                self._update(job_id, self._respecer(spec, h))
                 diff.changed.append(job_id)
             else:
                 if job_id not in indexed:  # repair a record that lost its index entry
@@ -128,6 +128,9 @@ class JobRegistry:
             created, _ = pipe.execute()
         if not created:  # lost a race: bring the other replica's record to this spec
             self._update(spec.id, lambda j: self._respec(j, spec, h))
+
+    def _respecer(self, spec: JobSpec, h: str) -> Mutator:
+        return lambda j: self._respec(j, spec, h)
 
     def _respec(self, job: ScheduledJob, spec: JobSpec, h: str) -> ScheduledJob | None:
         if job.spec_hash == h:
@@ -219,7 +222,7 @@ class JobRegistry:
 
     def _xadd(self, result: RunResult) -> Callable[[redis.client.Pipeline], None]:
         def add(pipe: redis.client.Pipeline) -> None:
-            pipe.xadd(keys.runs_key(result.job_id), result.to_fields(),  # type: ignore[arg-type]
+            pipe.xadd(keys.runs_key(result.job_id), result.to_fields(),
                       maxlen=self._history_limit, approximate=True)
         return add
 

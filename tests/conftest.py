@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
@@ -100,3 +101,16 @@ def any_redis(request: pytest.FixtureRequest) -> redis.Redis:
         return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
     client: redis.Redis = request.getfixturevalue("real_redis")
     return client
+
+
+@pytest.fixture
+def rig(fake_redis: redis.Redis) -> Iterator[Any]:
+    """A registry + executor + scheduler on fakeredis with a fake clock (tests.helpers.Rig)."""
+    from datetime import UTC, datetime
+
+    from tests.fakes import FakeClock
+    from tests.helpers import Rig
+
+    r = Rig(fake_redis, FakeClock(datetime(2026, 3, 2, 10, 2, tzinfo=UTC)))
+    yield r
+    r.scheduler.stop(1)

@@ -13,8 +13,7 @@ from stocksched.model import RunStatus
 from stocksched.scheduler import jitter_offset
 from stocksched.storage import keys
 from tests.fakes import FakeClock
-from tests.helpers import make_spec
-from tests.test_scheduler import Rig, rig  # noqa: F401  (fixture)
+from tests.helpers import Rig, make_spec
 
 T0 = datetime(2026, 3, 2, 10, 2, tzinfo=UTC)
 NY = ZoneInfo("America/New_York")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
 
 from stocksched.executor import JobExecutor
-from stocksched.metrics import Metrics
 from stocksched.model import JobStatus, RunStatus
 from stocksched.registry import JobRegistry, UnknownJobError
 from stocksched.scheduler import JobBusyError, JobScheduler
@@ -18,42 +16,9 @@ from stocksched.sources.demo import DemoFetcher
 from stocksched.storage.adapter import RedisAdapter
 from stocksched.storage.butler import DataIOButler
 from tests.fakes import FakeClock
-from tests.helpers import make_spec
+from tests.helpers import Rig, make_spec
 
 T0 = datetime(2026, 3, 2, 10, 2, tzinfo=UTC)
-
-
-class Rig:
-    def __init__(self, client: redis.Redis, clock: FakeClock, latency: float = 0.0) -> None:
-        adapter = RedisAdapter(client)
-        self.clock = clock
-        self.client = client
-        self.metrics = Metrics("test")
-        self.registry = JobRegistry(adapter, clock)
-        self.executor = JobExecutor({"demo": DemoFetcher(latency_s=latency)},
-                                    DataIOButler(adapter), clock, 4, self.metrics)
-        self.scheduler = JobScheduler(self.registry, self.executor, clock, pool_size=2,
-                                      metrics=self.metrics)
-
-    def load(self, *specs: object) -> None:
-        self.registry.reconcile(specs)  # type: ignore[arg-type]
-        self.scheduler.set_jobs(self.registry.list_jobs())
-
-    def at(self, t: datetime) -> datetime | None:
-        self.clock.set(t)
-        nxt = self.scheduler.tick()
-        return nxt
-
-    def settle(self) -> None:
-        assert self.scheduler.wait_idle(10)
-        self.scheduler.flush_bookkeeping()
-
-
-@pytest.fixture
-def rig(fake_redis: redis.Redis) -> Iterator[Rig]:
-    r = Rig(fake_redis, FakeClock(T0))
-    yield r
-    r.scheduler.stop(1)
 
 
 @pytest.mark.parametrize(
