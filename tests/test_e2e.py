@@ -90,3 +90,56 @@ def test_run_refuses_invalid_jobs_file(tmp_path: Path, redis_server: RedisServer
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 1
     assert "jobs.yaml:4:" in out and "Traceback" not in out
+
+
+def test_live_reload_and_api_on_a_running_daemon(
+    tmp_path: Path, redis_server: RedisServer, real_redis: redis.Redis
+) -> None:
+    import httpx
+
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(JOBS)
+    (tmp_path / "home").mkdir()
+    proc = start_daemon(tmp_path, redis_server.url)
+    base = f"http://127.0.0.1:{proc.port}"  # type: ignore[attr-defined]
+    try:
+        wait_for(lambda: _get(base + "/readyz") == 200)
+        # An editor-style save adds a job: it goes live without a restart.
+        tmp = tmp_path / ".jobs.yaml.swp"
+        tmp.write_text(JOBS + "  - id: added-later\n    tickers: [CCC]\n"
+                       "    schedule: '@hourly'\n    source: demo\n")
+        tmp.replace(jobs)
+        wait_for(lambda: "added-later" in {j["job_id"] for j in
+                                          httpx.get(base + "/scheduler/jobs").json()})
+        # An invalid save is refused as a whole; the errors show in the status.
+        jobs.write_text(jobs.read_text().replace("'@hourly'", "'@every never'"))
+        wait_for(lambda: not httpx.get(base + "/scheduler/status").json()["last_reload"]["ok"])
+        status = httpx.get(base + "/scheduler/status").json()
+        assert any("jobs.yaml:" in e and "schedule" in e for e in status["last_reload"]["errors"])
+        assert "added-later" in {j["job_id"] for j in httpx.get(base + "/scheduler/jobs").json()}
+        # Pause over the API, restart the daemon: still paused.
+        assert httpx.post(base + "/scheduler/jobs/demo-fast/stop").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    jobs.write_text(JOBS)
+    proc = start_daemon(tmp_path, redis_server.url)
+    base = f"http://127.0.0.1:{proc.port}"  # type: ignore[attr-defined]
+    try:
+        wait_for(lambda: _get(base + "/readyz") == 200)
+        job = httpx.get(base + "/scheduler/jobs/demo-fast").json()
+        assert job["paused"] is True and job["next_run"] is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+
+
+def _get(url: str) -> int:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return 0
