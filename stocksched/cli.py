@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     val = sub.add_parser(
         "validate", help="check jobs files and show each job's next fire times",
-        description="Validate jobs files. Exit 0: all valid; 1: at least one file has errors "
-                    "(each printed as FILE:LINE:COL: path: message); 2: usage error.")
+        description="Validate jobs files. Exit 0: all valid; 1: at least one file is invalid, "
+                    "missing or unreadable (each error printed as FILE:LINE:COL: path: "
+                    "message); 2: usage error.")
     val.add_argument("files", nargs="+", metavar="FILE")
     val.add_argument("--format", choices=["text", "json"], default="text")
     val.add_argument("--count", type=int, default=3, help="fire times to show per job")
@@ -209,7 +210,7 @@ def cmd_run_job(args: argparse.Namespace) -> int:
     except UnknownJobError:  # not reconciled by a daemon yet: keep the history anyway
         c.registry.add_history(result)
     if args.json:
-        print(json.dumps(result.to_fields() | {"job_id": result.job_id}, indent=2))
+        print(json.dumps(result.to_json(), indent=2))
     else:
         print(f"{spec.id} {result.run_id}: {result.status} in {result.duration_s:.2f}s, "
               f"{len(result.fetched_stocks)} fetched, {len(result.failed_stocks)} failed, "

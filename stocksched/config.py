@@ -169,7 +169,8 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(description="Unique id: [a-z0-9][a-z0-9_-]{0,63}")
+    id: str = Field(description="Unique id: [a-z0-9][a-z0-9_-]{0,63}",
+                    json_schema_extra={"pattern": _ID_RE.pattern})
     name: str | None = Field(default=None, min_length=1, description="Display name")
     tickers: tuple[Ticker, ...] = Field(description="Yahoo symbols, e.g. [AAPL, BRK-B, ^GSPC]")
     schedule: str = Field(

@@ -11,7 +11,6 @@ import os
 import secrets
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -52,13 +51,17 @@ EXIT_CONFIG = 1
 EXIT_USAGE = 2
 
 
-def state_dir(settings: Settings) -> Path:
-    """Where yfinance may keep caches: never the user's home."""
+def state_dir(settings: Settings) -> Path | None:
+    """Where yfinance may keep caches: never the user's home.
+
+    None means no state directory is configured: yfinance then gets a private temp
+    directory that is removed at exit.
+    """
     if settings.state_dir is not None:
         return settings.state_dir
     if os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
-    return Path(tempfile.mkdtemp(prefix="stocksched-"))
+    return None
 
 
 class Components:
@@ -78,8 +81,10 @@ class Components:
         self.adapter = RedisAdapter(self.client)
         self.butler = DataIOButler(self.adapter)
         if fetchers is None:
-            cache = state_dir(settings) / "yfinance"
-            cache.mkdir(parents=True, exist_ok=True)
+            base = state_dir(settings)
+            cache = base / "yfinance" if base is not None else None
+            if cache is not None:
+                cache.mkdir(parents=True, exist_ok=True)
             limiter = build_rate_limiter(self.client, settings.max_requests_per_second)
             session = new_session(limiter=limiter)
             configure_yfinance(cache, session=session)
@@ -176,7 +181,10 @@ class Daemon:
             log.warning("no redis_url configured: using the embedded in-process store; "
                         "job records and market data are NOT persisted")
         if not self._first_load():
-            return EXIT_OK if self._stop.is_set() else EXIT_CONFIG
+            if not self._stop.is_set():
+                return EXIT_CONFIG
+            self.notifier.stopping("stopped while waiting for Redis")
+            return EXIT_OK
         # Runs of ours that a crash left behind: with a stable replica id they are ours
         # to record now; others' are found once their leases expire (main loop).
         self.c.scheduler.recover_interrupted(dead_replica=self.c.settings.replica_id)

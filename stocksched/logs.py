@@ -1,7 +1,13 @@
 """Logging setup: readable text, or one JSON object per line for log shippers.
 
-Context (job, run_id, ticker) travels in ``extra=`` and becomes JSON fields. Under
-systemd (JOURNAL_STREAM set) text lines omit the timestamp: the journal adds its own.
+Context (job, run_id, ticker) travels in ``extra=`` and becomes JSON fields.
+
+Under systemd, stderr is usually a stream into the journal. systemd says so with
+``JOURNAL_STREAM=DEV:INODE`` (systemd.exec(5)); the variable is inherited by children whose
+stderr may go elsewhere, so it counts only when it names our stderr. On the journal, text
+lines omit the timestamp (the journal adds its own), and every line starts with a
+``<N>`` syslog priority prefix (sd-daemon(3)) so that ``journalctl -p warning`` finds the
+warnings and errors; the journal strips the prefix before storing the line.
 """
 
 from __future__ import annotations
@@ -10,12 +16,22 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import TextIO
 
 CONTEXT_FIELDS = ("job", "run_id", "ticker")
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JOURNAL_TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+# Third-party chatter that would flood an unattended daemon's logs.
+NOISY_LOGGERS = ("yfinance", "peewee", "urllib3", "uvicorn.access", "watchfiles")
+
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (newlines in messages are escaped)."""
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -32,20 +48,83 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def syslog_priority(levelno: int) -> int:
+    """The syslog priority journald files a record under (3 err, 4 warning, 6 info, 7 debug)."""
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    if levelno >= logging.INFO:
+        return 6
+    return 7
+
+
+class JournalPrefixFormatter(logging.Formatter):
+    """Prefixes each line with ``<N>``: journald splits at newlines and reads every line's own.
+
+    Without the prefix the journal files everything at the unit's SyslogLevel= (info), and
+    ``journalctl -p warning`` would show none of the daemon's warnings.
+    """
+
+    def __init__(self, inner: logging.Formatter) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{syslog_priority(record.levelno)}>"
+        text = self._inner.format(record)
+        return "\n".join(prefix + line for line in text.split("\n"))
+
+
+def is_journal_stream(stream: TextIO, environ: Mapping[str, str]) -> bool:
+    """True when ``$JOURNAL_STREAM`` names this very stream (not one a parent had)."""
+    dev, sep, ino = environ.get("JOURNAL_STREAM", "").partition(":")
+    if not sep or not dev.isdigit() or not ino.isdigit():
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):  # closed, or not backed by a descriptor
+        return False
+    return st.st_dev == int(dev) and st.st_ino == int(ino)
+
+
+def build_handler(
+    fmt: str = "text",
+    stream: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> logging.Handler:
+    """The stderr handler for ``fmt`` ("text" or "json"), adapted to the journal if it is one."""
+    out = sys.stderr if stream is None else stream
+    env = os.environ if environ is None else environ
+    journal = is_journal_stream(out, env)
+    formatter: logging.Formatter
     if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    elif os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        formatter = JsonFormatter()
+    elif journal:
+        formatter = logging.Formatter(JOURNAL_TEXT_FORMAT)
     else:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        formatter = logging.Formatter(TEXT_FORMAT)
+    if journal:
+        formatter = JournalPrefixFormatter(formatter)
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    return handler
+
+
+def configure_logging(
+    level: str = "INFO",
+    fmt: str = "text",
+    *,
+    stream: TextIO | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Route every logger to one stderr handler; call once, from the command's entry point."""
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [build_handler(fmt, stream, environ)]
     root.setLevel(level)
-    # Third-party chatter that would flood an unattended daemon's logs.
-    for noisy in ("yfinance", "peewee", "urllib3", "uvicorn.access", "watchfiles"):
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.ERROR)

@@ -1,0 +1,326 @@
+"""`stocksched validate` and `stocksched run-job` as a user, a pre-commit hook or CI calls them.
+
+Their exit codes are the contract scripts rely on: validate 0 valid / 1 errors / 2 usage;
+run-job 0 success / 1 failed / 2 unknown job / 3 partial success.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import pytest
+
+from stocksched import cli
+from stocksched.config import load_jobs_file
+from stocksched.sources import DemoFetcher, PermanentFetchError
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO_JOBS = ROOT / "jobs.yaml"
+ERROR_LINE = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<path>\S+): (?P<msg>.+)$")
+
+
+def run_cli(*args: str, cwd: Path, env_extra: dict[str, str] | None = None,
+            stderr: Any = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+    """`python -m stocksched ARGS` with no STOCKSCHED_* settings leaking in from this shell."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("STOCKSCHED_") and k != "JOURNAL_STREAM"}
+    env["HOME"] = str(cwd)  # nothing may be written to the user's home
+    env["STOCKSCHED_STATE_DIR"] = str(cwd / "state")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "stocksched", *args], cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=60,
+                          check=False)
+
+
+DEMO_JOBS = """\
+version: 1
+jobs:
+  - id: demo
+    tickers: [AAA, BBB]
+    schedule: "@every 1h"
+    source: demo
+    window: 10d
+  # Saturday and Sunday: the demo source has no bars, so every ticker fails.
+  - id: demo-weekend
+    tickers: [AAA, BBB]
+    schedule: "@every 1h"
+    source: demo
+    start: 2024-01-06
+    end: 2024-01-07
+"""
+
+BAD_JOBS = """\
+version: 1
+jobs:
+  - id: prices
+    tickers: [AAPL]
+    schedule: "61 * * * *"
+  - id: other
+    tickrs: [MSFT]
+    schedule: "@daily"
+    timezone: Mars/Olympus
+"""
+
+
+@pytest.fixture
+def bad_file(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD_JOBS)
+    return path
+
+
+# -- validate: a good file ------------------------------------------------------------------
+
+
+def _fire_times(stdout: str) -> dict[str, list[datetime]]:
+    """Job id -> the `next:` times printed under it."""
+    out: dict[str, list[datetime]] = {}
+    current = ""
+    for line in stdout.splitlines():
+        if m := re.match(r"^  (\S+?)(?: \(disabled\))?: ", line):
+            current = m.group(1)
+            out[current] = []
+        elif m := re.match(r"^    next: (\S+)$", line):
+            out[current].append(datetime.fromisoformat(m.group(1)))
+    return out
+
+
+def test_validate_repo_jobs_yaml_shows_next_three_fire_times_in_the_jobs_zone(
+    tmp_path: Path,
+) -> None:
+    result = run_cli("validate", str(REPO_JOBS), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    specs = {job.id: job for job in load_jobs_file(REPO_JOBS).jobs}
+    assert result.stdout.startswith(f"{REPO_JOBS}: OK, {len(specs)} job(s)\n")
+    times = _fire_times(result.stdout)
+    assert set(times) == set(specs)
+    now = datetime.now(ZoneInfo("UTC"))
+    for job_id, fires in times.items():
+        spec = specs[job_id]
+        assert f"  {job_id}: {spec.schedule!r} in {spec.timezone}" in result.stdout
+        assert len(fires) == 3, (job_id, fires)
+        assert now - timedelta(seconds=5) < fires[0] < fires[1] < fires[2]
+        for t in fires:  # written in the job's zone, with the offset that zone has then
+            assert t.utcoffset() == t.astimezone(spec.zone).utcoffset(), (job_id, t)
+    # The repo's daily job: 17:00 New York time, weekdays only, whatever the season.
+    for t in times["daily-tech"]:
+        local = t.astimezone(ZoneInfo("America/New_York"))
+        assert (local.hour, local.minute) == (17, 0) and local.weekday() < 5, t
+        assert t.utcoffset() == local.utcoffset()
+
+
+def test_validate_count_and_disabled_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_text(DEMO_JOBS.replace("    window: 10d\n", "    window: 10d\n    enabled: false\n"))
+    result = run_cli("validate", "--count", "1", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "  demo (disabled): " in result.stdout
+    times = _fire_times(result.stdout)
+    assert times["demo"] == []  # a disabled job never fires
+    assert len(times["demo-weekend"]) == 1
+
+
+# -- validate: bad and missing files --------------------------------------------------------
+
+
+def test_validate_bad_file_reports_every_error_with_position(
+    tmp_path: Path, bad_file: Path
+) -> None:
+    result = run_cli("validate", str(bad_file), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    parsed = [ERROR_LINE.match(line) for line in lines]
+    assert all(parsed), lines
+    where = {(m["line"], m["path"]) for m in parsed if m}
+    assert all(m["file"] == str(bad_file) for m in parsed if m)
+    assert ("5", "jobs[0].schedule") in where
+    assert ("7", "jobs[1].tickrs") in where
+    assert ("9", "jobs[1].timezone") in where
+    assert ("6", "jobs[1].tickers") in where  # required, reported where the job starts
+    assert len(lines) == 4, lines
+
+
+def test_validate_yaml_syntax_error_has_a_position(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_text("version: 1\njobs:\n  - id: a\n    schedule: [\n")
+    result = run_cli("validate", str(path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert re.fullmatch(rf"{re.escape(str(path))}:\d+:\d+: invalid YAML: .+\n", result.stderr)
+
+
+def test_validate_missing_file_is_one_clear_line(tmp_path: Path) -> None:
+    result = run_cli("validate", "nope.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == "nope.yaml: file not found\n"
+    assert result.stdout == ""
+
+
+def test_validate_several_files_checks_them_all(tmp_path: Path, bad_file: Path) -> None:
+    good = tmp_path / "jobs.yaml"
+    good.write_text(DEMO_JOBS)
+    result = run_cli("validate", str(good), str(bad_file), "missing.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{good}: OK, 2 job(s)\n")
+    errors = result.stderr.splitlines()
+    assert len(errors) == 5, errors
+    assert sum(line.startswith(f"{bad_file}:") for line in errors) == 4
+    assert errors[-1] == "missing.yaml: file not found"
+
+    both_good = run_cli("validate", str(good), str(REPO_JOBS), cwd=tmp_path)
+    assert both_good.returncode == 0, both_good.stderr
+    assert f"{good}: OK" in both_good.stdout and f"{REPO_JOBS}: OK" in both_good.stdout
+
+
+# -- validate --format json -----------------------------------------------------------------
+
+
+def test_validate_json_output_shape(tmp_path: Path, bad_file: Path) -> None:
+    good = tmp_path / "jobs.yaml"
+    good.write_text(DEMO_JOBS)
+    result = run_cli("validate", "--format", "json", str(good), str(bad_file), "missing.yaml",
+                     cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == ""
+    report = json.loads(result.stdout)
+    assert [entry["file"] for entry in report] == [str(good), str(bad_file), "missing.yaml"]
+    ok, bad, missing = report
+    assert ok["valid"] is True
+    assert re.fullmatch(r"[0-9a-f]{64}", ok["sha256"])
+    assert [job["id"] for job in ok["jobs"]] == ["demo", "demo-weekend"]
+    job = ok["jobs"][0]
+    assert set(job) == {"id", "schedule", "timezone", "enabled", "tickers", "next"}
+    assert job["schedule"] == "@every 1h" and job["timezone"] == "UTC"
+    assert job["enabled"] is True and job["tickers"] == ["AAA", "BBB"]
+    assert len(job["next"]) == 3
+    assert all(datetime.fromisoformat(t).utcoffset() == timedelta(0) for t in job["next"])
+    assert bad["valid"] is False and len(bad["errors"]) == 4
+    assert all(ERROR_LINE.match(e) for e in bad["errors"]), bad["errors"]
+    assert missing == {"file": "missing.yaml", "valid": False,
+                       "errors": ["missing.yaml: file not found"]}
+
+
+def test_validate_json_exit_zero_when_all_valid(tmp_path: Path) -> None:
+    result = run_cli("validate", "--format", "json", str(REPO_JOBS), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (entry,) = json.loads(result.stdout)
+    assert entry["valid"] is True and entry["file"] == str(REPO_JOBS)
+
+
+# -- validate: usage ------------------------------------------------------------------------
+
+
+def test_validate_help_documents_exit_codes(tmp_path: Path) -> None:
+    result = run_cli("validate", "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "Exit 0: all valid" in text
+    assert "1: at least one file is invalid, missing or unreadable" in text
+    assert "FILE:LINE:COL: path: message" in text
+    assert "2: usage error" in text
+    assert "--format {text,json}" in text
+
+
+@pytest.mark.parametrize("args", [[], ["--format", "xml", "jobs.yaml"], ["--count", "x", "f"]])
+def test_validate_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
+    result = run_cli("validate", *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "usage: stocksched validate" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- run-job --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def demo_jobs(tmp_path: Path) -> Path:
+    path = tmp_path / "jobs.yaml"
+    path.write_text(DEMO_JOBS)
+    return path
+
+
+def test_run_job_success_exits_0(tmp_path: Path, demo_jobs: Path) -> None:
+    result = run_cli("run-job", "demo", "--jobs", str(demo_jobs), "--redis-url", "memory://",
+                     "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["job_id"] == "demo" and out["status"] == "success"
+    assert out["trigger"] == "manual"
+
+
+def test_run_job_all_tickers_failed_exits_1(tmp_path: Path, demo_jobs: Path) -> None:
+    result = run_cli("run-job", "demo-weekend", "--jobs", str(demo_jobs),
+                     "--redis-url", "memory://", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "demo-weekend" in result.stdout and ": failed in " in result.stdout
+    assert "  AAA: no data for 2024-01-06..2024-01-07" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_run_job_unknown_job_exits_2_with_the_known_ids(tmp_path: Path, demo_jobs: Path) -> None:
+    result = run_cli("run-job", "nope", "--jobs", str(demo_jobs), "--redis-url", "memory://",
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"stocksched: no job 'nope' in {demo_jobs} (jobs: demo, demo-weekend)\n")
+    assert result.stdout == ""
+
+
+def test_run_job_invalid_jobs_file_exits_1(tmp_path: Path, bad_file: Path) -> None:
+    result = run_cli("run-job", "prices", "--jobs", str(bad_file), "--redis-url", "memory://",
+                     cwd=tmp_path)
+    assert result.returncode == 1
+    assert all(ERROR_LINE.match(line) for line in result.stderr.splitlines()), result.stderr
+
+
+class _FailsOne(DemoFetcher):
+    """Demo bars, except for one ticker: what a delisted symbol looks like to a run."""
+
+    def fetch_from_source(self, ticker: str, start: date, end: date,
+                          interval: str) -> pd.DataFrame:
+        if ticker == "BBB":
+            raise PermanentFetchError(ticker, "no such symbol")
+        return super().fetch_from_source(ticker, start, end, interval)
+
+
+def test_run_job_partial_success_exits_3(
+    tmp_path: Path, demo_jobs: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """In-process: the demo source cannot fail one ticker only, and Yahoo would need network."""
+    from stocksched import daemon, logs
+
+    real = daemon.Components
+
+    def components(settings: Any) -> Any:
+        return real(settings, fetchers={"demo": _FailsOne(), "yahoo": _FailsOne()})
+
+    monkeypatch.setattr(daemon, "Components", components)
+    monkeypatch.setattr(logs, "configure_logging", lambda *a, **k: None)  # keep pytest's
+    for name in [k for k in os.environ if k.startswith("STOCKSCHED_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["run-job", "demo", "--jobs", str(demo_jobs), "--redis-url", "memory://"])
+    out = capsys.readouterr().out
+    assert code == 3, out
+    assert ": partial_success in " in out and "1 fetched, 1 failed" in out
+    assert "  BBB: no such symbol" in out
+
+
+def test_top_level_help_documents_exit_codes(tmp_path: Path) -> None:
+    result = run_cli("--help", cwd=tmp_path)
+    text = " ".join(result.stdout.split())
+    assert result.returncode == 0
+    assert ("Exit codes: 0 ok, 1 invalid config / failed run, 2 usage error, "
+            "3 partial success (run-job)") in text
