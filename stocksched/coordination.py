@@ -97,8 +97,8 @@ redis.call('SADD', KEYS[4], ARGV[6])
 return {'claimed', ''}
 """
 
-# KEYS: slot keys. ARGV: token, slot_ttl_ms, owner prefix ("{replica}/")
-# Per key 1 when the slot is now ours (newly, or already by this replica), else 0.
+# KEYS: slot keys. ARGV: token, slot_ttl_ms, owner prefix ("{replica}/{incarnation}.")
+# Per key 1 when the slot is now ours (newly, or already by this process), else 0.
 _CLAIM_SLOTS = """
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -208,7 +208,7 @@ class ClaimOutcome(StrEnum):
 
 @dataclass(frozen=True)
 class Lease:
-    """A held per-job running lease; ``token`` is ``{replica_id}/{random}``, unique per lease."""
+    """A held per-job running lease; ``token`` is ``{replica_id}/{incarnation}.{random}``."""
 
     job_id: str
     run_id: str
@@ -300,9 +300,12 @@ class LeaseManager:
         self._finish = client.register_script(_FINISH)
         self._finish_run = client.register_script(_FINISH_RUN)
         self._take = client.register_script(_TAKE_INTERRUPTED)
+        # One per manager (per process): a restart with a stable replica id must not take
+        # its crashed predecessor's slot claims for its own (see ``claim_slots``).
+        self._incarnation = secrets.token_hex(4)
 
     def _new_token(self) -> str:
-        return f"{self.owner}/{secrets.token_hex(8)}"
+        return f"{self.owner}/{self._incarnation}.{secrets.token_hex(6)}"
 
     # -- claiming ----------------------------------------------------------------
 
@@ -377,8 +380,10 @@ class LeaseManager:
     def claim_slots(self, run_ids: Sequence[str], *, slot_ttl_ms: int | None = None) -> list[bool]:
         """Claim slots that will not run (missed, skipped), so one replica alone records each.
 
-        True per slot this replica now owns; idempotent for this replica, so a history
-        write retried after an outage claims the same slots again.
+        True per slot this manager now owns; idempotent for this manager, so a history
+        write retried after an outage claims the same slots again. Not for an earlier
+        process with the same replica id: a slot its crashed run claimed is recorded as
+        interrupted by the crash scan, and must not also be recorded here as missed.
         """
         if not run_ids:
             return []
@@ -386,7 +391,7 @@ class LeaseManager:
         with storage_errors("EVALSHA claim_slots", first):
             won = self._claim_slots(keys=[keys.slot_key(r) for r in run_ids],
                                     args=[self._new_token(), slot_ttl_ms or self.slot_ttl_ms,
-                                          f"{self.owner}/"])
+                                          f"{self.owner}/{self._incarnation}."])
         return [bool(w) for w in won]
 
     def _run_claim(

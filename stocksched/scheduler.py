@@ -480,9 +480,24 @@ class JobScheduler:
                     and spec.next_fire(slot) > now:
                 log.info("rerunning interrupted slot job=%s slot=%s", spec.id, slot.isoformat(),
                          extra={"job": spec.id})
+                self._drop_plain_catchup(spec.id, slot)
                 self._push_entry(state, slot, now, catchup=True, run_id=rerun_run_id(run.run_id))
                 self._dirty = True
                 self._wake.notify_all()
+
+    def _drop_plain_catchup(self, job_id: str, slot: datetime) -> None:
+        """Unqueue a catch-up of the slot being rerun; it would hold the job and skip the rerun.
+
+        A crash between the claim and the record's ``next_run`` update leaves ``next_run``
+        on the crashed slot, so the restart also arms a plain catch-up of it. That one can
+        only find the slot taken (the crashed run claimed it), but dispatched first it
+        holds the job, and the rerun behind it would be skipped and never run.
+        """
+        kept = [e for e in self._heap
+                if not (e.job_id == job_id and e.slot == slot and e.catchup and e.run_id is None)]
+        if len(kept) != len(self._heap):
+            self._heap = kept
+            heapq.heapify(self._heap)
 
     def _finish(self, spec: JobSpec, handle: RunHandle) -> None:
         with self._lock:
