@@ -196,7 +196,10 @@ class JobRegistry:
         failed = result.status in (RunStatus.FAILED, RunStatus.INTERRUPTED)
         status = JobStatus.FAILED if failed else JobStatus.COMPLETED
 
-        def mutate(j: ScheduledJob) -> ScheduledJob:
+        def mutate(j: ScheduledJob) -> ScheduledJob | None:
+            if (result.status == RunStatus.INTERRUPTED and j.last_run is not None
+                    and j.last_run >= result.started_at):
+                return None  # a newer run already finished: history only (late crash report)
             ok = not failed
             return replace(j, status=status, last_run=result.finished_at,
                            last_success=result.finished_at if ok else j.last_success,

@@ -473,7 +473,11 @@ class JobScheduler:
             state = self._jobs.get(run.job_id)
             slot = run.scheduled_for
             if (state is None or not state.active or slot is None
-                    or run.trigger != Trigger.SCHEDULE or run.job_id in self._running):
+                    or run.trigger != Trigger.SCHEDULE):
+                return
+            if run.job_id in self._running:
+                log.info("not rerunning interrupted slot job=%s slot=%s: the job is running",
+                         run.job_id, slot.isoformat(), extra={"job": run.job_id})
                 return
             spec = state.spec
             if spec.catchup > timedelta(0) and now - slot <= spec.catchup \

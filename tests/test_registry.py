@@ -151,3 +151,15 @@ def test_pause_survives_reconcile_and_new_registry(any_redis: redis.Redis) -> No
     other.reconcile([make_spec("a", tickers=["ZZZ"])])
     job = other.get_job("a")
     assert job is not None and job.paused and not job.is_active
+
+
+def test_a_late_interrupted_report_does_not_hide_a_newer_run(any_redis: redis.Redis) -> None:
+    reg = registry(any_redis)
+    reg.reconcile([make_spec("a")])
+    reg.record_run(result("a", RunStatus.SUCCESS, T0 + timedelta(minutes=5), "newer"))
+    crashed = result("a", RunStatus.INTERRUPTED, T0, "older")
+    reg.record_run(crashed)
+    job = reg.get_job("a")
+    assert job is not None and job.status == JobStatus.COMPLETED
+    assert job.last_result is not None and job.last_result["run_id"] == "newer"
+    assert [r.run_id for r in reg.get_runs("a")] == ["older", "newer"]  # history has both
