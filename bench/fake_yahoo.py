@@ -14,7 +14,9 @@ Every answer waits ``delay_s`` first (default 100 ms, a slow network). Every req
 counts against a GCRA rate limit (``rate`` per second on average, ``burst`` early
 arrivals tolerated so client-side timing jitter is not punished); beyond it the answer
 is 429 with ``Retry-After`` (whole seconds, as Yahoo sends). ``FakeYahooServer.stats()``
-counts requests by kind, 429s and distinct symbols served.
+counts requests by kind, 429s and distinct symbols served; a fake running in another
+process answers ``GET /__bench/stats`` with the same as JSON (not delayed, not limited,
+not counted).
 
 Pointing yfinance at it: yfinance has fixed https URLs (``query1/query2.finance.yahoo.com``,
 ``fc.yahoo.com``) and no setting for another host, but it sends every request through
@@ -53,6 +55,7 @@ from stocksched.sources.demo import demo_bar
 from stocksched.sources.yahoo import YahooSession
 
 CRUMB = "BenchCrumb123"
+STATS_PATH = "/__bench/stats"  # GET: ``stats()`` as JSON, for a fake in another process
 ZONE = ZoneInfo("America/New_York")
 OPEN = dtime(9, 30)
 CLOSE = dtime(16, 0)
@@ -196,6 +199,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
+        if parts.path == STATS_PATH:  # the benchmark's own question: no delay, no limit
+            self._json(200, self.server.stats())
+            return
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         kind, symbol = _route(parts.path, query)
         self.server.count(kind, symbol if kind == "chart" else None)

@@ -174,7 +174,7 @@ def _add_probe_routes(app: FastAPI, facade: SchedulerServingApp) -> None:
     @app.get("/healthz", response_model=Probe, tags=["probes"],
              responses={503: {"model": Probe, "description": "scheduler dead or stuck"}},
              summary="Liveness: the scheduler thread is alive and its loop is not stuck")
-    def healthz() -> JSONResponse:
+    async def healthz() -> JSONResponse:  # in-memory only: no thread-pool hop
         return probe(facade.healthz())
 
     @app.get("/readyz", response_model=Probe, tags=["probes"],

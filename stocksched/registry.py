@@ -42,6 +42,8 @@ class ReconcileDiff:
     changed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    # The configured jobs' records as they stand after the reconcile (saves a re-read).
+    records: dict[str, ScheduledJob] = field(default_factory=dict, repr=False)
 
     def summary(self) -> str:
         return (f"added={len(self.added)} changed={len(self.changed)} "
@@ -102,12 +104,13 @@ class JobRegistry:
             h = spec_hash(spec)
             rec = current.get(job_id)
             if rec is None:
-                self._create(spec, h, now)
+                diff.records[job_id] = self._create(spec, h, now)
                 diff.added.append(job_id)
             elif rec.spec_hash != h:
-                self._update(job_id, self._respecer(spec, h))
+                diff.records[job_id] = self._update(job_id, self._respecer(spec, h))
                 diff.changed.append(job_id)
             else:
+                diff.records[job_id] = rec
                 if job_id not in indexed:  # repair a record that lost its index entry
                     with storage_errors("SADD", keys.job_index_key()):
                         self._r.sadd(keys.job_index_key(), job_id)
@@ -117,7 +120,7 @@ class JobRegistry:
             diff.removed.append(job_id)
         return diff
 
-    def _create(self, spec: JobSpec, h: str, now: datetime) -> None:
+    def _create(self, spec: JobSpec, h: str, now: datetime) -> ScheduledJob:
         job = ScheduledJob(spec=spec, spec_hash=h, created_at=now, updated_at=now,
                            next_run=spec.next_fire(now) if spec.enabled else None)
         with storage_errors("MULTI create", keys.job_key(spec.id)), \
@@ -127,7 +130,8 @@ class JobRegistry:
             pipe.sadd(keys.job_index_key(), spec.id)
             created, _ = pipe.execute()
         if not created:  # lost a race: bring the other replica's record to this spec
-            self._update(spec.id, lambda j: self._respec(j, spec, h))
+            return self._update(spec.id, lambda j: self._respec(j, spec, h))
+        return job
 
     def _respecer(self, spec: JobSpec, h: str) -> Mutator:
         return lambda j: self._respec(j, spec, h)

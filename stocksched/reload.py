@@ -103,7 +103,7 @@ class ConfigReloader:
         try:
             diff = self._registry.reconcile(loaded.jobs)
             wanted = {j.id for j in loaded.jobs}
-            self._scheduler.set_jobs(j for j in self._registry.list_jobs() if j.job_id in wanted)
+            self._scheduler.set_jobs(diff.records[i] for i in wanted)
         except StorageError as exc:
             log.error("config valid but could not be applied: %s", exc)
             self._settled = None  # the same content must be tried again

@@ -264,13 +264,15 @@ class JobScheduler:
     def _advance(self, state: _JobState, slot: datetime, now: datetime) -> datetime:
         """Move the job to its next slot; if it fell behind, run only the newest due slot."""
         spec = state.spec
-        later = list(spec.parsed_schedule.slots_between(slot, now, spec.zone,
-                                                        limit=MAX_MISSED_SCAN))
-        if later:
+        nxt = spec.next_fire(slot)  # one croniter step in the usual case
+        if nxt <= now:  # fell behind: slots passed unseen; run only the newest
+            later = [nxt, *spec.parsed_schedule.slots_between(nxt, now, spec.zone,
+                                                             limit=MAX_MISSED_SCAN)]
             self._record_not_run(spec, [slot, *later[:-1]], now, RunStatus.MISSED,
                                  "scheduler fell behind (host suspended or overloaded)")
             slot = later[-1]
-        state.next_run = spec.next_fire(max(slot, now))
+            nxt = spec.next_fire(slot)
+        state.next_run = nxt
         self._push(state, state.next_run)
         return slot
 

@@ -179,3 +179,16 @@ def test_jitter_is_bounded_and_the_same_on_every_replica(rig: Rig) -> None:
     rig.settle()
     run = rig.registry.get_runs("a")[0]
     assert run.scheduled_for == slot and run.status == RunStatus.SUCCESS
+
+
+def test_a_running_scheduler_that_fell_behind_runs_only_the_newest_slot(rig: Rig) -> None:
+    rig.load(make_spec("a", tickers=["AAA"]))  # */5, first slot 10:05
+    rig.at(T0.replace(minute=5))
+    rig.settle()
+    rig.at(T0.replace(minute=31))  # the host was suspended from 10:06 to 10:31
+    rig.settle()
+    got = statuses(rig)
+    assert got == [(T0.replace(minute=5), RunStatus.SUCCESS),
+                   *[(T0.replace(minute=m), RunStatus.MISSED) for m in (10, 15, 20, 25)],
+                   (T0.replace(minute=30), RunStatus.SUCCESS)]
+    assert rig.scheduler.next_runs()["a"] == T0.replace(minute=35)
