@@ -18,7 +18,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-RUN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# Per-job histogram: few buckets, since with 10,000 jobs every bucket is 10,000 series.
+RUN_BUCKETS = (1, 5, 15, 60, 300, 900, 3600)
 FETCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
