@@ -102,3 +102,21 @@ def test_storage_down_fails_the_run_with_a_clear_reason(
     assert result.status == RunStatus.FAILED
     assert result.reason == "could not store data: Redis unavailable"
     assert "redis" in result.errors["AAPL"].lower()
+
+
+@pytest.mark.parametrize(("retries", "status"), [(2, RunStatus.SUCCESS), (0, RunStatus.FAILED)])
+def test_job_retries_ride_over_a_rate_limit(fake_redis: redis.Redis, fake_yahoo: FakeYahoo,
+                                            retries: int, status: RunStatus) -> None:
+    fake_yahoo.script_attempts("AAPL", Reply.rate_limited(retry_after=0.2), Reply.ok())
+    fake_yahoo.always("GONE", Reply.delisted())
+    ex, _ = executor(fake_redis, fake_yahoo)
+    spec = make_spec("tech", tickers=["AAPL"], retries=retries, retry_backoff="10ms", **WINDOW)
+    result = ex.execute_job(spec)
+    assert result.status == status
+    if status == RunStatus.FAILED:
+        assert "429" in result.errors["AAPL"] or "rate" in result.errors["AAPL"].lower()
+    # A permanent failure is never retried, whatever `retries` says.
+    before = len(fake_yahoo.chart_requests("GONE", history_only=True))
+    ex.execute_job(make_spec("gone", tickers=["GONE"], retries=3, retry_backoff="10ms",
+                             **WINDOW))
+    assert len(fake_yahoo.chart_requests("GONE", history_only=True)) - before == 1
