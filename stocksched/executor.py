@@ -11,7 +11,7 @@ import secrets
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
@@ -27,6 +27,7 @@ from stocksched.storage.butler import DataIOButler
 
 log = logging.getLogger(__name__)
 
+CANCEL_POLL_S = 0.2  # how soon a cancelled run (shutdown, lost lease) lets its job go
 INTRADAY = frozenset({"1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h"})
 
 
@@ -83,9 +84,10 @@ class JobExecutor:
         policy = RetryPolicy(job.retries, job.retry_backoff)
         futures = {pool.submit(self._fetch_and_store, job, fetcher, policy, t, start, end,
                                run_id, cancel, deadline): t for t in job.tickers}
-        done, pending = wait(futures, timeout=timeout.total_seconds() if timeout else None)
-        # A timed-out run frees its job now; stuck fetches finish (or not) on their own
-        # threads and store nothing, because they see ``cancel``.
+        done, pending = self._wait(set(futures), deadline, cancel)
+        # A timed-out or cancelled run frees its job now; stuck fetches finish (or not) on
+        # their own threads and store nothing, because they see ``cancel``.
+        timed_out = bool(pending) and not cancel.is_set()
         if pending:
             cancel.set()
         pool.shutdown(wait=False, cancel_futures=True)
@@ -94,16 +96,16 @@ class JobExecutor:
         if any(o.storage_failed for o in outcomes.values()):
             reason = "could not store data: Redis unavailable"
         if pending:
-            reason = f"timeout after {timeout}"
+            reason = f"timeout after {timeout}" if timed_out else "cancelled"
             for f in pending:
-                outcomes[futures[f]] = _TickerOutcome(futures[f], error=reason)
+                outcomes[futures[f]] = _TickerOutcome(futures[f], error=f"run ended: {reason}")
         ordered = [outcomes[t] for t in job.tickers]
         fetched = [o.ticker for o in ordered if not o.error]
         failed = [o.ticker for o in ordered if o.error]
         result = RunResult(
             job_id=job.id, run_id=run_id, trigger=trigger, scheduled_for=scheduled_for,
             started_at=started, finished_at=self._clock.now(),
-            status=RunStatus.FAILED if pending else run_status_for(fetched, failed),
+            status=RunStatus.FAILED if timed_out else run_status_for(fetched, failed),
             fetched_stocks=fetched, failed_stocks=failed,
             errors={o.ticker: o.error for o in ordered if o.error},
             rows_stored=sum(o.rows for o in ordered), reason=reason,
@@ -117,6 +119,23 @@ class JobExecutor:
             extra={"job": job.id, "run_id": run_id},
         )
         return result
+
+    @staticmethod
+    def _wait(pending: set[Future[_TickerOutcome]], deadline: float | None,
+              cancel: threading.Event) -> tuple[set[Future[_TickerOutcome]],
+                                                set[Future[_TickerOutcome]]]:
+        """Wait for the tickers until all are done, the deadline passes, or ``cancel``."""
+        done: set[Future[_TickerOutcome]] = set()
+        while pending:
+            step = CANCEL_POLL_S
+            if deadline is not None:
+                step = min(step, max(0.0, deadline - time.monotonic()))
+            finished, pending = wait(pending, timeout=step)
+            done |= finished
+            if pending and (cancel.is_set() or (deadline is not None
+                                                and time.monotonic() >= deadline)):
+                break
+        return done, pending
 
     def _fetch_and_store(
         self, job: JobSpec, fetcher: Fetcher, policy: RetryPolicy, ticker: str, start: date,

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 # History entries written for one stretch of missed slots; the metric counts them all.
 MAX_MISSED_RECORDS = 100
+# After the shutdown grace, how long cancelled runs get to record what they did.
+CANCEL_WAIT_S = 3.0
 # Slots examined when catching up; beyond this the oldest are counted, not enumerated.
 MAX_MISSED_SCAN = 100_000
 
@@ -97,7 +99,7 @@ class RunHandle:
     cancel: threading.Event = field(default_factory=threading.Event)
     outcome: JobStatus = JobStatus.FAILED
     lease: Lease | None = None  # the cross-replica running lease, when coordinating
-    lease_lost: str = ""
+    cancel_reason: str = ""  # why ``cancel`` was set: lease lost, shutdown grace over
 
 
 def jitter_offset(job_id: str, slot: datetime, jitter: timedelta) -> timedelta:
@@ -364,8 +366,8 @@ class JobScheduler:
                 spec, run_id=handle.run_id, trigger=handle.trigger,
                 scheduled_for=handle.scheduled_for, cancel=handle.cancel,
                 timeout=spec.timeout)
-            if handle.lease_lost:
-                result.reason = "; ".join(x for x in (result.reason, handle.lease_lost) if x)
+            if handle.cancel_reason:
+                result.reason = "; ".join(x for x in (result.reason, handle.cancel_reason) if x)
             handle.outcome = (JobStatus.FAILED if result.status == RunStatus.FAILED
                               else JobStatus.COMPLETED)
             self.outbox.run("record run", lambda: self._record(result))
@@ -445,7 +447,7 @@ class JobScheduler:
         with self._lock:
             handle = self._running.get(lease.job_id)
             if handle is not None and handle.run_id == lease.run_id:
-                handle.lease_lost = f"lease lost: {reason}"
+                handle.cancel_reason = f"lease lost: {reason}"
                 handle.cancel.set()  # never twice at once: another replica may take over
 
     def recover_interrupted(self, dead_replica: str | None = None) -> int:
@@ -674,9 +676,11 @@ class JobScheduler:
             self._thread.join(timeout=5)
         futures = [h.future for h in self.running().values() if h.future is not None]
         wait_futures(futures, timeout=grace)
-        left = sorted(self.running())
-        for handle in self.running().values():
+        for handle in self.running().values():  # grace over: end runs, keep what they did
+            handle.cancel_reason = "daemon stopping: shutdown grace period over"
             handle.cancel.set()
+        wait_futures(futures, timeout=CANCEL_WAIT_S)
+        left = sorted(self.running())
         if isinstance(self._pool, ThreadPoolExecutor):
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._side.shutdown(wait=True)

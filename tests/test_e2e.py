@@ -143,3 +143,46 @@ def _get(url: str) -> int:
         return httpx.get(url, timeout=2).status_code
     except httpx.HTTPError:
         return 0
+
+
+SLOW_JOB = """\
+version: 1
+jobs:
+  - id: slow
+    tickers: [{tickers}]
+    schedule: "@every 1s"
+    source: demo
+    window: 3650d
+"""
+
+
+@pytest.mark.parametrize(("grace", "finished"), [("30", True), ("0.2", False)])
+def test_sigterm_drains_running_jobs_within_the_grace_period(
+    tmp_path: Path, redis_server: RedisServer, real_redis: redis.Redis, grace: str,
+    finished: bool,
+) -> None:
+    tickers = ", ".join(f"S{i:03d}" for i in range(30))  # one at a time: a run of seconds
+    (tmp_path / "jobs.yaml").write_text(SLOW_JOB.format(tickers=tickers))
+    (tmp_path / "home").mkdir()
+    proc = start_daemon(tmp_path, redis_server.url, "--shutdown-grace", grace,
+                        env_extra={"STOCKSCHED_TICKER_CONCURRENCY": "1"})
+    try:
+        wait_for(lambda: real_redis.hlen(keys.inflight_key("slow")) > 0)
+        run_id = next(iter(real_redis.hkeys(keys.inflight_key("slow"))))
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    history = {f["run_id"]: f for _, f in real_redis.xrange(keys.runs_key("slow"))}
+    assert len(history) == 1, history  # nothing new started after SIGTERM
+    assert real_redis.hlen(keys.inflight_key("slow")) == 0  # recorded, lease released
+    run = history[run_id]
+    if finished:  # the run in progress finished within the grace period
+        assert run["status"] == "success" and len(json.loads(run["fetched"])) == 30
+    else:  # grace over: the run is ended, and what it did is kept and recorded
+        assert run["status"] in {"partial_success", "failed"}
+        assert "shutdown grace period over" in run["reason"]
+        assert len(json.loads(run["failed"])) > 0
+        assert "cancelled" in run["errors"]
