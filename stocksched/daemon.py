@@ -40,7 +40,7 @@ from stocksched.ratelimit import build_rate_limiter
 from stocksched.registry import JobRegistry
 from stocksched.reload import ConfigReloader, ConfigWatcher
 from stocksched.scheduler import JobScheduler
-from stocksched.settings import Settings, split_listen
+from stocksched.settings import Settings, SettingsError, split_listen
 from stocksched.sources import build_fetchers, configure_yfinance, new_session
 from stocksched.sources.base import Fetcher
 from stocksched.storage.adapter import RedisAdapter, StorageError, connect, is_embedded
@@ -81,7 +81,10 @@ class Components:
         # they cost a quarter of /metrics (process-wide switch, so it is set here, once).
         prometheus_client.disable_created_metrics()
         self.metrics = Metrics(__version__)
-        self.client = connect(settings.redis_url, settings.redis_password_file)
+        try:
+            self.client = connect(settings.redis_url, settings.redis_password_file)
+        except ValueError as exc:  # bad URL scheme, unreadable password file: settings errors
+            raise SettingsError(f"redis_url: {exc}") from None
         self.embedded = is_embedded(self.client)
         self.adapter = RedisAdapter(self.client)
         self.butler = DataIOButler(self.adapter)
@@ -183,7 +186,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         if self.c.embedded:
-            log.warning("no redis_url configured: using the embedded in-process store; "
+            log.warning("using the embedded in-process store (no redis_url, or memory://): "
                         "job records and market data are NOT persisted")
         if not self._first_load():
             if not self._stop.is_set():

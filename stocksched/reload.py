@@ -97,7 +97,8 @@ class ConfigReloader:
             loaded = load_jobs_file(self.path)
         except ConfigError as exc:
             for line in exc.errors:
-                log.error("config invalid, keeping last good config: %s", line)
+                log.error("config invalid%s: %s", ", keeping last good config"
+                          if self.current is not None else "", line)
             self._settled = digest
             return self._finish(ReloadStatus(now, False, list(exc.errors), digest or ""))
         try:
