@@ -324,3 +324,23 @@ def test_top_level_help_documents_exit_codes(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert ("Exit codes: 0 ok, 1 invalid config / failed run, 2 usage error, "
             "3 partial success (run-job)") in text
+
+
+@pytest.mark.parametrize("flags", [
+    ["--redis-url", "bogus://x"],
+    ["--redis-url", "memory://", "--listen", "0.0.0.0:9"],  # public bind without a token
+    ["--redis-url", "memory://", "--listen", "nonsense"],
+    ["--config", "/nonexistent/stocksched.yaml"],
+])
+def test_run_with_bad_settings_exits_2_with_one_clear_message(tmp_path: Path,
+                                                              flags: list[str]) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "stocksched", "run", "--jobs", str(REPO_JOBS), *flags],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("STOCKSCHED_")})
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip()
