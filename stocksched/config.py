@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self, get_args
+from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -373,9 +373,6 @@ class JobSpec(BaseModel):
 
 JOB_FIELDS: tuple[str, ...] = tuple(JobSpec.model_fields)
 DEFAULTABLE_FIELDS: tuple[str, ...] = tuple(f for f in JOB_FIELDS if f != "id")
-INTERVALS: tuple[str, ...] = get_args(Interval)
-
-
 class JobsFile(BaseModel):
     """The file's shape for Python callers holding already-parsed data (no line numbers).
 

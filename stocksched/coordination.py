@@ -449,25 +449,6 @@ class LeaseManager:
 
     # -- in-flight records -------------------------------------------------------------
 
-    def start_inflight(
-        self,
-        job_id: str,
-        run_id: str,
-        trigger: Trigger,
-        scheduled_for: datetime | None,
-        started_at: datetime,
-    ) -> None:
-        """(Re)write the in-flight record, e.g. with the real start time after a jitter delay.
-
-        ``claim`` already writes it atomically with the lease; this only updates it.
-        """
-        record = InflightRun(job_id, run_id, trigger, scheduled_for, started_at, self.owner)
-        key = keys.inflight_key(job_id)
-        with storage_errors("MULTI HSET", key), self._r.pipeline(transaction=True) as pipe:
-            pipe.hset(key, run_id, record.to_json())
-            pipe.sadd(keys.inflight_index_key(), job_id)
-            pipe.execute()
-
     def finish_inflight(self, job_id: str, run_id: str) -> bool:
         """Drop the run's record once its outcome is stored; False if a scan took it first."""
         key = keys.inflight_key(job_id)

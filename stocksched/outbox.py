@@ -32,10 +32,6 @@ class StorageHealth:
         self._lock = threading.Lock()
         self._down_since: float | None = None
 
-    @property
-    def down(self) -> bool:
-        return self._down_since is not None
-
     def failed(self, what: str, exc: StorageError) -> None:
         if self._metrics is not None:
             self._metrics.redis_errors.inc()

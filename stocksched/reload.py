@@ -103,8 +103,7 @@ class ConfigReloader:
             return self._finish(ReloadStatus(now, False, list(exc.errors), digest or ""))
         try:
             diff = self._registry.reconcile(loaded.jobs)
-            wanted = {j.id for j in loaded.jobs}
-            self._scheduler.set_jobs(diff.records[i] for i in wanted)
+            self._scheduler.set_jobs(diff.records.values())
         except StorageError as exc:
             log.error("config valid but could not be applied: %s", exc)
             self._settled = None  # the same content must be tried again

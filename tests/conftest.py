@@ -114,3 +114,13 @@ def rig(fake_redis: redis.Redis) -> Iterator[Any]:
     r = Rig(fake_redis, FakeClock(datetime(2026, 3, 2, 10, 2, tzinfo=UTC)))
     yield r
     r.scheduler.stop(1)
+
+
+@pytest.fixture
+def demo_jobs(tmp_path: Path) -> Path:
+    """A jobs.yaml with a demo job and a demo job whose window has no bars (weekend)."""
+    from tests.helpers import DEMO_JOBS
+
+    path = tmp_path / "jobs.yaml"
+    path.write_text(DEMO_JOBS)
+    return path

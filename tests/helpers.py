@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -57,3 +61,34 @@ class Rig:
     def settle(self) -> None:
         assert self.scheduler.wait_idle(10)
         self.scheduler.flush_bookkeeping()
+
+
+DEMO_JOBS = """\
+version: 1
+jobs:
+  - id: demo
+    tickers: [AAA, BBB]
+    schedule: "@every 1h"
+    source: demo
+    window: 10d
+  # Saturday and Sunday: the demo source has no bars, so every ticker fails.
+  - id: demo-weekend
+    tickers: [AAA, BBB]
+    schedule: "@every 1h"
+    source: demo
+    start: 2024-01-06
+    end: 2024-01-07
+"""
+
+
+def run_cli(*args: str, cwd: Path, env_extra: dict[str, str] | None = None,
+            stderr: Any = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+    """`python -m stocksched ARGS` with no STOCKSCHED_* settings leaking in from this shell."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("STOCKSCHED_") and k != "JOURNAL_STREAM"}
+    env["HOME"] = str(cwd)  # nothing may be written to the user's home
+    env["STOCKSCHED_STATE_DIR"] = str(cwd / "state")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "stocksched", *args], cwd=cwd, env=env,
+                          stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=60,
+                          check=False)

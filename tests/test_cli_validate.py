@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,41 +20,13 @@ import pytest
 from stocksched import cli
 from stocksched.config import load_jobs_file
 from stocksched.sources import DemoFetcher, PermanentFetchError
+from tests.helpers import DEMO_JOBS, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO_JOBS = ROOT / "jobs.yaml"
 ERROR_LINE = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<path>\S+): (?P<msg>.+)$")
 
 
-def run_cli(*args: str, cwd: Path, env_extra: dict[str, str] | None = None,
-            stderr: Any = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
-    """`python -m stocksched ARGS` with no STOCKSCHED_* settings leaking in from this shell."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("STOCKSCHED_") and k != "JOURNAL_STREAM"}
-    env["HOME"] = str(cwd)  # nothing may be written to the user's home
-    env["STOCKSCHED_STATE_DIR"] = str(cwd / "state")
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "stocksched", *args], cwd=cwd, env=env,
-                          stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=60,
-                          check=False)
-
-
-DEMO_JOBS = """\
-version: 1
-jobs:
-  - id: demo
-    tickers: [AAA, BBB]
-    schedule: "@every 1h"
-    source: demo
-    window: 10d
-  # Saturday and Sunday: the demo source has no bars, so every ticker fails.
-  - id: demo-weekend
-    tickers: [AAA, BBB]
-    schedule: "@every 1h"
-    source: demo
-    start: 2024-01-06
-    end: 2024-01-07
-"""
 
 BAD_JOBS = """\
 version: 1
@@ -243,13 +213,6 @@ def test_validate_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
 # -- run-job --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def demo_jobs(tmp_path: Path) -> Path:
-    path = tmp_path / "jobs.yaml"
-    path.write_text(DEMO_JOBS)
-    return path
-
-
 def test_run_job_success_exits_0(tmp_path: Path, demo_jobs: Path) -> None:
     result = run_cli("run-job", "demo", "--jobs", str(demo_jobs), "--redis-url", "memory://",
                      "--json", cwd=tmp_path)
@@ -334,13 +297,7 @@ def test_top_level_help_documents_exit_codes(tmp_path: Path) -> None:
 ])
 def test_run_with_bad_settings_exits_2_with_one_clear_message(tmp_path: Path,
                                                               flags: list[str]) -> None:
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "stocksched", "run", "--jobs", str(REPO_JOBS), *flags],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-        env={k: v for k, v in os.environ.items() if not k.startswith("STOCKSCHED_")})
+    proc = run_cli("run", "--jobs", str(REPO_JOBS), *flags, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip()

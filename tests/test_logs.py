@@ -27,7 +27,7 @@ from stocksched.logs import (
     is_journal_stream,
     syslog_priority,
 )
-from tests.test_cli_validate import DEMO_JOBS, run_cli
+from tests.helpers import DEMO_JOBS, run_cli
 from tests.test_e2e import start_daemon
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
@@ -139,13 +139,6 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
         assert abs(datetime.now(UTC) - when) < timedelta(minutes=5), line
         out.append(obj)
     return out
-
-
-@pytest.fixture
-def demo_jobs(tmp_path: Path) -> Path:
-    path = tmp_path / "jobs.yaml"
-    path.write_text(DEMO_JOBS)
-    return path
 
 
 def test_run_job_json_logs_carry_job_run_id_and_ticker(tmp_path: Path, demo_jobs: Path) -> None:
