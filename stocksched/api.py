@@ -439,7 +439,8 @@ class ApiServer:
             if self._thread.is_alive():
                 self._server.force_exit = True
                 self._thread.join(timeout)
-                log.warning("HTTP API thread did not stop in time")
+                if self._thread.is_alive():
+                    log.warning("HTTP API thread did not stop in time")
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -1,13 +1,11 @@
-"""Exchange trading calendars (exchange_calendars), loaded lazily and cached.
+"""Exchange trading calendars (exchange_calendars), imported only when a job names one.
 
-A calendar takes a second or so to build, so each code is built once per process
-and only when a job names it.
+``exchange_calendars.get_calendar`` caches each calendar it builds, so no cache here.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import date
 from typing import Any
 
@@ -16,19 +14,12 @@ log = logging.getLogger(__name__)
 
 class MarketCalendars:
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cache: dict[str, Any] = {}
         self._warned: set[tuple[str, int]] = set()
 
     def _get(self, code: str) -> Any:
-        with self._lock:
-            cal = self._cache.get(code)
-            if cal is None:
-                import exchange_calendars
+        import exchange_calendars  # 0.3 s import: only for jobs that name a calendar
 
-                cal = exchange_calendars.get_calendar(code)
-                self._cache[code] = cal
-            return cal
+        return exchange_calendars.get_calendar(code)
 
     def is_session(self, code: str, day: date) -> bool:
         """True if ``code`` trades on ``day``; days outside the calendar's range count as open.

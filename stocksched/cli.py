@@ -184,9 +184,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_run_job(args: argparse.Namespace) -> int:
+    from stocksched.client import RUN_EXIT, format_run
     from stocksched.daemon import Components
+    from stocksched.facade import RunView
     from stocksched.logs import configure_logging
-    from stocksched.model import RunStatus
     from stocksched.registry import UnknownJobError
 
     settings = _settings(args)
@@ -209,16 +210,9 @@ def cmd_run_job(args: argparse.Namespace) -> int:
         c.registry.record_run(result)
     except UnknownJobError:  # not reconciled by a daemon yet: keep the history anyway
         c.registry.add_history(result)
-    if args.json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        print(f"{spec.id} {result.run_id}: {result.status} in {result.duration_s:.2f}s, "
-              f"{len(result.fetched_stocks)} fetched, {len(result.failed_stocks)} failed, "
-              f"{result.rows_stored} rows stored")
-        for ticker, err in result.errors.items():
-            print(f"  {ticker}: {err}")
-    return {RunStatus.SUCCESS: EXIT_OK, RunStatus.PARTIAL_SUCCESS: EXIT_PARTIAL}.get(
-        result.status, EXIT_FAIL)
+    view = RunView.of(result).model_dump(mode="json")  # the API's run shape
+    print(json.dumps(view, indent=2) if args.json else format_run(view))
+    return RUN_EXIT.get(view["status"], EXIT_FAIL)
 
 
 def cmd_schema(_args: argparse.Namespace) -> int:

@@ -65,7 +65,7 @@ def read_token(path: Path) -> str:
 def url_from_listen(listen: str) -> str:
     """``http://HOST:PORT`` to reach a daemon listening on ``listen`` from this machine."""
     host, port = split_listen(listen)
-    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
@@ -362,7 +362,7 @@ def run_command(
     ctx = _Ctx(args, load_settings, os.environ if env is None else env)
     try:
         client = ctx.client(with_token)
-    except (TokenFileError, ValueError) as exc:
+    except ValueError as exc:  # TokenFileError included
         return _fail(str(exc), EXIT_USAGE)
     try:
         return handler(client, args, out or sys.stdout)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+import stat
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -156,11 +157,6 @@ def _calendar_names() -> frozenset[str]:
     return frozenset(exchange_calendars.get_calendar_names())
 
 
-@lru_cache(maxsize=4096)
-def _zone(name: str) -> ZoneInfo:
-    return ZoneInfo(name)
-
-
 # ---------------------------------------------------------------- the job model
 
 
@@ -245,7 +241,7 @@ class JobSpec(BaseModel):
     @classmethod
     def _check_timezone(cls, v: str) -> str:
         try:
-            _zone(v)
+            ZoneInfo(v)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(
                 f"unknown time zone {v!r}: use an IANA name such as America/New_York or UTC"
@@ -320,7 +316,9 @@ class JobSpec(BaseModel):
                 f"source demo makes daily bars only; use interval 1d, not {self.interval}",
             )
         limit = INTRADAY_LIMIT_DAYS.get(self.interval)
-        if limit is not None and self.window is not None and self.window.days > limit:
+        # A window of exactly `limit` days starts before Yahoo's cut-off (now - limit days):
+        # the longest accepted window is one day shorter.
+        if limit is not None and self.window is not None and self.window.days >= limit:
             yield (
                 "window",
                 f"window {format_duration(self.window)} is too long for interval {self.interval}: "
@@ -333,7 +331,7 @@ class JobSpec(BaseModel):
         assert self.start is not None
         if self.start > today:
             yield ("start", f"start {self.start} is in the future (today is {today})")
-        elif limit is not None and (today - self.start).days > limit:
+        elif limit is not None and (today - self.start).days >= limit:
             yield (
                 "start",
                 f"start {self.start} is {(today - self.start).days} days ago: Yahoo serves "
@@ -348,7 +346,7 @@ class JobSpec(BaseModel):
 
     @property
     def zone(self) -> ZoneInfo:
-        return _zone(self.timezone)
+        return ZoneInfo(self.timezone)  # ZoneInfo keeps its own cache of instances
 
     @property
     def parsed_schedule(self) -> Schedule:
@@ -368,7 +366,7 @@ class JobSpec(BaseModel):
 
     def next_fire(self, after: datetime) -> datetime:
         """First slot strictly after ``after`` (aware), in the job's time zone."""
-        return parse_schedule(self.schedule).next_after(after, self.zone)
+        return self.parsed_schedule.next_after(after, self.zone)
 
 
 JOB_FIELDS: tuple[str, ...] = tuple(JobSpec.model_fields)
@@ -443,7 +441,7 @@ def load_jobs_file(path: str | Path, *, today: date | None = None) -> LoadedJobs
         raise ConfigError([f"{name}: file not found"]) from None
     except OSError as exc:
         raise ConfigError([f"{name}: cannot read the file: {exc.strerror or exc}"]) from None
-    if not p.is_file():
+    if not stat.S_ISREG(st.st_mode):
         raise ConfigError([f"{name}: not a regular file"])
     if st.st_size > MAX_FILE_BYTES:
         raise ConfigError([_too_big(name, st.st_size)])

@@ -13,7 +13,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -113,13 +112,12 @@ class Components:
         self.scheduler = JobScheduler(self.registry, self.executor, self.clock,
                                       pool_size=settings.pool_size, metrics=self.metrics,
                                       health=self.health, leases=self.leases)
-        self.replicas: Callable[[], list[dict[str, Any]] | None] = self._replicas
         self.reloader = ConfigReloader(settings.jobs, self.registry, self.scheduler,
                                        self.clock, self.metrics)
         self.watcher = ConfigWatcher(self.reloader)
 
 
-    def _replicas(self) -> list[dict[str, Any]] | None:
+    def replicas(self) -> list[dict[str, Any]] | None:
         try:
             return list_replicas(self.client)
         except StorageError:
@@ -172,7 +170,7 @@ class Daemon:
         check_bind(host, token)
         facade = SchedulerServingApp(
             registry=c.registry, scheduler=c.scheduler, reloader=c.reloader, adapter=c.adapter,
-            metrics=c.metrics, clock=c.clock, settings=c.settings, version=__version__,
+            metrics=c.metrics, clock=c.clock, version=__version__,
             started_at=c.clock.now(), replicas=c.replicas)
         return ApiServer(create_app(facade, token, http.max_body_bytes), host, port,
                          log_level=c.settings.log_level)
@@ -193,22 +191,21 @@ class Daemon:
                 return EXIT_CONFIG
             self.notifier.stopping("stopped while waiting for Redis")
             return EXIT_OK
+        if self.api is not None:  # before any run starts, so a bind failure leaves nothing
+            try:
+                self.api.start()
+            except ApiStartError as exc:
+                log.error("not starting: %s", exc)
+                return EXIT_CONFIG
         # Runs of ours that a crash left behind: with a stable replica id they are ours
         # to record now; others' are found once their leases expire (main loop).
         self.c.scheduler.recover_interrupted(dead_replica=self.c.settings.replica_id)
         self.c.heartbeat.start()
         self.c.scheduler.start()
-        if self.api is not None:
-            try:
-                self.api.start()
-            except ApiStartError as exc:
-                log.error("not starting: %s", exc)
-                self.c.scheduler.stop(0)
-                return EXIT_CONFIG
-            log.info("HTTP API listening on %s", self.api.url)
         self.c.watcher.start()
-        log.info("stocksched %s running: %s", __version__, self.status_line())
-        self.notifier.ready(self.status_line())
+        line = self.status_line()
+        log.info("stocksched %s running: %s", __version__, line)
+        self.notifier.ready(line)
         last_status = last_scan = time.monotonic()
         scan_every = self.c.settings.lease_ttl / 2
         while not self._stop.is_set():
@@ -219,7 +216,7 @@ class Daemon:
             if now - last_scan >= scan_every:
                 last_scan = now
                 self.c.scheduler.recover_interrupted()
-            if now - last_status >= 10:
+            if self.notifier.enabled and now - last_status >= 10:
                 last_status = now
                 self.notifier.status(self.status_line())
         return self._shutdown()

@@ -28,7 +28,6 @@ from stocksched.model import JobStatus, RunResult, ScheduledJob
 from stocksched.registry import JobRegistry, UnknownJobError
 from stocksched.reload import ConfigReloader, ReloadStatus
 from stocksched.scheduler import JobBusyError, JobScheduler
-from stocksched.settings import Settings
 from stocksched.storage.adapter import RedisAdapter, StorageError
 
 log = logging.getLogger(__name__)
@@ -166,7 +165,8 @@ class StatusView(BaseModel):
     started_at: datetime
     uptime_s: float
     jobs_total: int
-    jobs_by_state: dict[str, int] = Field(description="pending, running, paused")
+    jobs_by_state: dict[str, int] = Field(
+        description="the seed's states: pending, running, completed, failed, paused")
     config: ConfigView
     last_reload: ReloadView
     replicas: list[dict[str, Any]] | None = Field(
@@ -203,7 +203,6 @@ class SchedulerServingApp:
         adapter: RedisAdapter,
         metrics: Metrics,
         clock: Clock,
-        settings: Settings,
         version: str,
         started_at: datetime,
         replicas: ReplicasHook | None = None,
@@ -215,7 +214,6 @@ class SchedulerServingApp:
         self._adapter = adapter
         self._metrics = metrics
         self._clock = clock
-        self._settings = settings
         self._version = version
         self._started_at = started_at
         self._replicas = replicas
@@ -247,7 +245,7 @@ class SchedulerServingApp:
             started_at=self._started_at,
             uptime_s=round(max(0.0, (self._clock.now() - self._started_at).total_seconds()), 3),
             jobs_total=len(states),
-            jobs_by_state={s: counts.get(s, 0) for s in ("pending", "running", "paused")},
+            jobs_by_state={s: counts.get(s, 0) for s in JOB_STATES},
             config=ConfigView(
                 path=str(self._reloader.path),
                 sha256=current.sha256 if current else None,
@@ -265,7 +263,8 @@ class SchedulerServingApp:
 
     def get_job(self, job_id: str) -> JobView:
         rec = self._record(job_id)
-        return self._view(rec, self._scheduler.is_running(job_id), self._scheduler.next_runs())
+        return self._view(rec, self._scheduler.is_running(job_id),
+                          self._scheduler.next_runs([job_id]))
 
     def get_runs(self, job_id: str, limit: int = 20) -> list[RunView]:
         """Newest first; only for jobs in the current config."""
@@ -327,7 +326,8 @@ class SchedulerServingApp:
         if before.paused != paused:
             log.info("job %s %s through the API", job_id, "paused" if paused else "resumed",
                      extra={"job": job_id})
-        view = self.get_job(job_id)
+        view = self._view(rec, self._scheduler.is_running(job_id),
+                          self._scheduler.next_runs([job_id]))
         return PauseView(job_id=job_id, paused=rec.paused, enabled=rec.spec.enabled,
                          active=rec.is_active, message=_pause_message(before, view),
                          job=view)

@@ -113,24 +113,6 @@ class RunResult:
             reason=f.get("reason", ""),
         )
 
-    def to_json(self) -> dict[str, Any]:
-        """Typed view for scripts (``run-job --json``)."""
-        return {
-            "job_id": self.job_id,
-            "run_id": self.run_id,
-            "trigger": str(self.trigger),
-            "scheduled_for": iso(self.scheduled_for) or None,
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "duration_s": round(self.duration_s, 3),
-            "status": str(self.status),
-            "fetched_stocks": self.fetched_stocks,
-            "failed_stocks": self.failed_stocks,
-            "errors": self.errors,
-            "rows_stored": self.rows_stored,
-            "reason": self.reason,
-        }
-
     def summary(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,

@@ -61,6 +61,7 @@ class Outbox:
         self._min = min_backoff
         self._max = max_backoff
         self._lock = threading.Lock()
+        self._flushing = threading.Lock()  # one flusher at a time: writes stay in order, once
         self._pending: deque[tuple[str, Callable[[], object]]] = deque()
         self._backoff = min_backoff
         self._next_attempt = 0.0
@@ -107,7 +108,18 @@ class Outbox:
             return max(0.0, self._next_attempt - self._clock.monotonic())
 
     def flush(self) -> int:
-        """Write pending entries in order; stop at the first failure. Returns how many went."""
+        """Write pending entries in order; stop at the first failure. Returns how many went.
+
+        A call while another thread is flushing returns at once: that flusher drains the queue.
+        """
+        if not self._flushing.acquire(blocking=False):
+            return 0
+        try:
+            return self._flush_locked()
+        finally:
+            self._flushing.release()
+
+    def _flush_locked(self) -> int:
         done = 0
         while True:
             with self._lock:

@@ -97,7 +97,7 @@ class RunHandle:
     started_at: datetime
     future: Future[RunResult | None] | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
-    outcome: JobStatus = JobStatus.FAILED
+    outcome: JobStatus | None = None  # None: nothing ran here (slot lost to another replica)
     lease: Lease | None = None  # the cross-replica running lease, when coordinating
     cancel_reason: str = ""  # why ``cancel`` was set: lease lost, shutdown grace over
 
@@ -169,6 +169,8 @@ class JobScheduler:
                 state.outcome = old.outcome if old is not None else (
                     rec.status if rec.status in (JobStatus.COMPLETED, JobStatus.FAILED)
                     else JobStatus.PENDING)
+                if old is not None:  # a slot queued behind a running run survives a reload
+                    state.queued = old.queued
                 self._jobs[rec.job_id] = state
                 if old is not None and old.active and state.active and \
                         (old.spec.schedule, old.spec.timezone) == (rec.spec.schedule,
@@ -328,16 +330,19 @@ class JobScheduler:
 
     def _write_not_run(self, job_id: str, results: list[RunResult], count: int) -> None:
         """With several replicas, each slot is claimed first so only one records it."""
+        counted = 0
         if self._leases is not None:
             won = self._leases.claim_slots([r.run_id for r in results],
                                            slot_ttl_ms=self._slot_ttl_ms(job_id))
-            results = [r for r, w in zip(results, won, strict=True) if w]
-            if results and self._metrics is not None:
-                unlisted = count - len(won)  # slots beyond the listed ones go with the first
-                self._metrics.job_missed_runs.labels(job=job_id).inc(
-                    len(results) + (unlisted if won[0] else 0))
+            mine = [r for r, w in zip(results, won, strict=True) if w]
+            unlisted = count - len(won)  # slots beyond the listed ones go with the first
+            counted = len(mine) + (unlisted if won[0] else 0)
+            results = mine
         if results:
             self._registry.add_history_many(results)
+        # Counted only once written: the outbox retries this whole write after a failure.
+        if counted and self._metrics is not None:
+            self._metrics.job_missed_runs.labels(job=job_id).inc(counted)
 
     def _slot_ttl_ms(self, job_id: str) -> int:
         """A slot claim must outlive the catch-up window, or a late replica could rerun it."""
@@ -375,6 +380,7 @@ class JobScheduler:
         except Exception:
             log.exception("run crashed job=%s run_id=%s", spec.id, handle.run_id,
                           extra={"job": spec.id, "run_id": handle.run_id})
+            handle.outcome = JobStatus.FAILED
             return None
         finally:
             self._release(handle)
@@ -517,12 +523,18 @@ class JobScheduler:
                 else:  # removed while running: the run's own metrics re-created its series
                     self._metrics.remove_job(spec.id)
             state = self._jobs.get(spec.id)
-            if state is not None:
+            if state is not None and handle.outcome is not None:
                 state.outcome = handle.outcome
             if state is not None and state.queued is not None:
                 slot, state.queued = state.queued, None
                 if state.active and not self._stopping:
                     self._dispatch_slot(state, slot, self._clock.now())
+                elif self._stopping:  # bookkeeping is closing down: say so in the log
+                    log.warning("queued slot dropped at shutdown job=%s slot=%s", spec.id,
+                                slot.isoformat(), extra={"job": spec.id})
+                else:  # never silently: a dropped queued slot is in the history
+                    self._record_not_run(state.spec, [slot], self._clock.now(),
+                                         RunStatus.SKIPPED, "job paused while the slot was queued")
             self._wake.notify_all()
 
     def _record(self, result: RunResult) -> None:
@@ -597,17 +609,21 @@ class JobScheduler:
         with self._lock:
             return dict(self._running)
 
-    def next_runs(self) -> dict[str, datetime | None]:
+    def next_runs(self, ids: Iterable[str] | None = None) -> dict[str, datetime | None]:
+        """Live next fire times (None while inactive), of all jobs or of ``ids``."""
         with self._lock:
-            return {i: (s.next_run if s.active else None) for i, s in self._jobs.items()}
+            states = self._jobs.items() if ids is None else (
+                (i, self._jobs[i]) for i in ids if i in self._jobs)
+            return {i: (s.next_run if s.active else None) for i, s in states}
 
     def next_due(self) -> tuple[str, datetime] | None:
         with self._lock:
-            due = [(t, i) for i, t in self.next_runs().items() if t is not None]
-            if not due:
-                return None
-            t, i = min(due)
-            return i, t
+            due = [(s.next_run, i) for i, s in self._jobs.items()
+                   if s.active and s.next_run is not None]
+        if not due:
+            return None
+        t, i = min(due)
+        return i, t
 
     def job_states(self) -> dict[str, JobStatus]:
         with self._lock:

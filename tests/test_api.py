@@ -100,7 +100,7 @@ class Stack:
         self.facade = SchedulerServingApp(
             registry=self.c.registry, scheduler=self.c.scheduler, reloader=self.c.reloader,
             adapter=self.c.adapter, metrics=self.c.metrics, clock=self.c.clock,
-            settings=settings, version="9.9.9-test", started_at=self.c.clock.now())
+            version="9.9.9-test", started_at=self.c.clock.now())
         self.app = create_app(self.facade, token, max_body_bytes)
         self.http = TestClient(self.app)
         if load:
@@ -157,12 +157,20 @@ def test_status_reports_daemon_jobs_config_and_last_reload(stack: Stack) -> None
     assert st["version"] == "9.9.9-test"
     assert st["uptime_s"] >= 0
     assert st["jobs_total"] == 5
-    assert st["jobs_by_state"] == {"pending": 4, "running": 0, "paused": 1}
+    assert st["jobs_by_state"] == {"pending": 4, "running": 0, "completed": 0, "failed": 0,
+                                   "paused": 1}
     assert st["config"]["path"] == str(stack.jobs_path)
     assert len(st["config"]["sha256"]) == 64 and st["config"]["jobs"] == 5
     assert st["last_reload"]["ok"] is True and st["last_reload"]["added"] == 5
     assert st["last_reload"]["errors"] == []
     assert st["replicas"] is None
+
+
+def test_status_counts_every_job_in_a_state_after_runs(stack: Stack) -> None:
+    stack.trigger_and_wait("alpha")
+    st = stack.http.get("/scheduler/status").json()
+    assert st["jobs_by_state"]["completed"] == 1 and st["jobs_by_state"]["pending"] == 3
+    assert sum(st["jobs_by_state"].values()) == st["jobs_total"]
 
 
 def test_status_shows_an_invalid_reload_and_keeps_the_good_config(stack: Stack) -> None:
@@ -180,7 +188,7 @@ def test_status_lists_replicas_from_the_hook(tmp_path: Path) -> None:
     s = Stack(tmp_path, start=False)
     facade = SchedulerServingApp(
         registry=s.c.registry, scheduler=s.c.scheduler, reloader=s.c.reloader,
-        adapter=s.c.adapter, metrics=s.c.metrics, clock=s.c.clock, settings=s.c.settings,
+        adapter=s.c.adapter, metrics=s.c.metrics, clock=s.c.clock,
         version="1", started_at=s.c.clock.now(),
         replicas=lambda: [{"id": "host-a:1", "leader": True}])
     with TestClient(create_app(facade, None, 4096)) as http:

@@ -220,6 +220,7 @@ def test_run_job_success_exits_0(tmp_path: Path, demo_jobs: Path) -> None:
     out = json.loads(result.stdout)
     assert out["job_id"] == "demo" and out["status"] == "success"
     assert out["trigger"] == "manual"
+    assert out["fetched"] == ["AAA", "BBB"] and out["rows_stored"] > 0  # typed, not strings
 
 
 def test_run_job_all_tickers_failed_exits_1(tmp_path: Path, demo_jobs: Path) -> None:

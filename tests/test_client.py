@@ -83,7 +83,7 @@ def test_status_table_and_json(daemon: Daemon, capsys: pytest.CaptureFixture[str
     lines = out.splitlines()
     assert re.match(r"stocksched \S+: running, up \d", lines[0])
     assert "jobs.yaml (sha256 " in out and "5 jobs" in out
-    assert "5 total: 4 pending, 0 running, 1 paused" in out
+    assert "5 total: 4 pending, 0 running, 0 completed, 0 failed, 1 paused" in out
     assert "last reload:" in out and "ok: added 5, changed 0, removed 0, unchanged 0" in out
 
     code, out, _ = run(capsys, "status", "--url", daemon.url, "--json")

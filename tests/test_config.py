@@ -215,6 +215,13 @@ def job_with(*lines: str) -> str:
         (['interval: 1h', 'window: 731d'],
          "jobs.yaml:7:13: jobs[0].window: window 731d is too long for interval 1h: Yahoo serves "
          "1h bars for the last 730 days only"),
+        # exactly at the limit starts before Yahoo's cut-off (now minus the limit)
+        (['interval: 5m', 'window: 60d'],
+         "jobs.yaml:7:13: jobs[0].window: window 60d is too long for interval 5m: Yahoo serves "
+         "5m bars for the last 60 days only"),
+        (['interval: 1h', 'window: 730d'],
+         "jobs.yaml:7:13: jobs[0].window: window 730d is too long for interval 1h: Yahoo serves "
+         "1h bars for the last 730 days only"),
         (['interval: 1m', 'start: 2026-01-01'],
          "jobs.yaml:7:12: jobs[0].start: start 2026-01-01 is 14 days ago: Yahoo serves 1m bars "
          "for the last 7 days only"),
@@ -471,10 +478,17 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
     assert info.value.errors == [f"{tmp_path}: not a regular file"]
 
 
-def test_oversized_file_is_refused_before_reading(tmp_path: Path) -> None:
+def test_oversized_file_is_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "huge.yaml"
     with path.open("wb") as fh:  # sparse: no 5 MB written to disk, and never parsed
         fh.truncate(MAX_FILE_BYTES + 1)
+
+    def no_reading(*_a: object, **_k: object) -> None:
+        raise AssertionError("the oversized file was opened")
+
+    monkeypatch.setattr(Path, "open", no_reading)
     with pytest.raises(ConfigError) as info:
         load_jobs_file(path)
     assert info.value.errors == [

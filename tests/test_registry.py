@@ -108,7 +108,7 @@ def test_reconcile_removes_jobs_but_keeps_data_and_history(any_redis: redis.Redi
     assert [r.run_id for r in reg.get_runs("b")] == ["r1"]
 
 
-def test_record_run_updates_record_and_history_atomically(any_redis: redis.Redis) -> None:
+def test_record_run_updates_record_and_history(any_redis: redis.Redis) -> None:
     reg = registry(any_redis)
     reg.reconcile([make_spec("a")])
     reg.record_run(result("a", RunStatus.PARTIAL_SUCCESS, T0, "r1"))

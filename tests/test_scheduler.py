@@ -140,3 +140,30 @@ def test_loop_thread_wakes_at_due_time_with_real_clock(fake_redis: redis.Redis) 
         assert run.scheduled_for is not None
         lateness = (run.started_at - run.scheduled_for).total_seconds()
         assert 0 <= lateness < 0.9, lateness
+
+
+def test_a_slot_won_by_another_replica_leaves_the_job_state_alone(
+    fake_redis: redis.Redis,
+) -> None:
+    from stocksched.coordination import LeaseManager
+    from stocksched.executor import scheduled_run_id
+
+    clock = FakeClock(T0)
+    adapter = RedisAdapter(fake_redis)
+    registry = JobRegistry(adapter, clock)
+    executor = JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock)
+    sched = JobScheduler(registry, executor, clock, pool_size=1,
+                         leases=LeaseManager(fake_redis, "replica-b", clock=clock))
+    try:
+        registry.reconcile([make_spec("a", tickers=["AAA"])])
+        sched.set_jobs(registry.list_jobs())
+        slot = datetime(2026, 3, 2, 10, 5, tzinfo=UTC)
+        other = LeaseManager(fake_redis, "replica-a", clock=clock)
+        assert other.claim_slots([scheduled_run_id("a", slot)]) == [True]
+        clock.set(slot)
+        sched.tick()
+        assert sched.wait_idle(5)
+        assert sched.job_states() == {"a": JobStatus.PENDING}  # nothing ran here
+        assert registry.get_runs("a") == []  # and nothing was recorded twice
+    finally:
+        sched.stop(1)
