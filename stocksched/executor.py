@@ -141,7 +141,7 @@ class JobExecutor:
         self, job: JobSpec, fetcher: Fetcher, policy: RetryPolicy, ticker: str, start: date,
         end: date, run_id: str, cancel: threading.Event, deadline: float | None,
     ) -> _TickerOutcome:
-        if cancel is not None and cancel.is_set():
+        if cancel.is_set():
             return _TickerOutcome(ticker, error="run cancelled before this ticker started")
         ctx = {"job": job.id, "run_id": run_id, "ticker": ticker}
         t0 = time.perf_counter()
@@ -155,7 +155,7 @@ class JobExecutor:
                         n, job.id, run_id, ticker, wait, exc, extra=ctx))
             if self._metrics is not None:
                 self._metrics.fetch_duration.observe(time.perf_counter() - t0)
-            if cancel is not None and cancel.is_set():
+            if cancel.is_set():
                 return _TickerOutcome(ticker, error="run ended (timeout or shutdown) before "
                                                     "this ticker was stored")
             self._butler.save_data(data=frame, prefix=job.prefix, stock_id=ticker,
