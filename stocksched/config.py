@@ -180,7 +180,7 @@ class JobSpec(BaseModel):
     start: date | None = Field(default=None, description="Absolute start date (YYYY-MM-DD)")
     end: date | None = Field(default=None, description="Absolute end date; default today")
     interval: Interval = Field(default="1d", description="Bar interval")
-    enabled: bool = Field(default=True, description="The seed's is_active")
+    enabled: bool = Field(default=True, description="The original design's is_active")
     prefix: str = Field(default="scheduled_stock_data", description="Storage key prefix")
     source: Literal["yahoo", "demo"] = Field(
         default="yahoo", description="yahoo, or demo (synthetic daily bars, offline)"

@@ -1,4 +1,4 @@
-"""JobExecutor: one run of one job, with each ticker's failure isolated (the seed's rule).
+"""JobExecutor: one run of one job, with each ticker's failure isolated (the original design's rule).
 
 A ticker that fails to fetch or store is recorded with its error and the run goes on;
 the run's status follows from the counts (success, partial_success, failed).

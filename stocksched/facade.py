@@ -1,6 +1,6 @@
-"""SchedulerServingApp: the one object the HTTP API talks to (the seed's webapp layer).
+"""SchedulerServingApp: the one object the HTTP API talks to (the original design's webapp layer).
 
-The seed made it a singleton that also created, edited and deleted jobs. Here it is an
+The original design made it a singleton that also created, edited and deleted jobs. Here it is an
 ordinary object built from its collaborators, and job definitions are read-only:
 ``jobs.yaml`` in git is the source of truth, so the API can read state, trigger a run,
 and pause or resume a job, nothing more.
@@ -85,7 +85,7 @@ class JobView(BaseModel):
     name: str
     status: str = Field(description="pending, running, completed, failed or paused")
     running: bool = Field(description="a run of this job is in progress in this daemon")
-    enabled: bool = Field(description="enabled in jobs.yaml (the seed's is_active)")
+    enabled: bool = Field(description="enabled in jobs.yaml (the original design's is_active)")
     paused: bool = Field(description="paused through the API (persisted in Redis)")
     active: bool = Field(description="enabled and not paused: scheduled runs happen")
     schedule: str
@@ -166,7 +166,7 @@ class StatusView(BaseModel):
     uptime_s: float
     jobs_total: int
     jobs_by_state: dict[str, int] = Field(
-        description="the seed's states: pending, running, completed, failed, paused")
+        description="the original design's states: pending, running, completed, failed, paused")
     config: ConfigView
     last_reload: ReloadView
     replicas: list[dict[str, Any]] | None = Field(

@@ -1,4 +1,4 @@
-"""Runtime data model: the seed design's ScheduledJob record, job states and RunResult.
+"""Runtime data model: the original design's ScheduledJob record, job states and RunResult.
 
 The jobs.yaml spec (desired state) lives in ``config.JobSpec``; this module holds
 what the daemon observes and persists about each job (observed state).
@@ -16,7 +16,7 @@ from stocksched.config import JobSpec
 
 
 class JobStatus(StrEnum):
-    """The seed's state machine: PENDING -> RUNNING -> COMPLETED | FAILED -> PENDING; PAUSED."""
+    """The original design's state machine: PENDING -> RUNNING -> COMPLETED | FAILED -> PENDING; PAUSED."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -49,7 +49,7 @@ def parse_iso(text: str | None) -> datetime | None:
 
 
 def run_status_for(fetched: list[str], failed: list[str]) -> RunStatus:
-    """The seed's rule: no failures is success, some of each is partial, none fetched failed."""
+    """The original design's rule: no failures is success, some of each is partial, none fetched failed."""
     if not failed:
         return RunStatus.SUCCESS
     if fetched:
@@ -130,8 +130,8 @@ class RunResult:
 class ScheduledJob:
     """One job's Redis record: its spec from jobs.yaml plus runtime state.
 
-    ``to_dict`` keeps the seed's field names (stock_ids, schedule_time, is_active,
-    start_date, end_date) so readers of the seed design recognise the record.
+    ``to_dict`` keeps the original design's field names (stock_ids, schedule_time, is_active,
+    start_date, end_date) so readers of the original design recognise the record.
     """
 
     spec: JobSpec

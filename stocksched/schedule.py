@@ -10,7 +10,7 @@ Accepted expressions (``parse_schedule``):
 - ``@every <duration>`` (``@every 90s``, ``@every 1h30m``; at least 1s). Slots are
   anchored to the Unix epoch in UTC: slot k is ``1970-01-01T00:00Z + k * interval``, so
   every replica and every restart agrees on the slot times, and DST never moves them.
-- ``HH:MM`` (00:00-23:59), the seed's daily shorthand for ``MM HH * * *``.
+- ``HH:MM`` (00:00-23:59), the original design's daily shorthand for ``MM HH * * *``.
 
 Cron schedules are evaluated in the job's time zone (croniter). Daylight saving time:
 

@@ -525,7 +525,7 @@ def test_metrics_has_every_issue_metric_with_job_series(stack: Stack) -> None:
     assert runs[(("job", "mixed"), ("status", "partial_success"), ("trigger", "manual"))] == 1
     fetches = samples["stocksched_ticker_fetches_total"]
     assert fetches[(("job", "mixed"), ("result", "failure"))] == 1
-    # The seed's states: alpha and mixed ran (partial success completes), the rest wait.
+    # The original design's states: alpha and mixed ran (partial success completes), the rest wait.
     assert samples["stocksched_jobs"][(("state", "completed"),)] == 2
     assert samples["stocksched_jobs"][(("state", "pending"),)] == 2
     assert samples["stocksched_jobs"][(("state", "paused"),)] == 1

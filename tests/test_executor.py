@@ -1,4 +1,4 @@
-"""JobExecutor: per-ticker isolation and the seed's result rule, through yfinance's real
+"""JobExecutor: per-ticker isolation and the original design's result rule, through yfinance's real
 parsing code with the network to Yahoo replaced by canned chart-API replies."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def executor(client: redis.Redis, fake: FakeYahoo, metrics: Metrics | None = Non
     return ex, butler
 
 
-def test_success_stores_every_ticker_in_the_seed_format(
+def test_success_stores_every_ticker_in_the_original_design_format(
     fake_redis: redis.Redis, fake_yahoo: FakeYahoo, caplog: pytest.LogCaptureFixture
 ) -> None:
     metrics = Metrics("test")

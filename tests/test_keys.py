@@ -7,11 +7,11 @@ import pytest
 from stocksched.storage import keys
 
 
-def test_job_key_is_the_seeds_record_key() -> None:
+def test_job_key_is_the_original_designs_record_key() -> None:
     assert keys.job_key("daily-tech") == "scheduler:job:daily-tech"
 
 
-def test_job_index_key_is_the_seeds_index() -> None:
+def test_job_index_key_is_the_original_designs_index() -> None:
     assert keys.job_index_key() == "scheduler:job_index"
 
 
@@ -20,7 +20,7 @@ def test_runs_key_is_per_job() -> None:
     assert keys.runs_key("a") != keys.runs_key("b")
 
 
-def test_data_key_is_the_seeds_window_key() -> None:
+def test_data_key_is_the_original_designs_window_key() -> None:
     key = keys.data_key("scheduled_stock_data", "AAPL", "2025-09-21", "2025-10-21")
     assert key == "scheduled_stock_data:AAPL:2025-09-21:2025-10-21"
 

@@ -47,7 +47,7 @@ def test_reconcile_creates_records_and_index(any_redis: redis.Redis) -> None:
     assert a.next_run == datetime(2026, 3, 2, 10, 5, tzinfo=UTC)
     b = reg.get_job("b")
     assert b is not None and b.next_run is None and not b.is_active
-    # The seed's field names are in the stored JSON.
+    # The original design's field names are in the stored JSON.
     import json
     raw = json.loads(any_redis.get(keys.job_key("a")))  # type: ignore[arg-type]
     assert raw["stock_ids"] == ["AAA", "BBB"]

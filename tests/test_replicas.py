@@ -516,12 +516,12 @@ def test_replicas_reconciling_at_once_converge_and_keep_runtime_state(
 ) -> None:
     jobs = tmp_path / "jobs.yaml"
     jobs.write_text(RECONCILE_V1)
-    seed = launch("seed")
-    wait_ready(seed)
-    assert seed.request("/scheduler/jobs/held/stop", "POST")["paused"] is True
-    manual = seed.request("/scheduler/jobs/keep/trigger", "POST")["run_id"]
-    wait_for(lambda: find(real_redis, "keep", manual), alive=[seed])
-    seed.stop()
+    first = launch("first")
+    wait_ready(first)
+    assert first.request("/scheduler/jobs/held/stop", "POST")["paused"] is True
+    manual = first.request("/scheduler/jobs/keep/trigger", "POST")["run_id"]
+    wait_for(lambda: find(real_redis, "keep", manual), alive=[first])
+    first.stop()
     keep_before, held_before = record(real_redis, "keep"), record(real_redis, "held")
     assert keep_before["last_run"] and held_before["paused"] is True
 

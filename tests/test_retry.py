@@ -60,7 +60,7 @@ def test_full_jitter_stays_within_the_exponential_ceiling() -> None:
         assert max(draws) > 0.9 * ceiling
 
 
-def test_jitter_is_reproducible_with_a_seeded_rng() -> None:
+def test_jitter_is_reproducible_with_a_fixed_rng() -> None:
     a = RetryPolicy(3, 0.5, rng=random.Random(42))
     b = RetryPolicy(3, 0.5, rng=random.Random(42))
 

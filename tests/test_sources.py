@@ -528,7 +528,7 @@ def test_demo_bars_are_deterministic_and_window_independent() -> None:
     assert not np.allclose(whole["Close"].to_numpy(), other["Close"].to_numpy())
 
 
-def test_demo_bars_do_not_depend_on_python_hash_seed() -> None:
+def test_demo_bars_do_not_depend_on_string_hash_randomisation() -> None:
     script = ("from datetime import date; from stocksched.sources.demo import demo_bar; "
               "print(list(demo_bar('AAPL', date(2025, 1, 6))))")
     env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=str(REPO))

@@ -264,7 +264,7 @@ def test_password_file_errors_are_value_errors(tmp_path: Path) -> None:
 
 
 class TestRoundTrip:
-    def test_daily_record_is_the_seeds_format(self, butler: DataIOButler) -> None:
+    def test_daily_record_is_the_original_designs_format(self, butler: DataIOButler) -> None:
         key = butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21")
         assert key == "scheduled_stock_data:AAPL:2025-09-21:2025-10-21"
         records = strict_json(butler._adapter.get_data(key) or "")

@@ -1,4 +1,4 @@
-"""Storage layer: Redis keys, the seed's adapter contract, and the bar-record butler."""
+"""Storage layer: Redis keys, the original design's adapter contract, and the bar-record butler."""
 
 from stocksched.storage.adapter import (
     AbstractDatabaseAdapter,

@@ -1,13 +1,13 @@
 """The key-value contract the data layer stores through, and its Redis implementation.
 
-The seed's ``AbstractDatabaseAdapter`` is kept as the narrow contract (four
+The original design's ``AbstractDatabaseAdapter`` is kept as the narrow contract (four
 operations on string values) so the butler and the tests do not depend on
 Redis specifics; ``RedisAdapter.client`` is the escape hatch for the registry,
 which needs streams and transactions.
 
 Every Redis failure leaves this module as ``StorageError`` whose message names
 the operation and the key, so callers can log one useful line and keep going
-(the seed's "log, continue") without importing redis exceptions.
+(the original design's "log, continue") without importing redis exceptions.
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def ttl_to_ms(ttl: timedelta | None) -> int | None:
 
 
 class AbstractDatabaseAdapter(ABC):
-    """The seed's storage contract: string values under string keys.
+    """The original design's storage contract: string values under string keys.
 
     Implementations raise ``StorageError`` for backend failures and never
     return partial results.

@@ -1,6 +1,6 @@
-"""DataIOButler: OHLCV DataFrames to and from the seed's JSON record format in Redis.
+"""DataIOButler: OHLCV DataFrames to and from the original design's JSON record format in Redis.
 
-Record format (the seed's, kept so existing consumers keep working): the key
+Record format (the original design's, kept so existing consumers keep working): the key
 ``{prefix}:{TICKER}:{start}:{end}`` holds a JSON list with one object per bar,
 ``{"Date": ..., <every column of the frame, in order>}``:
 
@@ -40,7 +40,7 @@ MAX_WATCH_ATTEMPTS = 5
 
 
 class CorruptRecordError(StorageError):
-    """A stored value is not a bar record in the seed's format (written by something else?)."""
+    """A stored value is not a bar record in the original design's format (written by something else?)."""
 
     def __init__(self, key: str, reason: str) -> None:
         super().__init__("decode", key, reason)
@@ -97,7 +97,7 @@ class DataIOButler:
         ttl: timedelta | None = None,
         intraday: bool | None = None,
     ) -> str:
-        """The seed's name for re-storing a window: the same overwrite as ``save_data``."""
+        """The original design's name for re-storing a window: the same overwrite as ``save_data``."""
         return self.save_data(data, prefix, stock_id, start_date, end_date, ttl, intraday)
 
     def get_data(

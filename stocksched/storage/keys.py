@@ -8,12 +8,12 @@ RUNS_PREFIX = "scheduler:runs:"
 
 
 def job_key(job_id: str) -> str:
-    """JSON record of one ScheduledJob (seed: ``scheduler:job:{id}``)."""
+    """JSON record of one ScheduledJob (original design: ``scheduler:job:{id}``)."""
     return f"{JOB_PREFIX}{job_id}"
 
 
 def job_index_key() -> str:
-    """Set of job ids in the current config (seed: ``scheduler:job_index``)."""
+    """Set of job ids in the current config (original design: ``scheduler:job_index``)."""
     return JOB_INDEX
 
 
@@ -23,7 +23,7 @@ def runs_key(job_id: str) -> str:
 
 
 def data_key(prefix: str, ticker: str, start: str, end: str) -> str:
-    """Stored bars of one fetch window (seed: ``{prefix}:{TICKER}:{start}:{end}``)."""
+    """Stored bars of one fetch window (original design: ``{prefix}:{TICKER}:{start}:{end}``)."""
     return f"{prefix}:{ticker}:{start}:{end}"
 
 
