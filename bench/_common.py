@@ -26,12 +26,46 @@ if str(REPO) not in sys.path:  # `python bench/NAME.py` puts bench/ first, not t
 
 # Redis commands that modify data (what "Redis writes" counts). EXEC/MULTI/WATCH are
 # transaction framing, listed separately; EVALSHA is the rate limiter's script (a write).
-WRITE_COMMANDS = frozenset({
-    "set", "setex", "psetex", "setnx", "mset", "del", "unlink", "expire", "pexpire",
-    "expireat", "pexpireat", "persist", "sadd", "srem", "hset", "hdel", "hmset", "hincrby",
-    "incr", "incrby", "decr", "lpush", "rpush", "ltrim", "zadd", "zrem", "xadd", "xtrim",
-    "xdel", "rename", "getdel", "getset", "evalsha", "eval", "flushall", "flushdb",
-})
+WRITE_COMMANDS = frozenset(
+    {
+        "set",
+        "setex",
+        "psetex",
+        "setnx",
+        "mset",
+        "del",
+        "unlink",
+        "expire",
+        "pexpire",
+        "expireat",
+        "pexpireat",
+        "persist",
+        "sadd",
+        "srem",
+        "hset",
+        "hdel",
+        "hmset",
+        "hincrby",
+        "incr",
+        "incrby",
+        "decr",
+        "lpush",
+        "rpush",
+        "ltrim",
+        "zadd",
+        "zrem",
+        "xadd",
+        "xtrim",
+        "xdel",
+        "rename",
+        "getdel",
+        "getset",
+        "evalsha",
+        "eval",
+        "flushall",
+        "flushdb",
+    }
+)
 TXN_COMMANDS = frozenset({"multi", "exec", "watch", "unwatch", "discard"})
 
 
@@ -63,9 +97,24 @@ def private_redis() -> Iterator[PrivateRedis]:
     with tempfile.TemporaryDirectory(prefix="stocksched-bench-redis-") as d:
         port = free_port()
         proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", d, "--daemonize", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                exe,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                d,
+                "--daemonize",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             deadline = time.monotonic() + 10
             while True:
@@ -102,14 +151,18 @@ def writes_in(stats: dict[str, int]) -> int:
 
 def describe_commands(stats: dict[str, int]) -> str:
     """``set=3 sadd=1 | exec=2 | reads: get=1`` (CONFIG/INFO, ours, left out)."""
-    ours = {"config|resetstat", "config", "info", "ping", "hello", "client|setinfo",
-            "client"}
+    ours = {"config|resetstat", "config", "info", "ping", "hello", "client|setinfo", "client"}
     w = [f"{k}={v}" for k, v in sorted(stats.items()) if k in WRITE_COMMANDS]
     t = [f"{k}={v}" for k, v in sorted(stats.items()) if k in TXN_COMMANDS]
-    r = [f"{k}={v}" for k, v in sorted(stats.items())
-         if k not in WRITE_COMMANDS and k not in TXN_COMMANDS and k not in ours]
-    return (f"writes: {' '.join(w) or 'none'} | transactions: {' '.join(t) or 'none'} | "
-            f"reads: {' '.join(r) or 'none'}")
+    r = [
+        f"{k}={v}"
+        for k, v in sorted(stats.items())
+        if k not in WRITE_COMMANDS and k not in TXN_COMMANDS and k not in ours
+    ]
+    return (
+        f"writes: {' '.join(w) or 'none'} | transactions: {' '.join(t) or 'none'} | "
+        f"reads: {' '.join(r) or 'none'}"
+    )
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -126,8 +179,7 @@ def clean_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSCHED_")}
     home.mkdir(parents=True, exist_ok=True)
     env["HOME"] = str(home)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     return env
 
 

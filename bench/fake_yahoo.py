@@ -59,12 +59,17 @@ STATS_PATH = "/__bench/stats"  # GET: ``stats()`` as JSON, for a fake in another
 ZONE = ZoneInfo("America/New_York")
 OPEN = dtime(9, 30)
 CLOSE = dtime(16, 0)
-DELISTED_BODY = {"chart": {"result": None, "error": {
-    "code": "Not Found", "description": "No data found, symbol may be delisted"}}}
+DELISTED_BODY = {
+    "chart": {
+        "result": None,
+        "error": {"code": "Not Found", "description": "No data found, symbol may be delisted"},
+    }
+}
 VALID_RANGES = ["1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max"]
 
 
 # ---------------------------------------------------------------------------- rate limit
+
 
 class Gcra:
     """The server's limit: ``rate``/s on average; a request may come ``burst - 1``
@@ -89,12 +94,16 @@ class Gcra:
 
 # ---------------------------------------------------------------------------- bodies
 
+
 def _period(day: date, start: dtime, end: dtime) -> dict[str, Any]:
     begin = datetime.combine(day, start, tzinfo=ZONE)
     offset = begin.utcoffset()
-    return {"timezone": begin.tzname(), "start": int(begin.timestamp()),
-            "end": int(datetime.combine(day, end, tzinfo=ZONE).timestamp()),
-            "gmtoffset": int(offset.total_seconds()) if offset is not None else 0}
+    return {
+        "timezone": begin.tzname(),
+        "start": int(begin.timestamp()),
+        "end": int(datetime.combine(day, end, tzinfo=ZONE).timestamp()),
+        "gmtoffset": int(offset.total_seconds()) if offset is not None else 0,
+    }
 
 
 def _weekdays(first: date, last: date) -> Iterator[date]:
@@ -109,8 +118,11 @@ def _days_in(period1: int, period2: int) -> list[date]:
     """Weekdays whose 09:30 New York stamp is in [period1, period2)."""
     first = datetime.fromtimestamp(period1, UTC).astimezone(ZONE).date() - timedelta(days=1)
     last = datetime.fromtimestamp(period2, UTC).astimezone(ZONE).date()
-    return [d for d in _weekdays(first, last)
-            if period1 <= int(datetime.combine(d, OPEN, tzinfo=ZONE).timestamp()) < period2]
+    return [
+        d
+        for d in _weekdays(first, last)
+        if period1 <= int(datetime.combine(d, OPEN, tzinfo=ZONE).timestamp()) < period2
+    ]
 
 
 def _latest_weekday() -> date:
@@ -126,25 +138,44 @@ def chart_body(symbol: str, days: list[date]) -> dict[str, Any]:
     ref = days[-1] if days else _latest_weekday()
     regular = _period(ref, OPEN, CLOSE)
     meta = {
-        "currency": "USD", "symbol": symbol, "exchangeName": "NMS",
-        "fullExchangeName": "NasdaqGS", "instrumentType": "EQUITY",
-        "firstTradeDate": 345479400, "regularMarketTime": regular["end"],
-        "hasPrePostMarketData": True, "gmtoffset": regular["gmtoffset"],
-        "timezone": regular["timezone"], "exchangeTimezoneName": str(ZONE),
+        "currency": "USD",
+        "symbol": symbol,
+        "exchangeName": "NMS",
+        "fullExchangeName": "NasdaqGS",
+        "instrumentType": "EQUITY",
+        "firstTradeDate": 345479400,
+        "regularMarketTime": regular["end"],
+        "hasPrePostMarketData": True,
+        "gmtoffset": regular["gmtoffset"],
+        "timezone": regular["timezone"],
+        "exchangeTimezoneName": str(ZONE),
         "regularMarketPrice": bars[-1][3] if bars else None,
-        "chartPreviousClose": bars[0][0] if bars else None, "priceHint": 2,
-        "currentTradingPeriod": {"pre": _period(ref, dtime(4, 0), OPEN), "regular": regular,
-                                 "post": _period(ref, CLOSE, dtime(20, 0))},
-        "dataGranularity": "1d", "range": "", "validRanges": VALID_RANGES,
+        "chartPreviousClose": bars[0][0] if bars else None,
+        "priceHint": 2,
+        "currentTradingPeriod": {
+            "pre": _period(ref, dtime(4, 0), OPEN),
+            "regular": regular,
+            "post": _period(ref, CLOSE, dtime(20, 0)),
+        },
+        "dataGranularity": "1d",
+        "range": "",
+        "validRanges": VALID_RANGES,
     }
     result: dict[str, Any] = {"meta": meta}
     if bars:
-        result["timestamp"] = [int(datetime.combine(d, OPEN, tzinfo=ZONE).timestamp())
-                               for d in days]
+        result["timestamp"] = [
+            int(datetime.combine(d, OPEN, tzinfo=ZONE).timestamp()) for d in days
+        ]
         result["indicators"] = {
-            "quote": [{"open": [b[0] for b in bars], "high": [b[1] for b in bars],
-                       "low": [b[2] for b in bars], "close": [b[3] for b in bars],
-                       "volume": [b[4] for b in bars]}],
+            "quote": [
+                {
+                    "open": [b[0] for b in bars],
+                    "high": [b[1] for b in bars],
+                    "low": [b[2] for b in bars],
+                    "close": [b[3] for b in bars],
+                    "volume": [b[4] for b in bars],
+                }
+            ],
             "adjclose": [{"adjclose": [b[3] for b in bars]}],
         }
     else:
@@ -153,6 +184,7 @@ def chart_body(symbol: str, days: list[date]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- the server
+
 
 class FakeYahooServer(ThreadingHTTPServer):
     """The HTTP server; its handler threads read the settings and update the counters."""
@@ -184,8 +216,9 @@ class FakeYahooServer(ThreadingHTTPServer):
         with self._lock:
             counts = dict(self._counts)
             counts["symbols"] = len(self._symbols)
-        counts["requests"] = sum(v for k, v in counts.items()
-                                 if k not in ("rate_limited", "symbols"))
+        counts["requests"] = sum(
+            v for k, v in counts.items() if k not in ("rate_limited", "symbols")
+        )
         return counts
 
     def stop(self) -> None:
@@ -210,11 +243,19 @@ class _Handler(BaseHTTPRequestHandler):
         wait = limit.admit(time.monotonic()) if limit is not None else 0.0
         if wait > 0:
             self.server.count("rate_limited")
-            self._send(429, b"Too Many Requests\r\n", "text/plain",
-                       {"Retry-After": str(max(1, math.ceil(wait)))})
+            self._send(
+                429,
+                b"Too Many Requests\r\n",
+                "text/plain",
+                {"Retry-After": str(max(1, math.ceil(wait)))},
+            )
         elif kind == "cookie":
-            self._send(200, b"<html><body>ok</body></html>", "text/html",
-                       {"Set-Cookie": "A3=d=AQABBBench&S=AQAAABench; Path=/; HttpOnly"})
+            self._send(
+                200,
+                b"<html><body>ok</body></html>",
+                "text/html",
+                {"Set-Cookie": "A3=d=AQABBBench&S=AQAAABench; Path=/; HttpOnly"},
+            )
         elif kind == "crumb":
             self._send(200, CRUMB.encode(), "text/plain")
         elif kind in ("chart", "tz_probe") and symbol is not None:
@@ -227,8 +268,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, DELISTED_BODY)
             return
         if query.get("interval", "1d") != "1d":
-            self._json(422, {"chart": {"result": None, "error": {
-                "code": "Unprocessable Entity", "description": "the fake serves 1d only"}}})
+            self._json(
+                422,
+                {
+                    "chart": {
+                        "result": None,
+                        "error": {
+                            "code": "Unprocessable Entity",
+                            "description": "the fake serves 1d only",
+                        },
+                    }
+                },
+            )
             return
         if "period1" in query:
             days = _days_in(int(query["period1"]), int(query.get("period2", time.time())))
@@ -239,8 +290,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, body: dict[str, Any]) -> None:
         self._send(status, json.dumps(body).encode(), "application/json;charset=utf-8")
 
-    def _send(self, status: int, body: bytes, content_type: str,
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -264,8 +316,9 @@ def _route(path: str, query: dict[str, str]) -> tuple[str, str | None]:
     return "other", None
 
 
-def serve(delay_s: float = 0.1, rate: float | None = 20.0,
-          burst: int = 5) -> tuple[FakeYahooServer, int]:
+def serve(
+    delay_s: float = 0.1, rate: float | None = 20.0, burst: int = 5
+) -> tuple[FakeYahooServer, int]:
     """Start the fake on a free loopback port in a daemon thread; ``server.stop()`` ends it.
 
     ``rate=None`` disables the limit.
@@ -276,6 +329,7 @@ def serve(delay_s: float = 0.1, rate: float | None = 20.0,
 
 
 # ---------------------------------------------------------------------------- the client side
+
 
 class LocalYahooSession(YahooSession):
     """The daemon's ``YahooSession`` sending every request to ``target`` instead."""
@@ -299,16 +353,33 @@ class LocalYahooSession(YahooSession):
         """
         expires = int(time.time()) + 365 * 86400
         for name, value in response.cookies.items():
-            self.cookies.jar.set_cookie(Cookie(
-                version=0, name=name, value=value, port=None, port_specified=False,
-                domain=".yahoo.com", domain_specified=True, domain_initial_dot=True,
-                path="/", path_specified=True, secure=True, expires=expires, discard=False,
-                comment=None, comment_url=None, rest={}, rfc2109=False))
+            self.cookies.jar.set_cookie(
+                Cookie(
+                    version=0,
+                    name=name,
+                    value=value,
+                    port=None,
+                    port_specified=False,
+                    domain=".yahoo.com",
+                    domain_specified=True,
+                    domain_initial_dot=True,
+                    path="/",
+                    path_specified=True,
+                    secure=True,
+                    expires=expires,
+                    discard=False,
+                    comment=None,
+                    comment_url=None,
+                    rest={},
+                    rfc2109=False,
+                )
+            )
 
     def rewrite(self, url: str) -> str:
         parts = urlsplit(url)
-        return urlunsplit((self._target.scheme, self._target.netloc, parts.path or "/",
-                           parts.query, ""))
+        return urlunsplit(
+            (self._target.scheme, self._target.netloc, parts.path or "/", parts.query, "")
+        )
 
 
 def local_session(port: int, **kwargs: Any) -> LocalYahooSession:

@@ -52,6 +52,7 @@ def tickers(n: int) -> list[str]:
 
 # ----------------------------------------------------------------------------- child
 
+
 def child(args: argparse.Namespace) -> dict[str, Any]:
     import yfinance.cache as yf_cache
 
@@ -68,8 +69,11 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from stocksched.storage.butler import DataIOButler
 
     names = tickers(args.tickers)
-    settings = Settings(redis_url=args.redis_url, ticker_concurrency=args.concurrency,
-                        max_requests_per_second=args.rate if args.limit else None)
+    settings = Settings(
+        redis_url=args.redis_url,
+        ticker_concurrency=args.concurrency,
+        max_requests_per_second=args.rate if args.limit else None,
+    )
     client = connect(settings.redis_url, None)
     limiter = build_rate_limiter(client, settings.max_requests_per_second)
     session = local_session(args.port, limiter=limiter)
@@ -80,34 +84,58 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             for name in names:
                 tz.store(name, "America/New_York")
         fetchers = build_fetchers(session=session)
-        executor = JobExecutor(fetchers, DataIOButler(RedisAdapter(client)), SystemClock(),
-                               settings.ticker_concurrency, Metrics("bench"))
-        spec = JobSpec.model_validate({
-            "id": JOB_ID, "tickers": names, "schedule": "@every 1h", "source": "yahoo",
-            "timezone": "America/New_York", "window": "30d", "prefix": PREFIX, "ttl": "1h",
-            "retries": args.retries, "retry_backoff": "1s"})
+        executor = JobExecutor(
+            fetchers,
+            DataIOButler(RedisAdapter(client)),
+            SystemClock(),
+            settings.ticker_concurrency,
+            Metrics("bench"),
+        )
+        spec = JobSpec.model_validate(
+            {
+                "id": JOB_ID,
+                "tickers": names,
+                "schedule": "@every 1h",
+                "source": "yahoo",
+                "timezone": "America/New_York",
+                "window": "30d",
+                "prefix": PREFIX,
+                "ttl": "1h",
+                "retries": args.retries,
+                "retry_backoff": "1s",
+            }
+        )
         t0 = time.monotonic()
         result = executor.execute_job(spec)
         wall = time.monotonic() - t0
     stored = [t for t in names if client.exists(keys.latest_key(PREFIX, t))]
     errors = Counter(e.split(" (")[0][:80] for e in result.errors.values())
-    return {"wall_s": wall, "stored": len(stored), "lost": sorted(set(names) - set(stored)),
-            "status": str(result.status), "failed": len(result.failed_stocks),
-            "errors": dict(errors.most_common(5)), "rows": result.rows_stored,
-            "concurrency": settings.ticker_concurrency}
+    return {
+        "wall_s": wall,
+        "stored": len(stored),
+        "lost": sorted(set(names) - set(stored)),
+        "status": str(result.status),
+        "failed": len(result.failed_stocks),
+        "errors": dict(errors.most_common(5)),
+        "rows": result.rows_stored,
+        "concurrency": settings.ticker_concurrency,
+    }
 
 
 # ----------------------------------------------------------------------------- parent
+
 
 class FakeYahooProcess:
     """``python -m bench.fake_yahoo`` in its own process (its GIL is not ours)."""
 
     def __init__(self, delay: float, rate: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.fake_yahoo", "--delay", str(delay),
-             "--rate", str(rate)], cwd=REPO, env=clean_env(Path(tempfile.gettempdir())
-                                                            / "bench-fake-home"),
-            stdout=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "bench.fake_yahoo", "--delay", str(delay), "--rate", str(rate)],
+            cwd=REPO,
+            env=clean_env(Path(tempfile.gettempdir()) / "bench-fake-home"),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # "fake Yahoo on http://127.0.0.1:PORT ..."
         if "127.0.0.1:" not in line:
@@ -135,15 +163,33 @@ class FakeYahooProcess:
 def run_config(args: argparse.Namespace, redis_url: str, limit: bool) -> dict[str, Any]:
     fake = FakeYahooProcess(args.delay, args.rate)
     try:
-        cmd = [sys.executable, __file__, "--child", "--port", str(fake.port),
-               "--redis-url", redis_url, "--tickers", str(args.tickers),
-               "--rate", str(args.rate), "--retries", str(args.retries),
-               "--concurrency", str(args.concurrency)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            "--port",
+            str(fake.port),
+            "--redis-url",
+            redis_url,
+            "--tickers",
+            str(args.tickers),
+            "--rate",
+            str(args.rate),
+            "--retries",
+            str(args.retries),
+            "--concurrency",
+            str(args.concurrency),
+        ]
         cmd += ["--limit"] if limit else []
         cmd += ["--cold"] if args.cold else []
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                              cwd=REPO, env=clean_env(Path(tempfile.gettempdir())
-                                                      / "bench-fetch-home"))
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=REPO,
+            env=clean_env(Path(tempfile.gettempdir()) / "bench-fetch-home"),
+        )
         if proc.returncode != 0:
             sys.exit(f"child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         out = dict(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -159,16 +205,23 @@ def run_config(args: argparse.Namespace, redis_url: str, limit: bool) -> dict[st
 def report(name: str, r: dict[str, Any], n: int) -> None:
     f = r["fake"]
     print(f"{name}:")
-    print(f"  {r['stored']}/{n} tickers stored in {r['wall_s']:.1f} s = "
-          f"{r['stored'] / r['wall_s']:.2f} tickers/s; lost tickers: {len(r['lost'])}"
-          + (f" (e.g. {', '.join(r['lost'][:5])})" if r["lost"] else ""))
-    print(f"  run status {r['status']}, failed {r['failed']}"
-          + (f", errors: {r['errors']}" if r["errors"] else ""))
-    kinds = " ".join(f"{k}={f[k]}" for k in ("chart", "tz_probe", "cookie", "crumb", "other")
-                     if f.get(k))
-    print(f"  fake Yahoo served {f.get('requests', 0)} requests ({kinds}), "
-          f"429s: {f.get('rate_limited', 0)}; "
-          f"{f.get('requests', 0) / r['wall_s']:.1f} req/s offered")
+    print(
+        f"  {r['stored']}/{n} tickers stored in {r['wall_s']:.1f} s = "
+        f"{r['stored'] / r['wall_s']:.2f} tickers/s; lost tickers: {len(r['lost'])}"
+        + (f" (e.g. {', '.join(r['lost'][:5])})" if r["lost"] else "")
+    )
+    print(
+        f"  run status {r['status']}, failed {r['failed']}"
+        + (f", errors: {r['errors']}" if r["errors"] else "")
+    )
+    kinds = " ".join(
+        f"{k}={f[k]}" for k in ("chart", "tz_probe", "cookie", "crumb", "other") if f.get(k)
+    )
+    print(
+        f"  fake Yahoo served {f.get('requests', 0)} requests ({kinds}), "
+        f"429s: {f.get('rate_limited', 0)}; "
+        f"{f.get('requests', 0) / r['wall_s']:.1f} req/s offered"
+    )
 
 
 def main() -> None:
@@ -178,8 +231,9 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.1, help="fake's answer delay")
     parser.add_argument("--retries", type=int, default=5)
     parser.add_argument("--cold", action="store_true", help="empty yfinance tz cache")
-    parser.add_argument("--concurrency", type=int, default=4,
-                        help="ticker_concurrency (the setting's default is 4)")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="ticker_concurrency (the setting's default is 4)"
+    )
     parser.add_argument("--child", action="store_true")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--redis-url", default="")
@@ -188,10 +242,12 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args)))
         return
-    print(f"fetch_throughput: {args.tickers} tickers, fake Yahoo {args.delay * 1000:.0f} ms per "
-          f"answer, limit {args.rate:g} req/s; ticker concurrency {args.concurrency}, "
-          f"job retries {args.retries}, backoff 1s; "
-          f"tz cache {'cold' if args.cold else 'warm'}")
+    print(
+        f"fetch_throughput: {args.tickers} tickers, fake Yahoo {args.delay * 1000:.0f} ms per "
+        f"answer, limit {args.rate:g} req/s; ticker concurrency {args.concurrency}, "
+        f"job retries {args.retries}, backoff 1s; "
+        f"tz cache {'cold' if args.cold else 'warm'}"
+    )
     with private_redis() as server:
         ours = run_config(args, server.url, limit=True)
         server.client().flushall()

@@ -48,17 +48,22 @@ TICKERS = [f"T{i:04d}" for i in range(1, 501)]
 
 
 def jobs_yaml(enabled: bool) -> str:
-    return "\n".join([
-        "version: 1",
-        "jobs:",
-        f"  - id: {JOB_ID}",
-        f"    tickers: [{', '.join(TICKERS)}]",
-        '    schedule: "@every 5s"',
-        "    source: demo",
-        "    window: 30d",
-        "    ttl: 1h",
-        f"    enabled: {'true' if enabled else 'false'}",
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "version: 1",
+                "jobs:",
+                f"  - id: {JOB_ID}",
+                f"    tickers: [{', '.join(TICKERS)}]",
+                '    schedule: "@every 5s"',
+                "    source: demo",
+                "    window: 30d",
+                "    ttl: 1h",
+                f"    enabled: {'true' if enabled else 'false'}",
+            ]
+        )
+        + "\n"
+    )
 
 
 @dataclass
@@ -100,9 +105,19 @@ def parse_wrk(out: str) -> tuple[float, float, float, int, str]:
 def run_wrk(url: str, pid: int, args: argparse.Namespace) -> WrkResult:
     cpu0, t0 = proc_cpu_seconds(pid), time.monotonic()
     out = subprocess.run(
-        ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s",
-         "--latency", url], capture_output=True, text=True, timeout=args.duration + 60,
-        check=True).stdout
+        [
+            "wrk",
+            f"-t{args.threads}",
+            f"-c{args.connections}",
+            f"-d{args.duration}s",
+            "--latency",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=args.duration + 60,
+        check=True,
+    ).stdout
     cpu, secs = proc_cpu_seconds(pid) - cpu0, time.monotonic() - t0
     rps, p50, p99, total, errors = parse_wrk(out)
     return WrkResult(rps, p50, p99, total, errors, cpu, secs)
@@ -132,11 +147,28 @@ class Daemon:
         self.log = workdir / f"daemon-{self.port}.log"
         self._fh = self.log.open("w", encoding="utf-8")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stocksched", "run", "--jobs", str(workdir / "jobs.yaml"),
-             "--redis-url", redis.url, "--listen", f"127.0.0.1:{self.port}",
-             "--shutdown-grace", "10", "--log-level", "WARNING"],
-            cwd=workdir, env=clean_env(workdir / "home"), stdout=self._fh,
-            stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "stocksched",
+                "run",
+                "--jobs",
+                str(workdir / "jobs.yaml"),
+                "--redis-url",
+                redis.url,
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--shutdown-grace",
+                "10",
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=workdir,
+            env=clean_env(workdir / "home"),
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -155,8 +187,9 @@ def runs_between(client: Any, t0_ms: int, t1_ms: int) -> list[dict[str, str]]:
     return [dict(f) for _id, f in entries]
 
 
-def measure(label: str, workdir: Path, redis: PrivateRedis, enabled: bool,
-            args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    label: str, workdir: Path, redis: PrivateRedis, enabled: bool, args: argparse.Namespace
+) -> dict[str, Any]:
     client = redis.client()
     client.flushall()
     (workdir / "jobs.yaml").write_text(jobs_yaml(enabled), encoding="utf-8")
@@ -178,8 +211,9 @@ def measure(label: str, workdir: Path, redis: PrivateRedis, enabled: bool,
         time.sleep(args.duration)
         out["cpu_no_http"] = (proc_cpu_seconds(daemon.proc.pid) - idle_cpu0) / args.duration
         out["runs_no_http"] = runs_between(client, t0_ms, int(time.time() * 1000))
-        out["metrics_bytes"] = len(urllib.request.urlopen(
-            daemon.base + "/metrics", timeout=5).read())
+        out["metrics_bytes"] = len(
+            urllib.request.urlopen(daemon.base + "/metrics", timeout=5).read()
+        )
         for path in ("/healthz", "/metrics"):
             t0_ms = int(time.time() * 1000)
             res = run_wrk(daemon.base + path, daemon.proc.pid, args)
@@ -206,18 +240,26 @@ def describe_runs(runs: list[dict[str, str]]) -> str:
 
 
 def report(result: dict[str, Any], duration: int) -> None:
-    print(f"{result['label']}: daemon RSS {result['rss_mb']:.0f} MiB, /metrics body "
-          f"{result['metrics_bytes']} bytes")
-    print(f"  no HTTP load ({duration} s): daemon CPU {result['cpu_no_http']:.2f} cores"
-          f"{describe_runs(result['runs_no_http'])}")
+    print(
+        f"{result['label']}: daemon RSS {result['rss_mb']:.0f} MiB, /metrics body "
+        f"{result['metrics_bytes']} bytes"
+    )
+    print(
+        f"  no HTTP load ({duration} s): daemon CPU {result['cpu_no_http']:.2f} cores"
+        f"{describe_runs(result['runs_no_http'])}"
+    )
     for path in ("/healthz", "/metrics"):
         res, runs = result[path]
-        print(f"  {path:9s} {res.rps:8.0f} req/s  p50 {res.p50_ms:6.1f} ms  p99 "
-              f"{res.p99_ms:6.1f} ms  ({res.requests} requests, errors: {res.errors}; "
-              f"daemon CPU {res.cpu_s / res.seconds:.2f} cores){describe_runs(runs)}")
+        print(
+            f"  {path:9s} {res.rps:8.0f} req/s  p50 {res.p50_ms:6.1f} ms  p99 "
+            f"{res.p99_ms:6.1f} ms  ({res.requests} requests, errors: {res.errors}; "
+            f"daemon CPU {res.cpu_s / res.seconds:.2f} cores){describe_runs(runs)}"
+        )
     problems = result["log_problems"]
-    print(f"  daemon log: {len(problems)} warnings/errors"
-          + (f", first: {problems[0][:200]}" if problems else ""))
+    print(
+        f"  daemon log: {len(problems)} warnings/errors"
+        + (f", first: {problems[0][:200]}" if problems else "")
+    )
 
 
 def main() -> None:

@@ -86,10 +86,12 @@ def jobs_yaml(n: int, now: datetime, changed: dict[int, int]) -> str:
     out = ["version: 1", "defaults:", "  source: demo", "  window: 10d", "  ttl: 1d", "jobs:"]
     for i in range(n):
         cron, zone = schedule_for(i, now, changed.get(i, 0))
-        out += [f"  - id: job-{i:05d}",
-                f"    tickers: [T{i:05d}, U{i:05d}]",
-                f'    schedule: "{cron}"',
-                f"    timezone: {zone}"]
+        out += [
+            f"  - id: job-{i:05d}",
+            f"    tickers: [T{i:05d}, U{i:05d}]",
+            f'    schedule: "{cron}"',
+            f"    timezone: {zone}",
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -181,8 +183,10 @@ def main() -> None:
         changed: dict[int, int] = {}
         path.write_text(jobs_yaml(args.jobs, now, changed), encoding="utf-8")
         size_mb = path.stat().st_size / 1e6
-        print(f"reload_10k: {args.jobs} jobs, {size_mb:.2f} MB jobs.yaml, "
-              f"redis-server on port {server.port}")
+        print(
+            f"reload_10k: {args.jobs} jobs, {size_mb:.2f} MB jobs.yaml, "
+            f"redis-server on port {server.port}"
+        )
 
         t = time.perf_counter()
         loaded = load_jobs_file(path)
@@ -200,8 +204,10 @@ def main() -> None:
         assert status.ok, status.errors
         wait_settled(c)
         stats = command_stats(rc)
-        print(f"  initial load of {len(loaded.jobs)} jobs (parse + reconcile into empty Redis "
-              f"+ scheduler): {initial_s:.2f} s; {status.diff.summary() if status.diff else ''}")
+        print(
+            f"  initial load of {len(loaded.jobs)} jobs (parse + reconcile into empty Redis "
+            f"+ scheduler): {initial_s:.2f} s; {status.diff.summary() if status.diff else ''}"
+        )
         print(f"    {breakdown(initial_s, steps.take())}")
         print(f"    Redis writes: {writes_in(stats)}  ({describe_commands(stats)})")
 
@@ -245,10 +251,12 @@ def main() -> None:
             watch_s = calls[0][0] - t0 if calls else float("nan")
             work_s = calls[0][1] - calls[0][0] if calls else float("nan")
             rows.append((applied - t0, watch_s, work_s, writes_in(stats)))
-            print(f"  save {n + 1}: {job_id} schedule -> {new_cron!r} ({zone}): live after "
-                  f"{applied - t0:.2f} s (watcher {watch_s * 1000:.0f} ms + reload "
-                  f"{work_s:.2f} s); reloads: {len(calls)}; "
-                  f"{diff.summary() if diff else ''}")
+            print(
+                f"  save {n + 1}: {job_id} schedule -> {new_cron!r} ({zone}): live after "
+                f"{applied - t0:.2f} s (watcher {watch_s * 1000:.0f} ms + reload "
+                f"{work_s:.2f} s); reloads: {len(calls)}; "
+                f"{diff.summary() if diff else ''}"
+            )
             print(f"    {breakdown(work_s, spent)}")
             print(f"    Redis writes: {writes_in(stats)}  ({describe_commands(stats)})")
 
@@ -261,9 +269,11 @@ def main() -> None:
         wait_settled(c)
         stats = command_stats(rc)
         applied_again = c.reloader.last is not before
-        print(f"  identical-content save: watcher calls {len(timer.calls) - before_calls}, "
-              f"config re-applied: {'yes' if applied_again else 'no'}, "
-              f"Redis writes: {writes_in(stats)}  ({describe_commands(stats)})")
+        print(
+            f"  identical-content save: watcher calls {len(timer.calls) - before_calls}, "
+            f"config re-applied: {'yes' if applied_again else 'no'}, "
+            f"Redis writes: {writes_in(stats)}  ({describe_commands(stats)})"
+        )
 
         c.watcher.stop()
         c.scheduler.stop(0)
@@ -271,9 +281,11 @@ def main() -> None:
         work = [r[2] for r in rows]
         print("summary:")
         print(f"  initial 10k load: {initial_s:.2f} s")
-        print(f"  save-to-live (one job changed): median {statistics.median(live):.2f} s, "
-              f"min {min(live):.2f} s, max {max(live):.2f} s over {len(rows)} saves "
-              f"(reload work median {statistics.median(work):.2f} s)")
+        print(
+            f"  save-to-live (one job changed): median {statistics.median(live):.2f} s, "
+            f"min {min(live):.2f} s, max {max(live):.2f} s over {len(rows)} saves "
+            f"(reload work median {statistics.median(work):.2f} s)"
+        )
         print(f"  Redis writes per one-job save: {sorted({r[3] for r in rows})}")
 
 

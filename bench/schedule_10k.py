@@ -115,13 +115,24 @@ class Timeline:
 
 # ----------------------------------------------------------------------------- stocksched
 
+
 def jobs_yaml(n: int, window_start: int, window: int) -> str:
-    out = ["version: 1", "defaults:", "  source: demo", "  window: 5d", "  ttl: 10m",
-           "  timezone: UTC", "jobs:"]
+    out = [
+        "version: 1",
+        "defaults:",
+        "  source: demo",
+        "  window: 5d",
+        "  ttl: 10m",
+        "  timezone: UTC",
+        "jobs:",
+    ]
     for i in range(n):
         s, m, h = cron_fields(slot_of(i, window_start, window))
-        out += [f"  - id: job-{i:05d}", f"    tickers: [T{i:05d}]",
-                f'    schedule: "{s} {m} {h} * * *"']
+        out += [
+            f"  - id: job-{i:05d}",
+            f"    tickers: [T{i:05d}]",
+            f'    schedule: "{s} {m} {h} * * *"',
+        ]
     return "\n".join(out) + "\n"
 
 
@@ -159,35 +170,56 @@ def child_stocksched(args: argparse.Namespace) -> dict[str, Any]:
         """``--job noop``: the run's body does nothing (like the APScheduler job); the
         scheduler's own per-run work (slot claim, lease, job record, history) stays real."""
 
-        def execute_job(self, job: JobSpec, *, run_id: str | None = None,
-                        trigger: Trigger = Trigger.MANUAL,
-                        scheduled_for: datetime | None = None, **_: Any) -> RunResult:
+        def execute_job(
+            self,
+            job: JobSpec,
+            *,
+            run_id: str | None = None,
+            trigger: Trigger = Trigger.MANUAL,
+            scheduled_for: datetime | None = None,
+            **_: Any,
+        ) -> RunResult:
             now = datetime.now(UTC)
             starts.setdefault(job.tickers[0], now.timestamp())
-            return RunResult(job_id=job.id, run_id=run_id or job.id, trigger=trigger,
-                             scheduled_for=scheduled_for, started_at=now, finished_at=now,
-                             status=RunStatus.SUCCESS, fetched_stocks=list(job.tickers))
+            return RunResult(
+                job_id=job.id,
+                run_id=run_id or job.id,
+                trigger=trigger,
+                scheduled_for=scheduled_for,
+                started_at=now,
+                finished_at=now,
+                status=RunStatus.SUCCESS,
+                fetched_stocks=list(job.tickers),
+            )
 
     with tempfile.TemporaryDirectory(prefix="bench-sched-") as d:
         jobs = Path(d) / "jobs.yaml"
         jobs.write_text(jobs_yaml(args.jobs, tl.window_start, tl.window), encoding="utf-8")
-        settings = Settings(redis_url=args.redis_url, jobs=jobs, state_dir=Path(d) / "state",
-                            log_level="WARNING",
-                            http=HttpSettings(listen=f"127.0.0.1:{free_port()}"))
+        settings = Settings(
+            redis_url=args.redis_url,
+            jobs=jobs,
+            state_dir=Path(d) / "state",
+            log_level="WARNING",
+            http=HttpSettings(listen=f"127.0.0.1:{free_port()}"),
+        )
         c = Components(settings, fetchers={"demo": StartNotingFetcher()})
         # Components' scheduler, rebuilt with the recording pool (same arguments otherwise).
         executor: Any = NoopExecutor() if args.job == "noop" else c.executor
         c.scheduler = JobScheduler(
-            c.registry, executor, c.clock, metrics=c.metrics, health=c.health,
-            leases=c.leases, pool=RecordingPool(max_workers=settings.pool_size,
-                                                thread_name_prefix="job"))
+            c.registry,
+            executor,
+            c.clock,
+            metrics=c.metrics,
+            health=c.health,
+            leases=c.leases,
+            pool=RecordingPool(max_workers=settings.pool_size, thread_name_prefix="job"),
+        )
         c.reloader = ConfigReloader(settings.jobs, c.registry, c.scheduler, c.clock, c.metrics)
         c.watcher = ConfigWatcher(c.reloader)
         daemon = Daemon(c)
 
         def drained(deadline: float) -> None:
-            while time.time() < deadline and (c.scheduler.running()
-                                               or len(starts) < len(dispatch)):
+            while time.time() < deadline and (c.scheduler.running() or len(starts) < len(dispatch)):
                 time.sleep(0.05)
             c.scheduler.flush_bookkeeping(timeout=30)
 
@@ -212,6 +244,7 @@ def child_stocksched(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- APScheduler
+
 
 def child_apscheduler(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.time()
@@ -244,8 +277,12 @@ def child_apscheduler(args: argparse.Namespace) -> dict[str, Any]:
     for i in range(args.jobs):
         slot = slot_of(i, tl.window_start, tl.window)
         s, m, h = cron_fields(slot)
-        sched.add_job(job, CronTrigger(second=s, minute=m, hour=h, timezone=UTC),
-                      args=[slot], id=f"job-{i:05d}")
+        sched.add_job(
+            job,
+            CronTrigger(second=s, minute=m, hour=h, timezone=UTC),
+            args=[slot],
+            id=f"job-{i:05d}",
+        )
     sched.start()
 
     def drained(deadline: float) -> None:
@@ -263,21 +300,40 @@ def child_apscheduler(args: argparse.Namespace) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- parent
 
-def run_child(kind: str, args: argparse.Namespace, lead: float,
-              redis_url: str = "", redis_pid: int = 0) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", kind, "--job", args.job, "--jobs", str(args.jobs),
-           "--window", str(args.window), "--idle", str(args.idle), "--lead", str(lead),
-           "--redis-url", redis_url, "--redis-pid", str(redis_pid)]
+
+def run_child(
+    kind: str, args: argparse.Namespace, lead: float, redis_url: str = "", redis_pid: int = 0
+) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--job",
+        args.job,
+        "--jobs",
+        str(args.jobs),
+        "--window",
+        str(args.window),
+        "--idle",
+        str(args.idle),
+        "--lead",
+        str(lead),
+        "--redis-url",
+        redis_url,
+        "--redis-pid",
+        str(redis_pid),
+    ]
     with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True,
-                              timeout=lead + args.window + 120)
+        proc = subprocess.run(
+            cmd, stdout=out, stderr=subprocess.PIPE, text=True, timeout=lead + args.window + 120
+        )
         out.seek(0)
         text = out.read()
     if proc.returncode != 0:
         sys.exit(f"{kind} child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     if proc.stderr.strip():
-        print(f"  ({kind} stderr, last lines: "
-              f"{' | '.join(proc.stderr.strip().splitlines()[-3:])})")
+        print(f"  ({kind} stderr, last lines: {' | '.join(proc.stderr.strip().splitlines()[-3:])})")
     return dict(json.loads(text.strip().splitlines()[-1]))
 
 
@@ -291,31 +347,43 @@ def report(name: str, r: dict[str, Any], window: int, jobs: int) -> None:
     if r.get("warning"):
         print(f"  WARNING: {r['warning']}")
     print(f"  setup (imports + {jobs} jobs loaded): {r['setup_s']:.1f} s")
-    print(f"  schedule lateness (due -> dispatch), {len(d)} dispatches: "
-          f"p50 {ms(percentile(d, 50))}  p99 {ms(percentile(d, 99))}  max {ms(max(d))}")
-    print(f"  start lateness (due -> job code runs), {len(s)} starts:     "
-          f"p50 {ms(percentile(s, 50))}  p99 {ms(percentile(s, 99))}  max {ms(max(s))}")
+    print(
+        f"  schedule lateness (due -> dispatch), {len(d)} dispatches: "
+        f"p50 {ms(percentile(d, 50))}  p99 {ms(percentile(d, 99))}  max {ms(max(d))}"
+    )
+    print(
+        f"  start lateness (due -> job code runs), {len(s)} starts:     "
+        f"p50 {ms(percentile(s, 50))}  p99 {ms(percentile(s, 99))}  max {ms(max(s))}"
+    )
     if "missed" in r:
         print(f"  misfired (dropped by misfire_grace_time): {r['missed']}")
     idle_rate = r["idle_cpu_s"] / r["idle_window_s"]
-    line = (f"  idle CPU: {r['idle_cpu_s']:.3f} s over {r['idle_window_s']:.1f} s "
-            f"({idle_rate * 1000:.1f} ms/s = {idle_rate * 60:.2f} CPU-s/min)")
+    line = (
+        f"  idle CPU: {r['idle_cpu_s']:.3f} s over {r['idle_window_s']:.1f} s "
+        f"({idle_rate * 1000:.1f} ms/s = {idle_rate * 60:.2f} CPU-s/min)"
+    )
     if r["idle_redis_cpu_s"]:
         line += f"; redis-server {r['idle_redis_cpu_s']:.3f} s"
     print(line)
-    line = (f"  busy CPU: {r['busy_cpu_s']:.1f} s over {r['busy_window_s']:.1f} s "
-            f"({r['busy_cpu_s'] / r['busy_window_s']:.2f} cores)")
+    line = (
+        f"  busy CPU: {r['busy_cpu_s']:.1f} s over {r['busy_window_s']:.1f} s "
+        f"({r['busy_cpu_s'] / r['busy_window_s']:.2f} cores)"
+    )
     if r["busy_redis_cpu_s"]:
         line += f"; redis-server {r['busy_redis_cpu_s']:.1f} s"
     if s:
         line += f"; {r['busy_cpu_s'] / len(s) * 1000:.2f} ms CPU per run"
     print(line)
     if "metrics_bytes" in r:
-        print(f"  /metrics after the window: {r['metrics_bytes'] / 1e6:.1f} MB, rendered in "
-              f"{r['metrics_render_s'] * 1000:.0f} ms")
-    print(f"  RSS: after imports {r['rss_imports_mb']:.0f} MiB, {jobs} jobs loaded "
-          f"{r['rss_loaded_mb']:.0f} MiB (+{r['rss_loaded_mb'] - r['rss_imports_mb']:.0f}), "
-          f"after the {window} s busy window {r['rss_after_mb']:.0f} MiB")
+        print(
+            f"  /metrics after the window: {r['metrics_bytes'] / 1e6:.1f} MB, rendered in "
+            f"{r['metrics_render_s'] * 1000:.0f} ms"
+        )
+    print(
+        f"  RSS: after imports {r['rss_imports_mb']:.0f} MiB, {jobs} jobs loaded "
+        f"{r['rss_loaded_mb']:.0f} MiB (+{r['rss_loaded_mb'] - r['rss_imports_mb']:.0f}), "
+        f"after the {window} s busy window {r['rss_after_mb']:.0f} MiB"
+    )
 
 
 def main() -> None:
@@ -323,9 +391,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--window", type=int, default=60, help="busy window, seconds")
     parser.add_argument("--idle", type=float, default=10.0, help="quiet window, seconds")
-    parser.add_argument("--job", choices=["noop", "demo"], default="noop",
-                        help="stocksched's run body: nothing (as the APScheduler job), or a "
-                             "real one-ticker demo fetch stored in Redis")
+    parser.add_argument(
+        "--job",
+        choices=["noop", "demo"],
+        default="noop",
+        help="stocksched's run body: nothing (as the APScheduler job), or a "
+        "real one-ticker demo fetch stored in Redis",
+    )
     parser.add_argument("--child", choices=["stocksched", "apscheduler"])
     parser.add_argument("--lead", type=float, default=0.0)
     parser.add_argument("--redis-url", default="")
@@ -339,18 +411,26 @@ def main() -> None:
         return
     import apscheduler
 
-    print(f"schedule_10k: {args.jobs} cron jobs, {args.jobs / args.window:.0f} due per second "
-          f"for {args.window} s; APScheduler {apscheduler.__version__}")
+    print(
+        f"schedule_10k: {args.jobs} cron jobs, {args.jobs / args.window:.0f} due per second "
+        f"for {args.window} s; APScheduler {apscheduler.__version__}"
+    )
     with private_redis() as server:
-        ours = run_child("stocksched", args, lead=args.idle + 16, redis_url=server.url,
-                         redis_pid=server.proc.pid)
+        ours = run_child(
+            "stocksched", args, lead=args.idle + 16, redis_url=server.url, redis_pid=server.proc.pid
+        )
     theirs = run_child("apscheduler", args, lead=args.idle + 5)
-    body = ("no-op run body" if args.job == "noop"
-            else "each run a one-ticker demo fetch stored in Redis")
-    report(f"stocksched (daemon in-process, real redis-server; {body})", ours, args.window,
-           args.jobs)
-    report("APScheduler BackgroundScheduler (memory store, no-op job)", theirs, args.window,
-           args.jobs)
+    body = (
+        "no-op run body"
+        if args.job == "noop"
+        else "each run a one-ticker demo fetch stored in Redis"
+    )
+    report(
+        f"stocksched (daemon in-process, real redis-server; {body})", ours, args.window, args.jobs
+    )
+    report(
+        "APScheduler BackgroundScheduler (memory store, no-op job)", theirs, args.window, args.jobs
+    )
 
 
 if __name__ == "__main__":

@@ -60,8 +60,14 @@ When the daemon has a token (`http.token_file` / `STOCKSCHED_TOKEN_FILE`), every
 `Authorization: Bearer <token>`. Errors are JSON: `{"error": "message"}`.
 """
 
-ASGIApp = Callable[[MutableMapping[str, Any], Callable[[], Awaitable[Any]],
-                    Callable[[MutableMapping[str, Any]], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [
+        MutableMapping[str, Any],
+        Callable[[], Awaitable[Any]],
+        Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ],
+    Awaitable[None],
+]
 
 
 class ApiConfigError(ValueError):
@@ -113,16 +119,20 @@ def check_bind(listen_host: str, token: str | None) -> None:
     if token is None and not is_loopback(listen_host):
         raise ApiConfigError(
             f"refusing to listen on {listen_host!r} without an API token: set http.token_file "
-            "(or STOCKSCHED_TOKEN_FILE) or listen on 127.0.0.1")
+            "(or STOCKSCHED_TOKEN_FILE) or listen on 127.0.0.1"
+        )
 
 
 # -- the app -------------------------------------------------------------------------------
 
-JobId = Annotated[str, PathParam(pattern=JOB_ID_PATTERN, description="job id from jobs.yaml",
-                                 examples=["daily-tech"])]
+JobId = Annotated[
+    str,
+    PathParam(pattern=JOB_ID_PATTERN, description="job id from jobs.yaml", examples=["daily-tech"]),
+]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text} for code, text in (
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
         (404, "no such job in the current config"),
         (422, "invalid job id or query parameter"),
         (503, "Redis is unavailable"),
@@ -136,8 +146,9 @@ _POST_ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def create_app(facade: SchedulerServingApp, token: str | None, max_body_bytes: int) -> FastAPI:
-    app = FastAPI(title="stocksched", description=API_DESCRIPTION, redoc_url=None,
-                  version=facade.version)
+    app = FastAPI(
+        title="stocksched", description=API_DESCRIPTION, redoc_url=None, version=facade.version
+    )
     _add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     _add_probe_routes(app, facade)
@@ -171,44 +182,74 @@ def _add_probe_routes(app: FastAPI, facade: SchedulerServingApp) -> None:
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "unavailable", "error": reason}, status_code=503)
 
-    @app.get("/healthz", response_model=Probe, tags=["probes"],
-             responses={503: {"model": Probe, "description": "scheduler dead or stuck"}},
-             summary="Liveness: the scheduler thread is alive and its loop is not stuck")
+    @app.get(
+        "/healthz",
+        response_model=Probe,
+        tags=["probes"],
+        responses={503: {"model": Probe, "description": "scheduler dead or stuck"}},
+        summary="Liveness: the scheduler thread is alive and its loop is not stuck",
+    )
     async def healthz() -> JSONResponse:  # in-memory only: no thread-pool hop
         return probe(facade.healthz())
 
-    @app.get("/readyz", response_model=Probe, tags=["probes"],
-             responses={503: {"model": Probe, "description": "not ready, with the reason"}},
-             summary="Readiness: a valid config is loaded and Redis answers")
+    @app.get(
+        "/readyz",
+        response_model=Probe,
+        tags=["probes"],
+        responses={503: {"model": Probe, "description": "not ready, with the reason"}},
+        summary="Readiness: a valid config is loaded and Redis answers",
+    )
     def readyz() -> JSONResponse:
         return probe(facade.readyz())
 
-    @app.get("/metrics", tags=["probes"], summary="Prometheus metrics (text format)",
-             response_class=Response,
-             responses={200: {"content": {"text/plain": {}}}})
+    @app.get(
+        "/metrics",
+        tags=["probes"],
+        summary="Prometheus metrics (text format)",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}},
+    )
     def metrics() -> Response:
         return Response(facade.render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _add_read_routes(app: FastAPI, facade: SchedulerServingApp) -> None:
-    @app.get("/scheduler/status", response_model=StatusView, tags=["scheduler"],
-             summary="Daemon status: uptime, version, jobs by state, config and last reload")
+    @app.get(
+        "/scheduler/status",
+        response_model=StatusView,
+        tags=["scheduler"],
+        summary="Daemon status: uptime, version, jobs by state, config and last reload",
+    )
     def status() -> StatusView:
         return facade.status()
 
-    @app.get("/scheduler/jobs", response_model=list[JobView], tags=["jobs"],
-             responses={503: _ERRORS[503]},
-             summary="Every job in the current config, with its runtime state")
+    @app.get(
+        "/scheduler/jobs",
+        response_model=list[JobView],
+        tags=["jobs"],
+        responses={503: _ERRORS[503]},
+        summary="Every job in the current config, with its runtime state",
+    )
     def list_jobs() -> list[JobView]:
         return facade.list_jobs()
 
-    @app.get("/scheduler/jobs/{job_id}", response_model=JobView, tags=["jobs"],
-             responses=_ERRORS, summary="One job: spec and runtime state")
+    @app.get(
+        "/scheduler/jobs/{job_id}",
+        response_model=JobView,
+        tags=["jobs"],
+        responses=_ERRORS,
+        summary="One job: spec and runtime state",
+    )
     def get_job(job_id: JobId) -> JobView:
         return facade.get_job(job_id)
 
-    @app.get("/scheduler/jobs/{job_id}/runs", response_model=list[RunView], tags=["jobs"],
-             responses=_ERRORS, summary="Run history of a job, newest first")
+    @app.get(
+        "/scheduler/jobs/{job_id}/runs",
+        response_model=list[RunView],
+        tags=["jobs"],
+        responses=_ERRORS,
+        summary="Run history of a job, newest first",
+    )
     def get_runs(
         job_id: JobId,
         limit: Annotated[int, Query(ge=1, le=MAX_RUNS_LIMIT, description="entries")] = 20,
@@ -218,27 +259,46 @@ def _add_read_routes(app: FastAPI, facade: SchedulerServingApp) -> None:
 
 def _add_action_routes(app: FastAPI, facade: SchedulerServingApp, auth: Any) -> None:
     busy: dict[int | str, dict[str, Any]] = {
-        409: {"model": ErrorBody, "description": "a run of this job is in progress"}}
+        409: {"model": ErrorBody, "description": "a run of this job is in progress"}
+    }
 
-    @app.post("/scheduler/jobs/{job_id}/trigger", status_code=202, response_model=TriggerView,
-              tags=["actions"], dependencies=[auth], responses={**_POST_ERRORS, **busy},
-              summary="Run the job now, outside its schedule (next_run does not move)")
+    @app.post(
+        "/scheduler/jobs/{job_id}/trigger",
+        status_code=202,
+        response_model=TriggerView,
+        tags=["actions"],
+        dependencies=[auth],
+        responses={**_POST_ERRORS, **busy},
+        summary="Run the job now, outside its schedule (next_run does not move)",
+    )
     def trigger(job_id: JobId, response: Response) -> TriggerView:
         run_id = facade.trigger(job_id)
         response.headers["Location"] = f"/scheduler/jobs/{job_id}/runs"
-        return TriggerView(job_id=job_id, run_id=run_id,
-                           message="run started; it appears in the run history when it ends")
+        return TriggerView(
+            job_id=job_id,
+            run_id=run_id,
+            message="run started; it appears in the run history when it ends",
+        )
 
-    @app.post("/scheduler/jobs/{job_id}/stop", response_model=PauseView, tags=["actions"],
-              dependencies=[auth], responses=_POST_ERRORS,
-              summary="Pause: no scheduled runs until resumed (kept across reloads/restarts)")
+    @app.post(
+        "/scheduler/jobs/{job_id}/stop",
+        response_model=PauseView,
+        tags=["actions"],
+        dependencies=[auth],
+        responses=_POST_ERRORS,
+        summary="Pause: no scheduled runs until resumed (kept across reloads/restarts)",
+    )
     def stop(job_id: JobId) -> PauseView:
         return facade.pause(job_id)
 
-    @app.post("/scheduler/jobs/{job_id}/start", response_model=PauseView, tags=["actions"],
-              dependencies=[auth], responses=_POST_ERRORS,
-              summary="Resume a paused job; a job with enabled: false in jobs.yaml stays "
-                      "disabled")
+    @app.post(
+        "/scheduler/jobs/{job_id}/start",
+        response_model=PauseView,
+        tags=["actions"],
+        dependencies=[auth],
+        responses=_POST_ERRORS,
+        summary="Resume a paused job; a job with enabled: false in jobs.yaml stays disabled",
+    )
     def start(job_id: JobId) -> PauseView:
         return facade.resume(job_id)
 
@@ -255,8 +315,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(404, str(exc))
 
     async def busy(_r: Request, exc: Exception) -> JSONResponse:
-        return _error(409, f"job {exc.args[0] if exc.args else ''!r} is already running "
-                           "(or the daemon is shutting down); try again when it has finished")
+        return _error(
+            409,
+            f"job {exc.args[0] if exc.args else ''!r} is already running "
+            "(or the daemon is shutting down); try again when it has finished",
+        )
 
     async def unauthenticated(_r: Request, exc: Exception) -> JSONResponse:
         return _error(401, str(exc), {"WWW-Authenticate": "Bearer"})
@@ -267,8 +330,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     async def invalid(_r: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        parts = [f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
-                 for e in exc.errors()]
+        parts = [
+            f"{'.'.join(str(p) for p in e['loc'][1:]) or e['loc'][0]}: {e['msg']}"
+            for e in exc.errors()
+        ]
         return _error(422, "; ".join(parts) or "invalid request")
 
     async def http_error(_r: Request, exc: Exception) -> JSONResponse:
@@ -306,9 +371,12 @@ class BodyLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: MutableMapping[str, Any],
-                       receive: Callable[[], Awaitable[Any]],
-                       send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -344,11 +412,13 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _too_large(self, scope: MutableMapping[str, Any],
-                         receive: Callable[[], Awaitable[Any]],
-                         send: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> None:
-        response = _error(413, f"request body over {self.max_bytes} bytes",
-                          {"Connection": "close"})
+    async def _too_large(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[Any]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        response = _error(413, f"request body over {self.max_bytes} bytes", {"Connection": "close"})
         await response(scope, receive, send)
 
 
@@ -395,12 +465,19 @@ class ApiServer:
         """Bind (errors surface here, synchronously), then serve in a daemon thread."""
         self._sock = self._bind()
         config = uvicorn.Config(
-            self._app, log_config=None, access_log=False, lifespan="off",
-            log_level=self._log_level, server_header=False, timeout_graceful_shutdown=2,
-            timeout_keep_alive=5)
+            self._app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            log_level=self._log_level,
+            server_header=False,
+            timeout_graceful_shutdown=2,
+            timeout_keep_alive=5,
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, name="http", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -413,20 +490,22 @@ class ApiServer:
     def _bind(self) -> socket.socket:
         try:
             family, kind, proto, _, addr = socket.getaddrinfo(
-                self._host, self._requested_port, type=socket.SOCK_STREAM,
-                flags=socket.AI_PASSIVE)[0]
+                self._host, self._requested_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
             sock = socket.socket(family, kind, proto)
         except OSError as exc:
-            raise ApiStartError(f"cannot listen on {self._host}:{self._requested_port}: "
-                                f"{exc.strerror or exc}") from None
+            raise ApiStartError(
+                f"cannot listen on {self._host}:{self._requested_port}: {exc.strerror or exc}"
+            ) from None
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(addr)
             sock.listen(128)
         except OSError as exc:
             sock.close()
-            raise ApiStartError(f"cannot listen on {self._host}:{self._requested_port}: "
-                                f"{exc.strerror or exc}") from None
+            raise ApiStartError(
+                f"cannot listen on {self._host}:{self._requested_port}: {exc.strerror or exc}"
+            ) from None
         sock.set_inheritable(False)
         self._port = int(sock.getsockname()[1])
         return sock

@@ -33,8 +33,7 @@ class MarketCalendars:
         except Exception as exc:  # exchange_calendars raises DateOutOfBounds and friends
             if (code, day.year) not in self._warned:
                 self._warned.add((code, day.year))
-                log.warning("calendar %s cannot judge %s (%s); treating it as open",
-                            code, day, exc)
+                log.warning("calendar %s cannot judge %s (%s); treating it as open", code, day, exc)
             return True
 
     def tz(self, code: str) -> Any:

@@ -25,11 +25,15 @@ log = logging.getLogger("stocksched")
 
 
 def _add_settings_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="PATH",
-                   help="settings file (default: $STOCKSCHED_CONFIG or config/stocksched.yaml)")
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="settings file (default: $STOCKSCHED_CONFIG or config/stocksched.yaml)",
+    )
     p.add_argument("--jobs", metavar="PATH", help="jobs file (env STOCKSCHED_JOBS)")
-    p.add_argument("--redis-url", metavar="URL",
-                   help="redis://... or memory:// (env STOCKSCHED_REDIS_URL)")
+    p.add_argument(
+        "--redis-url", metavar="URL", help="redis://... or memory:// (env STOCKSCHED_REDIS_URL)"
+    )
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", choices=["text", "json"])
 
@@ -39,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="stocksched",
         description="Declarative market-data scheduler: jobs.yaml -> Redis.",
         epilog="Exit codes: 0 ok, 1 invalid config / failed run, 2 usage error, "
-               "3 partial success (run-job).",
+        "3 partial success (run-job).",
     )
     parser.add_argument("--version", action="version", version=f"stocksched {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -48,14 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(run)
     run.add_argument("--pool-size", type=int, metavar="N")
     run.add_argument("--shutdown-grace", type=float, metavar="SECONDS")
-    run.add_argument("--listen", metavar="HOST:PORT",
-                     help="HTTP API address (env STOCKSCHED_LISTEN)")
+    run.add_argument(
+        "--listen", metavar="HOST:PORT", help="HTTP API address (env STOCKSCHED_LISTEN)"
+    )
 
     val = sub.add_parser(
-        "validate", help="check jobs files and show each job's next fire times",
+        "validate",
+        help="check jobs files and show each job's next fire times",
         description="Validate jobs files. Exit 0: all valid; 1: at least one file is invalid, "
-                    "missing or unreadable (each error printed as FILE:LINE:COL: path: "
-                    "message); 2: usage error.")
+        "missing or unreadable (each error printed as FILE:LINE:COL: path: "
+        "message); 2: usage error.",
+    )
     val.add_argument("files", nargs="+", metavar="FILE")
     val.add_argument("--format", choices=["text", "json"], default="text")
     val.add_argument("--count", type=int, default=3, help="fire times to show per job")
@@ -71,13 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_client_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", metavar="URL",
-                   help="daemon address, e.g. http://127.0.0.1:9731 (env STOCKSCHED_URL; "
-                        "default: from the settings' http.listen)")
-    p.add_argument("--token-file", metavar="PATH",
-                   help="API token for POSTs (env STOCKSCHED_TOKEN_FILE, or http.token_file)")
-    p.add_argument("--config", metavar="PATH",
-                   help="settings file (default: $STOCKSCHED_CONFIG or config/stocksched.yaml)")
+    p.add_argument(
+        "--url",
+        metavar="URL",
+        help="daemon address, e.g. http://127.0.0.1:9731 (env STOCKSCHED_URL; "
+        "default: from the settings' http.listen)",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="API token for POSTs (env STOCKSCHED_TOKEN_FILE, or http.token_file)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="settings file (default: $STOCKSCHED_CONFIG or config/stocksched.yaml)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
@@ -92,16 +108,25 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     runs.add_argument("job_id", metavar="JOB_ID")
     runs.add_argument("--limit", type=int, default=20, metavar="N", help="entries (default 20)")
     trig = sub.add_parser(
-        "trigger", help="run a job now, outside its schedule",
+        "trigger",
+        help="run a job now, outside its schedule",
         description="Start a run now. With --wait, wait for it and exit like run-job: "
-                    "0 success, 3 partial success, 1 failed or timed out.")
+        "0 success, 3 partial success, 1 failed or timed out.",
+    )
     _add_client_flags(trig)
     trig.add_argument("job_id", metavar="JOB_ID")
     trig.add_argument("--wait", action="store_true", help="wait until the run has finished")
-    trig.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
-                      help="with --wait: give up after this long (default 300)")
-    for name, text in (("pause", "pause a job's schedule (kept across restarts)"),
-                       ("resume", "resume a paused job")):
+    trig.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="with --wait: give up after this long (default 300)",
+    )
+    for name, text in (
+        ("pause", "pause a job's schedule (kept across restarts)"),
+        ("resume", "resume a paused job"),
+    ):
         p = sub.add_parser(name, help=text)
         _add_client_flags(p)
         p.add_argument("job_id", metavar="JOB_ID")
@@ -133,8 +158,16 @@ def _fire_times(loaded: LoadedJobs, count: int) -> list[dict[str, Any]]:
         for _ in range(count if job.enabled else 0):
             t = job.next_fire(t)
             times.append(t.astimezone(job.zone).isoformat())
-        out.append({"id": job.id, "schedule": job.schedule, "timezone": job.timezone,
-                    "enabled": job.enabled, "tickers": list(job.tickers), "next": times})
+        out.append(
+            {
+                "id": job.id,
+                "schedule": job.schedule,
+                "timezone": job.timezone,
+                "enabled": job.enabled,
+                "tickers": list(job.tickers),
+                "next": times,
+            }
+        )
     return out
 
 
@@ -148,8 +181,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
             failed = True
             report.append({"file": name, "valid": False, "errors": exc.errors})
             continue
-        report.append({"file": name, "valid": True, "sha256": loaded.sha256,
-                       "jobs": _fire_times(loaded, args.count)})
+        report.append(
+            {
+                "file": name,
+                "valid": True,
+                "sha256": loaded.sha256,
+                "jobs": _fire_times(loaded, args.count),
+            }
+        )
     if args.format == "json":
         print(json.dumps(report, indent=2))
         return EXIT_FAIL if failed else EXIT_OK
@@ -161,8 +200,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{entry['file']}: OK, {len(entry['jobs'])} job(s)")
         for job in entry["jobs"]:
             state = "" if job["enabled"] else " (disabled)"
-            print(f"  {job['id']}{state}: {job['schedule']!r} in {job['timezone']}, "
-                  f"{len(job['tickers'])} ticker(s)")
+            print(
+                f"  {job['id']}{state}: {job['schedule']!r} in {job['timezone']}, "
+                f"{len(job['tickers'])} ticker(s)"
+            )
             for t in job["next"]:
                 print(f"    next: {t}")
     return EXIT_FAIL if failed else EXIT_OK
@@ -201,8 +242,10 @@ def cmd_run_job(args: argparse.Namespace) -> int:
     spec = next((j for j in loaded.jobs if j.id == args.job_id), None)
     if spec is None:
         known = ", ".join(j.id for j in loaded.jobs) or "none"
-        print(f"stocksched: no job {args.job_id!r} in {settings.jobs} (jobs: {known})",
-              file=sys.stderr)
+        print(
+            f"stocksched: no job {args.job_id!r} in {settings.jobs} (jobs: {known})",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     c = Components(settings)
     result = c.executor.execute_job(spec)

@@ -79,8 +79,9 @@ class ApiClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout,
-                                  transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url, headers=headers, timeout=timeout, transport=transport
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -91,13 +92,15 @@ class ApiClient:
         except httpx.TransportError as exc:
             raise DaemonUnreachableError(
                 f"cannot reach the stocksched daemon at {self.base_url}: "
-                f"{exc or type(exc).__name__}") from None
+                f"{exc or type(exc).__name__}"
+            ) from None
         if resp.is_success:
             try:
                 return resp.json()
             except ValueError:
-                raise ApiError(resp.status_code, "the answer is not JSON; is this URL a "
-                                                 "stocksched daemon?") from None
+                raise ApiError(
+                    resp.status_code, "the answer is not JSON; is this URL a stocksched daemon?"
+                ) from None
         raise ApiError(resp.status_code, _error_message(resp))
 
     def status(self) -> dict[str, Any]:
@@ -114,7 +117,8 @@ class ApiClient:
 
     def runs(self, job_id: str, limit: int = 20) -> list[dict[str, Any]]:
         data: list[dict[str, Any]] = self._request(
-            "GET", f"/scheduler/jobs/{_seg(job_id)}/runs", params={"limit": limit})
+            "GET", f"/scheduler/jobs/{_seg(job_id)}/runs", params={"limit": limit}
+        )
         return data
 
     def trigger(self, job_id: str) -> dict[str, Any]:
@@ -129,8 +133,9 @@ class ApiClient:
         data: dict[str, Any] = self._request("POST", f"/scheduler/jobs/{_seg(job_id)}/start")
         return data
 
-    def wait_for_run(self, job_id: str, run_id: str, timeout: float,
-                     max_poll_s: float = 1.0) -> dict[str, Any] | None:
+    def wait_for_run(
+        self, job_id: str, run_id: str, timeout: float, max_poll_s: float = 1.0
+    ) -> dict[str, Any] | None:
         """The run's history entry once it has finished; None if ``timeout`` passes first.
 
         Polls quickly at first (most runs are short), then backs off to ``max_poll_s``.
@@ -166,8 +171,10 @@ def _error_message(resp: httpx.Response) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in [headers, *rows]]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    ]
     return "\n".join(lines)
 
 
@@ -206,16 +213,17 @@ def format_status(st: Mapping[str, Any]) -> str:
         f"stocksched {st['version']}: {state}, up {fmt_duration(st['uptime_s'])} "
         f"(since {fmt_time(st['started_at'])})",
         f"config:      {cfg['path']} (sha256 {sha}, {cfg['jobs']} jobs)",
-        f"jobs:        {st['jobs_total']} total: "
-        + ", ".join(f"{n} {s}" for s, n in by.items()),
+        f"jobs:        {st['jobs_total']} total: " + ", ".join(f"{n} {s}" for s, n in by.items()),
         "last reload: " + _format_reload(st["last_reload"]),
     ]
     lines += [f"  {e}" for e in st["last_reload"]["errors"]]
     replicas = st.get("replicas")
     if replicas:
         keys = list(dict.fromkeys(k for r in replicas for k in r))
-        lines += ["replicas:", table([k.upper() for k in keys],
-                                     [[_cell(r.get(k)) for k in keys] for r in replicas])]
+        lines += [
+            "replicas:",
+            table([k.upper() for k in keys], [[_cell(r.get(k)) for k in keys] for r in replicas]),
+        ]
     return "\n".join(lines)
 
 
@@ -223,8 +231,10 @@ def _format_reload(rl: Mapping[str, Any]) -> str:
     when = fmt_time(rl.get("at"))
     if not rl["ok"]:
         return f"{when} FAILED, keeping the last good config:"
-    return (f"{when} ok: added {rl['added']}, changed {rl['changed']}, "
-            f"removed {rl['removed']}, unchanged {rl['unchanged']}")
+    return (
+        f"{when} ok: added {rl['added']}, changed {rl['changed']}, "
+        f"removed {rl['removed']}, unchanged {rl['unchanged']}"
+    )
 
 
 def _cell(value: Any) -> str:
@@ -242,26 +252,62 @@ def format_jobs(jobs: Sequence[Mapping[str, Any]]) -> str:
     for j in jobs:
         status = "disabled" if not j["enabled"] and not j["running"] else j["status"]
         result = (j.get("last_result") or {}).get("status", "-")
-        rows.append([j["job_id"], status, j["schedule"], j["timezone"], str(len(j["tickers"])),
-                     fmt_time(j.get("last_run")), result, fmt_time(j.get("next_run"))])
-    return table(["JOB", "STATUS", "SCHEDULE", "TIMEZONE", "TICKERS", "LAST RUN", "RESULT",
-                  "NEXT RUN"], rows)
+        rows.append(
+            [
+                j["job_id"],
+                status,
+                j["schedule"],
+                j["timezone"],
+                str(len(j["tickers"])),
+                fmt_time(j.get("last_run")),
+                result,
+                fmt_time(j.get("next_run")),
+            ]
+        )
+    return table(
+        ["JOB", "STATUS", "SCHEDULE", "TIMEZONE", "TICKERS", "LAST RUN", "RESULT", "NEXT RUN"], rows
+    )
 
 
 def format_runs(runs: Sequence[Mapping[str, Any]]) -> str:
     if not runs:
         return "no runs recorded yet"
-    rows = [[r["run_id"], r["trigger"], r["status"], fmt_time(r["started_at"]),
-             fmt_duration(r["duration_s"]), str(len(r["fetched"])), str(len(r["failed"])),
-             str(r["rows_stored"]), r.get("reason", "")] for r in runs]
-    return table(["RUN ID", "TRIGGER", "STATUS", "STARTED", "DURATION", "FETCHED", "FAILED",
-                  "ROWS", "REASON"], rows)
+    rows = [
+        [
+            r["run_id"],
+            r["trigger"],
+            r["status"],
+            fmt_time(r["started_at"]),
+            fmt_duration(r["duration_s"]),
+            str(len(r["fetched"])),
+            str(len(r["failed"])),
+            str(r["rows_stored"]),
+            r.get("reason", ""),
+        ]
+        for r in runs
+    ]
+    return table(
+        [
+            "RUN ID",
+            "TRIGGER",
+            "STATUS",
+            "STARTED",
+            "DURATION",
+            "FETCHED",
+            "FAILED",
+            "ROWS",
+            "REASON",
+        ],
+        rows,
+    )
 
 
 def format_run(run: Mapping[str, Any]) -> str:
-    lines = [f"{run['job_id']} {run['run_id']}: {run['status']} in {run['duration_s']:.2f}s, "
-             f"{len(run['fetched'])} fetched, {len(run['failed'])} failed, "
-             f"{run['rows_stored']} rows stored"]
+    lines = [
+        f"{run['job_id']} {run['run_id']}: {run['status']} in {run['duration_s']:.2f}s, "
+        f"{len(run['fetched'])} fetched, {len(run['failed'])} failed, "
+        f"{run['rows_stored']} rows stored"
+    ]
     lines += [f"  {ticker}: {err}" for ticker, err in sorted(run["errors"].items())]
     return "\n".join(lines)
 
@@ -274,8 +320,9 @@ SettingsLoader = Callable[[], Settings]
 class _Ctx:
     """Resolves the URL and (lazily, for POSTs only) the token, reading settings once."""
 
-    def __init__(self, args: argparse.Namespace, load_settings: SettingsLoader,
-                 env: Mapping[str, str]) -> None:
+    def __init__(
+        self, args: argparse.Namespace, load_settings: SettingsLoader, env: Mapping[str, str]
+    ) -> None:
         self.args = args
         self._load_settings = load_settings
         self._env = env
@@ -327,8 +374,10 @@ def _trigger(c: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
         return EXIT_OK
     run = c.wait_for_run(args.job_id, accepted["run_id"], args.timeout)
     if run is None:
-        sys.stderr.write(f"stocksched: run {accepted['run_id']} did not finish within "
-                         f"{args.timeout:g}s (it may still be running)\n")
+        sys.stderr.write(
+            f"stocksched: run {accepted['run_id']} did not finish within "
+            f"{args.timeout:g}s (it may still be running)\n"
+        )
         return EXIT_FAIL
     _emit(args, run, format_run(run), out)
     return RUN_EXIT.get(run["status"], EXIT_FAIL)
@@ -367,8 +416,7 @@ def run_command(
     try:
         return handler(client, args, out or sys.stdout)
     except DaemonUnreachableError as exc:
-        return _fail(f"{exc} (is `stocksched run` running? set --url or STOCKSCHED_URL)",
-                     EXIT_FAIL)
+        return _fail(f"{exc} (is `stocksched run` running? set --url or STOCKSCHED_URL)", EXIT_FAIL)
     except ApiError as exc:
         hint = " (set --token-file or STOCKSCHED_TOKEN_FILE)" if exc.status == 401 else ""
         code = EXIT_USAGE if exc.status in _USAGE_STATUSES else EXIT_FAIL

@@ -12,8 +12,7 @@ class Clock(Protocol):
         """Current time, time-zone aware (UTC)."""
         ...
 
-    def monotonic(self) -> float:
-        ...
+    def monotonic(self) -> float: ...
 
 
 class SystemClock:

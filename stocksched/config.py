@@ -75,7 +75,14 @@ MAX_FILE_BYTES = 5 * 1024 * 1024
 DEFAULT_WINDOW = timedelta(days=30)
 # How far back Yahoo serves intraday bars, in days (its documented chart-API limits).
 INTRADAY_LIMIT_DAYS: dict[str, int] = {
-    "1m": 7, "2m": 60, "5m": 60, "15m": 60, "30m": 60, "90m": 60, "60m": 730, "1h": 730,
+    "1m": 7,
+    "2m": 60,
+    "5m": 60,
+    "15m": 60,
+    "30m": 60,
+    "90m": 60,
+    "60m": 730,
+    "1h": 730,
 }
 _WINDOW_GROUP = frozenset({"window", "start", "end"})
 _ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -165,8 +172,10 @@ class JobSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    id: str = Field(description="Unique id: [a-z0-9][a-z0-9_-]{0,63}",
-                    json_schema_extra={"pattern": _ID_RE.pattern})
+    id: str = Field(
+        description="Unique id: [a-z0-9][a-z0-9_-]{0,63}",
+        json_schema_extra={"pattern": _ID_RE.pattern},
+    )
     name: str | None = Field(default=None, min_length=1, description="Display name")
     tickers: tuple[Ticker, ...] = Field(description="Yahoo symbols, e.g. [AAPL, BRK-B, ^GSPC]")
     schedule: str = Field(
@@ -231,7 +240,7 @@ class JobSpec(BaseModel):
     def _check_schedule(cls, v: object) -> object:
         if isinstance(v, int | float) and not isinstance(v, bool):
             raise ValueError(
-                f"schedule must be a string; quote it, e.g. \"0 17 * * 1-5\" (got {v!r})"
+                f'schedule must be a string; quote it, e.g. "0 17 * * 1-5" (got {v!r})'
             )
         if isinstance(v, str):
             parse_schedule(v)  # ScheduleError is a ValueError with a clear message
@@ -371,6 +380,8 @@ class JobSpec(BaseModel):
 
 JOB_FIELDS: tuple[str, ...] = tuple(JobSpec.model_fields)
 DEFAULTABLE_FIELDS: tuple[str, ...] = tuple(f for f in JOB_FIELDS if f != "id")
+
+
 class JobsFile(BaseModel):
     """The file's shape for Python callers holding already-parsed data (no line numbers).
 
@@ -401,9 +412,7 @@ class JobsFile(BaseModel):
 def merge_defaults(defaults: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, Any]:
     """Job values over defaults; window/start/end are taken from one side only (see module doc)."""
     job_sets_window = any(k in job for k in _WINDOW_GROUP)
-    merged = {
-        k: v for k, v in defaults.items() if not (job_sets_window and k in _WINDOW_GROUP)
-    }
+    merged = {k: v for k, v in defaults.items() if not (job_sets_window and k in _WINDOW_GROUP)}
     merged.update(job)
     return merged
 
@@ -484,8 +493,10 @@ def _decode(data: bytes, name: str) -> str:
         line = data.count(b"\n", 0, exc.start) + 1
         col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise ConfigError(
-            [f"{name}:{line}:{col}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); "
-             "save the file as UTF-8"]
+            [
+                f"{name}:{line}:{col}: not valid UTF-8 (byte 0x{data[exc.start]:02x}); "
+                "save the file as UTF-8"
+            ]
         ) from None
 
 
@@ -512,9 +523,7 @@ def _yaml12_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
     }
     out: dict[Any, list[tuple[str, re.Pattern[str]]]] = {}
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items():
-        kept = [
-            (t, replaced.get(t, rx)) for t, rx in resolvers if t != tag + "timestamp"
-        ]
+        kept = [(t, replaced.get(t, rx)) for t, rx in resolvers if t != tag + "timestamp"]
         if kept:
             out[first] = kept
     return out
@@ -629,10 +638,13 @@ class _FileChecker:
 
     def check(self, doc: Any) -> list[JobSpec]:
         if not isinstance(doc, dict):
-            raise ConfigError([
-                f"{self.name}:{self.root.start_mark.line + 1}:{self.root.start_mark.column + 1}: "
-                f"the top level must be a mapping with a 'jobs' list, got {_show(doc)}"
-            ])
+            mark = self.root.start_mark
+            raise ConfigError(
+                [
+                    f"{self.name}:{mark.line + 1}:{mark.column + 1}: "
+                    f"the top level must be a mapping with a 'jobs' list, got {_show(doc)}"
+                ]
+            )
         self._check_top_keys(doc)
         defaults = self._check_defaults(doc.get("defaults"))
         if "jobs" not in doc:
@@ -652,31 +664,44 @@ class _FileChecker:
     def _check_top_keys(self, doc: dict[Any, Any]) -> None:
         for key in doc:
             if key not in _TOP_KEYS:
-                self.add(_child(self.root, str(key), want_key=True), str(key),
-                         _unknown(key, _TOP_KEYS))
+                self.add(
+                    _child(self.root, str(key), want_key=True), str(key), _unknown(key, _TOP_KEYS)
+                )
         version = doc.get("version", 1)
         if version != 1 or isinstance(version, bool):
-            self.add(_child(self.root, "version"), "version",
-                     f"unsupported version {_show(version)}; this stocksched reads version 1")
+            self.add(
+                _child(self.root, "version"),
+                "version",
+                f"unsupported version {_show(version)}; this stocksched reads version 1",
+            )
 
     def _check_defaults(self, defaults: Any) -> dict[str, Any]:
         self.defaults_node = _child(self.root, "defaults")
         if defaults is None:
             return {}
         if not isinstance(defaults, dict):
-            self.add(self.defaults_node, "defaults",
-                     f"must be a mapping of job fields, got {_show(defaults)}")
+            self.add(
+                self.defaults_node,
+                "defaults",
+                f"must be a mapping of job fields, got {_show(defaults)}",
+            )
             return {}
         good: dict[str, Any] = {}
         for key, value in defaults.items():
             if key in DEFAULTABLE_FIELDS:
                 good[key] = value
             elif key == "id":
-                self.add(_child(self.defaults_node, "id", want_key=True), "defaults.id",
-                         "id cannot have a default; every job needs its own")
+                self.add(
+                    _child(self.defaults_node, "id", want_key=True),
+                    "defaults.id",
+                    "id cannot have a default; every job needs its own",
+                )
             else:
-                self.add(_child(self.defaults_node, str(key), want_key=True), f"defaults.{key}",
-                         _unknown(key, DEFAULTABLE_FIELDS))
+                self.add(
+                    _child(self.defaults_node, str(key), want_key=True),
+                    f"defaults.{key}",
+                    _unknown(key, DEFAULTABLE_FIELDS),
+                )
         return good
 
     def _check_job(
@@ -697,8 +722,12 @@ class _FileChecker:
         return None
 
     def _check_rules_despite(
-        self, i: int, job: dict[str, Any], node: yaml.Node | None,
-        merged: dict[str, Any], errors: list[Any],
+        self,
+        i: int,
+        job: dict[str, Any],
+        node: yaml.Node | None,
+        merged: dict[str, Any],
+        errors: list[Any],
     ) -> None:
         """pydantic checks cross-field rules only once every field is valid; to report all
         problems at once, re-check the rules with the bad fields left at their defaults."""
@@ -723,23 +752,35 @@ class _FileChecker:
         if err["type"] == "missing":
             self.add(node, _path(f"jobs[{i}]", loc), "required field is missing")
         elif err["type"] == "extra_forbidden":
-            self.add(_child(node, str(loc[0]), want_key=True), _path(f"jobs[{i}]", loc),
-                     _unknown(loc[0], JOB_FIELDS))
+            self.add(
+                _child(node, str(loc[0]), want_key=True),
+                _path(f"jobs[{i}]", loc),
+                _unknown(loc[0], JOB_FIELDS),
+            )
         elif not loc:
             self.add(node, f"jobs[{i}]", _message(err))
         else:
             self._report_field(i, job, node, loc, _message(err), rule=False)
 
     def _report_field(
-        self, i: int, job: dict[str, Any], node: yaml.Node | None, loc: tuple[Any, ...],
-        msg: str, *, rule: bool,
+        self,
+        i: int,
+        job: dict[str, Any],
+        node: yaml.Node | None,
+        loc: tuple[Any, ...],
+        msg: str,
+        *,
+        rule: bool,
     ) -> None:
         field = str(loc[0])
         if field in job or self.defaults_node is None or _child(self.defaults_node, field) is None:
             self.add(_descend(node, loc), _path(f"jobs[{i}]", loc), msg)
         elif rule:  # depends on this job's other fields: name the job, point at the default
-            self.add(_descend(self.defaults_node, loc), _path(f"jobs[{i}]", loc),
-                     f"{msg} (value from defaults)")
+            self.add(
+                _descend(self.defaults_node, loc),
+                _path(f"jobs[{i}]", loc),
+                f"{msg} (value from defaults)",
+            )
         else:  # the default alone is bad: report it once, as defaults.<field>
             self.add(_descend(self.defaults_node, loc), _path("defaults", loc), msg)
 
@@ -753,8 +794,11 @@ class _FileChecker:
             if job_id in first:
                 id_node = _child(_child(jobs_node, i), "id")
                 line = _line_of(_child(_child(jobs_node, first[job_id]), "id"))
-                self.add(id_node, f"jobs[{i}].id",
-                         f"duplicate id {job_id!r} (first used by jobs[{first[job_id]}]{line})")
+                self.add(
+                    id_node,
+                    f"jobs[{i}].id",
+                    f"duplicate id {job_id!r} (first used by jobs[{first[job_id]}]{line})",
+                )
             else:
                 first[job_id] = i
 

@@ -187,17 +187,23 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # KEYS: replica, replica index. ARGV: json, ttl_ms, replica_id
-_BEAT = _NOW_MS + """
+_BEAT = (
+    _NOW_MS
+    + """
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('ZADD', KEYS[2], string.format('%d', now + tonumber(ARGV[2])), ARGV[3])
 return 1
 """
+)
 
 # KEYS: replica index. Returns the ids whose heartbeat has not expired yet.
-_PRUNE = _NOW_MS + """
+_PRUNE = (
+    _NOW_MS
+    + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%d', now))
 return redis.call('ZRANGE', KEYS[1], 0, -1)
 """
+)
 
 
 class ClaimOutcome(StrEnum):
@@ -239,24 +245,38 @@ class InflightRun:
     owner: str  # lease token ("{replica}/{random}") or replica id of the runner
 
     def to_json(self) -> str:
-        return json.dumps({
-            "job_id": self.job_id, "run_id": self.run_id, "trigger": str(self.trigger),
-            "scheduled_for": iso(self.scheduled_for), "started_at": iso(self.started_at),
-            "owner": self.owner,
-        })
+        return json.dumps(
+            {
+                "job_id": self.job_id,
+                "run_id": self.run_id,
+                "trigger": str(self.trigger),
+                "scheduled_for": iso(self.scheduled_for),
+                "started_at": iso(self.started_at),
+                "owner": self.owner,
+            }
+        )
 
     @classmethod
     def from_json(cls, job_id: str, run_id: str, raw: str, fallback_now: datetime) -> InflightRun:
         """Parse a stored record; a damaged one still yields the run (its id is the field)."""
         try:
             d = json.loads(raw)
-            return cls(job_id=job_id, run_id=run_id, trigger=Trigger(d["trigger"]),
-                       scheduled_for=parse_iso(d.get("scheduled_for")),
-                       started_at=parse_iso(d.get("started_at")) or fallback_now,
-                       owner=str(d.get("owner", "")))
+            return cls(
+                job_id=job_id,
+                run_id=run_id,
+                trigger=Trigger(d["trigger"]),
+                scheduled_for=parse_iso(d.get("scheduled_for")),
+                started_at=parse_iso(d.get("started_at")) or fallback_now,
+                owner=str(d.get("owner", "")),
+            )
         except (ValueError, KeyError, TypeError) as exc:
-            log.warning("damaged in-flight record job=%s run_id=%s: %s", job_id, run_id, exc,
-                        extra={"job": job_id, "run_id": run_id})
+            log.warning(
+                "damaged in-flight record job=%s run_id=%s: %s",
+                job_id,
+                run_id,
+                exc,
+                extra={"job": job_id, "run_id": run_id},
+            )
             return cls(job_id, run_id, Trigger.SCHEDULE, None, fallback_now, "")
 
 
@@ -320,8 +340,15 @@ class LeaseManager:
         slot_ttl_ms: int | None = None,
     ) -> ClaimResult:
         """Claim slot ``run_id`` and, if the job is free, its running lease and in-flight record."""
-        return self._run_claim(job_id, run_id, trigger, scheduled_for, started_at,
-                               take_slot=True, slot_ttl_ms=slot_ttl_ms)
+        return self._run_claim(
+            job_id,
+            run_id,
+            trigger,
+            scheduled_for,
+            started_at,
+            take_slot=True,
+            slot_ttl_ms=slot_ttl_ms,
+        )
 
     def claim(
         self,
@@ -333,8 +360,9 @@ class LeaseManager:
         started_at: datetime | None = None,
     ) -> Lease | None:
         """The lease when this replica should run the slot now, else None."""
-        return self.try_claim(job_id, run_id, trigger=trigger, scheduled_for=scheduled_for,
-                              started_at=started_at).lease
+        return self.try_claim(
+            job_id, run_id, trigger=trigger, scheduled_for=scheduled_for, started_at=started_at
+        ).lease
 
     def lease_job(
         self,
@@ -350,8 +378,9 @@ class LeaseManager:
         For a queued slot (its ``try_claim`` said JOB_BUSY): call again when the job
         is free; None while another run still holds it.
         """
-        return self._run_claim(job_id, run_id, trigger, scheduled_for, started_at,
-                               take_slot=False, slot_ttl_ms=None).lease
+        return self._run_claim(
+            job_id, run_id, trigger, scheduled_for, started_at, take_slot=False, slot_ttl_ms=None
+        ).lease
 
     def wait_lease_job(
         self,
@@ -389,24 +418,49 @@ class LeaseManager:
             return []
         first = keys.slot_key(run_ids[0])
         with storage_errors("EVALSHA claim_slots", first):
-            won = self._claim_slots(keys=[keys.slot_key(r) for r in run_ids],
-                                    args=[self._new_token(), slot_ttl_ms or self.slot_ttl_ms,
-                                          f"{self.owner}/{self._incarnation}."])
+            won = self._claim_slots(
+                keys=[keys.slot_key(r) for r in run_ids],
+                args=[
+                    self._new_token(),
+                    slot_ttl_ms or self.slot_ttl_ms,
+                    f"{self.owner}/{self._incarnation}.",
+                ],
+            )
         return [bool(w) for w in won]
 
     def _run_claim(
-        self, job_id: str, run_id: str, trigger: Trigger, scheduled_for: datetime | None,
-        started_at: datetime | None, *, take_slot: bool, slot_ttl_ms: int | None,
+        self,
+        job_id: str,
+        run_id: str,
+        trigger: Trigger,
+        scheduled_for: datetime | None,
+        started_at: datetime | None,
+        *,
+        take_slot: bool,
+        slot_ttl_ms: int | None,
     ) -> ClaimResult:
         token = self._new_token()
-        record = InflightRun(job_id, run_id, trigger, scheduled_for,
-                             started_at or self._clock.now(), token)
+        record = InflightRun(
+            job_id, run_id, trigger, scheduled_for, started_at or self._clock.now(), token
+        )
         with storage_errors("EVALSHA claim", keys.slot_key(run_id)):
             outcome, holder = self._claim(
-                keys=[keys.slot_key(run_id), keys.running_key(job_id), keys.inflight_key(job_id),
-                      keys.inflight_index_key()],
-                args=[token, run_id, self.lease_ms, slot_ttl_ms or self.slot_ttl_ms,
-                      record.to_json(), job_id, "1" if take_slot else "0"])
+                keys=[
+                    keys.slot_key(run_id),
+                    keys.running_key(job_id),
+                    keys.inflight_key(job_id),
+                    keys.inflight_index_key(),
+                ],
+                args=[
+                    token,
+                    run_id,
+                    self.lease_ms,
+                    slot_ttl_ms or self.slot_ttl_ms,
+                    record.to_json(),
+                    job_id,
+                    "1" if take_slot else "0",
+                ],
+            )
         result = ClaimOutcome(str(outcome))
         if result == ClaimOutcome.CLAIMED:
             return ClaimResult(result, lease=Lease(job_id, run_id, token, self.lease_ms))
@@ -436,9 +490,12 @@ class LeaseManager:
         """
         key = keys.inflight_key(lease.job_id)
         with storage_errors("EVALSHA finish_run", key):
-            return bool(self._finish_run(
-                keys=[key, keys.inflight_index_key(), keys.running_key(lease.job_id)],
-                args=[lease.run_id, lease.job_id, lease.token]))
+            return bool(
+                self._finish_run(
+                    keys=[key, keys.inflight_index_key(), keys.running_key(lease.job_id)],
+                    args=[lease.run_id, lease.job_id, lease.token],
+                )
+            )
 
     def running_run_id(self, job_id: str) -> str | None:
         """The run id holding the job's running lease on any replica, if any."""
@@ -478,10 +535,13 @@ class LeaseManager:
         with storage_errors("EVALSHA take_interrupted", key):
             flat: list[Any] = self._take(
                 keys=[key, keys.running_key(job_id), keys.inflight_index_key()],
-                args=[job_id, dead_prefix])
+                args=[job_id, dead_prefix],
+            )
         now = self._clock.now()
-        return [InflightRun.from_json(job_id, str(flat[i]), str(flat[i + 1]), now)
-                for i in range(0, len(flat), 2)]
+        return [
+            InflightRun.from_json(job_id, str(flat[i]), str(flat[i + 1]), now)
+            for i in range(0, len(flat), 2)
+        ]
 
 
 class _OutageLog:
@@ -578,13 +638,21 @@ class LeaseKeeper:
         with self._lock:
             if self._held.pop(lease, None) is None:
                 return  # released meanwhile: nothing was lost
-        log.error("lease lost job=%s run_id=%s: %s", lease.job_id, lease.run_id, reason,
-                  extra={"job": lease.job_id, "run_id": lease.run_id})
+        log.error(
+            "lease lost job=%s run_id=%s: %s",
+            lease.job_id,
+            lease.run_id,
+            reason,
+            extra={"job": lease.job_id, "run_id": lease.run_id},
+        )
         try:
             self._on_lost(lease, reason)
         except Exception:
-            log.exception("lease-lost callback failed job=%s", lease.job_id,
-                          extra={"job": lease.job_id, "run_id": lease.run_id})
+            log.exception(
+                "lease-lost callback failed job=%s",
+                lease.job_id,
+                extra={"job": lease.job_id, "run_id": lease.run_id},
+            )
 
     def start(self) -> None:
         self._stop.clear()
@@ -632,14 +700,20 @@ class ReplicaHeartbeat:
 
     def beat(self) -> None:
         """Announce this replica for another ``ttl_s``; raises StorageError."""
-        body = json.dumps({**self._info, "replica_id": self.replica_id,
-                           "started_at": iso(self._started_at),
-                           "last_beat": iso(self._clock.now()),
-                           "ttl_s": self._ttl_ms / 1000})
+        body = json.dumps(
+            {
+                **self._info,
+                "replica_id": self.replica_id,
+                "started_at": iso(self._started_at),
+                "last_beat": iso(self._clock.now()),
+                "ttl_s": self._ttl_ms / 1000,
+            }
+        )
         key = keys.replica_key(self.replica_id)
         with storage_errors("EVALSHA beat", key):
-            self._beat(keys=[key, keys.replica_index_key()],
-                       args=[body, self._ttl_ms, self.replica_id])
+            self._beat(
+                keys=[key, keys.replica_index_key()], args=[body, self._ttl_ms, self.replica_id]
+            )
 
     def start(self) -> None:
         """Beat now (best effort) and then every ``ttl_s / 3`` on a background thread."""
@@ -677,8 +751,11 @@ class ReplicaHeartbeat:
                 pipe.zrem(keys.replica_index_key(), self.replica_id)
                 pipe.execute()
         except StorageError as exc:
-            log.warning("could not withdraw replica %s (its key expires by itself): %s",
-                        self.replica_id, exc)
+            log.warning(
+                "could not withdraw replica %s (its key expires by itself): %s",
+                self.replica_id,
+                exc,
+            )
 
 
 def list_replicas(client: redis.Redis) -> list[dict[str, Any]]:

@@ -98,24 +98,34 @@ class Components:
             fetchers = build_fetchers(session=session)
         self.fetchers = fetchers
         self.registry = JobRegistry(self.adapter, self.clock, settings.run_history)
-        self.executor = JobExecutor(self.fetchers, self.butler, self.clock,
-                                    settings.ticker_concurrency, self.metrics)
+        self.executor = JobExecutor(
+            self.fetchers, self.butler, self.clock, settings.ticker_concurrency, self.metrics
+        )
         self.health = StorageHealth(self.clock, self.metrics)
         self.replica_id = settings.replica_id or (
-            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}")
+            f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
+        )
         lease_ms = int(settings.lease_ttl * 1000)
         self.leases = LeaseManager(self.client, self.replica_id, lease_ms, clock=self.clock)
         self.heartbeat = ReplicaHeartbeat(
-            self.client, self.replica_id,
+            self.client,
+            self.replica_id,
             {"version": __version__, "hostname": socket.gethostname(), "pid": os.getpid()},
-            settings.replica_ttl)
-        self.scheduler = JobScheduler(self.registry, self.executor, self.clock,
-                                      pool_size=settings.pool_size, metrics=self.metrics,
-                                      health=self.health, leases=self.leases)
-        self.reloader = ConfigReloader(settings.jobs, self.registry, self.scheduler,
-                                       self.clock, self.metrics)
+            settings.replica_ttl,
+        )
+        self.scheduler = JobScheduler(
+            self.registry,
+            self.executor,
+            self.clock,
+            pool_size=settings.pool_size,
+            metrics=self.metrics,
+            health=self.health,
+            leases=self.leases,
+        )
+        self.reloader = ConfigReloader(
+            settings.jobs, self.registry, self.scheduler, self.clock, self.metrics
+        )
         self.watcher = ConfigWatcher(self.reloader)
-
 
     def replicas(self) -> list[dict[str, Any]] | None:
         try:
@@ -169,11 +179,22 @@ class Daemon:
         token = load_token(http.token_file) if http.token_file else None
         check_bind(host, token)
         facade = SchedulerServingApp(
-            registry=c.registry, scheduler=c.scheduler, reloader=c.reloader, adapter=c.adapter,
-            metrics=c.metrics, clock=c.clock, version=__version__,
-            started_at=c.clock.now(), replicas=c.replicas)
-        return ApiServer(create_app(facade, token, http.max_body_bytes), host, port,
-                         log_level=c.settings.log_level)
+            registry=c.registry,
+            scheduler=c.scheduler,
+            reloader=c.reloader,
+            adapter=c.adapter,
+            metrics=c.metrics,
+            clock=c.clock,
+            version=__version__,
+            started_at=c.clock.now(),
+            replicas=c.replicas,
+        )
+        return ApiServer(
+            create_app(facade, token, http.max_body_bytes),
+            host,
+            port,
+            log_level=c.settings.log_level,
+        )
 
     def run(self) -> int:
         try:
@@ -184,8 +205,10 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         if self.c.embedded:
-            log.warning("using the embedded in-process store (no redis_url, or memory://): "
-                        "job records and market data are NOT persisted")
+            log.warning(
+                "using the embedded in-process store (no redis_url, or memory://): "
+                "job records and market data are NOT persisted"
+            )
         if not self._first_load():
             if not self._stop.is_set():
                 return EXIT_CONFIG

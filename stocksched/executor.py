@@ -1,4 +1,4 @@
-"""JobExecutor: one run of one job, with each ticker's failure isolated (the original design's rule).
+"""JobExecutor: one run of one job, each ticker's failure isolated (the original design's rule).
 
 A ticker that fails to fetch or store is recorded with its error and the run goes on;
 the run's status follows from the counts (success, partial_success, failed).
@@ -82,8 +82,12 @@ class JobExecutor:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"run-{job.id}")
         deadline = time.monotonic() + timeout.total_seconds() if timeout else None
         policy = RetryPolicy(job.retries, job.retry_backoff)
-        futures = {pool.submit(self._fetch_and_store, job, fetcher, policy, t, start, end,
-                               run_id, cancel, deadline): t for t in job.tickers}
+        futures = {
+            pool.submit(
+                self._fetch_and_store, job, fetcher, policy, t, start, end, run_id, cancel, deadline
+            ): t
+            for t in job.tickers
+        }
         done, pending = self._wait(set(futures), deadline, cancel)
         # A timed-out or cancelled run frees its job now; stuck fetches finish (or not) on
         # their own threads and store nothing, because they see ``cancel``.
@@ -103,27 +107,39 @@ class JobExecutor:
         fetched = [o.ticker for o in ordered if not o.error]
         failed = [o.ticker for o in ordered if o.error]
         result = RunResult(
-            job_id=job.id, run_id=run_id, trigger=trigger, scheduled_for=scheduled_for,
-            started_at=started, finished_at=self._clock.now(),
+            job_id=job.id,
+            run_id=run_id,
+            trigger=trigger,
+            scheduled_for=scheduled_for,
+            started_at=started,
+            finished_at=self._clock.now(),
             status=RunStatus.FAILED if timed_out else run_status_for(fetched, failed),
-            fetched_stocks=fetched, failed_stocks=failed,
+            fetched_stocks=fetched,
+            failed_stocks=failed,
             errors={o.ticker: o.error for o in ordered if o.error},
-            rows_stored=sum(o.rows for o in ordered), reason=reason,
+            rows_stored=sum(o.rows for o in ordered),
+            reason=reason,
         )
         self._observe(result)
         log.log(
             logging.INFO if result.status == RunStatus.SUCCESS else logging.WARNING,
-            "run finished job=%s run_id=%s status=%s fetched=%d failed=%d rows=%d "
-            "duration=%.2fs%s", job.id, run_id, result.status, len(fetched), len(failed),
-            result.rows_stored, result.duration_s, f" reason={reason}" if reason else "",
+            "run finished job=%s run_id=%s status=%s fetched=%d failed=%d rows=%d duration=%.2fs%s",
+            job.id,
+            run_id,
+            result.status,
+            len(fetched),
+            len(failed),
+            result.rows_stored,
+            result.duration_s,
+            f" reason={reason}" if reason else "",
             extra={"job": job.id, "run_id": run_id},
         )
         return result
 
     @staticmethod
-    def _wait(pending: set[Future[_TickerOutcome]], deadline: float | None,
-              cancel: threading.Event) -> tuple[set[Future[_TickerOutcome]],
-                                                set[Future[_TickerOutcome]]]:
+    def _wait(
+        pending: set[Future[_TickerOutcome]], deadline: float | None, cancel: threading.Event
+    ) -> tuple[set[Future[_TickerOutcome]], set[Future[_TickerOutcome]]]:
         """Wait for the tickers until all are done, the deadline passes, or ``cancel``."""
         done: set[Future[_TickerOutcome]] = set()
         while pending:
@@ -132,14 +148,23 @@ class JobExecutor:
                 step = min(step, max(0.0, deadline - time.monotonic()))
             finished, pending = wait(pending, timeout=step)
             done |= finished
-            if pending and (cancel.is_set() or (deadline is not None
-                                                and time.monotonic() >= deadline)):
+            if pending and (
+                cancel.is_set() or (deadline is not None and time.monotonic() >= deadline)
+            ):
                 break
         return done, pending
 
     def _fetch_and_store(
-        self, job: JobSpec, fetcher: Fetcher, policy: RetryPolicy, ticker: str, start: date,
-        end: date, run_id: str, cancel: threading.Event, deadline: float | None,
+        self,
+        job: JobSpec,
+        fetcher: Fetcher,
+        policy: RetryPolicy,
+        ticker: str,
+        start: date,
+        end: date,
+        run_id: str,
+        cancel: threading.Event,
+        deadline: float | None,
     ) -> _TickerOutcome:
         if cancel.is_set():
             return _TickerOutcome(ticker, error="run cancelled before this ticker started")
@@ -149,29 +174,58 @@ class JobExecutor:
             with request_scope(deadline=deadline, cancel=cancel):
                 frame = policy.call(
                     lambda: fetcher.fetch_from_source(ticker, start, end, job.interval),
-                    deadline=deadline, cancel=cancel,
+                    deadline=deadline,
+                    cancel=cancel,
                     on_retry=lambda n, exc, wait: log.info(
                         "retry %d job=%s run_id=%s ticker=%s in %.2fs: %s",
-                        n, job.id, run_id, ticker, wait, exc, extra=ctx))
+                        n,
+                        job.id,
+                        run_id,
+                        ticker,
+                        wait,
+                        exc,
+                        extra=ctx,
+                    ),
+                )
             if self._metrics is not None:
                 self._metrics.fetch_duration.observe(time.perf_counter() - t0)
             if cancel.is_set():
-                return _TickerOutcome(ticker, error="run ended (timeout or shutdown) before "
-                                                    "this ticker was stored")
-            self._butler.save_data(data=frame, prefix=job.prefix, stock_id=ticker,
-                                   start_date=start.isoformat(), end_date=end.isoformat(),
-                                   ttl=job.ttl, intraday=job.interval in INTRADAY)
+                return _TickerOutcome(
+                    ticker, error="run ended (timeout or shutdown) before this ticker was stored"
+                )
+            self._butler.save_data(
+                data=frame,
+                prefix=job.prefix,
+                stock_id=ticker,
+                start_date=start.isoformat(),
+                end_date=end.isoformat(),
+                ttl=job.ttl,
+                intraday=job.interval in INTRADAY,
+            )
         except (StorageError, RateLimiterUnavailable) as exc:
-            log.debug("ticker not stored job=%s run_id=%s ticker=%s: %s",
-                      job.id, run_id, ticker, exc, extra=ctx)
+            log.debug(
+                "ticker not stored job=%s run_id=%s ticker=%s: %s",
+                job.id,
+                run_id,
+                ticker,
+                exc,
+                extra=ctx,
+            )
             return self._count(job, _TickerOutcome(ticker, error=str(exc), storage_failed=True))
         except (FetchError, RateLimitTimeout, ValueError) as exc:
-            log.warning("ticker failed job=%s run_id=%s ticker=%s: %s",
-                        job.id, run_id, ticker, exc, extra=ctx)
+            log.warning(
+                "ticker failed job=%s run_id=%s ticker=%s: %s",
+                job.id,
+                run_id,
+                ticker,
+                exc,
+                extra=ctx,
+            )
             return self._count(job, _TickerOutcome(ticker, error=str(exc)))
         except Exception as exc:  # an unexpected bug must not sink the other tickers
-            log.exception("ticker crashed job=%s run_id=%s ticker=%s", job.id, run_id, ticker,
-                          extra=ctx)
+            log.exception(
+                "ticker crashed job=%s run_id=%s ticker=%s", job.id, run_id, ticker, extra=ctx
+            )
             return self._count(job, _TickerOutcome(ticker, error=f"{type(exc).__name__}: {exc}"))
         return self._count(job, _TickerOutcome(ticker, rows=len(frame)))
 
@@ -187,10 +241,10 @@ class JobExecutor:
         m = self._metrics
         if m is None:
             return
-        m.job_runs.labels(job=result.job_id, status=str(result.status),
-                          trigger=str(result.trigger)).inc()
+        m.job_runs.labels(
+            job=result.job_id, status=str(result.status), trigger=str(result.trigger)
+        ).inc()
         m.job_run_duration.labels(job=result.job_id).observe(result.duration_s)
         m.job_last_run.labels(job=result.job_id).set(result.finished_at.timestamp())
         if result.status != RunStatus.FAILED:
             m.job_last_success.labels(job=result.job_id).set(result.finished_at.timestamp())
-

@@ -110,7 +110,8 @@ class RunView(BaseModel):
     trigger: str
     status: str = Field(
         description="success, partial_success, failed, or missed/skipped/interrupted for "
-        "slots that did not run")
+        "slots that did not run"
+    )
     scheduled_for: datetime | None = None
     started_at: datetime
     finished_at: datetime
@@ -123,12 +124,21 @@ class RunView(BaseModel):
 
     @classmethod
     def of(cls, r: RunResult) -> RunView:
-        return cls(run_id=r.run_id, job_id=r.job_id, trigger=str(r.trigger),
-                   status=str(r.status), scheduled_for=r.scheduled_for,
-                   started_at=r.started_at, finished_at=r.finished_at,
-                   duration_s=round(r.duration_s, 3), fetched=list(r.fetched_stocks),
-                   failed=list(r.failed_stocks), errors=dict(r.errors),
-                   rows_stored=r.rows_stored, reason=r.reason)
+        return cls(
+            run_id=r.run_id,
+            job_id=r.job_id,
+            trigger=str(r.trigger),
+            status=str(r.status),
+            scheduled_for=r.scheduled_for,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            duration_s=round(r.duration_s, 3),
+            fetched=list(r.fetched_stocks),
+            failed=list(r.failed_stocks),
+            errors=dict(r.errors),
+            rows_stored=r.rows_stored,
+            reason=r.reason,
+        )
 
 
 class ReloadView(BaseModel):
@@ -146,9 +156,16 @@ class ReloadView(BaseModel):
     @classmethod
     def of(cls, s: ReloadStatus) -> ReloadView:
         d = s.diff
-        return cls(at=s.at, ok=s.ok, errors=list(s.errors), sha256=s.sha256,
-                   added=len(d.added) if d else 0, changed=len(d.changed) if d else 0,
-                   removed=len(d.removed) if d else 0, unchanged=len(d.unchanged) if d else 0)
+        return cls(
+            at=s.at,
+            ok=s.ok,
+            errors=list(s.errors),
+            sha256=s.sha256,
+            added=len(d.added) if d else 0,
+            changed=len(d.changed) if d else 0,
+            removed=len(d.removed) if d else 0,
+            unchanged=len(d.unchanged) if d else 0,
+        )
 
 
 class ConfigView(BaseModel):
@@ -166,11 +183,13 @@ class StatusView(BaseModel):
     uptime_s: float
     jobs_total: int
     jobs_by_state: dict[str, int] = Field(
-        description="the original design's states: pending, running, completed, failed, paused")
+        description="the original design's states: pending, running, completed, failed, paused"
+    )
     config: ConfigView
     last_reload: ReloadView
     replicas: list[dict[str, Any]] | None = Field(
-        None, description="live replicas sharing this Redis, when known")
+        None, description="live replicas sharing this Redis, when known"
+    )
 
 
 class TriggerView(BaseModel):
@@ -217,8 +236,9 @@ class SchedulerServingApp:
         self._version = version
         self._started_at = started_at
         self._replicas = replicas
-        self._stuck_after_s = (stuck_after_s if stuck_after_s is not None
-                               else STUCK_AFTER_SLEEPS * scheduler.max_sleep)
+        self._stuck_after_s = (
+            stuck_after_s if stuck_after_s is not None else STUCK_AFTER_SLEEPS * scheduler.max_sleep
+        )
 
     @property
     def version(self) -> str:
@@ -249,7 +269,8 @@ class SchedulerServingApp:
             config=ConfigView(
                 path=str(self._reloader.path),
                 sha256=current.sha256 if current else None,
-                jobs=len(current.jobs) if current else 0),
+                jobs=len(current.jobs) if current else 0,
+            ),
             last_reload=ReloadView.of(self._reloader.last),
             replicas=self._replicas() if self._replicas is not None else None,
         )
@@ -263,8 +284,9 @@ class SchedulerServingApp:
 
     def get_job(self, job_id: str) -> JobView:
         rec = self._record(job_id)
-        return self._view(rec, self._scheduler.is_running(job_id),
-                          self._scheduler.next_runs([job_id]))
+        return self._view(
+            rec, self._scheduler.is_running(job_id), self._scheduler.next_runs([job_id])
+        )
 
     def get_runs(self, job_id: str, limit: int = 20) -> list[RunView]:
         """Newest first; only for jobs in the current config."""
@@ -289,13 +311,25 @@ class SchedulerServingApp:
         next_run = next_runs.get(rec.job_id, rec.next_run)
         status = JobStatus.RUNNING if running else rec.effective_status()
         return JobView(
-            job_id=rec.job_id, name=spec.display_name, status=str(status),
-            running=status == JobStatus.RUNNING, enabled=spec.enabled, paused=rec.paused,
-            active=rec.is_active, schedule=spec.schedule, timezone=spec.timezone,
-            source=spec.source, interval=spec.interval, tickers=list(spec.tickers),
-            last_run=rec.last_run, next_run=next_run if rec.is_active else None,
-            last_result=_summary(rec.last_result), spec=spec.to_json(),
-            spec_hash=rec.spec_hash, created_at=rec.created_at, updated_at=rec.updated_at,
+            job_id=rec.job_id,
+            name=spec.display_name,
+            status=str(status),
+            running=status == JobStatus.RUNNING,
+            enabled=spec.enabled,
+            paused=rec.paused,
+            active=rec.is_active,
+            schedule=spec.schedule,
+            timezone=spec.timezone,
+            source=spec.source,
+            interval=spec.interval,
+            tickers=list(spec.tickers),
+            last_run=rec.last_run,
+            next_run=next_run if rec.is_active else None,
+            last_result=_summary(rec.last_result),
+            spec=spec.to_json(),
+            spec_hash=rec.spec_hash,
+            created_at=rec.created_at,
+            updated_at=rec.updated_at,
         )
 
     # -- actions ----------------------------------------------------------------------
@@ -306,8 +340,12 @@ class SchedulerServingApp:
             run_id = self._scheduler.trigger(job_id)
         except UnknownJobError:
             raise JobNotFoundError(job_id) from None
-        log.info("manual run requested job=%s run_id=%s", job_id, run_id,
-                 extra={"job": job_id, "run_id": run_id})
+        log.info(
+            "manual run requested job=%s run_id=%s",
+            job_id,
+            run_id,
+            extra={"job": job_id, "run_id": run_id},
+        )
         return run_id
 
     def pause(self, job_id: str) -> PauseView:
@@ -324,13 +362,23 @@ class SchedulerServingApp:
         except UnknownJobError:
             raise JobNotFoundError(job_id) from None
         if before.paused != paused:
-            log.info("job %s %s through the API", job_id, "paused" if paused else "resumed",
-                     extra={"job": job_id})
-        view = self._view(rec, self._scheduler.is_running(job_id),
-                          self._scheduler.next_runs([job_id]))
-        return PauseView(job_id=job_id, paused=rec.paused, enabled=rec.spec.enabled,
-                         active=rec.is_active, message=_pause_message(before, view),
-                         job=view)
+            log.info(
+                "job %s %s through the API",
+                job_id,
+                "paused" if paused else "resumed",
+                extra={"job": job_id},
+            )
+        view = self._view(
+            rec, self._scheduler.is_running(job_id), self._scheduler.next_runs([job_id])
+        )
+        return PauseView(
+            job_id=job_id,
+            paused=rec.paused,
+            enabled=rec.spec.enabled,
+            active=rec.is_active,
+            message=_pause_message(before, view),
+            job=view,
+        )
 
     # -- probes and metrics ---------------------------------------------------------------
 
@@ -340,8 +388,9 @@ class SchedulerServingApp:
             return False, "scheduler thread is not running"
         age = self._clock.monotonic() - self._scheduler.last_loop_monotonic
         if age > self._stuck_after_s:
-            return False, (f"scheduler loop last ran {age:.0f}s ago "
-                           f"(stuck after {self._stuck_after_s:.0f}s)")
+            return False, (
+                f"scheduler loop last ran {age:.0f}s ago (stuck after {self._stuck_after_s:.0f}s)"
+            )
         return True, "ok"
 
     def readyz(self) -> tuple[bool, str]:
@@ -366,8 +415,9 @@ def _summary(d: dict[str, Any] | None) -> RunSummaryView | None:
     if not d:
         return None
     try:
-        return RunSummaryView.model_validate({k: (v or None) if k == "finished_at" else v
-                                              for k, v in d.items()})
+        return RunSummaryView.model_validate(
+            {k: (v or None) if k == "finished_at" else v for k, v in d.items()}
+        )
     except ValidationError:  # a record written by an older version: show no summary
         log.debug("unreadable last_result %r", d)
         return None
@@ -377,11 +427,15 @@ def _pause_message(before: ScheduledJob, after: JobView) -> str:
     if after.paused:
         if before.paused:
             return "already paused"
-        return ("paused: no scheduled runs until resumed; the override is kept in Redis "
-                "and survives reloads and restarts (a run in progress finishes)")
+        return (
+            "paused: no scheduled runs until resumed; the override is kept in Redis "
+            "and survives reloads and restarts (a run in progress finishes)"
+        )
     if not after.enabled:
-        return ("pause override cleared, but the job is disabled in jobs.yaml "
-                "(enabled: false) and stays disabled until jobs.yaml enables it")
+        return (
+            "pause override cleared, but the job is disabled in jobs.yaml "
+            "(enabled: false) and stays disabled until jobs.yaml enables it"
+        )
     prefix = "was not paused" if not before.paused else "resumed"
     when = after.next_run.isoformat() if after.next_run else "unknown"
     return f"{prefix}; next run at {when}"

@@ -31,57 +31,98 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.job_runs = Counter(
-            "stocksched_job_runs", "Finished job runs by result status and trigger.",
-            ["job", "status", "trigger"], registry=r)
+            "stocksched_job_runs",
+            "Finished job runs by result status and trigger.",
+            ["job", "status", "trigger"],
+            registry=r,
+        )
         self.job_run_duration = Histogram(
-            "stocksched_job_run_duration_seconds", "Wall time of one job run.",
-            ["job"], buckets=RUN_BUCKETS, registry=r)
+            "stocksched_job_run_duration_seconds",
+            "Wall time of one job run.",
+            ["job"],
+            buckets=RUN_BUCKETS,
+            registry=r,
+        )
         self.job_last_run = Gauge(
             "stocksched_job_last_run_timestamp_seconds",
-            "Unix time the job's last run finished.", ["job"], registry=r)
+            "Unix time the job's last run finished.",
+            ["job"],
+            registry=r,
+        )
         self.job_last_success = Gauge(
             "stocksched_job_last_success_timestamp_seconds",
             "Unix time the job's last fully or partially successful run finished.",
-            ["job"], registry=r)
+            ["job"],
+            registry=r,
+        )
         self.job_next_run = Gauge(
             "stocksched_job_next_run_timestamp_seconds",
-            "Unix time of the job's next scheduled slot.", ["job"], registry=r)
+            "Unix time of the job's next scheduled slot.",
+            ["job"],
+            registry=r,
+        )
         self.job_running = Gauge(
-            "stocksched_job_running", "1 while a run of the job is in progress.",
-            ["job"], registry=r)
+            "stocksched_job_running",
+            "1 while a run of the job is in progress.",
+            ["job"],
+            registry=r,
+        )
         self.job_paused = Gauge(
-            "stocksched_job_paused", "1 while the job is paused (API or enabled: false).",
-            ["job"], registry=r)
+            "stocksched_job_paused",
+            "1 while the job is paused (API or enabled: false).",
+            ["job"],
+            registry=r,
+        )
         self.job_missed_runs = Counter(
             "stocksched_job_missed_runs",
             "Slots that did not run (downtime beyond catch-up, overlap skips, closed market).",
-            ["job"], registry=r)
+            ["job"],
+            registry=r,
+        )
         self.ticker_fetches = Counter(
-            "stocksched_ticker_fetches", "Ticker fetch-and-store attempts by result.",
-            ["job", "result"], registry=r)
+            "stocksched_ticker_fetches",
+            "Ticker fetch-and-store attempts by result.",
+            ["job", "result"],
+            registry=r,
+        )
         self.rows_stored = Counter(
-            "stocksched_rows_stored", "Bars written to storage.", ["job"], registry=r)
+            "stocksched_rows_stored", "Bars written to storage.", ["job"], registry=r
+        )
         self.fetch_duration = Histogram(
-            "stocksched_fetch_duration_seconds", "Time to fetch one ticker from its source.",
-            buckets=FETCH_BUCKETS, registry=r)
+            "stocksched_fetch_duration_seconds",
+            "Time to fetch one ticker from its source.",
+            buckets=FETCH_BUCKETS,
+            registry=r,
+        )
         self.schedule_lateness = Histogram(
             "stocksched_schedule_lateness_seconds",
-            "Delay from a slot's due time to its dispatch.", buckets=LATENESS_BUCKETS, registry=r)
+            "Delay from a slot's due time to its dispatch.",
+            buckets=LATENESS_BUCKETS,
+            registry=r,
+        )
         self.config_reloads = Counter(
-            "stocksched_config_reloads", "Config reload attempts by result.", ["result"],
-            registry=r)
+            "stocksched_config_reloads", "Config reload attempts by result.", ["result"], registry=r
+        )
         self.config_last_reload_ok = Gauge(
             "stocksched_config_last_reload_successful",
-            "1 if the last config load or reload succeeded.", registry=r)
+            "1 if the last config load or reload succeeded.",
+            registry=r,
+        )
         self.config_last_reload_success = Gauge(
             "stocksched_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful config load.", registry=r)
+            "Unix time of the last successful config load.",
+            registry=r,
+        )
         self.jobs = Gauge("stocksched_jobs", "Configured jobs by state.", ["state"], registry=r)
         self.redis_errors = Counter(
-            "stocksched_redis_errors", "Redis operations that failed.", registry=r)
+            "stocksched_redis_errors", "Redis operations that failed.", registry=r
+        )
         self.build_info = Gauge(
-            "stocksched_build_info", "Always 1; the version label tells the build.",
-            ["version"], registry=r)
+            "stocksched_build_info",
+            "Always 1; the version label tells the build.",
+            ["version"],
+            registry=r,
+        )
         self.build_info.labels(version=version).set(1)
         for state in JOB_STATES:
             self.jobs.labels(state=state).set(0)
@@ -90,14 +131,27 @@ class Metrics:
 
     def remove_job(self, job_id: str) -> None:
         """Drop every series of a job that left the config."""
-        for metric in (self.job_run_duration, self.job_last_run, self.job_last_success,
-                       self.job_next_run, self.job_running, self.job_paused,
-                       self.job_missed_runs, self.rows_stored):
+        for metric in (
+            self.job_run_duration,
+            self.job_last_run,
+            self.job_last_success,
+            self.job_next_run,
+            self.job_running,
+            self.job_paused,
+            self.job_missed_runs,
+            self.rows_stored,
+        ):
             with contextlib.suppress(KeyError):
                 metric.remove(job_id)
         for metric, label_sets in (
-            (self.job_runs, [(s, t) for s in ("success", "partial_success", "failed")
-                             for t in ("schedule", "manual")]),
+            (
+                self.job_runs,
+                [
+                    (s, t)
+                    for s in ("success", "partial_success", "failed")
+                    for t in ("schedule", "manual")
+                ],
+            ),
             (self.ticker_fetches, [(r,) for r in ("success", "failure")]),
         ):
             for labels in label_sets:

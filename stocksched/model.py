@@ -16,7 +16,7 @@ from stocksched.config import JobSpec
 
 
 class JobStatus(StrEnum):
-    """The original design's state machine: PENDING -> RUNNING -> COMPLETED | FAILED -> PENDING; PAUSED."""
+    """The original design's states: PENDING -> RUNNING -> COMPLETED | FAILED -> PENDING; PAUSED."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -49,7 +49,7 @@ def parse_iso(text: str | None) -> datetime | None:
 
 
 def run_status_for(fetched: list[str], failed: list[str]) -> RunStatus:
-    """The original design's rule: no failures is success, some of each is partial, none fetched failed."""
+    """The original design's rule: no failure is success, some of each partial, else failed."""
     if not failed:
         return RunStatus.SUCCESS
     if fetched:

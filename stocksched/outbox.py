@@ -24,8 +24,12 @@ MAX_PENDING = 100_000  # beyond this the oldest writes are dropped, loudly
 class StorageHealth:
     """Tracks whether Redis is reachable, so an outage is logged once, not per attempt."""
 
-    def __init__(self, clock: Clock, metrics: Metrics | None = None,
-                 on_recovered: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        metrics: Metrics | None = None,
+        on_recovered: Callable[[], None] | None = None,
+    ) -> None:
         self._clock = clock
         self._metrics = metrics
         self.on_recovered = on_recovered  # e.g. re-reconcile: a restarted Redis may be empty
@@ -54,8 +58,13 @@ class StorageHealth:
 
 
 class Outbox:
-    def __init__(self, health: StorageHealth, clock: Clock,
-                 min_backoff: float = 0.5, max_backoff: float = 30.0) -> None:
+    def __init__(
+        self,
+        health: StorageHealth,
+        clock: Clock,
+        min_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+    ) -> None:
         self._health = health
         self._clock = clock
         self._min = min_backoff

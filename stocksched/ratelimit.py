@@ -88,15 +88,15 @@ class RateLimiter(Protocol):
     Returns False when ``timeout`` (seconds) would pass first or ``cancel`` is set.
     """
 
-    def acquire(self, timeout: float | None = None,
-                cancel: threading.Event | None = None) -> bool: ...
+    def acquire(
+        self, timeout: float | None = None, cancel: threading.Event | None = None
+    ) -> bool: ...
 
 
 class NullRateLimiter:
     """No limit configured: every request may go at once (unless the run is cancelled)."""
 
-    def acquire(self, timeout: float | None = None,
-                cancel: threading.Event | None = None) -> bool:
+    def acquire(self, timeout: float | None = None, cancel: threading.Event | None = None) -> bool:
         return cancel is None or not cancel.is_set()
 
 
@@ -123,8 +123,7 @@ class RedisRateLimiter:
         self._interval_us = max(1, round(1_000_000 / rate_per_s))
         self._script = client.register_script(_GCRA_SCRIPT)
 
-    def acquire(self, timeout: float | None = None,
-                cancel: threading.Event | None = None) -> bool:
+    def acquire(self, timeout: float | None = None, cancel: threading.Event | None = None) -> bool:
         """Book the next slot and wait for it; raises ``RateLimiterUnavailable``."""
         if cancel is not None and cancel.is_set():
             return False
@@ -141,18 +140,19 @@ class RedisRateLimiter:
 
     def _book(self, max_wait_us: int) -> tuple[bool, int]:
         try:
-            reply = self._script(keys=[self.key],
-                                 args=[self._interval_us, self.burst, max_wait_us])
+            reply = self._script(keys=[self.key], args=[self._interval_us, self.burst, max_wait_us])
         except redis.RedisError as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise RateLimiterUnavailable(
-                f"rate limiter {self.key!r} unavailable: {reason}") from exc
+                f"rate limiter {self.key!r} unavailable: {reason}"
+            ) from exc
         granted, wait_us = reply
         return int(granted) == 1, int(wait_us)
 
 
-def build_rate_limiter(client: redis.Redis, rate_per_s: float | None,
-                       burst: int = 1, name: str = "yahoo") -> RateLimiter:
+def build_rate_limiter(
+    client: redis.Redis, rate_per_s: float | None, burst: int = 1, name: str = "yahoo"
+) -> RateLimiter:
     """The limiter for settings' ``max_requests_per_second`` (None: no limit)."""
     if rate_per_s is None:
         return NullRateLimiter()
@@ -169,8 +169,9 @@ _scopes = threading.local()
 
 
 @contextmanager
-def request_scope(deadline: float | None = None,
-                  cancel: threading.Event | None = None) -> Iterator[None]:
+def request_scope(
+    deadline: float | None = None, cancel: threading.Event | None = None
+) -> Iterator[None]:
     """Bound the slot waits of the HTTP requests this thread makes inside the block.
 
     The executor opens one around each ticker's fetch (with the run's deadline, a
@@ -185,8 +186,7 @@ def request_scope(deadline: float | None = None,
         _scopes.current = previous
 
 
-def acquire_in_scope(limiter: RateLimiter,
-                     clock: Callable[[], float] = time.monotonic) -> None:
+def acquire_in_scope(limiter: RateLimiter, clock: Callable[[], float] = time.monotonic) -> None:
     """One slot for one HTTP request, within this thread's ``request_scope`` (if any).
 
     Raises ``RateLimitTimeout`` when the scope's deadline comes first or its cancel is
@@ -222,8 +222,12 @@ def rate_limited(
     return attempt
 
 
-def _acquire_or_raise(limiter: RateLimiter, deadline: float | None,
-                      cancel: threading.Event | None, clock: Callable[[], float]) -> None:
+def _acquire_or_raise(
+    limiter: RateLimiter,
+    deadline: float | None,
+    cancel: threading.Event | None,
+    clock: Callable[[], float],
+) -> None:
     timeout = None if deadline is None else max(0.0, deadline - clock())
     if limiter.acquire(timeout=timeout, cancel=cancel):
         return

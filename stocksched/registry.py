@@ -46,8 +46,10 @@ class ReconcileDiff:
     records: dict[str, ScheduledJob] = field(default_factory=dict, repr=False)
 
     def summary(self) -> str:
-        return (f"added={len(self.added)} changed={len(self.changed)} "
-                f"removed={len(self.removed)} unchanged={len(self.unchanged)}")
+        return (
+            f"added={len(self.added)} changed={len(self.changed)} "
+            f"removed={len(self.removed)} unchanged={len(self.unchanged)}"
+        )
 
 
 class JobRegistry:
@@ -82,8 +84,10 @@ class JobRegistry:
             return {}
         with storage_errors("MGET", keys.JOB_PREFIX + "*"):
             raws = self._r.mget([keys.job_key(i) for i in ids])
-        return {i: ScheduledJob.from_json(str(raw)) if raw else None
-                for i, raw in zip(ids, raws, strict=True)}
+        return {
+            i: ScheduledJob.from_json(str(raw)) if raw else None
+            for i, raw in zip(ids, raws, strict=True)
+        }
 
     def get_runs(self, job_id: str, limit: int = 20) -> list[RunResult]:
         """Run history, newest first."""
@@ -121,10 +125,17 @@ class JobRegistry:
         return diff
 
     def _create(self, spec: JobSpec, h: str, now: datetime) -> ScheduledJob:
-        job = ScheduledJob(spec=spec, spec_hash=h, created_at=now, updated_at=now,
-                           next_run=spec.next_fire(now) if spec.enabled else None)
-        with storage_errors("MULTI create", keys.job_key(spec.id)), \
-                self._r.pipeline(transaction=True) as pipe:
+        job = ScheduledJob(
+            spec=spec,
+            spec_hash=h,
+            created_at=now,
+            updated_at=now,
+            next_run=spec.next_fire(now) if spec.enabled else None,
+        )
+        with (
+            storage_errors("MULTI create", keys.job_key(spec.id)),
+            self._r.pipeline(transaction=True) as pipe,
+        ):
             # NX: a replica that created it first keeps its created_at.
             pipe.set(keys.job_key(spec.id), job.to_json(), nx=True)
             pipe.sadd(keys.job_index_key(), spec.id)
@@ -142,15 +153,20 @@ class JobRegistry:
         now = self._clock.now()
         new = job.with_spec(spec, h, now)
         timing_changed = (spec.schedule, spec.timezone, spec.enabled) != (
-            job.spec.schedule, job.spec.timezone, job.spec.enabled)
+            job.spec.schedule,
+            job.spec.timezone,
+            job.spec.enabled,
+        )
         if timing_changed or new.next_run is None:
             new = replace(new, next_run=spec.next_fire(now) if spec.enabled else None)
         return new
 
     def _delete(self, job_id: str) -> None:
         """Drop the record and index entry; stored market data and run history are kept."""
-        with storage_errors("MULTI delete", keys.job_key(job_id)), \
-                self._r.pipeline(transaction=True) as pipe:
+        with (
+            storage_errors("MULTI delete", keys.job_key(job_id)),
+            self._r.pipeline(transaction=True) as pipe,
+        ):
             pipe.delete(keys.job_key(job_id))
             pipe.srem(keys.job_index_key(), job_id)
             pipe.execute()
@@ -185,15 +201,17 @@ class JobRegistry:
         return result[-1]
 
     def start_run(self, job_id: str, next_run: datetime | None) -> ScheduledJob:
-        return self._update(job_id, lambda j: replace(j, status=JobStatus.RUNNING,
-                                                      next_run=next_run))
+        return self._update(
+            job_id, lambda j: replace(j, status=JobStatus.RUNNING, next_run=next_run)
+        )
 
     def mark_running(self, job_id: str) -> ScheduledJob:
         return self._update(job_id, lambda j: replace(j, status=JobStatus.RUNNING))
 
     def set_next_run(self, job_id: str, next_run: datetime | None) -> ScheduledJob:
         return self._update(
-            job_id, lambda j: None if j.next_run == next_run else replace(j, next_run=next_run))
+            job_id, lambda j: None if j.next_run == next_run else replace(j, next_run=next_run)
+        )
 
     def record_run(self, result: RunResult) -> ScheduledJob:
         """Store the outcome on the record and append it to the history, in one EXEC."""
@@ -201,39 +219,56 @@ class JobRegistry:
         status = JobStatus.FAILED if failed else JobStatus.COMPLETED
 
         def mutate(j: ScheduledJob) -> ScheduledJob | None:
-            if (result.status == RunStatus.INTERRUPTED and j.last_run is not None
-                    and j.last_run >= result.started_at):
+            if (
+                result.status == RunStatus.INTERRUPTED
+                and j.last_run is not None
+                and j.last_run >= result.started_at
+            ):
                 return None  # a newer run already finished: history only (late crash report)
             ok = not failed
-            return replace(j, status=status, last_run=result.finished_at,
-                           last_success=result.finished_at if ok else j.last_success,
-                           last_result=result.summary())
+            return replace(
+                j,
+                status=status,
+                last_run=result.finished_at,
+                last_success=result.finished_at if ok else j.last_success,
+                last_result=result.summary(),
+            )
 
         return self._update(result.job_id, mutate, extra=self._xadd(result))
 
     def add_history(self, result: RunResult) -> None:
         """History entry without touching the record (missed, skipped, interrupted slots)."""
-        with storage_errors("XADD", keys.runs_key(result.job_id)), \
-                self._r.pipeline(transaction=True) as pipe:
+        with (
+            storage_errors("XADD", keys.runs_key(result.job_id)),
+            self._r.pipeline(transaction=True) as pipe,
+        ):
             self._xadd(result)(pipe)
             pipe.execute()
 
     def add_history_many(self, results: Sequence[RunResult]) -> None:
         if not results:
             return
-        with storage_errors("XADD", keys.runs_key(results[0].job_id)), \
-                self._r.pipeline(transaction=True) as pipe:
+        with (
+            storage_errors("XADD", keys.runs_key(results[0].job_id)),
+            self._r.pipeline(transaction=True) as pipe,
+        ):
             for result in results:
                 self._xadd(result)(pipe)
             pipe.execute()
 
     def _xadd(self, result: RunResult) -> Callable[[redis.client.Pipeline], None]:
         def add(pipe: redis.client.Pipeline) -> None:
-            pipe.xadd(keys.runs_key(result.job_id), result.to_fields(),
-                      maxlen=self._history_limit, approximate=True)
+            pipe.xadd(
+                keys.runs_key(result.job_id),
+                result.to_fields(),
+                maxlen=self._history_limit,
+                approximate=True,
+            )
+
         return add
 
     def set_paused(self, job_id: str, paused: bool) -> ScheduledJob:
         """The API's stop/start: a runtime override kept across reloads and restarts."""
         return self._update(
-            job_id, lambda j: None if j.paused == paused else replace(j, paused=paused))
+            job_id, lambda j: None if j.paused == paused else replace(j, paused=paused)
+        )

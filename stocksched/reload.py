@@ -97,8 +97,11 @@ class ConfigReloader:
             loaded = load_jobs_file(self.path)
         except ConfigError as exc:
             for line in exc.errors:
-                log.error("config invalid%s: %s", ", keeping last good config"
-                          if self.current is not None else "", line)
+                log.error(
+                    "config invalid%s: %s",
+                    ", keeping last good config" if self.current is not None else "",
+                    line,
+                )
             self._settled = digest
             return self._finish(ReloadStatus(now, False, list(exc.errors), digest or ""))
         try:
@@ -107,8 +110,9 @@ class ConfigReloader:
         except StorageError as exc:
             log.error("config valid but could not be applied: %s", exc)
             self._settled = None  # the same content must be tried again
-            return self._finish(ReloadStatus(now, False, [f"storage: {exc}"], loaded.sha256,
-                                             retryable=True))
+            return self._finish(
+                ReloadStatus(now, False, [f"storage: {exc}"], loaded.sha256, retryable=True)
+            )
         self.current = loaded
         self._settled = loaded.sha256
         log.info("config applied %s sha256=%s", diff.summary(), loaded.sha256[:12])
@@ -277,8 +281,11 @@ class ConfigWatcher:
         targets = WatchTargets.resolve(self._reloader.path)
         if not targets.base_exists:
             if not self._missing_reported:
-                log.warning("config directory %s is missing; retrying every %gs",
-                            targets.base, self._retry_s)
+                log.warning(
+                    "config directory %s is missing; retrying every %gs",
+                    targets.base,
+                    self._retry_s,
+                )
                 self._missing_reported = True
             self._stop.wait(self._retry_s)
             return
@@ -288,9 +295,15 @@ class ConfigWatcher:
         log.debug("watching %s for %s", ", ".join(targets.dirs), sorted(targets.paths))
         first = True
         for changes in watchfiles.watch(
-            *targets.dirs, watch_filter=None, debounce=self._debounce_ms, step=self._step_ms,
-            stop_event=self._stop, rust_timeout=self._rust_timeout_ms, yield_on_timeout=True,
-            recursive=False, raise_interrupt=False,
+            *targets.dirs,
+            watch_filter=None,
+            debounce=self._debounce_ms,
+            step=self._step_ms,
+            stop_event=self._stop,
+            rust_timeout=self._rust_timeout_ms,
+            yield_on_timeout=True,
+            recursive=False,
+            raise_interrupt=False,
         ):
             self._last_setup_error = ""
             # The first yield means the watch is in place: anything changed before that
@@ -303,8 +316,10 @@ class ConfigWatcher:
 
     def _retry_due(self) -> bool:
         """A valid file that Redis refused is tried again now and then, not only on a save."""
-        return (self._reloader.last.retryable
-                and time.monotonic() - self._last_attempt >= self._storage_retry_s)
+        return (
+            self._reloader.last.retryable
+            and time.monotonic() - self._last_attempt >= self._storage_retry_s
+        )
 
     def _reload(self) -> None:
         self.reload_calls += 1
@@ -318,6 +333,7 @@ class ConfigWatcher:
         """Log a failing watch once per distinct error, not once per retry."""
         text = f"{type(exc).__name__}: {exc}"
         if text != self._last_setup_error:
-            log.error("cannot watch %s (%s); retrying every %gs",
-                      self._reloader.path, text, self._retry_s)
+            log.error(
+                "cannot watch %s (%s); retrying every %gs", self._reloader.path, text, self._retry_s
+            )
             self._last_setup_error = text

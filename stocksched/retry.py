@@ -124,14 +124,16 @@ class RetryPolicy:
             return None
         wait = self.delay(attempt, exc.retry_after)
         if deadline is not None and clock() + wait >= deadline:
-            log.debug("no retry for %s: a %.2fs wait would pass the run's deadline",
-                      exc.ticker, wait)
+            log.debug(
+                "no retry for %s: a %.2fs wait would pass the run's deadline", exc.ticker, wait
+            )
             return None
         return wait
 
 
-def _pause(seconds: float, sleep: Callable[[float], None] | None,
-           cancel: threading.Event | None) -> bool:
+def _pause(
+    seconds: float, sleep: Callable[[float], None] | None, cancel: threading.Event | None
+) -> bool:
     """Wait ``seconds``; False when ``cancel`` was set before or during the wait."""
     if sleep is not None:
         sleep(seconds)

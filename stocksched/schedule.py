@@ -287,4 +287,3 @@ def parse_schedule(expr: str) -> Schedule:
     if ":" in text and len(text.split()) == 1:
         raise ScheduleError(f"invalid time {expr!r}: write HH:MM, e.g. 17:30")
     return _parse_cron(text, text)
-

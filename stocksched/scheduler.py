@@ -162,19 +162,34 @@ class JobScheduler:
                 old = self._jobs.get(rec.job_id)
                 if old is not None and (old.spec_hash, old.paused) == (rec.spec_hash, rec.paused):
                     continue
-                state = _JobState(rec.spec, rec.spec_hash, rec.paused, rec.next_run,
-                                  gen=(old.gen + 1) if old else 0)
+                state = _JobState(
+                    rec.spec,
+                    rec.spec_hash,
+                    rec.paused,
+                    rec.next_run,
+                    gen=(old.gen + 1) if old else 0,
+                )
                 if old is None:
                     self._restore_gauges(rec)
-                state.outcome = old.outcome if old is not None else (
-                    rec.status if rec.status in (JobStatus.COMPLETED, JobStatus.FAILED)
-                    else JobStatus.PENDING)
+                state.outcome = (
+                    old.outcome
+                    if old is not None
+                    else (
+                        rec.status
+                        if rec.status in (JobStatus.COMPLETED, JobStatus.FAILED)
+                        else JobStatus.PENDING
+                    )
+                )
                 if old is not None:  # a slot queued behind a running run survives a reload
                     state.queued = old.queued
                 self._jobs[rec.job_id] = state
-                if old is not None and old.active and state.active and \
-                        (old.spec.schedule, old.spec.timezone) == (rec.spec.schedule,
-                                                                   rec.spec.timezone):
+                if (
+                    old is not None
+                    and old.active
+                    and state.active
+                    and (old.spec.schedule, old.spec.timezone)
+                    == (rec.spec.schedule, rec.spec.timezone)
+                ):
                     state.next_run = old.next_run  # a change that does not touch timing
                     self._push(state, state.next_run)
                 else:
@@ -193,8 +208,7 @@ class JobScheduler:
         if rec.last_run is not None:
             self._metrics.job_last_run.labels(job=rec.job_id).set(rec.last_run.timestamp())
         if rec.last_success is not None:
-            self._metrics.job_last_success.labels(job=rec.job_id).set(
-                rec.last_success.timestamp())
+            self._metrics.job_last_success.labels(job=rec.job_id).set(rec.last_success.timestamp())
 
     def _arm(self, state: _JobState, now: datetime) -> None:
         """Give a (re)activated job its next slot, catching up on slots it missed."""
@@ -212,40 +226,66 @@ class JobScheduler:
     def _persist_next_run(self, state: _JobState) -> None:
         """Keep the record's next_run current, so a restart does not re-count missed slots."""
         job_id, next_run = state.spec.id, state.next_run
-        self._side.submit(self._safe, "store next_run", job_id,
-                          lambda: self._registry.set_next_run(job_id, next_run))
+        self._side.submit(
+            self._safe,
+            "store next_run",
+            job_id,
+            lambda: self._registry.set_next_run(job_id, next_run),
+        )
 
     def _catch_up(self, state: _JobState, first: datetime, now: datetime) -> None:
         spec = state.spec
-        missed = [first, *spec.parsed_schedule.slots_between(first, now, spec.zone,
-                                                             limit=MAX_MISSED_SCAN)]
+        missed = [
+            first,
+            *spec.parsed_schedule.slots_between(first, now, spec.zone, limit=MAX_MISSED_SCAN),
+        ]
         newest = missed[-1]
         if spec.catchup > timedelta(0) and now - newest <= spec.catchup:
             missed.pop()
-            log.info("catching up job=%s slot=%s (missed while down)", spec.id,
-                     newest.isoformat(), extra={"job": spec.id})
+            log.info(
+                "catching up job=%s slot=%s (missed while down)",
+                spec.id,
+                newest.isoformat(),
+                extra={"job": spec.id},
+            )
             self._push_entry(state, newest, newest, catchup=True)
         if missed:
-            log.warning("job=%s missed %d slot(s) from %s to %s (catchup=%s)", spec.id,
-                        len(missed), missed[0].isoformat(), missed[-1].isoformat(),
-                        spec.catchup, extra={"job": spec.id})
-            self._record_not_run(spec, missed, now, RunStatus.MISSED,
-                                 "daemon was not running or job was paused")
+            log.warning(
+                "job=%s missed %d slot(s) from %s to %s (catchup=%s)",
+                spec.id,
+                len(missed),
+                missed[0].isoformat(),
+                missed[-1].isoformat(),
+                spec.catchup,
+                extra={"job": spec.id},
+            )
+            self._record_not_run(
+                spec, missed, now, RunStatus.MISSED, "daemon was not running or job was paused"
+            )
 
     def _push(self, state: _JobState, slot: datetime | None) -> None:
         if state.active and slot is not None:
-            self._push_entry(state, slot, slot + jitter_offset(state.spec.id, slot,
-                                                              state.spec.jitter), False)
+            self._push_entry(
+                state, slot, slot + jitter_offset(state.spec.id, slot, state.spec.jitter), False
+            )
         if self._metrics is not None:
             job_id = state.spec.id
             ts = state.next_run.timestamp() if state.active and state.next_run else 0
             self._metrics.job_next_run.labels(job=job_id).set(ts)
             self._metrics.job_paused.labels(job=job_id).set(0 if state.active else 1)
 
-    def _push_entry(self, state: _JobState, slot: datetime, fire_at: datetime,
-                    catchup: bool, run_id: str | None = None) -> None:
-        heapq.heappush(self._heap, _Entry(fire_at, next(self._seq), state.spec.id, state.gen,
-                                          slot, catchup, run_id))
+    def _push_entry(
+        self,
+        state: _JobState,
+        slot: datetime,
+        fire_at: datetime,
+        catchup: bool,
+        run_id: str | None = None,
+    ) -> None:
+        heapq.heappush(
+            self._heap,
+            _Entry(fire_at, next(self._seq), state.spec.id, state.gen, slot, catchup, run_id),
+        )
 
     # -- the decision step -----------------------------------------------------------
 
@@ -270,39 +310,67 @@ class JobScheduler:
         spec = state.spec
         nxt = spec.next_fire(slot)  # one croniter step in the usual case
         if nxt <= now:  # fell behind: slots passed unseen; run only the newest
-            later = [nxt, *spec.parsed_schedule.slots_between(nxt, now, spec.zone,
-                                                             limit=MAX_MISSED_SCAN)]
-            self._record_not_run(spec, [slot, *later[:-1]], now, RunStatus.MISSED,
-                                 "scheduler fell behind (host suspended or overloaded)")
+            later = [
+                nxt,
+                *spec.parsed_schedule.slots_between(nxt, now, spec.zone, limit=MAX_MISSED_SCAN),
+            ]
+            self._record_not_run(
+                spec,
+                [slot, *later[:-1]],
+                now,
+                RunStatus.MISSED,
+                "scheduler fell behind (host suspended or overloaded)",
+            )
             slot = later[-1]
             nxt = spec.next_fire(slot)
         state.next_run = nxt
         self._push(state, state.next_run)
         return slot
 
-    def _dispatch_slot(self, state: _JobState, slot: datetime, now: datetime,
-                       run_id: str | None = None) -> None:
+    def _dispatch_slot(
+        self, state: _JobState, slot: datetime, now: datetime, run_id: str | None = None
+    ) -> None:
         spec = state.spec
         if spec.calendar and not self._is_session(spec, slot):
-            log.info("slot skipped: %s closed job=%s slot=%s", spec.calendar, spec.id,
-                     slot.isoformat(), extra={"job": spec.id})
-            self._record_not_run(spec, [slot], now, RunStatus.SKIPPED,
-                                 f"market closed ({spec.calendar})")
+            log.info(
+                "slot skipped: %s closed job=%s slot=%s",
+                spec.calendar,
+                spec.id,
+                slot.isoformat(),
+                extra={"job": spec.id},
+            )
+            self._record_not_run(
+                spec, [slot], now, RunStatus.SKIPPED, f"market closed ({spec.calendar})"
+            )
             self._persist_next_run(state)
             return
         if spec.id in self._running:
             if spec.overlap == "queue":
-                log.info("slot queued behind the running run job=%s slot=%s", spec.id,
-                         slot.isoformat(), extra={"job": spec.id})
+                log.info(
+                    "slot queued behind the running run job=%s slot=%s",
+                    spec.id,
+                    slot.isoformat(),
+                    extra={"job": spec.id},
+                )
                 if state.queued is not None:  # one queued run at most: the older is dropped
-                    self._record_not_run(spec, [state.queued], now, RunStatus.SKIPPED,
-                                         "superseded by a newer queued slot")
+                    self._record_not_run(
+                        spec,
+                        [state.queued],
+                        now,
+                        RunStatus.SKIPPED,
+                        "superseded by a newer queued slot",
+                    )
                 state.queued = slot
                 return
-            log.warning("slot skipped: previous run still going job=%s slot=%s",
-                        spec.id, slot.isoformat(), extra={"job": spec.id})
-            self._record_not_run(spec, [slot], now, RunStatus.SKIPPED,
-                                 "previous run still in progress")
+            log.warning(
+                "slot skipped: previous run still going job=%s slot=%s",
+                spec.id,
+                slot.isoformat(),
+                extra={"job": spec.id},
+            )
+            self._record_not_run(
+                spec, [slot], now, RunStatus.SKIPPED, "previous run still in progress"
+            )
             self._persist_next_run(state)
             return
         if self._metrics is not None:
@@ -315,25 +383,40 @@ class JobScheduler:
         day = slot.astimezone(self._calendars.tz(spec.calendar)).date()
         return self._calendars.is_session(spec.calendar, day)
 
-    def _record_not_run(self, spec: JobSpec, slots: list[datetime], now: datetime,
-                        status: RunStatus, reason: str) -> None:
+    def _record_not_run(
+        self, spec: JobSpec, slots: list[datetime], now: datetime, status: RunStatus, reason: str
+    ) -> None:
         if self._metrics is not None and self._leases is None:
             self._metrics.job_missed_runs.labels(job=spec.id).inc(len(slots))
         listed = slots[-MAX_MISSED_RECORDS:]
-        results = [RunResult(job_id=spec.id, run_id=scheduled_run_id(spec.id, s),
-                             trigger=Trigger.SCHEDULE, scheduled_for=s, started_at=now,
-                             finished_at=now, status=status, reason=reason) for s in listed]
+        results = [
+            RunResult(
+                job_id=spec.id,
+                run_id=scheduled_run_id(spec.id, s),
+                trigger=Trigger.SCHEDULE,
+                scheduled_for=s,
+                started_at=now,
+                finished_at=now,
+                status=status,
+                reason=reason,
+            )
+            for s in listed
+        ]
         if len(slots) > len(listed):
             results[0].reason += f" ({len(slots) - len(listed)} earlier slots not listed)"
-        self._side.submit(self.outbox.run, "record slots not run",
-                          lambda: self._write_not_run(spec.id, results, len(slots)))
+        self._side.submit(
+            self.outbox.run,
+            "record slots not run",
+            lambda: self._write_not_run(spec.id, results, len(slots)),
+        )
 
     def _write_not_run(self, job_id: str, results: list[RunResult], count: int) -> None:
         """With several replicas, each slot is claimed first so only one records it."""
         counted = 0
         if self._leases is not None:
-            won = self._leases.claim_slots([r.run_id for r in results],
-                                           slot_ttl_ms=self._slot_ttl_ms(job_id))
+            won = self._leases.claim_slots(
+                [r.run_id for r in results], slot_ttl_ms=self._slot_ttl_ms(job_id)
+            )
             mine = [r for r, w in zip(results, won, strict=True) if w]
             unlisted = count - len(won)  # slots beyond the listed ones go with the first
             counted = len(mine) + (unlisted if won[0] else 0)
@@ -363,23 +446,33 @@ class JobScheduler:
             if not self._claim(spec, handle):
                 return None
             if handle.trigger == Trigger.SCHEDULE:
-                self._safe("mark running", spec.id,
-                           lambda: self._registry.start_run(spec.id, next_run))
+                self._safe(
+                    "mark running", spec.id, lambda: self._registry.start_run(spec.id, next_run)
+                )
             else:
                 self._safe("mark running", spec.id, lambda: self._registry.mark_running(spec.id))
             result = self._executor.execute_job(
-                spec, run_id=handle.run_id, trigger=handle.trigger,
-                scheduled_for=handle.scheduled_for, cancel=handle.cancel,
-                timeout=spec.timeout)
+                spec,
+                run_id=handle.run_id,
+                trigger=handle.trigger,
+                scheduled_for=handle.scheduled_for,
+                cancel=handle.cancel,
+                timeout=spec.timeout,
+            )
             if handle.cancel_reason:
                 result.reason = "; ".join(x for x in (result.reason, handle.cancel_reason) if x)
-            handle.outcome = (JobStatus.FAILED if result.status == RunStatus.FAILED
-                              else JobStatus.COMPLETED)
+            handle.outcome = (
+                JobStatus.FAILED if result.status == RunStatus.FAILED else JobStatus.COMPLETED
+            )
             self.outbox.run("record run", lambda: self._record(result))
             return result
         except Exception:
-            log.exception("run crashed job=%s run_id=%s", spec.id, handle.run_id,
-                          extra={"job": spec.id, "run_id": handle.run_id})
+            log.exception(
+                "run crashed job=%s run_id=%s",
+                spec.id,
+                handle.run_id,
+                extra={"job": spec.id, "run_id": handle.run_id},
+            )
             handle.outcome = JobStatus.FAILED
             return None
         finally:
@@ -392,16 +485,26 @@ class JobScheduler:
             return True
         try:
             res = self._leases.try_claim(
-                spec.id, handle.run_id, trigger=handle.trigger,
-                scheduled_for=handle.scheduled_for, started_at=handle.started_at,
-                slot_ttl_ms=self._slot_ttl_ms(spec.id))
+                spec.id,
+                handle.run_id,
+                trigger=handle.trigger,
+                scheduled_for=handle.scheduled_for,
+                started_at=handle.started_at,
+                slot_ttl_ms=self._slot_ttl_ms(spec.id),
+            )
         except StorageError as exc:
             self.health.failed(f"claim slot job={spec.id}", exc)
             now = self._clock.now()
-            result = RunResult(job_id=spec.id, run_id=handle.run_id, trigger=handle.trigger,
-                               scheduled_for=handle.scheduled_for, started_at=now,
-                               finished_at=now, status=RunStatus.FAILED,
-                               reason="Redis unavailable: slot could not be claimed")
+            result = RunResult(
+                job_id=spec.id,
+                run_id=handle.run_id,
+                trigger=handle.trigger,
+                scheduled_for=handle.scheduled_for,
+                started_at=now,
+                finished_at=now,
+                status=RunStatus.FAILED,
+                reason="Redis unavailable: slot could not be claimed",
+            )
             self.outbox.run("record unclaimed run", lambda: self._write_unclaimed(result))
             return False
         if res.outcome == ClaimOutcome.SLOT_TAKEN:
@@ -411,16 +514,23 @@ class JobScheduler:
         if res.outcome == ClaimOutcome.JOB_BUSY:
             if spec.overlap == "queue" and handle.scheduled_for is not None:
                 lease = self._leases.wait_lease_job(
-                    spec.id, handle.run_id, stop=handle.cancel,
+                    spec.id,
+                    handle.run_id,
+                    stop=handle.cancel,
                     timeout_s=(spec.timeout or timedelta(hours=1)).total_seconds()
-                    + self._leases.lease_ms / 1000, scheduled_for=handle.scheduled_for)
+                    + self._leases.lease_ms / 1000,
+                    scheduled_for=handle.scheduled_for,
+                )
             if lease is None:
                 if handle.scheduled_for is not None:
                     with self._lock:
-                        self._record_not_run(spec, [handle.scheduled_for], self._clock.now(),
-                                             RunStatus.SKIPPED,
-                                             f"run {res.busy_with} still in progress "
-                                             "on another replica")
+                        self._record_not_run(
+                            spec,
+                            [handle.scheduled_for],
+                            self._clock.now(),
+                            RunStatus.SKIPPED,
+                            f"run {res.busy_with} still in progress on another replica",
+                        )
                 return False
         assert lease is not None
         handle.lease = lease
@@ -444,8 +554,11 @@ class JobScheduler:
             if keeper is not None:
                 keeper.discard(lease)
             if not leases.finish(lease):
-                log.warning("run %s was recorded as interrupted elsewhere (lease lost)",
-                            lease.run_id, extra={"job": lease.job_id, "run_id": lease.run_id})
+                log.warning(
+                    "run %s was recorded as interrupted elsewhere (lease lost)",
+                    lease.run_id,
+                    extra={"job": lease.job_id, "run_id": lease.run_id},
+                )
 
         self.outbox.run("finish run", finish)
 
@@ -472,28 +585,49 @@ class JobScheduler:
 
     def _interrupted(self, run: InflightRun, now: datetime) -> None:
         owner = run.owner.rsplit("/", 1)[0] or "unknown"
-        log.warning("run interrupted job=%s run_id=%s (replica %s stopped renewing its lease)",
-                    run.job_id, run.run_id, owner, extra={"job": run.job_id, "run_id": run.run_id})
-        result = RunResult(job_id=run.job_id, run_id=run.run_id, trigger=run.trigger,
-                           scheduled_for=run.scheduled_for, started_at=run.started_at,
-                           finished_at=now, status=RunStatus.INTERRUPTED,
-                           reason=f"replica {owner} stopped renewing its lease mid-run")
+        log.warning(
+            "run interrupted job=%s run_id=%s (replica %s stopped renewing its lease)",
+            run.job_id,
+            run.run_id,
+            owner,
+            extra={"job": run.job_id, "run_id": run.run_id},
+        )
+        result = RunResult(
+            job_id=run.job_id,
+            run_id=run.run_id,
+            trigger=run.trigger,
+            scheduled_for=run.scheduled_for,
+            started_at=run.started_at,
+            finished_at=now,
+            status=RunStatus.INTERRUPTED,
+            reason=f"replica {owner} stopped renewing its lease mid-run",
+        )
         self.outbox.run("record interrupted run", lambda: self._record(result))
         with self._lock:
             state = self._jobs.get(run.job_id)
             slot = run.scheduled_for
-            if (state is None or not state.active or slot is None
-                    or run.trigger != Trigger.SCHEDULE):
+            if state is None or not state.active or slot is None or run.trigger != Trigger.SCHEDULE:
                 return
             if run.job_id in self._running:
-                log.info("not rerunning interrupted slot job=%s slot=%s: the job is running",
-                         run.job_id, slot.isoformat(), extra={"job": run.job_id})
+                log.info(
+                    "not rerunning interrupted slot job=%s slot=%s: the job is running",
+                    run.job_id,
+                    slot.isoformat(),
+                    extra={"job": run.job_id},
+                )
                 return
             spec = state.spec
-            if spec.catchup > timedelta(0) and now - slot <= spec.catchup \
-                    and spec.next_fire(slot) > now:
-                log.info("rerunning interrupted slot job=%s slot=%s", spec.id, slot.isoformat(),
-                         extra={"job": spec.id})
+            if (
+                spec.catchup > timedelta(0)
+                and now - slot <= spec.catchup
+                and spec.next_fire(slot) > now
+            ):
+                log.info(
+                    "rerunning interrupted slot job=%s slot=%s",
+                    spec.id,
+                    slot.isoformat(),
+                    extra={"job": spec.id},
+                )
                 self._drop_plain_catchup(spec.id, slot)
                 self._push_entry(state, slot, now, catchup=True, run_id=rerun_run_id(run.run_id))
                 self._dirty = True
@@ -507,8 +641,11 @@ class JobScheduler:
         only find the slot taken (the crashed run claimed it), but dispatched first it
         holds the job, and the rerun behind it would be skipped and never run.
         """
-        kept = [e for e in self._heap
-                if not (e.job_id == job_id and e.slot == slot and e.catchup and e.run_id is None)]
+        kept = [
+            e
+            for e in self._heap
+            if not (e.job_id == job_id and e.slot == slot and e.catchup and e.run_id is None)
+        ]
         if len(kept) != len(self._heap):
             self._heap = kept
             heapq.heapify(self._heap)
@@ -530,11 +667,20 @@ class JobScheduler:
                 if state.active and not self._stopping:
                     self._dispatch_slot(state, slot, self._clock.now())
                 elif self._stopping:  # bookkeeping is closing down: say so in the log
-                    log.warning("queued slot dropped at shutdown job=%s slot=%s", spec.id,
-                                slot.isoformat(), extra={"job": spec.id})
+                    log.warning(
+                        "queued slot dropped at shutdown job=%s slot=%s",
+                        spec.id,
+                        slot.isoformat(),
+                        extra={"job": spec.id},
+                    )
                 else:  # never silently: a dropped queued slot is in the history
-                    self._record_not_run(state.spec, [slot], self._clock.now(),
-                                         RunStatus.SKIPPED, "job paused while the slot was queued")
+                    self._record_not_run(
+                        state.spec,
+                        [slot],
+                        self._clock.now(),
+                        RunStatus.SKIPPED,
+                        "job paused while the slot was queued",
+                    )
             self._wake.notify_all()
 
     def _record(self, result: RunResult) -> None:
@@ -566,8 +712,9 @@ class JobScheduler:
             now = self._clock.now()
             handle = RunHandle(manual_run_id(job_id, now), Trigger.MANUAL, None, now)
         if self._leases is not None:  # Redis I/O outside the lock; StorageError propagates
-            handle.lease = self._leases.claim(job_id, handle.run_id, trigger=Trigger.MANUAL,
-                                              started_at=now)
+            handle.lease = self._leases.claim(
+                job_id, handle.run_id, trigger=Trigger.MANUAL, started_at=now
+            )
             if handle.lease is None:
                 raise JobBusyError(job_id)  # running on another replica
         with self._lock:
@@ -612,14 +759,20 @@ class JobScheduler:
     def next_runs(self, ids: Iterable[str] | None = None) -> dict[str, datetime | None]:
         """Live next fire times (None while inactive), of all jobs or of ``ids``."""
         with self._lock:
-            states = self._jobs.items() if ids is None else (
-                (i, self._jobs[i]) for i in ids if i in self._jobs)
+            states = (
+                self._jobs.items()
+                if ids is None
+                else ((i, self._jobs[i]) for i in ids if i in self._jobs)
+            )
             return {i: (s.next_run if s.active else None) for i, s in states}
 
     def next_due(self) -> tuple[str, datetime] | None:
         with self._lock:
-            due = [(s.next_run, i) for i, s in self._jobs.items()
-                   if s.active and s.next_run is not None]
+            due = [
+                (s.next_run, i)
+                for i, s in self._jobs.items()
+                if s.active and s.next_run is not None
+            ]
         if not due:
             return None
         t, i = min(due)

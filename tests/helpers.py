@@ -44,10 +44,12 @@ class Rig:
         self.client = client
         self.metrics = Metrics("test")
         self.registry = JobRegistry(adapter, clock)
-        self.executor = JobExecutor({"demo": DemoFetcher(latency_s=latency)},
-                                    DataIOButler(adapter), clock, 4, self.metrics)
-        self.scheduler = JobScheduler(self.registry, self.executor, clock, pool_size=2,
-                                      metrics=self.metrics)
+        self.executor = JobExecutor(
+            {"demo": DemoFetcher(latency_s=latency)}, DataIOButler(adapter), clock, 4, self.metrics
+        )
+        self.scheduler = JobScheduler(
+            self.registry, self.executor, clock, pool_size=2, metrics=self.metrics
+        )
 
     def load(self, *specs: object) -> None:
         self.registry.reconcile(specs)  # type: ignore[arg-type]
@@ -81,14 +83,25 @@ jobs:
 """
 
 
-def run_cli(*args: str, cwd: Path, env_extra: dict[str, str] | None = None,
-            stderr: Any = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path, env_extra: dict[str, str] | None = None, stderr: Any = subprocess.PIPE
+) -> subprocess.CompletedProcess[str]:
     """`python -m stocksched ARGS` with no STOCKSCHED_* settings leaking in from this shell."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("STOCKSCHED_") and k != "JOURNAL_STREAM"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("STOCKSCHED_") and k != "JOURNAL_STREAM"
+    }
     env["HOME"] = str(cwd)  # nothing may be written to the user's home
     env["STOCKSCHED_STATE_DIR"] = str(cwd / "state")
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "stocksched", *args], cwd=cwd, env=env,
-                          stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=60,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "stocksched", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        timeout=60,
+        check=False,
+    )

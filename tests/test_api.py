@@ -62,14 +62,23 @@ jobs:
 TOKEN = "s3cret-token"
 
 ISSUE_METRICS = (
-    "stocksched_job_runs_total", "stocksched_job_run_duration_seconds",
-    "stocksched_job_last_run_timestamp_seconds", "stocksched_job_last_success_timestamp_seconds",
-    "stocksched_job_next_run_timestamp_seconds", "stocksched_job_running",
-    "stocksched_job_paused", "stocksched_ticker_fetches_total", "stocksched_rows_stored_total",
-    "stocksched_fetch_duration_seconds", "stocksched_schedule_lateness_seconds",
-    "stocksched_config_reloads_total", "stocksched_config_last_reload_successful",
-    "stocksched_config_last_reload_success_timestamp_seconds", "stocksched_jobs",
-    "stocksched_redis_errors_total", "stocksched_build_info",
+    "stocksched_job_runs_total",
+    "stocksched_job_run_duration_seconds",
+    "stocksched_job_last_run_timestamp_seconds",
+    "stocksched_job_last_success_timestamp_seconds",
+    "stocksched_job_next_run_timestamp_seconds",
+    "stocksched_job_running",
+    "stocksched_job_paused",
+    "stocksched_ticker_fetches_total",
+    "stocksched_rows_stored_total",
+    "stocksched_fetch_duration_seconds",
+    "stocksched_schedule_lateness_seconds",
+    "stocksched_config_reloads_total",
+    "stocksched_config_last_reload_successful",
+    "stocksched_config_last_reload_success_timestamp_seconds",
+    "stocksched_jobs",
+    "stocksched_redis_errors_total",
+    "stocksched_build_info",
 )
 
 
@@ -87,20 +96,36 @@ class TestFetcher(DemoFetcher):
 class Stack:
     """The daemon's components plus the facade and app, as the daemon wires them."""
 
-    def __init__(self, tmp_path: Path, *, redis_url: str = "memory://", latency: float = 0.0,
-                 clock: Clock | None = None, token: str | None = None,
-                 max_body_bytes: int = 4096, load: bool = True, start: bool = True,
-                 jobs: str = JOBS) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        redis_url: str = "memory://",
+        latency: float = 0.0,
+        clock: Clock | None = None,
+        token: str | None = None,
+        max_body_bytes: int = 4096,
+        load: bool = True,
+        start: bool = True,
+        jobs: str = JOBS,
+    ) -> None:
         self.jobs_path = tmp_path / "jobs.yaml"
         if not self.jobs_path.exists():
             self.jobs_path.write_text(jobs)
         settings = Settings(jobs=self.jobs_path, redis_url=redis_url)
-        self.c = Components(settings, clock=clock,
-                            fetchers={"demo": TestFetcher(latency_s=latency)})
+        self.c = Components(
+            settings, clock=clock, fetchers={"demo": TestFetcher(latency_s=latency)}
+        )
         self.facade = SchedulerServingApp(
-            registry=self.c.registry, scheduler=self.c.scheduler, reloader=self.c.reloader,
-            adapter=self.c.adapter, metrics=self.c.metrics, clock=self.c.clock,
-            version="9.9.9-test", started_at=self.c.clock.now())
+            registry=self.c.registry,
+            scheduler=self.c.scheduler,
+            reloader=self.c.reloader,
+            adapter=self.c.adapter,
+            metrics=self.c.metrics,
+            clock=self.c.clock,
+            version="9.9.9-test",
+            started_at=self.c.clock.now(),
+        )
         self.app = create_app(self.facade, token, max_body_bytes)
         self.http = TestClient(self.app)
         if load:
@@ -157,8 +182,13 @@ def test_status_reports_daemon_jobs_config_and_last_reload(stack: Stack) -> None
     assert st["version"] == "9.9.9-test"
     assert st["uptime_s"] >= 0
     assert st["jobs_total"] == 5
-    assert st["jobs_by_state"] == {"pending": 4, "running": 0, "completed": 0, "failed": 0,
-                                   "paused": 1}
+    assert st["jobs_by_state"] == {
+        "pending": 4,
+        "running": 0,
+        "completed": 0,
+        "failed": 0,
+        "paused": 1,
+    }
     assert st["config"]["path"] == str(stack.jobs_path)
     assert len(st["config"]["sha256"]) == 64 and st["config"]["jobs"] == 5
     assert st["last_reload"]["ok"] is True and st["last_reload"]["added"] == 5
@@ -175,25 +205,34 @@ def test_status_counts_every_job_in_a_state_after_runs(stack: Stack) -> None:
 
 def test_status_shows_an_invalid_reload_and_keeps_the_good_config(stack: Stack) -> None:
     good_sha = stack.http.get("/scheduler/status").json()["config"]["sha256"]
-    stack.jobs_path.write_text(JOBS.replace('tickers: [CCC]', 'tickers: [CCC]\n    bogus: 1'))
+    stack.jobs_path.write_text(JOBS.replace("tickers: [CCC]", "tickers: [CCC]\n    bogus: 1"))
     assert not stack.c.reloader.reload().ok
     st = stack.http.get("/scheduler/status").json()
     assert st["last_reload"]["ok"] is False
-    assert any(e.startswith(f"{stack.jobs_path}:11:5:") and "bogus" in e
-               for e in st["last_reload"]["errors"])
+    assert any(
+        e.startswith(f"{stack.jobs_path}:11:5:") and "bogus" in e
+        for e in st["last_reload"]["errors"]
+    )
     assert st["config"]["sha256"] == good_sha and st["jobs_total"] == 5
 
 
 def test_status_lists_replicas_from_the_hook(tmp_path: Path) -> None:
     s = Stack(tmp_path, start=False)
     facade = SchedulerServingApp(
-        registry=s.c.registry, scheduler=s.c.scheduler, reloader=s.c.reloader,
-        adapter=s.c.adapter, metrics=s.c.metrics, clock=s.c.clock,
-        version="1", started_at=s.c.clock.now(),
-        replicas=lambda: [{"id": "host-a:1", "leader": True}])
+        registry=s.c.registry,
+        scheduler=s.c.scheduler,
+        reloader=s.c.reloader,
+        adapter=s.c.adapter,
+        metrics=s.c.metrics,
+        clock=s.c.clock,
+        version="1",
+        started_at=s.c.clock.now(),
+        replicas=lambda: [{"id": "host-a:1", "leader": True}],
+    )
     with TestClient(create_app(facade, None, 4096)) as http:
         assert http.get("/scheduler/status").json()["replicas"] == [
-            {"id": "host-a:1", "leader": True}]
+            {"id": "host-a:1", "leader": True}
+        ]
     s.close()
 
 
@@ -213,10 +252,13 @@ def test_jobs_list_spec_and_runtime_state(stack: Stack) -> None:
 
 
 def test_unknown_job_is_404_json_everywhere(stack: Stack) -> None:
-    for method, path in [("GET", "/scheduler/jobs/nope"), ("GET", "/scheduler/jobs/nope/runs"),
-                         ("POST", "/scheduler/jobs/nope/trigger"),
-                         ("POST", "/scheduler/jobs/nope/stop"),
-                         ("POST", "/scheduler/jobs/nope/start")]:
+    for method, path in [
+        ("GET", "/scheduler/jobs/nope"),
+        ("GET", "/scheduler/jobs/nope/runs"),
+        ("POST", "/scheduler/jobs/nope/trigger"),
+        ("POST", "/scheduler/jobs/nope/stop"),
+        ("POST", "/scheduler/jobs/nope/start"),
+    ]:
         assert_error(stack.http.request(method, path), 404, "nope")
 
 
@@ -283,8 +325,7 @@ def test_trigger_while_running_is_409(tmp_path: Path) -> None:
         job = s.http.get("/scheduler/jobs/alpha").json()
         assert job["running"] is True and job["status"] == "running"
         assert s.http.get("/scheduler/status").json()["jobs_by_state"]["running"] == 1
-        assert_error(s.http.post("/scheduler/jobs/alpha/trigger"), 409, "alpha",
-                     "already running")
+        assert_error(s.http.post("/scheduler/jobs/alpha/trigger"), 409, "alpha", "already running")
         assert s.http.post("/scheduler/jobs/beta/trigger").status_code == 202  # others free
         s.wait_run("alpha", first.json()["run_id"])
     finally:
@@ -325,8 +366,9 @@ def test_a_paused_job_can_still_be_triggered_by_hand(stack: Stack) -> None:
 
 
 @pytest.mark.redis
-def test_pause_survives_a_restart_and_reloads(tmp_path: Path, redis_server: RedisServer,
-                                              real_redis: Any) -> None:
+def test_pause_survives_a_restart_and_reloads(
+    tmp_path: Path, redis_server: RedisServer, real_redis: Any
+) -> None:
     first = Stack(tmp_path, redis_url=redis_server.url)
     assert first.http.post("/scheduler/jobs/alpha/stop").json()["paused"] is True
     first.close()
@@ -358,15 +400,19 @@ def secured(tmp_path: Path) -> Iterator[Stack]:
 
 
 @pytest.mark.parametrize("path", ["trigger", "stop", "start"])
-@pytest.mark.parametrize(("headers", "needle"), [
-    ({}, "missing"),
-    ({"Authorization": "Bearer wrong"}, "invalid token"),
-    ({"Authorization": f"Bearer {TOKEN}x"}, "invalid token"),
-    ({"Authorization": f"Basic {TOKEN}"}, "missing"),
-    ({"Authorization": TOKEN}, "missing"),
-])
-def test_post_without_the_right_token_is_401(secured: Stack, path: str,
-                                            headers: dict[str, str], needle: str) -> None:
+@pytest.mark.parametrize(
+    ("headers", "needle"),
+    [
+        ({}, "missing"),
+        ({"Authorization": "Bearer wrong"}, "invalid token"),
+        ({"Authorization": f"Bearer {TOKEN}x"}, "invalid token"),
+        ({"Authorization": f"Basic {TOKEN}"}, "missing"),
+        ({"Authorization": TOKEN}, "missing"),
+    ],
+)
+def test_post_without_the_right_token_is_401(
+    secured: Stack, path: str, headers: dict[str, str], needle: str
+) -> None:
     resp = secured.http.post(f"/scheduler/jobs/alpha/{path}", headers=headers)
     assert_error(resp, 401, needle)
     assert resp.headers["www-authenticate"] == "Bearer"
@@ -378,8 +424,12 @@ def test_post_with_the_token_works_and_gets_need_none(secured: Stack) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert secured.http.post("/scheduler/jobs/alpha/stop", headers=auth).json()["paused"]
     assert secured.http.post("/scheduler/jobs/alpha/start", headers=auth).status_code == 200
-    assert secured.http.post("/scheduler/jobs/alpha/trigger",
-                             headers={"authorization": f"bearer {TOKEN}"}).status_code == 202
+    assert (
+        secured.http.post(
+            "/scheduler/jobs/alpha/trigger", headers={"authorization": f"bearer {TOKEN}"}
+        ).status_code
+        == 202
+    )
     for path in ("/scheduler/status", "/scheduler/jobs", "/healthz", "/readyz", "/metrics"):
         assert secured.http.get(path).status_code == 200
 
@@ -393,14 +443,16 @@ def test_without_a_token_configured_posts_are_open(stack: Stack) -> None:
     assert stack.http.post("/scheduler/jobs/alpha/stop").status_code == 200
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.8.9.10", "::1", "localhost",
-                                  "LOCALHOST", "::ffff:127.0.0.1"])
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1", "127.8.9.10", "::1", "localhost", "LOCALHOST", "::ffff:127.0.0.1"]
+)
 def test_loopback_bind_needs_no_token(host: str) -> None:
     check_bind(host, None)
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.10", "10.0.0.1",
-                                  "example.com", "fe80::1"])
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "::", "192.168.1.10", "10.0.0.1", "example.com", "fe80::1"]
+)
 def test_non_loopback_bind_without_token_is_refused(host: str) -> None:
     with pytest.raises(ApiConfigError, match="token"):
         check_bind(host, None)
@@ -424,8 +476,9 @@ def test_body_over_the_limit_is_413(stack: Stack) -> None:
     resp = stack.http.post("/scheduler/jobs/alpha/trigger", content=b"x" * 5000)
     assert_error(resp, 413, "4096")
     assert stack.http.get("/scheduler/jobs/alpha/runs").json() == []  # nothing ran
-    resp = stack.http.post("/scheduler/jobs/alpha/stop", content=b"{}",
-                           headers={"content-type": "application/json"})
+    resp = stack.http.post(
+        "/scheduler/jobs/alpha/stop", content=b"{}", headers={"content-type": "application/json"}
+    )
     assert resp.status_code == 200  # small bodies are fine (and ignored)
 
 
@@ -447,8 +500,7 @@ def test_healthz_fails_when_the_scheduler_is_not_running(tmp_path: Path) -> None
     try:
         resp = s.http.get("/healthz")
         assert resp.status_code == 503
-        assert resp.json() == {"status": "unavailable",
-                               "error": "scheduler thread is not running"}
+        assert resp.json() == {"status": "unavailable", "error": "scheduler thread is not running"}
     finally:
         s.close()
 
@@ -484,9 +536,12 @@ def test_redis_outage_is_503_json_not_500(stack: Stack) -> None:
     try:
         resp = stack.http.get("/readyz")
         assert resp.status_code == 503 and "redis" in resp.json()["error"]
-        for method, path in [("GET", "/scheduler/jobs"), ("GET", "/scheduler/jobs/alpha"),
-                             ("GET", "/scheduler/jobs/alpha/runs"),
-                             ("POST", "/scheduler/jobs/alpha/stop")]:
+        for method, path in [
+            ("GET", "/scheduler/jobs"),
+            ("GET", "/scheduler/jobs/alpha"),
+            ("GET", "/scheduler/jobs/alpha/runs"),
+            ("POST", "/scheduler/jobs/alpha/stop"),
+        ]:
             assert_error(stack.http.request(method, path), 503, "storage unavailable")
         # Served from memory, so they keep answering during the outage.
         assert stack.http.get("/scheduler/status").status_code == 200
@@ -516,8 +571,13 @@ def test_metrics_has_every_issue_metric_with_job_series(stack: Stack) -> None:
     resp = stack.http.get("/metrics")
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
     samples = _samples(resp.text)
-    names = {n.removesuffix("_bucket").removesuffix("_count").removesuffix("_sum")
-             .removesuffix("_created") for n in samples}
+    names = {
+        n.removesuffix("_bucket")
+        .removesuffix("_count")
+        .removesuffix("_sum")
+        .removesuffix("_created")
+        for n in samples
+    }
     missing = [m for m in ISSUE_METRICS if m not in names]
     assert not missing, missing
     runs = samples["stocksched_job_runs_total"]
@@ -568,8 +628,9 @@ def test_metrics_pass_promtool_check(stack: Stack, tmp_path: Path) -> None:
     stack.trigger_and_wait("broken")
     stack.http.post("/scheduler/jobs/beta/stop")
     text = stack.http.get("/metrics").text
-    proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "" and proc.stderr.strip() == "", proc.stdout + proc.stderr
 
@@ -583,10 +644,15 @@ def test_openapi_documents_the_read_only_contract(stack: Stack) -> None:
     assert "not created, edited or deleted" in spec["info"]["description"]
     methods = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
     assert methods == {
-        ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
-        ("GET", "/scheduler/status"), ("GET", "/scheduler/jobs"),
-        ("GET", "/scheduler/jobs/{job_id}"), ("GET", "/scheduler/jobs/{job_id}/runs"),
-        ("POST", "/scheduler/jobs/{job_id}/trigger"), ("POST", "/scheduler/jobs/{job_id}/stop"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/metrics"),
+        ("GET", "/scheduler/status"),
+        ("GET", "/scheduler/jobs"),
+        ("GET", "/scheduler/jobs/{job_id}"),
+        ("GET", "/scheduler/jobs/{job_id}/runs"),
+        ("POST", "/scheduler/jobs/{job_id}/trigger"),
+        ("POST", "/scheduler/jobs/{job_id}/stop"),
         ("POST", "/scheduler/jobs/{job_id}/start"),
     }
     trigger = spec["paths"]["/scheduler/jobs/{job_id}/trigger"]["post"]
@@ -619,6 +685,7 @@ def test_api_server_bounds_streamed_bodies(stack: Stack) -> None:
     server = ApiServer(stack.app, "127.0.0.1", 0)
     server.start()
     try:
+
         def chunks(n: int) -> Iterator[bytes]:
             for _ in range(n):
                 yield b"y" * 1000

@@ -27,7 +27,6 @@ REPO_JOBS = ROOT / "jobs.yaml"
 ERROR_LINE = re.compile(r"^(?P<file>[^:]+):(?P<line>\d+):(?P<col>\d+): (?P<path>\S+): (?P<msg>.+)$")
 
 
-
 BAD_JOBS = """\
 version: 1
 jobs:
@@ -159,8 +158,9 @@ def test_validate_several_files_checks_them_all(tmp_path: Path, bad_file: Path) 
 def test_validate_json_output_shape(tmp_path: Path, bad_file: Path) -> None:
     good = tmp_path / "jobs.yaml"
     good.write_text(DEMO_JOBS)
-    result = run_cli("validate", "--format", "json", str(good), str(bad_file), "missing.yaml",
-                     cwd=tmp_path)
+    result = run_cli(
+        "validate", "--format", "json", str(good), str(bad_file), "missing.yaml", cwd=tmp_path
+    )
     assert result.returncode == 1
     assert result.stderr == ""
     report = json.loads(result.stdout)
@@ -177,8 +177,11 @@ def test_validate_json_output_shape(tmp_path: Path, bad_file: Path) -> None:
     assert all(datetime.fromisoformat(t).utcoffset() == timedelta(0) for t in job["next"])
     assert bad["valid"] is False and len(bad["errors"]) == 4
     assert all(ERROR_LINE.match(e) for e in bad["errors"]), bad["errors"]
-    assert missing == {"file": "missing.yaml", "valid": False,
-                       "errors": ["missing.yaml: file not found"]}
+    assert missing == {
+        "file": "missing.yaml",
+        "valid": False,
+        "errors": ["missing.yaml: file not found"],
+    }
 
 
 def test_validate_json_exit_zero_when_all_valid(tmp_path: Path) -> None:
@@ -214,8 +217,16 @@ def test_validate_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
 
 
 def test_run_job_success_exits_0(tmp_path: Path, demo_jobs: Path) -> None:
-    result = run_cli("run-job", "demo", "--jobs", str(demo_jobs), "--redis-url", "memory://",
-                     "--json", cwd=tmp_path)
+    result = run_cli(
+        "run-job",
+        "demo",
+        "--jobs",
+        str(demo_jobs),
+        "--redis-url",
+        "memory://",
+        "--json",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["job_id"] == "demo" and out["status"] == "success"
@@ -224,8 +235,15 @@ def test_run_job_success_exits_0(tmp_path: Path, demo_jobs: Path) -> None:
 
 
 def test_run_job_all_tickers_failed_exits_1(tmp_path: Path, demo_jobs: Path) -> None:
-    result = run_cli("run-job", "demo-weekend", "--jobs", str(demo_jobs),
-                     "--redis-url", "memory://", cwd=tmp_path)
+    result = run_cli(
+        "run-job",
+        "demo-weekend",
+        "--jobs",
+        str(demo_jobs),
+        "--redis-url",
+        "memory://",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stderr
     assert "demo-weekend" in result.stdout and ": failed in " in result.stdout
     assert "  AAA: no data for 2024-01-06..2024-01-07" in result.stdout
@@ -233,17 +251,20 @@ def test_run_job_all_tickers_failed_exits_1(tmp_path: Path, demo_jobs: Path) -> 
 
 
 def test_run_job_unknown_job_exits_2_with_the_known_ids(tmp_path: Path, demo_jobs: Path) -> None:
-    result = run_cli("run-job", "nope", "--jobs", str(demo_jobs), "--redis-url", "memory://",
-                     cwd=tmp_path)
+    result = run_cli(
+        "run-job", "nope", "--jobs", str(demo_jobs), "--redis-url", "memory://", cwd=tmp_path
+    )
     assert result.returncode == 2
     assert result.stderr == (
-        f"stocksched: no job 'nope' in {demo_jobs} (jobs: demo, demo-weekend)\n")
+        f"stocksched: no job 'nope' in {demo_jobs} (jobs: demo, demo-weekend)\n"
+    )
     assert result.stdout == ""
 
 
 def test_run_job_invalid_jobs_file_exits_1(tmp_path: Path, bad_file: Path) -> None:
-    result = run_cli("run-job", "prices", "--jobs", str(bad_file), "--redis-url", "memory://",
-                     cwd=tmp_path)
+    result = run_cli(
+        "run-job", "prices", "--jobs", str(bad_file), "--redis-url", "memory://", cwd=tmp_path
+    )
     assert result.returncode == 1
     assert all(ERROR_LINE.match(line) for line in result.stderr.splitlines()), result.stderr
 
@@ -251,15 +272,16 @@ def test_run_job_invalid_jobs_file_exits_1(tmp_path: Path, bad_file: Path) -> No
 class _FailsOne(DemoFetcher):
     """Demo bars, except for one ticker: what a delisted symbol looks like to a run."""
 
-    def fetch_from_source(self, ticker: str, start: date, end: date,
-                          interval: str) -> pd.DataFrame:
+    def fetch_from_source(self, ticker: str, start: date, end: date, interval: str) -> pd.DataFrame:
         if ticker == "BBB":
             raise PermanentFetchError(ticker, "no such symbol")
         return super().fetch_from_source(ticker, start, end, interval)
 
 
 def test_run_job_partial_success_exits_3(
-    tmp_path: Path, demo_jobs: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    demo_jobs: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """In-process: the demo source cannot fail one ticker only, and Yahoo would need network."""
@@ -286,18 +308,24 @@ def test_top_level_help_documents_exit_codes(tmp_path: Path) -> None:
     result = run_cli("--help", cwd=tmp_path)
     text = " ".join(result.stdout.split())
     assert result.returncode == 0
-    assert ("Exit codes: 0 ok, 1 invalid config / failed run, 2 usage error, "
-            "3 partial success (run-job)") in text
+    assert (
+        "Exit codes: 0 ok, 1 invalid config / failed run, 2 usage error, "
+        "3 partial success (run-job)"
+    ) in text
 
 
-@pytest.mark.parametrize("flags", [
-    ["--redis-url", "bogus://x"],
-    ["--redis-url", "memory://", "--listen", "0.0.0.0:9"],  # public bind without a token
-    ["--redis-url", "memory://", "--listen", "nonsense"],
-    ["--config", "/nonexistent/stocksched.yaml"],
-])
-def test_run_with_bad_settings_exits_2_with_one_clear_message(tmp_path: Path,
-                                                              flags: list[str]) -> None:
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--redis-url", "bogus://x"],
+        ["--redis-url", "memory://", "--listen", "0.0.0.0:9"],  # public bind without a token
+        ["--redis-url", "memory://", "--listen", "nonsense"],
+        ["--config", "/nonexistent/stocksched.yaml"],
+    ],
+)
+def test_run_with_bad_settings_exits_2_with_one_clear_message(
+    tmp_path: Path, flags: list[str]
+) -> None:
     proc = run_cli("run", "--jobs", str(REPO_JOBS), *flags, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr

@@ -30,8 +30,12 @@ class Daemon:
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No STOCKSCHED_* from the developer's shell; no config/stocksched.yaml from the repo."""
-    for var in ("STOCKSCHED_URL", "STOCKSCHED_TOKEN_FILE", "STOCKSCHED_CONFIG",
-                "STOCKSCHED_LISTEN"):
+    for var in (
+        "STOCKSCHED_URL",
+        "STOCKSCHED_TOKEN_FILE",
+        "STOCKSCHED_CONFIG",
+        "STOCKSCHED_LISTEN",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
 
@@ -101,13 +105,22 @@ def test_status_shows_reload_errors(daemon: Daemon, capsys: pytest.CaptureFixtur
     assert re.search(r"^  \S*jobs\.yaml:2:\d+: jobs\[0\]", out, re.MULTILINE)
 
 
-def test_jobs_table_is_aligned_and_json_is_full(daemon: Daemon,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_jobs_table_is_aligned_and_json_is_full(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = run(capsys, "jobs", "--url", daemon.url)
     assert code == 0
     header, *rows = out.splitlines()
-    assert re.split(r"  +", header) == ["JOB", "STATUS", "SCHEDULE", "TIMEZONE", "TICKERS",
-                                        "LAST RUN", "RESULT", "NEXT RUN"]
+    assert re.split(r"  +", header) == [
+        "JOB",
+        "STATUS",
+        "SCHEDULE",
+        "TIMEZONE",
+        "TICKERS",
+        "LAST RUN",
+        "RESULT",
+        "NEXT RUN",
+    ]
     by_id = {columns(r, header)[0]: columns(r, header) for r in rows}
     assert sorted(by_id) == ["alpha", "beta", "broken", "mixed", "off"]
     assert by_id["alpha"][1] == "pending" and by_id["alpha"][2] == "0 0 1 1 *"
@@ -137,10 +150,13 @@ def test_runs_table_limit_and_json(daemon: Daemon, capsys: pytest.CaptureFixture
 # -- acting ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("job", "status", "exit_code"), [
-    ("alpha", "success", 0), ("mixed", "partial_success", 3), ("broken", "failed", 1)])
-def test_trigger_wait_exits_like_run_job(daemon: Daemon, capsys: pytest.CaptureFixture[str],
-                                         job: str, status: str, exit_code: int) -> None:
+@pytest.mark.parametrize(
+    ("job", "status", "exit_code"),
+    [("alpha", "success", 0), ("mixed", "partial_success", 3), ("broken", "failed", 1)],
+)
+def test_trigger_wait_exits_like_run_job(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str], job: str, status: str, exit_code: int
+) -> None:
     code, out, _ = run(capsys, "trigger", job, "--wait", "--url", daemon.url)
     assert code == exit_code
     assert re.match(rf"{job} {job}:m\S+: {status} in \d+\.\d\ds, ", out)
@@ -159,7 +175,8 @@ def test_trigger_without_wait_and_json(daemon: Daemon, capsys: pytest.CaptureFix
 
 
 def test_trigger_while_running_prints_the_servers_message(
-        slow_daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
+    slow_daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(capsys, "trigger", "alpha", "--url", slow_daemon.url)[0] == 0
     code, out, err = run(capsys, "trigger", "alpha", "--url", slow_daemon.url)
     assert code == 1 and out == ""
@@ -167,8 +184,9 @@ def test_trigger_while_running_prints_the_servers_message(
 
 
 def test_trigger_wait_times_out(slow_daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "trigger", "alpha", "--wait", "--timeout", "0.2",
-                       "--url", slow_daemon.url)
+    code, _, err = run(
+        capsys, "trigger", "alpha", "--wait", "--timeout", "0.2", "--url", slow_daemon.url
+    )
     assert code == 1 and "did not finish within 0.2s" in err
 
 
@@ -205,9 +223,12 @@ def test_unreachable_daemon_is_one_clear_line(capsys: pytest.CaptureFixture[str]
         assert err.count("\n") == 1 and "Traceback" not in err
 
 
-def test_url_from_env_and_from_settings(daemon: Daemon, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_url_from_env_and_from_settings(
+    daemon: Daemon,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.setenv("STOCKSCHED_URL", daemon.url)
     assert run(capsys, "status")[0] == 0
     monkeypatch.delenv("STOCKSCHED_URL")
@@ -218,35 +239,47 @@ def test_url_from_env_and_from_settings(daemon: Daemon, tmp_path: Path,
     assert run(capsys, "status")[0] == 0
 
 
-def test_token_from_flag_env_or_settings(secured: Daemon, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_token_from_flag_env_or_settings(
+    secured: Daemon,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     code, _, err = run(capsys, "pause", "alpha", "--url", secured.url)
     assert code == 2
-    assert err == ("stocksched: HTTP 401: missing 'Authorization: Bearer <token>' header "
-                   "(set --token-file or STOCKSCHED_TOKEN_FILE)\n")
+    assert err == (
+        "stocksched: HTTP 401: missing 'Authorization: Bearer <token>' header "
+        "(set --token-file or STOCKSCHED_TOKEN_FILE)\n"
+    )
     assert run(capsys, "status", "--url", secured.url)[0] == 0  # GETs need no token
-    assert run(capsys, "pause", "alpha", "--url", secured.url,
-               "--token-file", str(token_file))[0] == 0
+    assert (
+        run(capsys, "pause", "alpha", "--url", secured.url, "--token-file", str(token_file))[0] == 0
+    )
     monkeypatch.setenv("STOCKSCHED_TOKEN_FILE", str(token_file))
     assert run(capsys, "resume", "alpha", "--url", secured.url)[0] == 0
     monkeypatch.delenv("STOCKSCHED_TOKEN_FILE")
     settings = tmp_path / "settings.yaml"
     settings.write_text(f"http:\n  token_file: {token_file}\n")
-    assert run(capsys, "trigger", "alpha", "--wait", "--url", secured.url,
-               "--config", str(settings))[0] == 0
+    assert (
+        run(capsys, "trigger", "alpha", "--wait", "--url", secured.url, "--config", str(settings))[
+            0
+        ]
+        == 0
+    )
     wrong = tmp_path / "wrong"
     wrong.write_text("nope")
     code, _, err = run(capsys, "pause", "alpha", "--url", secured.url, "--token-file", str(wrong))
     assert code == 2 and "HTTP 401: invalid token" in err
 
 
-def test_unreadable_token_file_is_a_usage_error(daemon: Daemon, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
-    code, _, err = run(capsys, "pause", "alpha", "--url", daemon.url,
-                       "--token-file", str(tmp_path / "missing"))
+def test_unreadable_token_file_is_a_usage_error(
+    daemon: Daemon, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys, "pause", "alpha", "--url", daemon.url, "--token-file", str(tmp_path / "missing")
+    )
     assert code == 2 and err.startswith("stocksched: cannot read API token file ")
     empty = tmp_path / "empty"
     empty.write_text("\n")
@@ -274,16 +307,30 @@ def test_not_a_stocksched_daemon(tmp_path: Path, capsys: pytest.CaptureFixture[s
 # -- helpers ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("listen", "url"), [
-    ("127.0.0.1:9731", "http://127.0.0.1:9731"), ("0.0.0.0:80", "http://127.0.0.1:80"),
-    ("[::1]:9731", "http://[::1]:9731"), ("[::]:9731", "http://[::1]:9731"),
-    ("myhost:1234", "http://myhost:1234")])
+@pytest.mark.parametrize(
+    ("listen", "url"),
+    [
+        ("127.0.0.1:9731", "http://127.0.0.1:9731"),
+        ("0.0.0.0:80", "http://127.0.0.1:80"),
+        ("[::1]:9731", "http://[::1]:9731"),
+        ("[::]:9731", "http://[::1]:9731"),
+        ("myhost:1234", "http://myhost:1234"),
+    ],
+)
 def test_url_from_listen(listen: str, url: str) -> None:
     assert url_from_listen(listen) == url
 
 
 def test_table_and_durations() -> None:
     assert table(["A", "LONGER"], [["xxx", "1"], ["y", "22"]]).splitlines() == [
-        "A    LONGER", "xxx  1", "y    22"]
+        "A    LONGER",
+        "xxx  1",
+        "y    22",
+    ]
     assert [fmt_duration(s) for s in (0.25, 42, 125, 3 * 3600 + 61, 90000)] == [
-        "0.2s", "42s", "2m05s", "3h01m", "1d01h00m"]
+        "0.2s",
+        "42s",
+        "2m05s",
+        "3h01m",
+        "1d01h00m",
+    ]

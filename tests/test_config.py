@@ -88,15 +88,21 @@ def test_good_file_loads_with_defaults_merged(tmp_path: Path) -> None:
     assert tech.timezone == "America/New_York" and tech.window == timedelta(days=30)
     assert tech.ttl == timedelta(days=400) and tech.display_name == "Daily Tech Stocks"
     assert (tech.catchup, tech.overlap, tech.retries) == (timedelta(hours=1), "skip", 0)
-    assert (tech.retry_backoff, tech.jitter, tech.timeout) == (timedelta(seconds=1),
-                                                               timedelta(0), None)
+    assert (tech.retry_backoff, tech.jitter, tech.timeout) == (
+        timedelta(seconds=1),
+        timedelta(0),
+        None,
+    )
 
     # start/end in the job replace the default window; null clears the default ttl
     assert (fixed.window, fixed.start, fixed.end) == (None, date(2025, 1, 1), date(2025, 6, 30))
     assert fixed.ttl is None and fixed.timezone == "UTC"
     assert fixed.schedule == "17:30"  # unquoted HH:MM stays text (YAML 1.1 would give 1050)
-    assert (fixed.retries, fixed.retry_backoff, fixed.timeout) == (3, timedelta(seconds=2),
-                                                                   timedelta(minutes=5))
+    assert (fixed.retries, fixed.retry_backoff, fixed.timeout) == (
+        3,
+        timedelta(seconds=2),
+        timedelta(minutes=5),
+    )
     assert (fixed.catchup, fixed.overlap, fixed.calendar) == (timedelta(0), "queue", "XNYS")
     assert fixed.display_name == "fixed-range"
 
@@ -128,7 +134,8 @@ def test_window_dates() -> None:
     assert tech.window_dates(TODAY) == (TODAY - timedelta(days=30), TODAY)
     assert fixed.window_dates(TODAY) == (date(2025, 1, 1), date(2025, 6, 30))
     open_ended = JobSpec.model_validate(
-        {"id": "a", "tickers": ["X"], "schedule": "@daily", "start": "2025-03-01"})
+        {"id": "a", "tickers": ["X"], "schedule": "@daily", "start": "2025-03-01"}
+    )
     assert open_ended.window_dates(TODAY) == (date(2025, 3, 1), TODAY)
 
 
@@ -144,21 +151,32 @@ def test_next_fire_uses_the_job_zone() -> None:
 
 
 def test_durations_accept_integer_seconds() -> None:
-    spec = JobSpec.model_validate({"id": "a", "tickers": ["X"], "schedule": "@daily",
-                                   "timeout": 90, "jitter": 0})
+    spec = JobSpec.model_validate(
+        {"id": "a", "tickers": ["X"], "schedule": "@daily", "timeout": 90, "jitter": 0}
+    )
     assert spec.timeout == timedelta(seconds=90) and spec.to_json()["timeout"] == "1m30s"
 
 
 def test_stored_spec_is_not_checked_against_today() -> None:
     """A spec in Redis must stay readable as days pass; only loading a file checks dates."""
-    data = {"id": "a", "tickers": ["X"], "schedule": "@daily", "interval": "1m",
-            "start": "2020-01-01", "end": "2020-01-02"}
+    data = {
+        "id": "a",
+        "tickers": ["X"],
+        "schedule": "@daily",
+        "interval": "1m",
+        "start": "2020-01-01",
+        "end": "2020-01-02",
+    }
     assert JobSpec.model_validate(data).start == date(2020, 1, 1)
 
 
 def test_jobs_file_model_merges_defaults() -> None:
-    jf = JobsFile.model_validate({"defaults": {"timezone": "Europe/London"},
-                                  "jobs": [{"id": "a", "tickers": ["x"], "schedule": "@daily"}]})
+    jf = JobsFile.model_validate(
+        {
+            "defaults": {"timezone": "Europe/London"},
+            "jobs": [{"id": "a", "tickers": ["x"], "schedule": "@daily"}],
+        }
+    )
     assert jf.jobs[0].timezone == "Europe/London" and jf.jobs[0].tickers == ("X",)
 
 
@@ -185,80 +203,126 @@ def job_with(*lines: str) -> str:
 @pytest.mark.parametrize(
     ("lines", "expected"),
     [
-        (['timezone: Mars/Olympus'],
-         "jobs.yaml:6:15: jobs[0].timezone: unknown time zone 'Mars/Olympus': use an IANA name "
-         "such as America/New_York or UTC"),
-        (['window: 10x'],
-         "jobs.yaml:6:13: jobs[0].window: invalid duration '10x': expected a number and a unit "
-         "(w, d, h, m, s, ms), e.g. '90s', '1h30m', '30d', '500ms'"),
-        (['window: 36h'],
-         "jobs.yaml:6:13: jobs[0].window: window must be a positive whole number of days "
-         "(e.g. 30d), got 1d12h"),
-        (['start: 2025-06-01', 'end: 2025-01-01'],
-         "jobs.yaml:7:10: jobs[0].end: end 2025-01-01 is before start 2025-06-01"),
-        (['end: 2025-01-01'], "jobs.yaml:6:10: jobs[0].end: end needs a start date"),
-        (['window: 10d', 'start: 2025-01-01'],
-         "jobs.yaml:6:13: jobs[0].window: give either window or start/end dates, not both"),
-        (['start: 2025-02-30'],
-         "jobs.yaml:6:12: jobs[0].start: must be a date written YYYY-MM-DD, got '2025-02-30'"),
-        (['start: 2026-02-01'],
-         "jobs.yaml:6:12: jobs[0].start: start 2026-02-01 is in the future (today is 2026-01-15)"),
-        (['interval: 2h'],
-         "jobs.yaml:6:15: jobs[0].interval: must be one of '1m', '2m', '5m', '15m', '30m', '60m', "
-         "'90m', '1h', '1d', '5d', '1wk', '1mo' or '3mo', got '2h'"),
-        (['interval: 1m', 'window: 8d'],
-         "jobs.yaml:7:13: jobs[0].window: window 8d is too long for interval 1m: Yahoo serves "
-         "1m bars for the last 7 days only"),
-        (['interval: 5m', 'window: 61d'],
-         "jobs.yaml:7:13: jobs[0].window: window 61d is too long for interval 5m: Yahoo serves "
-         "5m bars for the last 60 days only"),
-        (['interval: 1h', 'window: 731d'],
-         "jobs.yaml:7:13: jobs[0].window: window 731d is too long for interval 1h: Yahoo serves "
-         "1h bars for the last 730 days only"),
+        (
+            ["timezone: Mars/Olympus"],
+            "jobs.yaml:6:15: jobs[0].timezone: unknown time zone 'Mars/Olympus': use an IANA name "
+            "such as America/New_York or UTC",
+        ),
+        (
+            ["window: 10x"],
+            "jobs.yaml:6:13: jobs[0].window: invalid duration '10x': expected a number and a unit "
+            "(w, d, h, m, s, ms), e.g. '90s', '1h30m', '30d', '500ms'",
+        ),
+        (
+            ["window: 36h"],
+            "jobs.yaml:6:13: jobs[0].window: window must be a positive whole number of days "
+            "(e.g. 30d), got 1d12h",
+        ),
+        (
+            ["start: 2025-06-01", "end: 2025-01-01"],
+            "jobs.yaml:7:10: jobs[0].end: end 2025-01-01 is before start 2025-06-01",
+        ),
+        (["end: 2025-01-01"], "jobs.yaml:6:10: jobs[0].end: end needs a start date"),
+        (
+            ["window: 10d", "start: 2025-01-01"],
+            "jobs.yaml:6:13: jobs[0].window: give either window or start/end dates, not both",
+        ),
+        (
+            ["start: 2025-02-30"],
+            "jobs.yaml:6:12: jobs[0].start: must be a date written YYYY-MM-DD, got '2025-02-30'",
+        ),
+        (
+            ["start: 2026-02-01"],
+            "jobs.yaml:6:12: jobs[0].start: start 2026-02-01 is in the future (today is 2026-01-15)",
+        ),
+        (
+            ["interval: 2h"],
+            "jobs.yaml:6:15: jobs[0].interval: must be one of '1m', '2m', '5m', '15m', '30m', '60m', "
+            "'90m', '1h', '1d', '5d', '1wk', '1mo' or '3mo', got '2h'",
+        ),
+        (
+            ["interval: 1m", "window: 8d"],
+            "jobs.yaml:7:13: jobs[0].window: window 8d is too long for interval 1m: Yahoo serves "
+            "1m bars for the last 7 days only",
+        ),
+        (
+            ["interval: 5m", "window: 61d"],
+            "jobs.yaml:7:13: jobs[0].window: window 61d is too long for interval 5m: Yahoo serves "
+            "5m bars for the last 60 days only",
+        ),
+        (
+            ["interval: 1h", "window: 731d"],
+            "jobs.yaml:7:13: jobs[0].window: window 731d is too long for interval 1h: Yahoo serves "
+            "1h bars for the last 730 days only",
+        ),
         # exactly at the limit starts before Yahoo's cut-off (now minus the limit)
-        (['interval: 5m', 'window: 60d'],
-         "jobs.yaml:7:13: jobs[0].window: window 60d is too long for interval 5m: Yahoo serves "
-         "5m bars for the last 60 days only"),
-        (['interval: 1h', 'window: 730d'],
-         "jobs.yaml:7:13: jobs[0].window: window 730d is too long for interval 1h: Yahoo serves "
-         "1h bars for the last 730 days only"),
-        (['interval: 1m', 'start: 2026-01-01'],
-         "jobs.yaml:7:12: jobs[0].start: start 2026-01-01 is 14 days ago: Yahoo serves 1m bars "
-         "for the last 7 days only"),
-        (['source: demo', 'interval: 1h'],
-         "jobs.yaml:6:13: jobs[0].source: source demo makes daily bars only; use interval 1d, "
-         "not 1h"),
-        (['source: csv'],
-         "jobs.yaml:6:13: jobs[0].source: must be one of 'yahoo' or 'demo', got 'csv'"),
-        (['prefix: "my prefix"'],
-         "jobs.yaml:6:13: jobs[0].prefix: prefix must be non-empty with no whitespace, "
-         "got 'my prefix'"),
-        (['ttl: 0'],
-         "jobs.yaml:6:10: jobs[0].ttl: must be longer than 0 (leave it out for none)"),
-        (['timeout: -1m'],
-         "jobs.yaml:6:14: jobs[0].timeout: duration '-1m' is negative; durations must be >= 0"),
-        (['catchup: soon'],
-         "jobs.yaml:6:14: jobs[0].catchup: invalid duration 'soon': expected a number and a unit "
-         "(w, d, h, m, s, ms), e.g. '90s', '1h30m', '30d', '500ms'"),
-        (['retries: 11'], "jobs.yaml:6:14: jobs[0].retries: must be at most 10, got 11"),
-        (['retries: -1'], "jobs.yaml:6:14: jobs[0].retries: must be at least 0, got -1"),
+        (
+            ["interval: 5m", "window: 60d"],
+            "jobs.yaml:7:13: jobs[0].window: window 60d is too long for interval 5m: Yahoo serves "
+            "5m bars for the last 60 days only",
+        ),
+        (
+            ["interval: 1h", "window: 730d"],
+            "jobs.yaml:7:13: jobs[0].window: window 730d is too long for interval 1h: Yahoo serves "
+            "1h bars for the last 730 days only",
+        ),
+        (
+            ["interval: 1m", "start: 2026-01-01"],
+            "jobs.yaml:7:12: jobs[0].start: start 2026-01-01 is 14 days ago: Yahoo serves 1m bars "
+            "for the last 7 days only",
+        ),
+        (
+            ["source: demo", "interval: 1h"],
+            "jobs.yaml:6:13: jobs[0].source: source demo makes daily bars only; use interval 1d, "
+            "not 1h",
+        ),
+        (
+            ["source: csv"],
+            "jobs.yaml:6:13: jobs[0].source: must be one of 'yahoo' or 'demo', got 'csv'",
+        ),
+        (
+            ['prefix: "my prefix"'],
+            "jobs.yaml:6:13: jobs[0].prefix: prefix must be non-empty with no whitespace, "
+            "got 'my prefix'",
+        ),
+        (["ttl: 0"], "jobs.yaml:6:10: jobs[0].ttl: must be longer than 0 (leave it out for none)"),
+        (
+            ["timeout: -1m"],
+            "jobs.yaml:6:14: jobs[0].timeout: duration '-1m' is negative; durations must be >= 0",
+        ),
+        (
+            ["catchup: soon"],
+            "jobs.yaml:6:14: jobs[0].catchup: invalid duration 'soon': expected a number and a unit "
+            "(w, d, h, m, s, ms), e.g. '90s', '1h30m', '30d', '500ms'",
+        ),
+        (["retries: 11"], "jobs.yaml:6:14: jobs[0].retries: must be at most 10, got 11"),
+        (["retries: -1"], "jobs.yaml:6:14: jobs[0].retries: must be at least 0, got -1"),
         (['retries: "3"'], "jobs.yaml:6:14: jobs[0].retries: must be a whole number, got '3'"),
-        (['retry_backoff: [1s]'],
-         "jobs.yaml:6:20: jobs[0].retry_backoff: must be a duration like '90s' or '1h30m', "
-         "got a list"),
-        (['overlap: wait'],
-         "jobs.yaml:6:14: jobs[0].overlap: must be one of 'skip' or 'queue', got 'wait'"),
-        (['enabled: maybe'],
-         "jobs.yaml:6:14: jobs[0].enabled: must be true or false, got 'maybe'"),
+        (
+            ["retry_backoff: [1s]"],
+            "jobs.yaml:6:20: jobs[0].retry_backoff: must be a duration like '90s' or '1h30m', "
+            "got a list",
+        ),
+        (
+            ["overlap: wait"],
+            "jobs.yaml:6:14: jobs[0].overlap: must be one of 'skip' or 'queue', got 'wait'",
+        ),
+        (["enabled: maybe"], "jobs.yaml:6:14: jobs[0].enabled: must be true or false, got 'maybe'"),
         (['name: ""'], "jobs.yaml:6:11: jobs[0].name: must not be empty"),
-        (['calendar: XNYZ'],
-         "jobs.yaml:6:15: jobs[0].calendar: unknown exchange calendar 'XNYZ' (did you mean "),
-        (['colour: red'],
-         "jobs.yaml:6:5: jobs[0].colour: unknown field 'colour' (allowed: id, name, tickers, "
-         "schedule, timezone, window, start, end, interval, enabled, prefix, source, ttl, catchup, "
-         "overlap, timeout, retries, retry_backoff, jitter, calendar)"),
-        (['tmezone: UTC'],
-         "jobs.yaml:6:5: jobs[0].tmezone: unknown field 'tmezone' (did you mean 'timezone'?)"),
+        (
+            ["calendar: XNYZ"],
+            "jobs.yaml:6:15: jobs[0].calendar: unknown exchange calendar 'XNYZ' (did you mean ",
+        ),
+        (
+            ["colour: red"],
+            "jobs.yaml:6:5: jobs[0].colour: unknown field 'colour' (allowed: id, name, tickers, "
+            "schedule, timezone, window, start, end, interval, enabled, prefix, source, ttl, catchup, "
+            "overlap, timeout, retries, retry_backoff, jitter, calendar)",
+        ),
+        (
+            ["tmezone: UTC"],
+            "jobs.yaml:6:5: jobs[0].tmezone: unknown field 'tmezone' (did you mean 'timezone'?)",
+        ),
     ],
 )
 def test_job_field_errors(lines: list[str], expected: str) -> None:
@@ -275,39 +339,75 @@ def test_unknown_calendar_suggests_close_codes() -> None:
 @pytest.mark.parametrize(
     ("replace", "by", "expected"),
     [
-        ('schedule: "@daily"', 'schedule: "61 * * * *"',
-         "jobs.yaml:5:15: jobs[0].schedule: invalid cron expression '61 * * * *': "
-         "[61 * * * *] is not acceptable, out of range"),
-        ('schedule: "@daily"', 'schedule: "0 0 30 2 *"',
-         "jobs.yaml:5:15: jobs[0].schedule: schedule '0 0 30 2 *' never fires (no matching date "
-         "within 9 years)"),
-        ('schedule: "@daily"', 'schedule: 25:00',
-         "jobs.yaml:5:15: jobs[0].schedule: invalid time '25:00': HH:MM must be between 00:00 "
-         "and 23:59"),
-        ('schedule: "@daily"', 'schedule: 1730',
-         "jobs.yaml:5:15: jobs[0].schedule: schedule must be a string; quote it, e.g. "
-         "\"0 17 * * 1-5\" (got 1730)"),
-        ('schedule: "@daily"', 'schedule: "@every 0s"',
-         "jobs.yaml:5:15: jobs[0].schedule: invalid @every schedule '@every 0s': the interval "
-         "must be at least 1s"),
-        ('schedule: "@daily"', 'schedule: ""',
-         "jobs.yaml:5:15: jobs[0].schedule: schedule is empty"),
-        ('  - id: a', '  - id: Daily_Tech',
-         "jobs.yaml:3:9: jobs[0].id: invalid id 'Daily_Tech': use 1-64 characters a-z 0-9 _ - "
-         "starting with a letter or digit"),
-        ('  - id: a', '  - id: 2024', "jobs.yaml:3:9: jobs[0].id: must be a string, got 2024"),
-        ('tickers: [AAPL]', 'tickers: [AAPL, "B@D"]',
-         "jobs.yaml:4:21: jobs[0].tickers[1]: invalid ticker 'B@D': Yahoo symbols are 1-20 "
-         "letters, digits and . - = (optionally starting with ^), e.g. AAPL, BRK-B, ^GSPC, "
-         "EURUSD=X"),
-        ('tickers: [AAPL]', 'tickers: [AAPL, msft, aapl]',
-         "jobs.yaml:4:14: jobs[0].tickers: duplicate ticker(s): AAPL"),
-        ('tickers: [AAPL]', 'tickers: []',
-         "jobs.yaml:4:14: jobs[0].tickers: at least one ticker is required"),
-        ('tickers: [AAPL]', 'tickers: AAPL',
-         "jobs.yaml:4:14: jobs[0].tickers: must be a list, got 'AAPL'"),
-        ('    schedule: "@daily"\n', '',
-         "jobs.yaml:3:5: jobs[0].schedule: required field is missing"),
+        (
+            'schedule: "@daily"',
+            'schedule: "61 * * * *"',
+            "jobs.yaml:5:15: jobs[0].schedule: invalid cron expression '61 * * * *': "
+            "[61 * * * *] is not acceptable, out of range",
+        ),
+        (
+            'schedule: "@daily"',
+            'schedule: "0 0 30 2 *"',
+            "jobs.yaml:5:15: jobs[0].schedule: schedule '0 0 30 2 *' never fires (no matching date "
+            "within 9 years)",
+        ),
+        (
+            'schedule: "@daily"',
+            "schedule: 25:00",
+            "jobs.yaml:5:15: jobs[0].schedule: invalid time '25:00': HH:MM must be between 00:00 "
+            "and 23:59",
+        ),
+        (
+            'schedule: "@daily"',
+            "schedule: 1730",
+            "jobs.yaml:5:15: jobs[0].schedule: schedule must be a string; quote it, e.g. "
+            '"0 17 * * 1-5" (got 1730)',
+        ),
+        (
+            'schedule: "@daily"',
+            'schedule: "@every 0s"',
+            "jobs.yaml:5:15: jobs[0].schedule: invalid @every schedule '@every 0s': the interval "
+            "must be at least 1s",
+        ),
+        (
+            'schedule: "@daily"',
+            'schedule: ""',
+            "jobs.yaml:5:15: jobs[0].schedule: schedule is empty",
+        ),
+        (
+            "  - id: a",
+            "  - id: Daily_Tech",
+            "jobs.yaml:3:9: jobs[0].id: invalid id 'Daily_Tech': use 1-64 characters a-z 0-9 _ - "
+            "starting with a letter or digit",
+        ),
+        ("  - id: a", "  - id: 2024", "jobs.yaml:3:9: jobs[0].id: must be a string, got 2024"),
+        (
+            "tickers: [AAPL]",
+            'tickers: [AAPL, "B@D"]',
+            "jobs.yaml:4:21: jobs[0].tickers[1]: invalid ticker 'B@D': Yahoo symbols are 1-20 "
+            "letters, digits and . - = (optionally starting with ^), e.g. AAPL, BRK-B, ^GSPC, "
+            "EURUSD=X",
+        ),
+        (
+            "tickers: [AAPL]",
+            "tickers: [AAPL, msft, aapl]",
+            "jobs.yaml:4:14: jobs[0].tickers: duplicate ticker(s): AAPL",
+        ),
+        (
+            "tickers: [AAPL]",
+            "tickers: []",
+            "jobs.yaml:4:14: jobs[0].tickers: at least one ticker is required",
+        ),
+        (
+            "tickers: [AAPL]",
+            "tickers: AAPL",
+            "jobs.yaml:4:14: jobs[0].tickers: must be a list, got 'AAPL'",
+        ),
+        (
+            '    schedule: "@daily"\n',
+            "",
+            "jobs.yaml:3:5: jobs[0].schedule: required field is missing",
+        ),
     ],
 )
 def test_errors_in_required_fields(replace: str, by: str, expected: str) -> None:
@@ -371,8 +471,10 @@ def test_bad_default_is_reported_once_at_the_defaults_entry() -> None:
       - {id: c, tickers: [C], schedule: "@daily", ttl: 1d}
     """
     errors = errors_of(text)
-    assert errors == ["jobs.yaml:2:8: defaults.ttl: invalid duration 'forever': expected a "
-                      "number and a unit (w, d, h, m, s, ms), e.g. '90s', '1h30m', '30d', '500ms'"]
+    assert errors == [
+        "jobs.yaml:2:8: defaults.ttl: invalid duration 'forever': expected a "
+        "number and a unit (w, d, h, m, s, ms), e.g. '90s', '1h30m', '30d', '500ms'"
+    ]
 
 
 def test_default_window_does_not_clash_with_job_dates() -> None:
@@ -421,20 +523,32 @@ def test_yaml_merge_keys_work() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("jobs: []\nversion: 2\n",
-         "jobs.yaml:2:10: version: unsupported version 2; this stocksched reads version 1"),
-        ("jobs: []\nextra: 1\n",
-         "jobs.yaml:2:1: extra: unknown field 'extra' (allowed: version, defaults, jobs)"),
-        ("version: 1\n", "jobs.yaml:1:1: jobs: required key is missing (write 'jobs: []' for "
-         "no jobs)"),
+        (
+            "jobs: []\nversion: 2\n",
+            "jobs.yaml:2:10: version: unsupported version 2; this stocksched reads version 1",
+        ),
+        (
+            "jobs: []\nextra: 1\n",
+            "jobs.yaml:2:1: extra: unknown field 'extra' (allowed: version, defaults, jobs)",
+        ),
+        (
+            "version: 1\n",
+            "jobs.yaml:1:1: jobs: required key is missing (write 'jobs: []' for no jobs)",
+        ),
         ("jobs:\n", "jobs.yaml:1:6: jobs: must be a list of jobs, got nothing (null)"),
         ("jobs: {id: a}\n", "jobs.yaml:1:7: jobs: must be a list of jobs, got a mapping"),
-        ("defaults: [1]\njobs: []\n",
-         "jobs.yaml:1:11: defaults: must be a mapping of job fields, got a list"),
-        ("defaults: {id: x}\njobs: []\n",
-         "jobs.yaml:1:12: defaults.id: id cannot have a default; every job needs its own"),
-        ("defaults:\n  scheduel: '@daily'\njobs: []\n",
-         "jobs.yaml:2:3: defaults.scheduel: unknown field 'scheduel' (did you mean 'schedule'?)"),
+        (
+            "defaults: [1]\njobs: []\n",
+            "jobs.yaml:1:11: defaults: must be a mapping of job fields, got a list",
+        ),
+        (
+            "defaults: {id: x}\njobs: []\n",
+            "jobs.yaml:1:12: defaults.id: id cannot have a default; every job needs its own",
+        ),
+        (
+            "defaults:\n  scheduel: '@daily'\njobs: []\n",
+            "jobs.yaml:2:3: defaults.scheduel: unknown field 'scheduel' (did you mean 'schedule'?)",
+        ),
     ],
 )
 def test_top_level_errors(text: str, expected: str) -> None:
@@ -446,14 +560,20 @@ def test_top_level_errors(text: str, expected: str) -> None:
     [
         (b"", "jobs.yaml: file is empty; it needs at least 'jobs:'"),
         (b"# only a comment\n\n", "jobs.yaml: file is empty; it needs at least 'jobs:'"),
-        (b"- a\n- b\n",
-         "jobs.yaml:1:1: the top level must be a mapping with a 'jobs' list, got a list"),
-        (b"just text\n",
-         "jobs.yaml:1:1: the top level must be a mapping with a 'jobs' list, got 'just text'"),
+        (
+            b"- a\n- b\n",
+            "jobs.yaml:1:1: the top level must be a mapping with a 'jobs' list, got a list",
+        ),
+        (
+            b"just text\n",
+            "jobs.yaml:1:1: the top level must be a mapping with a 'jobs' list, got 'just text'",
+        ),
         (b"jobs: [\n  - id: a\n", "jobs.yaml:2:3: invalid YAML: "),
         (b"jobs:\n  - id: a\n   bad: indent\n", "jobs.yaml:3:4: invalid YAML: "),
-        (b"jobs: []\nname: \xff\xfe\n",
-         "jobs.yaml:2:7: not valid UTF-8 (byte 0xff); save the file as UTF-8"),
+        (
+            b"jobs: []\nname: \xff\xfe\n",
+            "jobs.yaml:2:7: not valid UTF-8 (byte 0xff); save the file as UTF-8",
+        ),
         (b"jobs: !!python/object:os.system []\n", "jobs.yaml:1:7: invalid YAML: "),
         (b"a: 1\n---\nb: 2\n", "jobs.yaml:2:1: invalid YAML: "),
     ],
@@ -528,8 +648,12 @@ def test_json_schema_describes_the_file_as_written() -> None:
 def test_ten_thousand_jobs_load_in_seconds() -> None:
     lines = ["defaults:", "  timezone: America/New_York", "jobs:"]
     for i in range(10_000):
-        lines += [f"  - id: job-{i}", f"    tickers: [AAPL, MSFT, T{i}]",
-                  f'    schedule: "{i % 60} {i // 60 % 24} * * {i % 7}"', "    ttl: 30d"]
+        lines += [
+            f"  - id: job-{i}",
+            f"    tickers: [AAPL, MSFT, T{i}]",
+            f'    schedule: "{i % 60} {i // 60 % 24} * * {i % 7}"',
+            "    ttl: 30d",
+        ]
     text = "\n".join(lines) + "\n"
     t0 = time.perf_counter()
     loaded = load_jobs_text(text, "big.yaml", today=TODAY)

@@ -93,8 +93,9 @@ def test_manual_trigger_and_scheduled_run_never_overlap(any_redis: redis.Redis) 
     assert b.try_claim("job", run_id("job")).outcome == ClaimOutcome.JOB_BUSY
 
 
-def test_claim_is_exclusive_across_threads(real_redis: redis.Redis,
-                                           redis_server: RedisServer) -> None:
+def test_claim_is_exclusive_across_threads(
+    real_redis: redis.Redis, redis_server: RedisServer
+) -> None:
     threads, slots = 8, 50
     barrier = threading.Barrier(threads)
     won: list[list[int]] = [[] for _ in range(threads)]
@@ -114,18 +115,22 @@ def test_claim_is_exclusive_across_threads(real_redis: redis.Redis,
 
 
 def _race_process(url: str, go: Any, out: Any, slots: int) -> None:
-    mgr = LeaseManager(redis.Redis.from_url(url, decode_responses=True),
-                       f"proc-{multiprocessing.current_process().pid}")
+    mgr = LeaseManager(
+        redis.Redis.from_url(url, decode_responses=True),
+        f"proc-{multiprocessing.current_process().pid}",
+    )
     go.wait(10)
     out.put([i for i in range(slots) if mgr.claim(f"job{i}", run_id(f"job{i}", i))])
 
 
-def test_claim_is_exclusive_across_three_processes(real_redis: redis.Redis,
-                                                   redis_server: RedisServer) -> None:
+def test_claim_is_exclusive_across_three_processes(
+    real_redis: redis.Redis, redis_server: RedisServer
+) -> None:
     ctx = multiprocessing.get_context("fork")
     go, out, slots = ctx.Event(), ctx.Queue(), 50
-    procs = [ctx.Process(target=_race_process, args=(redis_server.url, go, out, slots))
-             for _ in range(3)]
+    procs = [
+        ctx.Process(target=_race_process, args=(redis_server.url, go, out, slots)) for _ in range(3)
+    ]
     for p in procs:
         p.start()
     go.set()
@@ -155,8 +160,7 @@ def test_queued_slot_waits_for_the_other_replicas_run(any_redis: redis.Redis) ->
     assert first is not None
     assert b.try_claim("job", run_id("job", 1)).outcome == ClaimOutcome.JOB_BUSY
     stop = threading.Event()
-    assert b.wait_lease_job("job", run_id("job", 1), stop=stop, timeout_s=0.1,
-                            poll_s=0.02) is None
+    assert b.wait_lease_job("job", run_id("job", 1), stop=stop, timeout_s=0.1, poll_s=0.02) is None
     threading.Timer(0.1, lambda: a.release(first)).start()
     queued = b.wait_lease_job("job", run_id("job", 1), stop=stop, timeout_s=3, poll_s=0.02)
     assert queued is not None and b.running_run_id("job") == run_id("job", 1)
@@ -190,8 +194,12 @@ def test_finish_drops_record_and_lease_together(any_redis: redis.Redis) -> None:
     lease = a.claim("job", run_id("job", 0))
     assert lease is not None
     assert a.finish(lease)
-    assert any_redis.exists(keys.running_key("job"), keys.inflight_key("job"),
-                            keys.inflight_index_key()) == 0
+    assert (
+        any_redis.exists(
+            keys.running_key("job"), keys.inflight_key("job"), keys.inflight_index_key()
+        )
+        == 0
+    )
     late = a.claim("job", run_id("job", 1))
     assert late is not None
     time.sleep(0.15)  # lease lost mid-run; another replica records it interrupted
@@ -199,8 +207,7 @@ def test_finish_drops_record_and_lease_together(any_redis: redis.Redis) -> None:
     assert not a.finish(late)  # the caller learns its run was recorded elsewhere
 
 
-def test_a_stale_lease_cannot_release_the_next_run_of_the_same_job(
-        any_redis: redis.Redis) -> None:
+def test_a_stale_lease_cannot_release_the_next_run_of_the_same_job(any_redis: redis.Redis) -> None:
     """Same replica, same job: the lease token, not the replica id, decides ownership."""
     a = LeaseManager(any_redis, "replica-a")
     old = a.claim("job", run_id("job", 0))
@@ -232,7 +239,8 @@ def test_a_run_whose_lease_expired_is_found_interrupted_once(any_redis: redis.Re
 
 
 def test_two_replicas_scanning_together_record_each_crash_once(
-        real_redis: redis.Redis, redis_server: RedisServer) -> None:
+    real_redis: redis.Redis, redis_server: RedisServer
+) -> None:
     dead = LeaseManager(real_redis, "dead", lease_ms=100)
     for i in range(20):
         assert dead.claim(f"job{i}", run_id(f"job{i}"))
@@ -273,7 +281,8 @@ def test_finished_runs_and_live_runs_are_not_interrupted(any_redis: redis.Redis)
 
 
 def test_crashed_run_is_found_while_the_next_run_of_the_job_is_going(
-        any_redis: redis.Redis) -> None:
+    any_redis: redis.Redis,
+) -> None:
     a = LeaseManager(any_redis, "replica-a", lease_ms=100)
     crashed = a.claim("job", run_id("job", 0))
     assert crashed is not None
@@ -286,7 +295,8 @@ def test_crashed_run_is_found_while_the_next_run_of_the_job_is_going(
 
 
 def test_restart_with_a_stable_replica_id_finds_its_own_crash_at_once(
-        any_redis: redis.Redis) -> None:
+    any_redis: redis.Redis,
+) -> None:
     before = LeaseManager(any_redis, "replica-a")  # 30 s lease: would take long to expire
     other = LeaseManager(any_redis, "replica-b")
     crashed = before.claim("job", run_id("job", 0))
@@ -307,12 +317,15 @@ def test_damaged_inflight_record_still_reports_the_run(fake_redis: redis.Redis) 
     assert [r.run_id for r in found] == [run_id("job")]
 
 
-@pytest.mark.parametrize(("given", "expected"), [
-    ("job:1741617000000", "job:1741617000000-r1"),
-    ("job:1741617000000-r1", "job:1741617000000-r2"),
-    ("daily-r2:1741617000000", "daily-r2:1741617000000-r1"),
-    ("job:m1741617000000-ab12", "job:m1741617000000-ab12-r1"),
-])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("job:1741617000000", "job:1741617000000-r1"),
+        ("job:1741617000000-r1", "job:1741617000000-r2"),
+        ("daily-r2:1741617000000", "daily-r2:1741617000000-r1"),
+        ("job:m1741617000000-ab12", "job:m1741617000000-ab12-r1"),
+    ],
+)
 def test_rerun_ids_are_deterministic(given: str, expected: str) -> None:
     assert rerun_run_id(given) == expected
 
@@ -340,8 +353,12 @@ def test_keeper_holds_a_lease_past_its_ttl_and_reports_theft(real_redis: redis.R
 
 
 def test_keeper_reports_loss_only_once_redis_was_down_for_the_whole_lease() -> None:
-    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5, decode_responses=True,
-                       retry=Retry(NoBackoff(), 0))
+    dead = redis.Redis(
+        port=free_port(),
+        socket_connect_timeout=0.5,
+        decode_responses=True,
+        retry=Retry(NoBackoff(), 0),
+    )
     now = [100.0]
     mgr = LeaseManager(dead, "replica-a", lease_ms=1000)
     lost: list[Lease] = []
@@ -391,7 +408,8 @@ def test_live_replicas_are_listed_and_a_dead_one_drops_out(any_redis: redis.Redi
 
 
 def test_redis_down_raises_storage_error_quickly_and_recovers(
-        real_redis: redis.Redis, redis_server: RedisServer) -> None:
+    real_redis: redis.Redis, redis_server: RedisServer
+) -> None:
     client = connect(redis_server.url)
     mgr = LeaseManager(client, "replica-a")
     beat = ReplicaHeartbeat(client, "replica-a", {}, ttl_s=0.3)

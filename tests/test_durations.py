@@ -22,8 +22,10 @@ from stocksched.durations import format_duration, parse_duration
         ("500ms", timedelta(milliseconds=500)),
         ("1m500ms", timedelta(minutes=1, milliseconds=500)),
         ("1.5h", timedelta(minutes=90)),
-        ("1w2d3h4m5s6ms", timedelta(weeks=1, days=2, hours=3, minutes=4, seconds=5,
-                                    milliseconds=6)),
+        (
+            "1w2d3h4m5s6ms",
+            timedelta(weeks=1, days=2, hours=3, minutes=4, seconds=5, milliseconds=6),
+        ),
         ("  15m ", timedelta(minutes=15)),
     ],
 )

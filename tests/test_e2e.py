@@ -40,19 +40,39 @@ def wait_for(pred, timeout: float = 15.0):  # type: ignore[no-untyped-def]
     raise AssertionError("condition not met in time")
 
 
-def start_daemon(tmp_path: Path, redis_url: str, *extra: str,
-                 env_extra: dict[str, str] | None = None,
-                 port: int | None = None) -> subprocess.Popen[str]:
+def start_daemon(
+    tmp_path: Path,
+    redis_url: str,
+    *extra: str,
+    env_extra: dict[str, str] | None = None,
+    port: int | None = None,
+) -> subprocess.Popen[str]:
     """`stocksched run` on the tmp jobs.yaml; its HTTP API on a free port (``proc.port``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSCHED_")}
     env["HOME"] = str(tmp_path / "home")  # nothing may be written to the user's home
     env.update(env_extra or {})
     port = port or free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stocksched", "run", "--jobs", str(tmp_path / "jobs.yaml"),
-         "--redis-url", redis_url, "--shutdown-grace", "10",
-         "--listen", f"127.0.0.1:{port}", *extra],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "stocksched",
+            "run",
+            "--jobs",
+            str(tmp_path / "jobs.yaml"),
+            "--redis-url",
+            redis_url,
+            "--shutdown-grace",
+            "10",
+            "--listen",
+            f"127.0.0.1:{port}",
+            *extra,
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     proc.port = port  # type: ignore[attr-defined]
     return proc
@@ -106,11 +126,16 @@ def test_live_reload_and_api_on_a_running_daemon(
         wait_for(lambda: _get(base + "/readyz") == 200)
         # An editor-style save adds a job: it goes live without a restart.
         tmp = tmp_path / ".jobs.yaml.swp"
-        tmp.write_text(JOBS + "  - id: added-later\n    tickers: [CCC]\n"
-                       "    schedule: '@hourly'\n    source: demo\n")
+        tmp.write_text(
+            JOBS + "  - id: added-later\n    tickers: [CCC]\n"
+            "    schedule: '@hourly'\n    source: demo\n"
+        )
         tmp.replace(jobs)
-        wait_for(lambda: "added-later" in {j["job_id"] for j in
-                                          httpx.get(base + "/scheduler/jobs").json()})
+        wait_for(
+            lambda: (
+                "added-later" in {j["job_id"] for j in httpx.get(base + "/scheduler/jobs").json()}
+            )
+        )
         # An invalid save is refused as a whole; the errors show in the status.
         jobs.write_text(jobs.read_text().replace("'@hourly'", "'@every never'"))
         wait_for(lambda: not httpx.get(base + "/scheduler/status").json()["last_reload"]["ok"])
@@ -158,14 +183,22 @@ jobs:
 
 @pytest.mark.parametrize(("grace", "finished"), [("30", True), ("0.2", False)])
 def test_sigterm_drains_running_jobs_within_the_grace_period(
-    tmp_path: Path, redis_server: RedisServer, real_redis: redis.Redis, grace: str,
+    tmp_path: Path,
+    redis_server: RedisServer,
+    real_redis: redis.Redis,
+    grace: str,
     finished: bool,
 ) -> None:
     tickers = ", ".join(f"S{i:03d}" for i in range(30))  # one at a time: a run of seconds
     (tmp_path / "jobs.yaml").write_text(SLOW_JOB.format(tickers=tickers))
     (tmp_path / "home").mkdir()
-    proc = start_daemon(tmp_path, redis_server.url, "--shutdown-grace", grace,
-                        env_extra={"STOCKSCHED_TICKER_CONCURRENCY": "1"})
+    proc = start_daemon(
+        tmp_path,
+        redis_server.url,
+        "--shutdown-grace",
+        grace,
+        env_extra={"STOCKSCHED_TICKER_CONCURRENCY": "1"},
+    )
     try:
         wait_for(lambda: real_redis.hlen(keys.inflight_key("slow")) > 0)
         run_id = next(iter(real_redis.hkeys(keys.inflight_key("slow"))))

@@ -24,8 +24,12 @@ from tests.helpers import make_spec
 from tests.yahoo_fake import FakeYahoo, Reply, installed_fake
 
 NOW = datetime(2025, 1, 11, 22, 0, tzinfo=UTC)
-WINDOW = {"start": "2025-01-02", "end": "2025-01-10", "timezone": "America/New_York",
-          "source": "yahoo"}
+WINDOW = {
+    "start": "2025-01-02",
+    "end": "2025-01-10",
+    "timezone": "America/New_York",
+    "source": "yahoo",
+}
 
 
 @pytest.fixture
@@ -34,8 +38,9 @@ def fake_yahoo(tmp_path: Path) -> Iterator[FakeYahoo]:
         yield fake
 
 
-def executor(client: redis.Redis, fake: FakeYahoo, metrics: Metrics | None = None
-             ) -> tuple[JobExecutor, DataIOButler]:
+def executor(
+    client: redis.Redis, fake: FakeYahoo, metrics: Metrics | None = None
+) -> tuple[JobExecutor, DataIOButler]:
     butler = DataIOButler(RedisAdapter(client))
     ex = JobExecutor({"yahoo": YFinanceFetcher(session=fake)}, butler, FakeClock(NOW), 4, metrics)
     return ex, butler
@@ -47,26 +52,34 @@ def test_success_stores_every_ticker_in_the_original_design_format(
     metrics = Metrics("test")
     ex, butler = executor(fake_redis, fake_yahoo, metrics)
     caplog.set_level(logging.INFO, logger="stocksched.executor")
-    result = ex.execute_job(make_spec("tech", tickers=["AAPL", "BMW.DE"], **WINDOW),
-                            trigger=Trigger.SCHEDULE, scheduled_for=NOW, run_id="tech:1")
+    result = ex.execute_job(
+        make_spec("tech", tickers=["AAPL", "BMW.DE"], **WINDOW),
+        trigger=Trigger.SCHEDULE,
+        scheduled_for=NOW,
+        run_id="tech:1",
+    )
     assert result.status == RunStatus.SUCCESS
     assert result.fetched_stocks == ["AAPL", "BMW.DE"] and result.failed_stocks == []
     assert result.errors == {}
     frame = butler.get_data("scheduled_stock_data", "AAPL", "2025-01-02", "2025-01-10")
     assert frame is not None and len(frame) == 6  # 9 Jan 2025: market closed
     assert result.rows_stored == 6 + len(
-        butler.get_data("scheduled_stock_data", "BMW.DE", "2025-01-02", "2025-01-10"))  # type: ignore[arg-type]
-    assert fake_redis.get(keys.latest_key("scheduled_stock_data", "AAPL")) == \
-        keys.data_key("scheduled_stock_data", "AAPL", "2025-01-02", "2025-01-10")
+        butler.get_data("scheduled_stock_data", "BMW.DE", "2025-01-02", "2025-01-10")
+    )  # type: ignore[arg-type]
+    assert fake_redis.get(keys.latest_key("scheduled_stock_data", "AAPL")) == keys.data_key(
+        "scheduled_stock_data", "AAPL", "2025-01-02", "2025-01-10"
+    )
     lines = [r for r in caplog.records if r.getMessage().startswith("run finished")]
     assert len(lines) == 1 and "job=tech run_id=tech:1 status=success" in lines[0].getMessage()
     assert metrics.ticker_fetches.labels(job="tech", result="success")._value.get() == 2
-    assert metrics.job_runs.labels(job="tech", status="success",
-                                   trigger="schedule")._value.get() == 1
+    assert (
+        metrics.job_runs.labels(job="tech", status="success", trigger="schedule")._value.get() == 1
+    )
 
 
-def test_one_bad_ticker_gives_partial_success(fake_redis: redis.Redis,
-                                              fake_yahoo: FakeYahoo) -> None:
+def test_one_bad_ticker_gives_partial_success(
+    fake_redis: redis.Redis, fake_yahoo: FakeYahoo
+) -> None:
     fake_yahoo.always("GONE", Reply.delisted())
     ex, butler = executor(fake_redis, fake_yahoo)
     result = ex.execute_job(make_spec("tech", tickers=["AAPL", "GONE"], **WINDOW))
@@ -77,8 +90,7 @@ def test_one_bad_ticker_gives_partial_success(fake_redis: redis.Redis,
     assert not fake_redis.exists(keys.latest_key("scheduled_stock_data", "GONE"))
 
 
-def test_all_tickers_failing_gives_failed(fake_redis: redis.Redis,
-                                          fake_yahoo: FakeYahoo) -> None:
+def test_all_tickers_failing_gives_failed(fake_redis: redis.Redis, fake_yahoo: FakeYahoo) -> None:
     fake_yahoo.always("GONE", Reply.delisted())
     fake_yahoo.always("AAPL", Reply.server_error())
     ex, _ = executor(fake_redis, fake_yahoo)
@@ -105,8 +117,9 @@ def test_storage_down_fails_the_run_with_a_clear_reason(
 
 
 @pytest.mark.parametrize(("retries", "status"), [(2, RunStatus.SUCCESS), (0, RunStatus.FAILED)])
-def test_job_retries_ride_over_a_rate_limit(fake_redis: redis.Redis, fake_yahoo: FakeYahoo,
-                                            retries: int, status: RunStatus) -> None:
+def test_job_retries_ride_over_a_rate_limit(
+    fake_redis: redis.Redis, fake_yahoo: FakeYahoo, retries: int, status: RunStatus
+) -> None:
     fake_yahoo.script_attempts("AAPL", Reply.rate_limited(retry_after=0.2), Reply.ok())
     fake_yahoo.always("GONE", Reply.delisted())
     ex, _ = executor(fake_redis, fake_yahoo)
@@ -120,7 +133,8 @@ def test_job_retries_ride_over_a_rate_limit(fake_redis: redis.Redis, fake_yahoo:
     counts = []
     for n in (0, 3):
         before = len(fake_yahoo.chart_requests("GONE"))
-        ex.execute_job(make_spec("gone", tickers=["GONE"], retries=n, retry_backoff="10ms",
-                                 **WINDOW))
+        ex.execute_job(
+            make_spec("gone", tickers=["GONE"], retries=n, retry_backoff="10ms", **WINDOW)
+        )
         counts.append(len(fake_yahoo.chart_requests("GONE")) - before)
     assert counts[0] >= 1 and counts[1] == counts[0]

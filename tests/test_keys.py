@@ -74,8 +74,14 @@ def test_coordination_keys_pin_their_text() -> None:
 
 
 def test_coordination_keys_are_well_formed_and_distinct() -> None:
-    built = [keys.slot_key("j:1"), keys.running_key("j"), keys.inflight_key("j"),
-             keys.inflight_index_key(), keys.replica_key("r"), keys.replica_index_key()]
+    built = [
+        keys.slot_key("j:1"),
+        keys.running_key("j"),
+        keys.inflight_key("j"),
+        keys.inflight_index_key(),
+        keys.replica_key("r"),
+        keys.replica_index_key(),
+    ]
     assert len(set(built)) == len(built)
     for key in built:
         assert key.startswith("scheduler:")

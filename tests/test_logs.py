@@ -33,8 +33,9 @@ from tests.test_e2e import start_daemon
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
 
 
-def _record(level: int = logging.INFO, msg: str = "run finished job=%s", args: Any = ("a",),
-            **extra: Any) -> logging.LogRecord:
+def _record(
+    level: int = logging.INFO, msg: str = "run finished job=%s", args: Any = ("a",), **extra: Any
+) -> logging.LogRecord:
     record = logging.LogRecord("stocksched.executor", level, __file__, 1, msg, args, None)
     record.__dict__.update(extra)
     return record
@@ -73,10 +74,16 @@ def test_json_exception_stays_on_one_line() -> None:
     assert obj["level"] == "error" and "ValueError: boom" in obj["exception"]
 
 
-@pytest.mark.parametrize(("level", "priority"), [
-    (logging.DEBUG, 7), (logging.INFO, 6), (logging.WARNING, 4), (logging.ERROR, 3),
-    (logging.CRITICAL, 2),
-])
+@pytest.mark.parametrize(
+    ("level", "priority"),
+    [
+        (logging.DEBUG, 7),
+        (logging.INFO, 6),
+        (logging.WARNING, 4),
+        (logging.ERROR, 3),
+        (logging.CRITICAL, 2),
+    ],
+)
 def test_syslog_priority(level: int, priority: int) -> None:
     assert syslog_priority(level) == priority
 
@@ -142,8 +149,17 @@ def _json_lines(text: str) -> list[dict[str, Any]]:
 
 
 def test_run_job_json_logs_carry_job_run_id_and_ticker(tmp_path: Path, demo_jobs: Path) -> None:
-    result = run_cli("run-job", "demo-weekend", "--jobs", str(demo_jobs), "--redis-url",
-                     "memory://", "--log-format", "json", cwd=tmp_path)
+    result = run_cli(
+        "run-job",
+        "demo-weekend",
+        "--jobs",
+        str(demo_jobs),
+        "--redis-url",
+        "memory://",
+        "--log-format",
+        "json",
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     logs = _json_lines(result.stderr)
     tickers = [o for o in logs if o["message"].startswith("ticker failed")]
@@ -161,8 +177,13 @@ def test_run_job_json_logs_carry_job_run_id_and_ticker(tmp_path: Path, demo_jobs
 def test_daemon_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
     (tmp_path / "jobs.yaml").write_text(DEMO_JOBS.replace('"@every 1h"', '"@every 1s"', 1))
     (tmp_path / "home").mkdir()
-    proc = start_daemon(tmp_path, "memory://", "--log-format", "json",
-                        env_extra={"STOCKSCHED_STATE_DIR": str(tmp_path / "state")})
+    proc = start_daemon(
+        tmp_path,
+        "memory://",
+        "--log-format",
+        "json",
+        env_extra={"STOCKSCHED_STATE_DIR": str(tmp_path / "state")},
+    )
     assert proc.stdout is not None
     head: list[str] = []
     try:
@@ -185,16 +206,26 @@ def test_daemon_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
 def test_text_logs_omit_timestamp_on_the_journal(tmp_path: Path, demo_jobs: Path) -> None:
     path = tmp_path / "stderr"
     with path.open("w") as stderr:
-        result = run_cli("run-job", "demo", "--jobs", str(demo_jobs), "--redis-url",
-                         "memory://", cwd=tmp_path, env_extra=_journal_env(stderr),
-                         stderr=stderr)
+        result = run_cli(
+            "run-job",
+            "demo",
+            "--jobs",
+            str(demo_jobs),
+            "--redis-url",
+            "memory://",
+            cwd=tmp_path,
+            env_extra=_journal_env(stderr),
+            stderr=stderr,
+        )
     assert result.returncode == 0
     lines = path.read_text().splitlines()
     assert lines, "no log lines"
-    assert all(re.match(r"^<[2-7]>(INFO|WARNING|ERROR|DEBUG|CRITICAL) \S+: ", ln)
-               for ln in lines), lines
-    assert any(ln.startswith("<6>INFO stocksched.executor: run finished job=demo ")
-               for ln in lines), lines
+    assert all(
+        re.match(r"^<[2-7]>(INFO|WARNING|ERROR|DEBUG|CRITICAL) \S+: ", ln) for ln in lines
+    ), lines
+    assert any(
+        ln.startswith("<6>INFO stocksched.executor: run finished job=demo ") for ln in lines
+    ), lines
 
 
 def test_text_logs_keep_timestamp_when_journal_stream_is_inherited(
@@ -203,9 +234,17 @@ def test_text_logs_keep_timestamp_when_journal_stream_is_inherited(
     """A command run from a service's shell inherits JOURNAL_STREAM but writes elsewhere."""
     path = tmp_path / "stderr"
     with path.open("w") as stderr, (tmp_path / "journal").open("w") as journal:
-        result = run_cli("run-job", "demo", "--jobs", str(demo_jobs), "--redis-url",
-                         "memory://", cwd=tmp_path, env_extra=_journal_env(journal),
-                         stderr=stderr)
+        result = run_cli(
+            "run-job",
+            "demo",
+            "--jobs",
+            str(demo_jobs),
+            "--redis-url",
+            "memory://",
+            cwd=tmp_path,
+            env_extra=_journal_env(journal),
+            stderr=stderr,
+        )
     assert result.returncode == 0
     lines = path.read_text().splitlines()
     assert lines and all(TIMESTAMP.match(ln) for ln in lines), lines

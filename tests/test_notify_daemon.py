@@ -44,7 +44,8 @@ jobs:
 
 # What `systemctl status` shows in its "Status:" line once the daemon runs.
 RUNNING_STATUS = re.compile(
-    r"^1 jobs; next demo-slow at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d; last reload ok$")
+    r"^1 jobs; next demo-slow at \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d; last reload ok$"
+)
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,11 @@ def workdir(tmp_path: Path) -> Path:
 def _env(workdir: Path, notify: NotifySocket, watchdog_usec: str = "") -> dict[str, str]:
     # The state dir keeps yfinance's cache in the test's directory; an empty WATCHDOG_USEC
     # overrides one this test process might have inherited.
-    return {"NOTIFY_SOCKET": notify.env_value, "WATCHDOG_USEC": watchdog_usec,
-            "STOCKSCHED_STATE_DIR": str(workdir / "state")}
+    return {
+        "NOTIFY_SOCKET": notify.env_value,
+        "WATCHDOG_USEC": watchdog_usec,
+        "STOCKSCHED_STATE_DIR": str(workdir / "state"),
+    }
 
 
 def _healthz(port: int) -> int:
@@ -183,8 +187,10 @@ def test_ready_only_after_redis_answers_and_config_is_loaded(
         time.sleep(2.0)
         assert proc.poll() is None, "the daemon gave up instead of waiting for Redis"
         assert not notify_path.with_key("READY"), notify_path.raws()
-        assert all(n.fields["STATUS"].startswith("waiting for Redis")
-                   for n in notify_path.with_key("STATUS"))
+        assert all(
+            n.fields["STATUS"].startswith("waiting for Redis")
+            for n in notify_path.with_key("STATUS")
+        )
 
         redis_server.start()
         _, ready = notify_path.wait_for("READY")
@@ -229,12 +235,15 @@ def test_sigterm_while_waiting_for_redis_reports_stopping(
 
 
 def test_watchdog_reload_and_stop_sequence(
-    workdir: Path, redis_server: RedisServer, real_redis: redis.Redis,
+    workdir: Path,
+    redis_server: RedisServer,
+    real_redis: redis.Redis,
     notify_abstract: NotifySocket,
 ) -> None:
     notify = notify_abstract
-    proc = start_daemon(workdir, redis_server.url,
-                        env_extra=_env(workdir, notify, watchdog_usec="1000000"))
+    proc = start_daemon(
+        workdir, redis_server.url, env_extra=_env(workdir, notify, watchdog_usec="1000000")
+    )
     try:
         i, ready = notify.wait_for("READY")
         assert RUNNING_STATUS.match(ready.fields["STATUS"]), ready.raw

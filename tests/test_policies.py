@@ -35,8 +35,9 @@ def drive(rig: Rig, until: datetime) -> None:
 
 
 @pytest.mark.parametrize(("catchup", "ran"), [("1h", True), ("0", False), ("3m", False)])
-def test_catch_up_after_three_hour_downtime(fake_redis: redis.Redis, catchup: str,
-                                            ran: bool) -> None:
+def test_catch_up_after_three_hour_downtime(
+    fake_redis: redis.Redis, catchup: str, ran: bool
+) -> None:
     spec = make_spec("a", schedule="*/10 * * * *", catchup=catchup, tickers=["AAA"])
     first = Rig(fake_redis, FakeClock(T0))
     first.load(spec)  # persisted next_run = 10:10
@@ -87,9 +88,11 @@ def test_overlap_queue_runs_once_after_the_current_run(fake_redis: redis.Redis) 
         r.settle()
         r.settle()  # the queued run starts when the first finishes
         got = statuses(r)
-        assert got == [(base, RunStatus.SUCCESS),
-                       (base + timedelta(seconds=1), RunStatus.SKIPPED),
-                       (base + timedelta(seconds=2), RunStatus.SUCCESS)]
+        assert got == [
+            (base, RunStatus.SUCCESS),
+            (base + timedelta(seconds=1), RunStatus.SKIPPED),
+            (base + timedelta(seconds=2), RunStatus.SUCCESS),
+        ]
     finally:
         r.scheduler.stop(1)
 
@@ -119,45 +122,82 @@ def test_timeout_fails_the_run_and_frees_the_job(fake_redis: redis.Redis) -> Non
 def test_calendar_skips_an_exchange_holiday(rig: Rig) -> None:
     # 2026-12-25 (Friday) is a NYSE holiday; Monday 2026-12-28 is a session.
     rig.clock.set(datetime(2026, 12, 24, 18, 0, tzinfo=NY))
-    rig.load(make_spec("a", schedule="0 17 * * 1-5", timezone="America/New_York",
-                       calendar="XNYS", tickers=["AAA"]))
+    rig.load(
+        make_spec(
+            "a",
+            schedule="0 17 * * 1-5",
+            timezone="America/New_York",
+            calendar="XNYS",
+            tickers=["AAA"],
+        )
+    )
     drive(rig, datetime(2026, 12, 28, 17, 0, tzinfo=NY))
     got = statuses(rig)
-    assert got == [(datetime(2026, 12, 25, 17, 0, tzinfo=NY), RunStatus.SKIPPED),
-                   (datetime(2026, 12, 28, 17, 0, tzinfo=NY), RunStatus.SUCCESS)]
+    assert got == [
+        (datetime(2026, 12, 25, 17, 0, tzinfo=NY), RunStatus.SKIPPED),
+        (datetime(2026, 12, 28, 17, 0, tzinfo=NY), RunStatus.SUCCESS),
+    ]
     assert "market closed" in rig.registry.get_runs("a")[-1].reason
 
 
 DST_CASES = [
     # (timezone, schedule, drive from, drive to, expected fire instants in UTC)
-    ("America/New_York", "30 2 * * *", datetime(2026, 3, 7, 12, tzinfo=UTC),
-     datetime(2026, 3, 9, 12, tzinfo=UTC),
-     ["2026-03-08T07:00:00+00:00", "2026-03-09T06:30:00+00:00"]),  # gap: 03:00 EDT, once
-    ("America/New_York", "30 1 * * *", datetime(2026, 10, 31, 12, tzinfo=UTC),
-     datetime(2026, 11, 2, 12, tzinfo=UTC),
-     ["2026-11-01T05:30:00+00:00", "2026-11-02T06:30:00+00:00"]),  # overlap: first only
-    ("Europe/London", "30 1 * * *", datetime(2026, 3, 28, 12, tzinfo=UTC),
-     datetime(2026, 3, 30, 12, tzinfo=UTC),
-     ["2026-03-29T01:00:00+00:00", "2026-03-30T00:30:00+00:00"]),  # gap: 02:00 BST
-    ("Europe/London", "30 1 * * *", datetime(2026, 10, 24, 12, tzinfo=UTC),
-     datetime(2026, 10, 26, 12, tzinfo=UTC),
-     ["2026-10-25T00:30:00+00:00", "2026-10-26T01:30:00+00:00"]),  # overlap: BST one
-    ("UTC", "30 1 * * *", datetime(2026, 3, 7, 12, tzinfo=UTC),
-     datetime(2026, 3, 9, 12, tzinfo=UTC),
-     ["2026-03-08T01:30:00+00:00", "2026-03-09T01:30:00+00:00"]),  # UTC unaffected
+    (
+        "America/New_York",
+        "30 2 * * *",
+        datetime(2026, 3, 7, 12, tzinfo=UTC),
+        datetime(2026, 3, 9, 12, tzinfo=UTC),
+        ["2026-03-08T07:00:00+00:00", "2026-03-09T06:30:00+00:00"],
+    ),  # gap: 03:00 EDT, once
+    (
+        "America/New_York",
+        "30 1 * * *",
+        datetime(2026, 10, 31, 12, tzinfo=UTC),
+        datetime(2026, 11, 2, 12, tzinfo=UTC),
+        ["2026-11-01T05:30:00+00:00", "2026-11-02T06:30:00+00:00"],
+    ),  # overlap: first only
+    (
+        "Europe/London",
+        "30 1 * * *",
+        datetime(2026, 3, 28, 12, tzinfo=UTC),
+        datetime(2026, 3, 30, 12, tzinfo=UTC),
+        ["2026-03-29T01:00:00+00:00", "2026-03-30T00:30:00+00:00"],
+    ),  # gap: 02:00 BST
+    (
+        "Europe/London",
+        "30 1 * * *",
+        datetime(2026, 10, 24, 12, tzinfo=UTC),
+        datetime(2026, 10, 26, 12, tzinfo=UTC),
+        ["2026-10-25T00:30:00+00:00", "2026-10-26T01:30:00+00:00"],
+    ),  # overlap: BST one
+    (
+        "UTC",
+        "30 1 * * *",
+        datetime(2026, 3, 7, 12, tzinfo=UTC),
+        datetime(2026, 3, 9, 12, tzinfo=UTC),
+        ["2026-03-08T01:30:00+00:00", "2026-03-09T01:30:00+00:00"],
+    ),  # UTC unaffected
 ]
 
 
 @pytest.mark.parametrize(("tz", "schedule", "start", "end", "expected"), DST_CASES)
-def test_dst_transitions_fire_exactly_once(fake_redis: redis.Redis, tz: str, schedule: str,
-                                           start: datetime, end: datetime,
-                                           expected: list[str]) -> None:
+def test_dst_transitions_fire_exactly_once(
+    fake_redis: redis.Redis,
+    tz: str,
+    schedule: str,
+    start: datetime,
+    end: datetime,
+    expected: list[str],
+) -> None:
     r = Rig(fake_redis, FakeClock(start))
     try:
         r.load(make_spec("a", schedule=schedule, timezone=tz, tickers=["AAA"]))
         drive(r, end)
-        fired = [s.astimezone(UTC).isoformat() for s, st in statuses(r)
-                 if st == RunStatus.SUCCESS and s is not None]
+        fired = [
+            s.astimezone(UTC).isoformat()
+            for s, st in statuses(r)
+            if st == RunStatus.SUCCESS and s is not None
+        ]
         assert fired == expected
         assert all(st == RunStatus.SUCCESS for _, st in statuses(r))
     finally:
@@ -169,8 +209,9 @@ def test_jitter_is_bounded_and_the_same_on_every_replica(rig: Rig) -> None:
     offsets = {jitter_offset(f"job-{i}", slot, timedelta(seconds=30)) for i in range(50)}
     assert all(timedelta(0) <= o < timedelta(seconds=30) for o in offsets)
     assert len(offsets) > 40  # spread out, not all the same
-    assert jitter_offset("x", slot, timedelta(seconds=30)) == \
-        jitter_offset("x", slot, timedelta(seconds=30))
+    assert jitter_offset("x", slot, timedelta(seconds=30)) == jitter_offset(
+        "x", slot, timedelta(seconds=30)
+    )
     rig.load(make_spec("a", jitter="30s", tickers=["AAA"]))
     fire_at = slot + jitter_offset("a", slot, timedelta(seconds=30))
     assert rig.at(slot) == fire_at  # not dispatched at the slot itself ...
@@ -188,7 +229,9 @@ def test_a_running_scheduler_that_fell_behind_runs_only_the_newest_slot(rig: Rig
     rig.at(T0.replace(minute=31))  # the host was suspended from 10:06 to 10:31
     rig.settle()
     got = statuses(rig)
-    assert got == [(T0.replace(minute=5), RunStatus.SUCCESS),
-                   *[(T0.replace(minute=m), RunStatus.MISSED) for m in (10, 15, 20, 25)],
-                   (T0.replace(minute=30), RunStatus.SUCCESS)]
+    assert got == [
+        (T0.replace(minute=5), RunStatus.SUCCESS),
+        *[(T0.replace(minute=m), RunStatus.MISSED) for m in (10, 15, 20, 25)],
+        (T0.replace(minute=30), RunStatus.SUCCESS),
+    ]
     assert rig.scheduler.next_runs()["a"] == T0.replace(minute=35)

@@ -108,12 +108,16 @@ def assert_rate_holds(stamps: list[float], rate: float, span: float, burst: int 
 
 @pytest.mark.redis
 def test_threads_and_a_second_process_share_one_budget(
-    real_redis: redis.Redis, redis_server: RedisServer,
+    real_redis: redis.Redis,
+    redis_server: RedisServer,
 ) -> None:
     key = keys.ratelimit_key("yahoo")
     child = subprocess.Popen(
         [sys.executable, "-c", WORKER, redis_server.url, str(RATE), key],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert child.stdout is not None and child.stdin is not None
@@ -139,6 +143,7 @@ def test_threads_share_one_budget_on_the_embedded_store(fake_redis: redis.Redis)
 
 
 # ------------------------------------------------------------------ single-caller contract
+
 
 def test_burst_is_granted_at_once_then_slots_are_spaced(any_redis: redis.Redis) -> None:
     limiter = RedisRateLimiter(any_redis, rate_per_s=10, burst=3)
@@ -208,9 +213,11 @@ def test_nonsense_settings_are_rejected(fake_redis: redis.Redis, rate: float, bu
 
 # ------------------------------------------------------------------ Redis unreachable
 
+
 def test_unreachable_redis_raises_rate_limiter_unavailable() -> None:
-    client = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5,
-                         retry=Retry(NoBackoff(), 0))
+    client = redis.Redis(
+        host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
+    )
     limiter = RedisRateLimiter(client, RATE)
 
     with pytest.raises(RateLimiterUnavailable, match="scheduler:ratelimit:yahoo"):
@@ -235,6 +242,7 @@ def test_limiter_recovers_when_redis_comes_back(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ helpers for the executor
 
+
 def test_no_limit_configured_gives_the_null_limiter(fake_redis: redis.Redis) -> None:
     assert isinstance(build_rate_limiter(fake_redis, None), NullRateLimiter)
     limiter = build_rate_limiter(fake_redis, 2.5)
@@ -254,8 +262,7 @@ class CountingLimiter:
         self.grant = grant
         self.calls: list[float | None] = []
 
-    def acquire(self, timeout: float | None = None,
-                cancel: threading.Event | None = None) -> bool:
+    def acquire(self, timeout: float | None = None, cancel: threading.Event | None = None) -> bool:
         self.calls.append(timeout)
         return self.grant and (cancel is None or not cancel.is_set())
 
@@ -283,7 +290,9 @@ def test_no_slot_before_the_deadline_fails_without_retrying() -> None:
     with pytest.raises(RateLimitTimeout, match="deadline"):
         RetryPolicy(3, 0.01).call(
             rate_limited(lambda: fetched.append("x"), limiter, deadline=deadline),
-            sleep=lambda _s: None, deadline=deadline)
+            sleep=lambda _s: None,
+            deadline=deadline,
+        )
 
     assert fetched == []
     assert len(limiter.calls) == 1
@@ -356,14 +365,16 @@ def test_one_yahoo_fetch_is_several_http_requests(tmp_path: Path) -> None:
     assert first == 4
     assert [r.kind for r in fake.requests[:4]] == ["cookie", "crumb", "chart", "chart"]
     assert second == 2  # time-zone probe + chart
-    assert [(r.kind, r.tz_lookup) for r in fake.requests[4:]] == [
-        ("chart", True), ("chart", False)]
+    assert [(r.kind, r.tz_lookup) for r in fake.requests[4:]] == [("chart", True), ("chart", False)]
 
 
 def test_a_slot_timeout_passes_through_yfinance_unchanged(tmp_path: Path) -> None:
     limiter = CountingLimiter(grant=False)
-    with installed_fake(tmp_path / "yf", GatedFakeYahoo(limiter)) as fake, \
-            request_scope(deadline=time.monotonic() + 1), pytest.raises(RateLimitTimeout):
+    with (
+        installed_fake(tmp_path / "yf", GatedFakeYahoo(limiter)) as fake,
+        request_scope(deadline=time.monotonic() + 1),
+        pytest.raises(RateLimitTimeout),
+    ):
         yf.Ticker("AAPL", session=fake).history(start="2025-01-02", end="2025-01-11")
 
     assert fake.requests == []  # nothing was sent without a slot

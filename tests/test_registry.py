@@ -15,8 +15,21 @@ from tests.fakes import FakeClock
 from tests.helpers import make_spec
 
 T0 = datetime(2026, 3, 2, 10, 2, tzinfo=UTC)
-WRITE_COMMANDS = {"set", "sadd", "srem", "del", "unlink", "xadd", "multi", "exec", "expire",
-                  "hset", "setex", "psetex", "rename"}
+WRITE_COMMANDS = {
+    "set",
+    "sadd",
+    "srem",
+    "del",
+    "unlink",
+    "xadd",
+    "multi",
+    "exec",
+    "expire",
+    "hset",
+    "setex",
+    "psetex",
+    "rename",
+}
 
 
 def registry(client: redis.Redis, clock: FakeClock | None = None) -> JobRegistry:
@@ -25,15 +38,27 @@ def registry(client: redis.Redis, clock: FakeClock | None = None) -> JobRegistry
 
 def write_commands(client: redis.Redis) -> dict[str, int]:
     stats = client.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()
-            if name.removeprefix("cmdstat_") in WRITE_COMMANDS}
+    return {
+        name.removeprefix("cmdstat_"): int(v["calls"])
+        for name, v in stats.items()
+        if name.removeprefix("cmdstat_") in WRITE_COMMANDS
+    }
 
 
 def result(job_id: str, status: RunStatus, at: datetime, run_id: str = "r1") -> RunResult:
-    return RunResult(job_id=job_id, run_id=run_id, trigger=Trigger.SCHEDULE, scheduled_for=at,
-                     started_at=at, finished_at=at + timedelta(seconds=2), status=status,
-                     fetched_stocks=["AAA"], failed_stocks=["BBB"] if status != "success" else [],
-                     errors={"BBB": "no data"} if status != "success" else {}, rows_stored=7)
+    return RunResult(
+        job_id=job_id,
+        run_id=run_id,
+        trigger=Trigger.SCHEDULE,
+        scheduled_for=at,
+        started_at=at,
+        finished_at=at + timedelta(seconds=2),
+        status=status,
+        fetched_stocks=["AAA"],
+        failed_stocks=["BBB"] if status != "success" else [],
+        errors={"BBB": "no data"} if status != "success" else {},
+        rows_stored=7,
+    )
 
 
 def test_reconcile_creates_records_and_index(any_redis: redis.Redis) -> None:
@@ -49,6 +74,7 @@ def test_reconcile_creates_records_and_index(any_redis: redis.Redis) -> None:
     assert b is not None and b.next_run is None and not b.is_active
     # The original design's field names are in the stored JSON.
     import json
+
     raw = json.loads(any_redis.get(keys.job_key("a")))  # type: ignore[arg-type]
     assert raw["stock_ids"] == ["AAA", "BBB"]
     assert raw["schedule_time"] == "*/5 * * * *"
@@ -103,8 +129,9 @@ def test_reconcile_removes_jobs_but_keeps_data_and_history(any_redis: redis.Redi
     assert diff.removed == ["b"]
     assert reg.get_job("b") is None
     assert any_redis.smembers(keys.job_index_key()) == {"a"}
-    assert any_redis.exists(keys.data_key("scheduled_stock_data", "AAA", "2026-02-20",
-                                          "2026-03-02"))
+    assert any_redis.exists(
+        keys.data_key("scheduled_stock_data", "AAA", "2026-02-20", "2026-03-02")
+    )
     assert [r.run_id for r in reg.get_runs("b")] == ["r1"]
 
 
@@ -123,8 +150,18 @@ def test_record_run_updates_record_and_history(any_redis: redis.Redis) -> None:
     assert runs[1].status == RunStatus.PARTIAL_SUCCESS
     assert runs[1].errors == {"BBB": "no data"}
     entry = any_redis.xrevrange(keys.runs_key("a"), count=1)[0][1]
-    assert set(entry) >= {"run_id", "trigger", "scheduled_for", "started_at", "finished_at",
-                          "duration_s", "status", "fetched", "failed", "errors"}
+    assert set(entry) >= {
+        "run_id",
+        "trigger",
+        "scheduled_for",
+        "started_at",
+        "finished_at",
+        "duration_s",
+        "status",
+        "fetched",
+        "failed",
+        "errors",
+    }
     assert entry["started_at"].endswith("+00:00")
 
 

@@ -43,8 +43,14 @@ def jobs_yaml(*jobs: tuple[str, str], comment: str = "") -> str:
     """A valid file of demo jobs given as (id, schedule)."""
     lines = ["version: 1", f"# {comment}", "jobs:"]
     for job_id, schedule in jobs:
-        lines += [f"  - id: {job_id}", "    tickers: [AAA]", f'    schedule: "{schedule}"',
-                  "    timezone: UTC", "    source: demo", "    window: 10d"]
+        lines += [
+            f"  - id: {job_id}",
+            "    tickers: [AAA]",
+            f'    schedule: "{schedule}"',
+            "    timezone: UTC",
+            "    source: demo",
+            "    window: 10d",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -71,8 +77,7 @@ class GateFetcher(DemoFetcher):
         self.gate = threading.Event()
         self.entered = threading.Event()
 
-    def fetch_from_source(self, ticker: str, start: date, end: date,
-                          interval: str) -> pd.DataFrame:
+    def fetch_from_source(self, ticker: str, start: date, end: date, interval: str) -> pd.DataFrame:
         self.entered.set()
         if not self.gate.wait(20):
             raise TimeoutError("test never opened the gate")
@@ -88,12 +93,15 @@ class Rig:
         self.metrics = Metrics("test")
         self.fetcher = GateFetcher()
         self.registry = JobRegistry(adapter, self.clock)
-        executor = JobExecutor({"demo": self.fetcher}, DataIOButler(adapter), self.clock, 2,
-                               self.metrics)
-        self.scheduler = JobScheduler(self.registry, executor, self.clock, pool_size=2,
-                                      metrics=self.metrics)
-        self.reloader = ConfigReloader(path, self.registry, self.scheduler, self.clock,
-                                       self.metrics)
+        executor = JobExecutor(
+            {"demo": self.fetcher}, DataIOButler(adapter), self.clock, 2, self.metrics
+        )
+        self.scheduler = JobScheduler(
+            self.registry, executor, self.clock, pool_size=2, metrics=self.metrics
+        )
+        self.reloader = ConfigReloader(
+            path, self.registry, self.scheduler, self.clock, self.metrics
+        )
         self.watcher: ConfigWatcher | None = None
 
     def reloads(self, result: str | None = None) -> float:
@@ -181,11 +189,23 @@ def test_in_place_write_is_one_reload(rig: Rig) -> None:
 
 
 def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.invalid",
-           "GIT_CONFIG_NOSYSTEM": "1", "HOME": str(repo)}
-    out = subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                         text=True, env=env, timeout=30)
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.invalid",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.invalid",
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "HOME": str(repo),
+    }
+    out = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     return out.stdout.strip()
 
 
@@ -262,8 +282,9 @@ def test_unrelated_files_in_the_directory_do_not_reload(rig: Rig) -> None:
     assert rig.reloads() == 1
 
 
-def test_rewrite_with_same_content_is_a_quiet_no_op(rig: Rig,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_rewrite_with_same_content_is_a_quiet_no_op(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
     text = jobs_yaml(("a", "*/5 * * * *"))
     loaded(rig, text)
     watcher = rig.watch()
@@ -282,7 +303,8 @@ def test_rewrite_with_same_content_is_a_quiet_no_op(rig: Rig,
 
 
 def test_invalid_save_keeps_old_jobs_and_reports_then_next_valid_save_applies(
-        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
     loaded(rig, jobs_yaml(("a", "*/5 * * * *"), ("b", "0 * * * *")))
     good = rig.reloader.current
     next_runs = rig.scheduler.next_runs()
@@ -329,7 +351,8 @@ def test_fixing_back_to_the_applied_content_clears_the_failure(rig: Rig) -> None
 
 
 def test_unchanged_jobs_keep_next_run_and_cause_no_redis_writes(
-        real_redis: redis.Redis, conf_dir: Path) -> None:
+    real_redis: redis.Redis, conf_dir: Path
+) -> None:
     rig = Rig(real_redis, conf_dir / "jobs.yaml")
     try:
         loaded(rig, jobs_yaml(("a", "*/5 * * * *"), ("b", "0 * * * *")))
@@ -344,16 +367,26 @@ def test_unchanged_jobs_keep_next_run_and_cause_no_redis_writes(
 
         real_redis.config_resetstat()
         before = dirty()
-        save_like_editor(rig.path, jobs_yaml(("a", "*/5 * * * *"), ("b", "0 * * * *"),
-                                             comment="reformatted, same jobs"))
+        save_like_editor(
+            rig.path,
+            jobs_yaml(("a", "*/5 * * * *"), ("b", "0 * * * *"), comment="reformatted, same jobs"),
+        )
         one_more_reload(rig, 1, "success")
         diff = rig.reloader.last.diff
         assert diff is not None and diff.unchanged == ["a", "b"]
         assert dirty() == before
-        cmds = {k.removeprefix("cmdstat_").split("|")[0]
-                for k in real_redis.info("commandstats")}
-        assert cmds <= {"get", "mget", "smembers", "info", "config", "ping", "select",
-                        "client", "hello"}, cmds
+        cmds = {k.removeprefix("cmdstat_").split("|")[0] for k in real_redis.info("commandstats")}
+        assert cmds <= {
+            "get",
+            "mget",
+            "smembers",
+            "info",
+            "config",
+            "ping",
+            "select",
+            "client",
+            "hello",
+        }, cmds
         assert rig.scheduler.next_runs() == next_runs
 
         # One job changed: the other keeps its record byte for byte and its next_run.
@@ -379,8 +412,7 @@ def test_removed_job_run_in_progress_finishes_and_is_recorded(rig: Rig) -> None:
     assert rig.scheduler.is_running("b")
     assert set(rig.scheduler.next_runs()) == {"a"}
     assert rig.registry.get_job("b") is None
-    assert "stocksched_job_next_run_timestamp_seconds{job=\"b\"}" not in \
-        rig.metrics.render().decode()
+    assert 'stocksched_job_next_run_timestamp_seconds{job="b"}' not in rig.metrics.render().decode()
 
     rig.fetcher.gate.set()
     assert rig.scheduler.wait_idle(10)
@@ -409,8 +441,10 @@ def test_reload_does_not_wait_for_a_running_job(rig: Rig) -> None:
         t.join(10)
     assert rig.reloader.last.ok
     assert rig.reloader.last.diff is not None and rig.reloader.last.diff.changed == ["a"]
-    assert rig.scheduler.next_runs() == {"a": datetime(2026, 3, 2, 11, 0, tzinfo=UTC),
-                                         "c": datetime(2026, 3, 2, 10, 5, tzinfo=UTC)}
+    assert rig.scheduler.next_runs() == {
+        "a": datetime(2026, 3, 2, 11, 0, tzinfo=UTC),
+        "c": datetime(2026, 3, 2, 10, 5, tzinfo=UTC),
+    }
     assert rig.scheduler.wait_idle(10)
     assert rig.registry.get_runs("a")[0].status == RunStatus.SUCCESS
 
@@ -419,7 +453,8 @@ def test_reload_does_not_wait_for_a_running_job(rig: Rig) -> None:
 
 
 def test_force_false_with_applied_content_counts_and_logs_nothing(
-        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
     loaded(rig, jobs_yaml(("a", "*/5 * * * *")))
     last = rig.reloader.last
     caplog.set_level(logging.INFO, logger="stocksched.reload")
@@ -429,7 +464,8 @@ def test_force_false_with_applied_content_counts_and_logs_nothing(
 
 
 def test_directory_gone_is_logged_once_and_watching_resumes_when_back(
-        rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
     loaded(rig, jobs_yaml(("a", "*/5 * * * *")))
     caplog.set_level(logging.INFO, logger="stocksched.reload")
     watcher = rig.watch(retry_s=0.02)
@@ -454,7 +490,8 @@ def test_directory_gone_is_logged_once_and_watching_resumes_when_back(
 
 
 def test_a_crashing_reload_does_not_stop_the_watcher(
-        rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     loaded(rig, jobs_yaml(("a", "*/5 * * * *")))
     watcher = rig.watch()
     real_reload = rig.reloader.reload
@@ -476,7 +513,8 @@ def test_a_crashing_reload_does_not_stop_the_watcher(
 
 
 def test_storage_failure_is_retried_without_a_new_save(
-        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
     loaded(rig, jobs_yaml(("a", "*/5 * * * *")))
     rig.watch(storage_retry_s=0.1)
     real_reconcile = rig.registry.reconcile

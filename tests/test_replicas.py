@@ -17,172 +17,45 @@ at once, with the daemon's log, if a daemon exits unexpectedly.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from hashlib import sha256
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 import redis
 
 from stocksched.coordination import LeaseManager
 from stocksched.executor import JobExecutor, scheduled_run_id
-from stocksched.model import RunResult, RunStatus, ScheduledJob, Trigger
+from stocksched.model import RunResult, RunStatus, Trigger
 from stocksched.registry import JobRegistry
 from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter
 from stocksched.storage.butler import DataIOButler
-from tests.conftest import RedisServer, free_port
+from tests.daemons import (
+    Launch,
+    Replica,
+    assert_no_leftovers,
+    find,
+    history,
+    record,
+    wait_for,
+    wait_ready,
+)
 from tests.fakes import FakeClock
 from tests.helpers import make_spec
 
 T = TypeVar("T")
 
 EXECUTED = {RunStatus.SUCCESS, RunStatus.PARTIAL_SUCCESS, RunStatus.FAILED}
-
-
-# -- daemons ----------------------------------------------------------------------------
-
-
-@dataclass
-class Replica:
-    """One `stocksched run` subprocess; its output goes to a file, so it never blocks."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def request(self, path: str, method: str = "GET") -> Any:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method)
-        with urllib.request.urlopen(req, timeout=15) as resp:
-            return json.loads(resp.read())
-
-    def ready(self) -> bool:
-        try:
-            self.request("/readyz")
-        except (OSError, urllib.error.URLError, ValueError):
-            return False
-        return True
-
-    def has_config(self, sha: str) -> bool:
-        """This daemon has applied (reconciled and scheduled) the jobs file with this sha256."""
-        return bool(self.request("/scheduler/status")["config"]["sha256"] == sha)
-
-    def replica_ids(self) -> set[str]:
-        return {r["replica_id"] for r in self.request("/scheduler/status")["replicas"] or []}
-
-    def stop(self) -> str:
-        """SIGTERM and wait: a replica must always shut down cleanly."""
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(timeout=60)
-        out = self.output()
-        assert self.proc.returncode == 0, out
-        assert "Traceback" not in out, out
-        return out
-
-
-Launch = Callable[..., Replica]
-
-
-@pytest.fixture
-def launch(tmp_path: Path, redis_server: RedisServer) -> Iterator[Launch]:
-    """Start daemons on ``tmp_path/jobs.yaml``; any still running at the end are killed."""
-    (tmp_path / "home").mkdir()
-    started: list[Replica] = []
-
-    def start(name: str, *, env: dict[str, str] | None = None,
-              config: Path | None = None) -> Replica:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSCHED_")}
-        full_env["HOME"] = str(tmp_path / "home")
-        full_env["STOCKSCHED_STATE_DIR"] = str(tmp_path / "state" / name)
-        full_env.update(env or {})
-        port = free_port()
-        log_path = tmp_path / f"{name}.log"
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "stocksched", "run",
-                 *(["--config", str(config)] if config else []),
-                 "--jobs", str(tmp_path / "jobs.yaml"), "--redis-url", redis_server.url,
-                 "--shutdown-grace", "10", "--listen", f"127.0.0.1:{port}"],
-                cwd=tmp_path, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
-        replica = Replica(name, proc, port, log_path)
-        started.append(replica)
-        return replica
-
-    yield start
-    for replica in started:
-        if replica.proc.poll() is None:
-            replica.proc.kill()
-            replica.proc.wait(timeout=10)
-
-
-def wait_for(pred: Callable[[], T | None], timeout: float = 30.0, *,
-             alive: Sequence[Replica] = ()) -> T:
-    """Poll ``pred`` until truthy; fail early (with the log) if a watched daemon exits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        for replica in alive:
-            if replica.proc.poll() is not None:
-                raise AssertionError(f"daemon {replica.name} exited with "
-                                     f"{replica.proc.returncode}:\n{replica.output()}")
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {r.name}\n{r.output()[-3000:]}" for r in alive)
-            raise AssertionError(f"condition not met in {timeout}s\n{logs}")
-        time.sleep(0.05)
-
-
-def wait_ready(*replicas: Replica) -> None:
-    for replica in replicas:
-        wait_for(replica.ready, 45, alive=[replica])
-
-
-# -- Redis reads --------------------------------------------------------------------------
-
-
-def history(client: redis.Redis, job_id: str) -> list[RunResult]:
-    return [RunResult.from_fields(job_id, f) for _, f in client.xrange(keys.runs_key(job_id))]
-
-
-def record(client: redis.Redis, job_id: str) -> dict[str, Any]:
-    """The job record; it must always parse as a whole (never half-written)."""
-    raw = client.get(keys.job_key(job_id))
-    assert raw is not None, f"no record for {job_id}"
-    data: dict[str, Any] = json.loads(str(raw))
-    ScheduledJob.from_dict(data)  # and it is a valid record, not just JSON
-    return data
-
-
-def find(client: redis.Redis, job_id: str, run_id: str) -> RunResult | None:
-    return next((r for r in history(client, job_id) if r.run_id == run_id), None)
-
-
-def assert_no_leftovers(client: redis.Redis, job_id: str) -> None:
-    """Every run ended: no in-flight record, no running lease, nothing in the scan index."""
-    assert client.hgetall(keys.inflight_key(job_id)) == {}
-    assert client.exists(keys.running_key(job_id)) == 0
-    assert job_id not in client.smembers(keys.inflight_index_key())
 
 
 # -- 1. kill -9 mid-run, then restart ---------------------------------------------------------
@@ -236,8 +109,9 @@ def test_kill_9_mid_run_then_restart_records_interrupted_and_reruns_the_slot(
     # A stable id is recognised at restart, so its lease may be long (the default 30 s):
     # the record must not wait for it. A random id is only found once its lease expires.
     env = {"STOCKSCHED_TICKER_CONCURRENCY": "1"}
-    env.update({"STOCKSCHED_REPLICA_ID": "replica-a"} if stable_id
-               else {"STOCKSCHED_LEASE_TTL": "3"})
+    env.update(
+        {"STOCKSCHED_REPLICA_ID": "replica-a"} if stable_id else {"STOCKSCHED_LEASE_TTL": "3"}
+    )
     jobs = tmp_path / "jobs.yaml"
     jobs.write_text(slow_jobs(daily_at(datetime.now(UTC) - timedelta(hours=1))))
     first = launch("first", env=env)
@@ -247,8 +121,14 @@ def test_kill_9_mid_run_then_restart_records_interrupted_and_reruns_the_slot(
     run_id = f"slow:{int(slot.timestamp() * 1000)}"
     inflight = keys.inflight_key("slow")
     # Mid-run: claimed (in-flight record, lease) and marked running in the job record.
-    wait_for(lambda: real_redis.hexists(inflight, run_id)
-             and record(real_redis, "slow")["status"] == "running", 30, alive=[first])
+    wait_for(
+        lambda: (
+            real_redis.hexists(inflight, run_id)
+            and record(real_redis, "slow")["status"] == "running"
+        ),
+        30,
+        alive=[first],
+    )
 
     first.proc.kill()
     first.proc.wait(timeout=10)
@@ -273,15 +153,18 @@ def test_kill_9_mid_run_then_restart_records_interrupted_and_reruns_the_slot(
         assert "replica-a" in interrupted.reason
         assert interrupted.finished_at.timestamp() < lease_expiry, "waited for the lease"
     else:
-        assert interrupted.finished_at.timestamp() >= lease_expiry - 0.01, \
+        assert interrupted.finished_at.timestamp() >= lease_expiry - 0.01, (
             "recorded interrupted while the dead replica's lease was still live"
+        )
     # Catch-up rule: the slot is a few seconds old and the next one is a day away, so it
     # reruns once, at once, under a derived run id; nothing else is recorded.
     assert rerun.status == RunStatus.SUCCESS, rerun
     assert rerun.scheduled_for == slot and rerun.trigger == Trigger.SCHEDULE
     assert len(rerun.fetched_stocks) == SLOW_TICKERS
     assert [(r.run_id, r.status) for r in history(real_redis, "slow")] == [
-        (run_id, RunStatus.INTERRUPTED), (f"{run_id}-r1", RunStatus.SUCCESS)]
+        (run_id, RunStatus.INTERRUPTED),
+        (f"{run_id}-r1", RunStatus.SUCCESS),
+    ]
     rec = record(real_redis, "slow")
     assert rec["status"] == "completed"
     assert rec["last_result"]["run_id"] == f"{run_id}-r1"
@@ -296,23 +179,53 @@ def test_kill_9_mid_run_then_restart_records_interrupted_and_reruns_the_slot(
 SLOT = datetime(2026, 3, 2, 17, 0, tzinfo=UTC)
 ORIG = scheduled_run_id("slow", SLOT)
 RERUN_CASES = {
-    "rerun": ("0 17 * * *", "1h", True, timedelta(seconds=5),
-              [(ORIG, RunStatus.INTERRUPTED), (f"{ORIG}-r1", RunStatus.SUCCESS)]),
+    "rerun": (
+        "0 17 * * *",
+        "1h",
+        True,
+        timedelta(seconds=5),
+        [(ORIG, RunStatus.INTERRUPTED), (f"{ORIG}-r1", RunStatus.SUCCESS)],
+    ),
     # next_run still on the slot: it is also "missed while down", but runs only once
     "rerun, crash before marked running": (
-        "0 17 * * *", "1h", False, timedelta(seconds=5),
-        [(ORIG, RunStatus.INTERRUPTED), (f"{ORIG}-r1", RunStatus.SUCCESS)]),
-    "catchup 0: no rerun": ("0 17 * * *", "0s", True, timedelta(seconds=5),
-                            [(ORIG, RunStatus.INTERRUPTED)]),
-    "catchup 0, crash before marked running": ("0 17 * * *", "0s", False, timedelta(seconds=5),
-                                               [(ORIG, RunStatus.INTERRUPTED)]),
-    "older than catchup": ("0 17 * * *", "1h", False, timedelta(hours=2),
-                           [(ORIG, RunStatus.INTERRUPTED)]),
+        "0 17 * * *",
+        "1h",
+        False,
+        timedelta(seconds=5),
+        [(ORIG, RunStatus.INTERRUPTED), (f"{ORIG}-r1", RunStatus.SUCCESS)],
+    ),
+    "catchup 0: no rerun": (
+        "0 17 * * *",
+        "0s",
+        True,
+        timedelta(seconds=5),
+        [(ORIG, RunStatus.INTERRUPTED)],
+    ),
+    "catchup 0, crash before marked running": (
+        "0 17 * * *",
+        "0s",
+        False,
+        timedelta(seconds=5),
+        [(ORIG, RunStatus.INTERRUPTED)],
+    ),
+    "older than catchup": (
+        "0 17 * * *",
+        "1h",
+        False,
+        timedelta(hours=2),
+        [(ORIG, RunStatus.INTERRUPTED)],
+    ),
     # the next slot (17:05) is already due: it runs as the catch-up, the crashed one does not
-    "next slot due": ("*/5 * * * *", "1h", False, timedelta(minutes=7),
-                      [(ORIG, RunStatus.INTERRUPTED),
-                       (scheduled_run_id("slow", SLOT + timedelta(minutes=5)),
-                        RunStatus.SUCCESS)]),
+    "next slot due": (
+        "*/5 * * * *",
+        "1h",
+        False,
+        timedelta(minutes=7),
+        [
+            (ORIG, RunStatus.INTERRUPTED),
+            (scheduled_run_id("slow", SLOT + timedelta(minutes=5)), RunStatus.SUCCESS),
+        ],
+    ),
 }
 
 
@@ -328,15 +241,19 @@ def test_restart_with_the_same_replica_id_after_a_crash_follows_the_catchup_rule
     registry.reconcile([spec])
     clock.set(SLOT)
     crashed = LeaseManager(fake_redis, "replica-a").try_claim(
-        "slow", ORIG, scheduled_for=SLOT, started_at=SLOT)
+        "slow", ORIG, scheduled_for=SLOT, started_at=SLOT
+    )
     assert crashed.lease is not None
     if marked_running:
         registry.start_run("slow", spec.next_fire(SLOT))
     # ... the process dies here; it comes back ``down_for`` later with the same replica id.
     clock.set(SLOT + down_for)
     restarted = JobScheduler(
-        registry, JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock),
-        clock, leases=LeaseManager(fake_redis, "replica-a"))
+        registry,
+        JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock),
+        clock,
+        leases=LeaseManager(fake_redis, "replica-a"),
+    )
     restarted.set_jobs(registry.list_jobs())
     assert restarted.recover_interrupted(dead_replica="replica-a") == 1
     restarted.tick()
@@ -363,8 +280,9 @@ jobs:
 REPLICA_SETTINGS = "lease_ttl: 2\nreplica_ttl: 3\nticker_concurrency: 1\n"
 
 
-def kill_lease_holder(client: redis.Redis, replicas: Sequence[Replica],
-                      job_id: str) -> tuple[Replica, str, float]:
+def kill_lease_holder(
+    client: redis.Redis, replicas: Sequence[Replica], job_id: str
+) -> tuple[Replica, str, float]:
     """SIGKILL whichever replica holds the job's lease, while it does (stopped, checked, killed).
 
     Returns (victim, its run id, when the lease expires); SIGSTOP first, so the run cannot
@@ -381,8 +299,11 @@ def kill_lease_holder(client: redis.Redis, replicas: Sequence[Replica],
             continue
         victim.proc.send_signal(signal.SIGSTOP)
         run_id = client.hget(running, "run_id")
-        if client.hget(running, "owner") == owner and run_id and \
-                client.hexists(keys.inflight_key(job_id), str(run_id)):
+        if (
+            client.hget(running, "owner") == owner
+            and run_id
+            and client.hexists(keys.inflight_key(job_id), str(run_id))
+        ):
             victim.proc.kill()
             victim.proc.wait(timeout=10)
             expiry = time.time() + client.pttl(running) / 1000
@@ -405,9 +326,17 @@ def test_three_replicas_run_every_slot_exactly_once_also_when_one_is_killed(
     names = ["r1", "r2", "r3"]
     reps = [launch(n, env={"STOCKSCHED_REPLICA_ID": n}, config=settings) for n in names]
     wait_ready(*reps)
-    pids = {r["replica_id"]: r["pid"]
-            for r in wait_for(lambda: reps[0].request("/scheduler/status")["replicas"]
-                              if reps[0].replica_ids() == set(names) else None, alive=reps)}
+    pids = {
+        r["replica_id"]: r["pid"]
+        for r in wait_for(
+            lambda: (
+                reps[0].request("/scheduler/status")["replicas"]
+                if reps[0].replica_ids() == set(names)
+                else None
+            ),
+            alive=reps,
+        )
+    }
     assert pids == {r.name: r.proc.pid for r in reps}
     all_up = time.time()
     wait_for(lambda: started_after(history(real_redis, "tick"), all_up) >= 8, 45, alive=reps)
@@ -417,8 +346,7 @@ def test_three_replicas_run_every_slot_exactly_once_also_when_one_is_killed(
     record(real_redis, "tick")  # whole, never half-written, whatever the kill interrupted
     live = [r for r in reps if r is not victim]
     wait_for(lambda: find(real_redis, "tick", lost_run), 30, alive=live)
-    wait_for(lambda: started_after(history(real_redis, "tick"), lease_expiry) >= 8, 45,
-             alive=live)
+    wait_for(lambda: started_after(history(real_redis, "tick"), lease_expiry) >= 8, 45, alive=live)
     # The dead replica's heartbeat expires (replica_ttl 3 s); the live ones stay listed.
     live_ids = {r.name for r in live}
     wait_for(lambda: all(r.replica_ids() == live_ids for r in live), 20, alive=live)
@@ -434,8 +362,12 @@ def test_three_replicas_run_every_slot_exactly_once_also_when_one_is_killed(
     per_slot = Counter(r.scheduled_for for r in runs)
     assert [s for s, n in per_slot.items() if n > 1] == [], "a slot was recorded twice"
     statuses = Counter(r.status for r in runs)
-    assert set(statuses) <= {RunStatus.SUCCESS, RunStatus.SKIPPED, RunStatus.MISSED,
-                             RunStatus.INTERRUPTED}, statuses
+    assert set(statuses) <= {
+        RunStatus.SUCCESS,
+        RunStatus.SKIPPED,
+        RunStatus.MISSED,
+        RunStatus.INTERRUPTED,
+    }, statuses
     assert statuses[RunStatus.SUCCESS] >= 16, statuses
 
     lost = [r for r in runs if r.status == RunStatus.INTERRUPTED]
@@ -448,11 +380,12 @@ def test_three_replicas_run_every_slot_exactly_once_also_when_one_is_killed(
     executed = sorted((r for r in runs if r.status in EXECUTED), key=lambda r: r.started_at)
     for a, b in pairwise(executed):
         assert a.finished_at <= b.started_at, f"{a.run_id} and {b.run_id} overlapped"
-    assert not [r.run_id for r in executed
-                if lost[0].started_at < r.started_at
-                and r.started_at.timestamp() < lease_expiry - 0.01]
-    skipped_for_lease = [r for r in runs if r.status == RunStatus.SKIPPED
-                         and lost_run in r.reason]
+    assert not [
+        r.run_id
+        for r in executed
+        if lost[0].started_at < r.started_at and r.started_at.timestamp() < lease_expiry - 0.01
+    ]
+    skipped_for_lease = [r for r in runs if r.status == RunStatus.SKIPPED and lost_run in r.reason]
     assert skipped_for_lease, "slots due while the dead lease held should be skipped"
 
     # No gaps: every second from the first slot to shortly before the shutdown has its
@@ -460,8 +393,9 @@ def test_three_replicas_run_every_slot_exactly_once_also_when_one_is_killed(
     # record it had no time to write: forced by the test, not a scheduling gap).
     slots = sorted(s for s in per_slot if s is not None)
     last = max(s for s in slots if s.timestamp() < stopping_at - 2)
-    expected = [slots[0] + timedelta(seconds=i)
-                for i in range(int((last - slots[0]).total_seconds()) + 1)]
+    expected = [
+        slots[0] + timedelta(seconds=i) for i in range(int((last - slots[0]).total_seconds()) + 1)
+    ]
     missing = [s for s in expected if s not in per_slot]
     assert all(killed_at - 3 <= s.timestamp() <= killed_at + 1 for s in missing), missing
     assert len(missing) <= 2, missing

@@ -18,12 +18,12 @@ pytestmark = pytest.mark.slow
 
 
 def runs(client: redis.Redis, job_id: str = "demo-fast") -> list[RunResult]:
-    return [RunResult.from_fields(job_id, f)
-            for _, f in client.xrange(keys.runs_key(job_id))]
+    return [RunResult.from_fields(job_id, f) for _, f in client.xrange(keys.runs_key(job_id))]
 
 
-def test_redis_outage_of_ten_seconds(tmp_path: Path, redis_server: RedisServer,
-                                     real_redis: redis.Redis) -> None:
+def test_redis_outage_of_ten_seconds(
+    tmp_path: Path, redis_server: RedisServer, real_redis: redis.Redis
+) -> None:
     (tmp_path / "jobs.yaml").write_text(JOBS)
     (tmp_path / "home").mkdir()
     proc = start_daemon(tmp_path, redis_server.url)
@@ -39,8 +39,13 @@ def test_redis_outage_of_ten_seconds(tmp_path: Path, redis_server: RedisServer,
         # Runs during the outage reach the history once Redis is back, as failed with a reason.
         wait_for(lambda: any(r.status == RunStatus.FAILED for r in runs(client)), timeout=45)
         # ... and scheduling resumes by itself: fresh successful runs after the restart.
-        wait_for(lambda: any(r.status == RunStatus.SUCCESS and r.started_at.timestamp() > back
-                             for r in runs(client)), timeout=45)
+        wait_for(
+            lambda: any(
+                r.status == RunStatus.SUCCESS and r.started_at.timestamp() > back
+                for r in runs(client)
+            ),
+            timeout=45,
+        )
         history = runs(client)
         failed = [r for r in history if r.status == RunStatus.FAILED]
         assert all("Redis unavailable" in r.reason for r in failed), [r.reason for r in failed]

@@ -47,9 +47,11 @@ def transient(retry_after: float | None = None) -> TransientFetchError:
 
 # ------------------------------------------------------------------ backoff maths
 
+
 def test_full_jitter_stays_within_the_exponential_ceiling() -> None:
-    policy = RetryPolicy(retries=8, backoff=timedelta(seconds=1), max_backoff=30,
-                         rng=random.Random(7))
+    policy = RetryPolicy(
+        retries=8, backoff=timedelta(seconds=1), max_backoff=30, rng=random.Random(7)
+    )
 
     for attempt, ceiling in enumerate([1, 2, 4, 8, 16, 30, 30, 30]):
         assert policy.ceiling(attempt) == ceiling
@@ -103,13 +105,15 @@ def test_nonsense_is_rejected(args: tuple[int, float]) -> None:
 
 # ------------------------------------------------------------------ what is retried
 
+
 def test_transient_failures_are_retried_until_success() -> None:
     fn = Script(transient(), transient())
     sleeps = Sleeps()
     retried: list[tuple[int, float]] = []
 
     result = RetryPolicy(3, 1.0, rng=random.Random(5)).call(
-        fn, sleep=sleeps, on_retry=lambda n, exc, wait: retried.append((n, wait)))
+        fn, sleep=sleeps, on_retry=lambda n, exc, wait: retried.append((n, wait))
+    )
 
     assert result == "ok"
     assert fn.calls == 3
@@ -130,8 +134,11 @@ def test_retry_after_is_honoured_when_waiting() -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [PermanentFetchError("ZZZZ", "unknown or delisted symbol (HTTP 404)"),
-     ValueError("a bug"), KeyError("x")],
+    [
+        PermanentFetchError("ZZZZ", "unknown or delisted symbol (HTTP 404)"),
+        ValueError("a bug"),
+        KeyError("x"),
+    ],
     ids=["permanent", "value-error", "key-error"],
 )
 def test_anything_but_transient_propagates_at_once(error: Exception) -> None:
@@ -167,6 +174,7 @@ def test_zero_retries_means_one_attempt() -> None:
 
 # ------------------------------------------------------------------ deadline and cancel
 
+
 class FakeMonotonic:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -201,7 +209,8 @@ def test_retries_continue_while_they_fit_before_the_deadline() -> None:
 
     with pytest.raises(TransientFetchError):
         RetryPolicy(10, 0.001, rng=random.Random(1)).call(
-            fn, sleep=sleep, deadline=clock.now + 10, clock=clock)
+            fn, sleep=sleep, deadline=clock.now + 10, clock=clock
+        )
 
     # waits of ~3 s at t=0, 3, 6 fit; the one at t~9 would pass t=10
     assert fn.calls == 4
@@ -253,11 +262,13 @@ def fake(tmp_path: Path) -> Iterator[FakeYahoo]:
         yield session
 
 
-def fetch_call(fetcher: YFinanceFetcher, ticker: str, calls: list[str]
-               ) -> Callable[[], pd.DataFrame]:
+def fetch_call(
+    fetcher: YFinanceFetcher, ticker: str, calls: list[str]
+) -> Callable[[], pd.DataFrame]:
     def fetch() -> pd.DataFrame:
         calls.append(ticker)
         return fetcher.fetch_from_source(ticker, *WINDOW)
+
     return fetch
 
 
@@ -271,8 +282,10 @@ def test_429_with_retry_after_then_200_succeeds_after_waiting_retry_after(
     retried: list[Exception] = []
 
     frame = RetryPolicy(3, 0.1, rng=random.Random(0)).call(
-        fetch_call(fetcher, "AAPL", calls), sleep=sleeps,
-        on_retry=lambda _n, exc, _w: retried.append(exc))
+        fetch_call(fetcher, "AAPL", calls),
+        sleep=sleeps,
+        on_retry=lambda _n, exc, _w: retried.append(exc),
+    )
 
     assert len(frame) == 6
     assert calls == ["AAPL", "AAPL"]

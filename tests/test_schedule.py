@@ -132,10 +132,12 @@ def test_every_is_the_same_instant_in_every_zone() -> None:
 
 def test_seconds_and_macros_equal_their_cron() -> None:
     after = at("2026-05-05T05:05:05+00:00")
-    assert parse_schedule("@daily").next_after(after, NY) == parse_schedule(
-        "0 0 * * *").next_after(after, NY)
+    assert parse_schedule("@daily").next_after(after, NY) == parse_schedule("0 0 * * *").next_after(
+        after, NY
+    )
     assert parse_schedule("0 30 17 * * *").next_after(after, Z) == parse_schedule(
-        "17:30").next_after(after, Z)
+        "17:30"
+    ).next_after(after, Z)
 
 
 @pytest.mark.parametrize(
@@ -200,8 +202,15 @@ def test_prev_at_or_before_table(expr: str, tz: ZoneInfo, t: str, expected: str)
 
 @pytest.mark.parametrize(
     ("expr", "tz"),
-    [("30 1 * * *", NY), ("30 2 * * *", NY), ("*/30 * * * *", NY), ("0 * * * *", LON),
-     ("45 1 * * *", LON), ("@every 7m", NY), ("0 17 * * 1-5", NY)],
+    [
+        ("30 1 * * *", NY),
+        ("30 2 * * *", NY),
+        ("*/30 * * * *", NY),
+        ("0 * * * *", LON),
+        ("45 1 * * *", LON),
+        ("@every 7m", NY),
+        ("0 17 * * 1-5", NY),
+    ],
 )
 @pytest.mark.parametrize("day", ["2026-03-08", "2026-03-29", "2026-10-25", "2026-11-01"])
 def test_prev_and_next_agree_across_transitions(expr: str, tz: ZoneInfo, day: str) -> None:
@@ -221,8 +230,11 @@ def test_prev_and_next_agree_across_transitions(expr: str, tz: ZoneInfo, day: st
 
 
 def test_slots_between_is_half_open_and_keeps_repeated_hour() -> None:
-    got = list(parse_schedule("*/30 * * * *").slots_between(
-        at("2026-11-01T00:00:00-04:00"), at("2026-11-01T03:00:00-05:00"), NY))
+    got = list(
+        parse_schedule("*/30 * * * *").slots_between(
+            at("2026-11-01T00:00:00-04:00"), at("2026-11-01T03:00:00-05:00"), NY
+        )
+    )
     assert [s.isoformat() for s in got] == [
         "2026-11-01T00:30:00-04:00",
         "2026-11-01T01:00:00-04:00",

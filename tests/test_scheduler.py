@@ -24,16 +24,29 @@ T0 = datetime(2026, 3, 2, 10, 2, tzinfo=UTC)
 @pytest.mark.parametrize(
     ("schedule", "tz", "expected"),
     [
-        ("*/5 * * * *", "UTC", [datetime(2026, 3, 2, 10, 5, tzinfo=UTC),
-                                datetime(2026, 3, 2, 10, 10, tzinfo=UTC)]),
-        ("@every 90s", "UTC", [datetime(2026, 3, 2, 10, 3, 0, tzinfo=UTC),
-                               datetime(2026, 3, 2, 10, 4, 30, tzinfo=UTC)]),
-        ("10:30", "America/New_York", [datetime(2026, 3, 2, 15, 30, tzinfo=UTC),
-                                       datetime(2026, 3, 3, 15, 30, tzinfo=UTC)]),
+        (
+            "*/5 * * * *",
+            "UTC",
+            [datetime(2026, 3, 2, 10, 5, tzinfo=UTC), datetime(2026, 3, 2, 10, 10, tzinfo=UTC)],
+        ),
+        (
+            "@every 90s",
+            "UTC",
+            [
+                datetime(2026, 3, 2, 10, 3, 0, tzinfo=UTC),
+                datetime(2026, 3, 2, 10, 4, 30, tzinfo=UTC),
+            ],
+        ),
+        (
+            "10:30",
+            "America/New_York",
+            [datetime(2026, 3, 2, 15, 30, tzinfo=UTC), datetime(2026, 3, 3, 15, 30, tzinfo=UTC)],
+        ),
     ],
 )
-def test_fires_exactly_at_slots(fake_redis: redis.Redis, schedule: str, tz: str,
-                                expected: list[datetime]) -> None:
+def test_fires_exactly_at_slots(
+    fake_redis: redis.Redis, schedule: str, tz: str, expected: list[datetime]
+) -> None:
     r = Rig(fake_redis, FakeClock(T0))
     try:
         r.load(make_spec("a", schedule=schedule, timezone=tz))
@@ -152,8 +165,13 @@ def test_a_slot_won_by_another_replica_leaves_the_job_state_alone(
     adapter = RedisAdapter(fake_redis)
     registry = JobRegistry(adapter, clock)
     executor = JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock)
-    sched = JobScheduler(registry, executor, clock, pool_size=1,
-                         leases=LeaseManager(fake_redis, "replica-b", clock=clock))
+    sched = JobScheduler(
+        registry,
+        executor,
+        clock,
+        pool_size=1,
+        leases=LeaseManager(fake_redis, "replica-b", clock=clock),
+    )
     try:
         registry.reconcile([make_spec("a", tickers=["AAA"])])
         sched.set_jobs(registry.list_jobs())

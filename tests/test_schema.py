@@ -38,16 +38,23 @@ def validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
 
 def _errors(validator: jsonschema.Draft202012Validator, text: str) -> list[str]:
     doc = yaml.safe_load(text)
-    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in validator.iter_errors(doc)]
+    return [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)
+    ]
 
 
 def test_committed_schema_is_current() -> None:
-    result = subprocess.run([sys.executable, "-m", "stocksched", "schema"], cwd=ROOT,
-                            capture_output=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "stocksched", "schema"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == SCHEMA_FILE.read_bytes(), (
-        "jobs.schema.json is out of date: run `stocksched schema > jobs.schema.json`")
+        "jobs.schema.json is out of date: run `stocksched schema > jobs.schema.json`"
+    )
 
 
 def test_schema_is_valid_draft_2020_12(schema: dict[str, Any]) -> None:

@@ -66,6 +66,7 @@ def local_midnights(tz: str, *days: str) -> list[pd.Timestamp]:
 
 # ------------------------------------------------------------------ Yahoo: successful fetches
 
+
 def test_daily_bars_have_yfinance_shape_and_exchange_local_dates(fetcher: YFinanceFetcher) -> None:
     frame = fetcher.fetch_from_source("AAPL", date(2025, 1, 2), date(2025, 1, 10), "1d")
 
@@ -75,13 +76,18 @@ def test_daily_bars_have_yfinance_shape_and_exchange_local_dates(fetcher: YFinan
     assert str(frame.index.tz) == NY
     # 9 Jan 2025 the US markets were closed; the fixture has no bar for it.
     assert list(frame.index) == local_midnights(
-        NY, "2025-01-02", "2025-01-03", "2025-01-06", "2025-01-07", "2025-01-08", "2025-01-10")
+        NY, "2025-01-02", "2025-01-03", "2025-01-06", "2025-01-07", "2025-01-08", "2025-01-10"
+    )
     assert frame["Volume"].dtype == np.int64
     for column in ("Open", "High", "Low", "Close", "Dividends", "Stock Splits"):
         assert frame[column].dtype == np.float64
     first = frame.iloc[0]
     assert (first["Open"], first["High"], first["Low"], first["Close"]) == (
-        248.93, 249.10, 241.82, 243.85)
+        248.93,
+        249.10,
+        241.82,
+        243.85,
+    )
     assert first["Volume"] == 55740700
 
 
@@ -104,7 +110,14 @@ def test_intraday_bars_keep_their_times_in_the_exchange_zone(fetcher: YFinanceFe
     assert frame.index.name == "Date"  # yfinance says "Datetime" for intraday; one schema here
     assert str(frame.index.tz) == NY
     assert [t.strftime("%H:%M") for t in frame.index] == [
-        "09:30", "10:30", "11:30", "12:30", "13:30", "14:30", "15:30"]
+        "09:30",
+        "10:30",
+        "11:30",
+        "12:30",
+        "13:30",
+        "14:30",
+        "15:30",
+    ]
     assert frame.index[0].utcoffset() == timedelta(hours=-5)
     assert frame["Close"].iloc[-1] == 236.85
     assert frame["Volume"].dtype == np.int64
@@ -116,7 +129,8 @@ def test_non_us_listing_is_dated_in_its_own_zone(fetcher: YFinanceFetcher) -> No
 
     assert str(frame.index.tz) == "Europe/Berlin"
     assert list(frame.index) == local_midnights(
-        "Europe/Berlin", "2025-01-02", "2025-01-03", "2025-01-06")
+        "Europe/Berlin", "2025-01-02", "2025-01-03", "2025-01-06"
+    )
 
 
 def test_prices_are_not_dividend_adjusted_and_dividends_are_reported(
@@ -132,9 +146,12 @@ def test_prices_are_not_dividend_adjusted_and_dividends_are_reported(
 
 # ------------------------------------------------------------------ Yahoo: permanent failures
 
+
 @pytest.mark.parametrize("info_fallbacks_used", [0, 2], ids=["tz-via-info", "tz-missing"])
 def test_unknown_symbol_is_permanent(
-    fake: FakeYahoo, fetcher: YFinanceFetcher, info_fallbacks_used: int,
+    fake: FakeYahoo,
+    fetcher: YFinanceFetcher,
+    info_fallbacks_used: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # yfinance falls back to the quote API for a missing time zone only twice per process;
@@ -150,7 +167,8 @@ def test_unknown_symbol_is_permanent(
 
 
 def test_delisted_answer_for_known_symbol_is_permanent(
-    fake: FakeYahoo, fetcher: YFinanceFetcher,
+    fake: FakeYahoo,
+    fetcher: YFinanceFetcher,
 ) -> None:
     fake.script_attempts("AAPL", Reply.delisted())
 
@@ -159,7 +177,8 @@ def test_delisted_answer_for_known_symbol_is_permanent(
 
 
 def test_empty_answer_for_the_window_is_permanent(
-    fake: FakeYahoo, fetcher: YFinanceFetcher,
+    fake: FakeYahoo,
+    fetcher: YFinanceFetcher,
 ) -> None:
     fake.script_attempts("AAPL", Reply.no_data())
 
@@ -180,7 +199,8 @@ def test_window_without_trading_days_is_permanent(fetcher: YFinanceFetcher) -> N
 
 
 def test_window_ending_before_it_starts_asks_nothing(
-    fake: FakeYahoo, fetcher: YFinanceFetcher,
+    fake: FakeYahoo,
+    fetcher: YFinanceFetcher,
 ) -> None:
     with pytest.raises(PermanentFetchError, match="before start"):
         fetcher.fetch_from_source("AAPL", date(2025, 1, 10), date(2025, 1, 2), "1d")
@@ -190,13 +210,17 @@ def test_window_ending_before_it_starts_asks_nothing(
 
 # ------------------------------------------------------------------ Yahoo: transient failures
 
+
 @pytest.mark.parametrize(
     ("header", "expected"),
     [(None, None), ("7", 7.0), ("0", 0.0)],
     ids=["no-header", "seconds", "zero"],
 )
 def test_rate_limit_is_transient_with_retry_after(
-    fake: FakeYahoo, fetcher: YFinanceFetcher, header: str | None, expected: float | None,
+    fake: FakeYahoo,
+    fetcher: YFinanceFetcher,
+    header: str | None,
+    expected: float | None,
 ) -> None:
     fake.script_attempts("AAPL", Reply.rate_limited(header))
 
@@ -207,8 +231,12 @@ def test_rate_limit_is_transient_with_retry_after(
 
 
 def test_rate_limit_with_http_date_retry_after(fake: FakeYahoo, fetcher: YFinanceFetcher) -> None:
-    fake.script_attempts("AAPL", Reply.rate_limited(
-        format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)))
+    fake.script_attempts(
+        "AAPL",
+        Reply.rate_limited(
+            format_datetime(datetime.now(UTC) + timedelta(seconds=120), usegmt=True)
+        ),
+    )
 
     with pytest.raises(TransientFetchError) as caught:
         fetcher.fetch_from_source("AAPL", date(2025, 1, 2), date(2025, 1, 10), "1d")
@@ -231,7 +259,10 @@ def test_rate_limit_with_http_date_retry_after(fake: FakeYahoo, fetcher: YFinanc
     ids=["500-json", "502-json", "503-maintenance-page", "timeout", "connection-error"],
 )
 def test_server_and_network_failures_are_transient(
-    fake: FakeYahoo, fetcher: YFinanceFetcher, reply: Reply, message: str,
+    fake: FakeYahoo,
+    fetcher: YFinanceFetcher,
+    reply: Reply,
+    message: str,
 ) -> None:
     fake.script_attempts("AAPL", reply)
 
@@ -263,10 +294,16 @@ class OperationalError(Exception):
     ("exc", "outcome", "expected"),
     [
         (YFRateLimitError(), None, TransientFetchError),
-        (YFPricesMissingError("X", "", yahoo_reason="Internal Server Error"),
-         HttpOutcome("u", 500, None), TransientFetchError),
-        (YFPricesMissingError("X", "", yahoo_reason="No data found"),
-         HttpOutcome("u", 404, None), PermanentFetchError),
+        (
+            YFPricesMissingError("X", "", yahoo_reason="Internal Server Error"),
+            HttpOutcome("u", 500, None),
+            TransientFetchError,
+        ),
+        (
+            YFPricesMissingError("X", "", yahoo_reason="No data found"),
+            HttpOutcome("u", 404, None),
+            PermanentFetchError,
+        ),
         (YFTzMissingError("X"), None, PermanentFetchError),
         (http_error(404), HttpOutcome("u", 404, None), PermanentFetchError),
         (http_error(401), HttpOutcome("u", 404, None), PermanentFetchError),
@@ -277,12 +314,25 @@ class OperationalError(Exception):
         (ValueError("bad json"), HttpOutcome("u", 200, None), TransientFetchError),
         (KeyError("chart"), HttpOutcome("u", 200, None), PermanentFetchError),
     ],
-    ids=["rate-limit", "5xx-as-missing-prices", "404-missing-prices", "tz-missing",
-         "quote-404", "quote-401", "quote-503", "quote-429", "read-timeout", "cache-locked",
-         "bad-json", "parse-bug"],
+    ids=[
+        "rate-limit",
+        "5xx-as-missing-prices",
+        "404-missing-prices",
+        "tz-missing",
+        "quote-404",
+        "quote-401",
+        "quote-503",
+        "quote-429",
+        "read-timeout",
+        "cache-locked",
+        "bad-json",
+        "parse-bug",
+    ],
 )
 def test_classify_failure(
-    exc: BaseException, outcome: HttpOutcome | None, expected: type[FetchError],
+    exc: BaseException,
+    outcome: HttpOutcome | None,
+    expected: type[FetchError],
 ) -> None:
     error = classify_failure("X", exc, outcome)
 
@@ -299,7 +349,8 @@ def test_unexpected_failure_is_logged_with_traceback(caplog: pytest.LogCaptureFi
 
 
 def test_timeout_during_time_zone_lookup_is_transient(
-    fake: FakeYahoo, fetcher: YFinanceFetcher,
+    fake: FakeYahoo,
+    fetcher: YFinanceFetcher,
 ) -> None:
     fake.always("AAPL", Reply.timeout())
 
@@ -310,7 +361,8 @@ def test_timeout_during_time_zone_lookup_is_transient(
 
 
 def test_server_error_during_time_zone_lookup_is_transient(
-    fake: FakeYahoo, fetcher: YFinanceFetcher,
+    fake: FakeYahoo,
+    fetcher: YFinanceFetcher,
 ) -> None:
     fake.always("AAPL", Reply.server_error(500))
 
@@ -319,7 +371,8 @@ def test_server_error_during_time_zone_lookup_is_transient(
 
 
 def test_after_a_transient_failure_the_next_attempt_asks_yahoo_again(
-    fake: FakeYahoo, fetcher: YFinanceFetcher,
+    fake: FakeYahoo,
+    fetcher: YFinanceFetcher,
 ) -> None:
     # A past window goes through yfinance's response cache, which also keeps the 500.
     fake.script_attempts("AAPL", Reply.server_error(500), Reply.ok())
@@ -333,7 +386,8 @@ def test_after_a_transient_failure_the_next_attempt_asks_yahoo_again(
 
 
 def test_yfinance_repeats_a_failed_request_once_by_itself(
-    fake: FakeYahoo, fetcher: YFinanceFetcher,
+    fake: FakeYahoo,
+    fetcher: YFinanceFetcher,
 ) -> None:
     """Pins the yfinance behaviour the fake's ``script_attempts`` relies on."""
     fake.script("AAPL", Reply.rate_limited(5), Reply.ok())
@@ -345,7 +399,8 @@ def test_yfinance_repeats_a_failed_request_once_by_itself(
 
 
 def test_concurrent_fetches_keep_their_own_outcomes(
-    fake: FakeYahoo, fetcher: YFinanceFetcher,
+    fake: FakeYahoo,
+    fetcher: YFinanceFetcher,
 ) -> None:
     fake.always("AAPL", Reply.server_error(500))
     results: dict[str, object] = {}
@@ -367,11 +422,16 @@ def test_concurrent_fetches_keep_their_own_outcomes(
     for t in threads:
         t.join(timeout=30)
 
-    assert results == {"AAPL": "TransientFetchError", "MSFT": 4, "BMW.DE": 3,
-                       "GONE": "PermanentFetchError"}
+    assert results == {
+        "AAPL": "TransientFetchError",
+        "MSFT": 4,
+        "BMW.DE": 3,
+        "GONE": "PermanentFetchError",
+    }
 
 
 # ------------------------------------------------------------------ Yahoo: the session
+
 
 class _LocalYahoo(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
@@ -418,6 +478,7 @@ def test_yahoo_session_remembers_the_last_chart_answer_per_thread(local_http: st
 
 # ------------------------------------------------------------------ Yahoo: configuration
 
+
 def test_configure_turns_yfinance_exceptions_on(fake: FakeYahoo) -> None:
     assert yf.config.debug.hide_exceptions is False
     assert yf.config.network.retries == 0
@@ -431,7 +492,8 @@ def test_fetching_without_configure_fails_loudly(fetcher: YFinanceFetcher) -> No
 
 
 def test_caches_are_written_to_the_given_directory(
-    tmp_path: Path, fetcher: YFinanceFetcher,
+    tmp_path: Path,
+    fetcher: YFinanceFetcher,
 ) -> None:
     cache_dir = tmp_path / "yfinance"
 
@@ -453,7 +515,8 @@ def deprecations_during_fetch(fetcher: YFinanceFetcher, *, silence: bool) -> lis
 
 def test_yfinance_deprecation_warnings_are_silenced(fetcher: YFinanceFetcher) -> None:
     assert deprecations_during_fetch(fetcher, silence=False), (
-        "pandas no longer warns inside yfinance: this test proves nothing any more")
+        "pandas no longer warns inside yfinance: this test proves nothing any more"
+    )
 
     assert deprecations_during_fetch(fetcher, silence=True) == []
 
@@ -488,7 +551,12 @@ def test_nothing_is_written_under_home(tmp_path: Path, with_cache_dir: bool) -> 
 
     proc = subprocess.run(
         [sys.executable, "-c", HOME_SCRIPT, str(cache_dir) if with_cache_dir else ""],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
     assert proc.returncode == 0, proc.stderr
@@ -506,8 +574,16 @@ def test_nothing_is_written_under_home(tmp_path: Path, with_cache_dir: bool) -> 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, None), ("", None), ("7", 7.0), (" 2.5 ", 2.5), ("-3", 0.0), ("soon", None),
-     ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0), ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0)],
+    [
+        (None, None),
+        ("", None),
+        ("7", 7.0),
+        (" 2.5 ", 2.5),
+        ("-3", 0.0),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),
+    ],
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     now = datetime(2015, 10, 21, 7, 28, 0, tzinfo=UTC)
@@ -516,6 +592,7 @@ def test_parse_retry_after(value: str | None, expected: float | None) -> None:
 
 
 # ------------------------------------------------------------------ demo source
+
 
 def test_demo_bars_are_deterministic_and_window_independent() -> None:
     whole = DemoFetcher().fetch_from_source("AAPL", date(2025, 1, 1), date(2025, 3, 31), "1d")
@@ -529,12 +606,20 @@ def test_demo_bars_are_deterministic_and_window_independent() -> None:
 
 
 def test_demo_bars_do_not_depend_on_string_hash_randomisation() -> None:
-    script = ("from datetime import date; from stocksched.sources.demo import demo_bar; "
-              "print(list(demo_bar('AAPL', date(2025, 1, 6))))")
+    script = (
+        "from datetime import date; from stocksched.sources.demo import demo_bar; "
+        "print(list(demo_bar('AAPL', date(2025, 1, 6))))"
+    )
     env = dict(os.environ, PYTHONHASHSEED="12345", PYTHONPATH=str(REPO))
 
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
 
     assert json.loads(out) == list(demo_bar("AAPL", date(2025, 1, 6)))
 
@@ -545,7 +630,8 @@ def test_demo_frame_has_the_shared_shape() -> None:
     assert list(frame.columns) == list(BAR_COLUMNS)
     assert frame.index.name == "Date"
     assert list(frame.index) == local_midnights(
-        NY, "2025-01-06", "2025-01-07", "2025-01-08", "2025-01-09", "2025-01-10")
+        NY, "2025-01-06", "2025-01-07", "2025-01-08", "2025-01-09", "2025-01-10"
+    )
     assert frame["Volume"].dtype == np.int64
     assert (frame[["Dividends", "Stock Splits"]] == 0.0).all().all()
 

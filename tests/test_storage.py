@@ -40,20 +40,42 @@ def daily_frame() -> pd.DataFrame:
     """Five AAPL-like daily bars as yfinance returns them: exchange-local midnights, tz-aware,
     prices with float32-derived digits, a dividend on one day."""
     index = pd.DatetimeIndex(
-        [pd.Timestamp(d, tz=NY) for d in
-         ("2025-09-22", "2025-09-23", "2025-09-24", "2025-09-25", "2025-09-26")],
+        [
+            pd.Timestamp(d, tz=NY)
+            for d in ("2025-09-22", "2025-09-23", "2025-09-24", "2025-09-25", "2025-09-26")
+        ],
         name="Date",
     )
     return pd.DataFrame(
         {
-            "Open": [248.3000030517578, 255.8800048828125, 255.22000122070312,
-                     253.2100067138672, 254.10000610351562],
-            "High": [256.6400146484375, 257.3399963378906, 255.74000549316406,
-                     257.1700134277344, 257.6000061035156],
-            "Low": [248.1199951171875, 253.5800018310547, 251.0399932861328,
-                    251.7100067138672, 253.77999877929688],
-            "Close": [256.0799865722656, 254.42999267578125, 252.30999755859375,
-                      256.8699951171875, 255.4600067138672],
+            "Open": [
+                248.3000030517578,
+                255.8800048828125,
+                255.22000122070312,
+                253.2100067138672,
+                254.10000610351562,
+            ],
+            "High": [
+                256.6400146484375,
+                257.3399963378906,
+                255.74000549316406,
+                257.1700134277344,
+                257.6000061035156,
+            ],
+            "Low": [
+                248.1199951171875,
+                253.5800018310547,
+                251.0399932861328,
+                251.7100067138672,
+                253.77999877929688,
+            ],
+            "Close": [
+                256.0799865722656,
+                254.42999267578125,
+                252.30999755859375,
+                256.8699951171875,
+                255.4600067138672,
+            ],
             "Volume": [105517400, 60275200, 42303700, 55202100, 46076300],
             "Dividends": [0.0, 0.0, 0.0, 0.26, 0.0],
             "Stock Splits": [0.0, 0.0, 0.0, 0.0, 0.0],
@@ -65,8 +87,9 @@ def daily_frame() -> pd.DataFrame:
 def intraday_frame(day: str = "2025-10-21", periods: int = 4) -> pd.DataFrame:
     """5-minute bars from the open, indexed like yfinance's intraday history ("Datetime")."""
     start = pd.Timestamp(f"{day} 09:30", tz=NY)
-    index = pd.DatetimeIndex([start + pd.Timedelta(minutes=5 * i) for i in range(periods)],
-                             name="Datetime")
+    index = pd.DatetimeIndex(
+        [start + pd.Timedelta(minutes=5 * i) for i in range(periods)], name="Datetime"
+    )
     return pd.DataFrame(
         {
             "Open": [262.6499938964844 + i / 8 for i in range(periods)],
@@ -83,8 +106,10 @@ def intraday_frame(day: str = "2025-10-21", periods: int = 4) -> pd.DataFrame:
 
 def strict_json(raw: str) -> Any:
     """json.loads that rejects NaN/Infinity, i.e. what a non-Python consumer would accept."""
+
     def refuse(token: str) -> None:
         raise ValueError(f"invalid JSON constant {token}")
+
     return json.loads(raw, parse_constant=refuse)
 
 
@@ -136,7 +161,8 @@ class TestAdapterContract:
         assert adapter.client.pttl("k") == -1  # persistent again
 
     @pytest.mark.parametrize(
-        "ttl", [timedelta(0), timedelta(seconds=-5), timedelta(microseconds=10)])
+        "ttl", [timedelta(0), timedelta(seconds=-5), timedelta(microseconds=10)]
+    )
     def test_ttl_that_would_expire_at_once_is_refused(
         self, adapter: RedisAdapter, ttl: timedelta
     ) -> None:
@@ -226,8 +252,7 @@ def test_scheme_error_does_not_echo_a_password() -> None:
 
 
 @pytest.mark.redis
-def test_password_from_a_file(redis_server: Any, real_redis: redis.Redis,
-                              tmp_path: Path) -> None:
+def test_password_from_a_file(redis_server: Any, real_redis: redis.Redis, tmp_path: Path) -> None:
     secret = tmp_path / "redis-password"
     secret.write_text("correct horse\n")  # trailing newline as `echo` writes it
     real_redis.config_set("requirepass", "correct horse")
@@ -271,9 +296,14 @@ class TestRoundTrip:
         assert len(records) == 5
         assert list(records[0]) == ["Date", *COLUMNS]  # all columns, in order
         assert records[0] == {
-            "Date": "2025-09-22", "Open": 248.3000030517578, "High": 256.6400146484375,
-            "Low": 248.1199951171875, "Close": 256.0799865722656, "Volume": 105517400,
-            "Dividends": 0.0, "Stock Splits": 0.0,
+            "Date": "2025-09-22",
+            "Open": 248.3000030517578,
+            "High": 256.6400146484375,
+            "Low": 248.1199951171875,
+            "Close": 256.0799865722656,
+            "Volume": 105517400,
+            "Dividends": 0.0,
+            "Stock Splits": 0.0,
         }
         assert isinstance(records[0]["Volume"], int)
         assert records[3]["Dividends"] == 0.26
@@ -287,15 +317,18 @@ class TestRoundTrip:
         assert out.index.tz is None
         assert out.index.name == "Date"
         assert [d.strftime("%Y-%m-%d") for d in out.index] == [
-            "2025-09-22", "2025-09-23", "2025-09-24", "2025-09-25", "2025-09-26"]
+            "2025-09-22",
+            "2025-09-23",
+            "2025-09-24",
+            "2025-09-25",
+            "2025-09-26",
+        ]
         assert list(out.columns) == COLUMNS
         assert out["Volume"].dtype == "int64"
         assert all(out[c].dtype == "float64" for c in COLUMNS if c != "Volume")
         assert_frame_equal(out, frame.tz_localize(None))  # values bit for bit
 
-    def test_daily_round_trip_with_the_exchange_zone_is_exact(
-        self, butler: DataIOButler
-    ) -> None:
+    def test_daily_round_trip_with_the_exchange_zone_is_exact(self, butler: DataIOButler) -> None:
         frame = daily_frame()
         butler.save_data(frame, PREFIX, "AAPL", "2025-09-21", "2025-10-21")
         out = butler.get_data(PREFIX, "AAPL", "2025-09-21", "2025-10-21", tz=NY)
@@ -305,8 +338,11 @@ class TestRoundTrip:
         key = butler.save_data(intraday_frame(), PREFIX, "AAPL", "2025-10-14", "2025-10-21")
         records = strict_json(butler._adapter.get_data(key) or "")
         assert [r["Date"] for r in records] == [
-            "2025-10-21T09:30:00-04:00", "2025-10-21T09:35:00-04:00",
-            "2025-10-21T09:40:00-04:00", "2025-10-21T09:45:00-04:00"]
+            "2025-10-21T09:30:00-04:00",
+            "2025-10-21T09:35:00-04:00",
+            "2025-10-21T09:40:00-04:00",
+            "2025-10-21T09:45:00-04:00",
+        ]
 
     def test_intraday_round_trip(self, butler: DataIOButler) -> None:
         frame = intraday_frame()
@@ -334,17 +370,18 @@ class TestRoundTrip:
         assert_frame_equal(exact, frame.rename_axis("Date"))
 
     def test_bar_size_can_be_forced(self, butler: DataIOButler) -> None:
-        key = butler.save_data(intraday_frame(periods=1), PREFIX, "AAPL", "a", "b",
-                               intraday=False)
+        key = butler.save_data(intraday_frame(periods=1), PREFIX, "AAPL", "a", "b", intraday=False)
         assert strict_json(butler._adapter.get_data(key) or "")[0]["Date"] == "2025-10-21"
         key = butler.save_data(daily_frame(), PREFIX, "AAPL", "c", "d", intraday=True)
         assert strict_json(butler._adapter.get_data(key) or "")[0]["Date"] == (
-            "2025-09-22T00:00:00-04:00")
+            "2025-09-22T00:00:00-04:00"
+        )
 
     def test_floats_are_unchanged(self, butler: DataIOButler) -> None:
         awkward = [0.1 + 0.2, 1 / 3, 5e-324, 1.7976931348623157e308, -0.0, 123456.78901234567]
         index = pd.DatetimeIndex(
-            [pd.Timestamp(f"2025-01-{d:02d}") for d in range(2, 2 + len(awkward))], name="Date")
+            [pd.Timestamp(f"2025-01-{d:02d}") for d in range(2, 2 + len(awkward))], name="Date"
+        )
         frame = pd.DataFrame({"Close": awkward}, index=index)
         butler.save_data(frame, PREFIX, "X", "a", "b")
         out = butler.get_data(PREFIX, "X", "a", "b")
@@ -411,8 +448,7 @@ class TestRefusals:
             (daily_frame().set_axis([0, 1, 2, 3, 4, 5, 6], axis=1), "unique strings"),
             (daily_frame().assign(Close=math.inf), "infinite"),
         ],
-        ids=["empty", "no-datetime-index", "naive-intraday", "date-column", "int-columns",
-             "inf"],
+        ids=["empty", "no-datetime-index", "naive-intraday", "date-column", "int-columns", "inf"],
     )
     def test_frames_that_cannot_round_trip_are_refused(
         self, butler: DataIOButler, frame: pd.DataFrame, message: str
@@ -423,8 +459,13 @@ class TestRefusals:
 
     @pytest.mark.parametrize(
         ("stock_id", "start", "end"),
-        [("", "a", "b"), ("AA:PL", "a", "b"), ("AAPL", "2025-01-01T00:00", "b"),
-         ("AAPL", "a", "2025 01 31"), ("AAPL", "a", "")],
+        [
+            ("", "a", "b"),
+            ("AA:PL", "a", "b"),
+            ("AAPL", "2025-01-01T00:00", "b"),
+            ("AAPL", "a", "2025 01 31"),
+            ("AAPL", "a", ""),
+        ],
     )
     def test_ambiguous_key_parts_are_refused(
         self, butler: DataIOButler, stock_id: str, start: str, end: str
@@ -447,12 +488,12 @@ class TestLatest:
     def test_save_points_latest_at_the_window(self, butler: DataIOButler) -> None:
         key = butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21")
         assert butler._adapter.get_data(f"{PREFIX}:AAPL:latest") == key
-        assert_frame_equal(butler.get_latest(PREFIX, "AAPL"),
-                           butler.get_data(PREFIX, "AAPL", "2025-09-21", "2025-10-21"))
+        assert_frame_equal(
+            butler.get_latest(PREFIX, "AAPL"),
+            butler.get_data(PREFIX, "AAPL", "2025-09-21", "2025-10-21"),
+        )
 
-    def test_a_newer_window_moves_latest_an_older_one_does_not(
-        self, butler: DataIOButler
-    ) -> None:
+    def test_a_newer_window_moves_latest_an_older_one_does_not(self, butler: DataIOButler) -> None:
         latest = f"{PREFIX}:AAPL:latest"
         butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21")
         newer = butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-09-22", "2025-10-22")
@@ -535,7 +576,8 @@ class TestLatest:
             t.join(timeout=10)
         assert errors == []
         assert real_butler._adapter.get_data(f"{PREFIX}:AAPL:latest") == (
-            f"{PREFIX}:AAPL:2025-09-01:2025-10-16")
+            f"{PREFIX}:AAPL:2025-09-01:2025-10-16"
+        )
 
 
 # --- ttl --------------------------------------------------------------------------------------
@@ -543,8 +585,9 @@ class TestLatest:
 
 class TestTtl:
     def test_ttl_applies_to_window_and_pointer(self, butler: DataIOButler) -> None:
-        key = butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21",
-                               ttl=timedelta(days=7))
+        key = butler.save_data(
+            daily_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21", ttl=timedelta(days=7)
+        )
         client = butler._adapter.client
         for k in (key, f"{PREFIX}:AAPL:latest"):
             assert 7 * 86_400_000 - 60_000 < client.pttl(k) <= 7 * 86_400_000
@@ -556,8 +599,14 @@ class TestTtl:
 
     @pytest.mark.redis
     def test_window_and_pointer_actually_expire(self, real_butler: DataIOButler) -> None:
-        key = real_butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21",
-                                    ttl=timedelta(milliseconds=300))
+        key = real_butler.save_data(
+            daily_frame(),
+            PREFIX,
+            "AAPL",
+            "2025-09-21",
+            "2025-10-21",
+            ttl=timedelta(milliseconds=300),
+        )
         assert real_butler.get_latest(PREFIX, "AAPL") is not None
         deadline = time.monotonic() + 3
         while real_butler._adapter.exists(key) and time.monotonic() < deadline:

@@ -48,19 +48,30 @@ from yfinance.data import SingletonMeta, YfData
 from stocksched.sources.yahoo import YahooSession, clear_response_cache, configure_yfinance
 
 CRUMB = "Xq3fC9pLm2T"
-DELISTED_BODY = {"chart": {"result": None, "error": {
-    "code": "Not Found", "description": "No data found, symbol may be delisted"}}}
-SERVER_ERROR_BODY = {"chart": {"result": None, "error": {
-    "code": "Internal Server Error", "description": "Internal Server Error"}}}
-MAINTENANCE_PAGE = ("<html><head><title>Yahoo</title></head>"
-                    "<body>Will be right back...</body></html>")
+DELISTED_BODY = {
+    "chart": {
+        "result": None,
+        "error": {"code": "Not Found", "description": "No data found, symbol may be delisted"},
+    }
+}
+SERVER_ERROR_BODY = {
+    "chart": {
+        "result": None,
+        "error": {"code": "Internal Server Error", "description": "Internal Server Error"},
+    }
+}
+MAINTENANCE_PAGE = (
+    "<html><head><title>Yahoo</title></head><body>Will be right back...</body></html>"
+)
 INTRADAY_TOO_OLD = (
     "1m data not available for startTime=1733150400 and endTime=1736197200. "
-    "Only 8 days worth of 1m granularity data are allowed to be fetched per request.")
+    "Only 8 days worth of 1m granularity data are allowed to be fetched per request."
+)
 VALID_RANGES = ["1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max"]
 
 
 # ---------------------------------------------------------------------------- bar tables
+
 
 @dataclass(frozen=True)
 class Bar:
@@ -103,8 +114,11 @@ class FakeSymbol:
         return datetime.combine(day, when, tzinfo=self.zone)
 
 
-def daily(sym_tz: str, session_open: time,
-          rows: Iterable[tuple[str, float, float, float, float, int, float]]) -> tuple[Bar, ...]:
+def daily(
+    sym_tz: str,
+    session_open: time,
+    rows: Iterable[tuple[str, float, float, float, float, int, float]],
+) -> tuple[Bar, ...]:
     """Daily bars; Yahoo stamps each at the session open (e.g. 09:30 New York)."""
     zone = ZoneInfo(sym_tz)
     return tuple(
@@ -113,8 +127,9 @@ def daily(sym_tz: str, session_open: time,
     )
 
 
-def intraday(sym_tz: str,
-             rows: Iterable[tuple[str, float, float, float, float, int]]) -> tuple[Bar, ...]:
+def intraday(
+    sym_tz: str, rows: Iterable[tuple[str, float, float, float, float, int]]
+) -> tuple[Bar, ...]:
     zone = ZoneInfo(sym_tz)
     return tuple(
         Bar(datetime.fromisoformat(t).replace(tzinfo=zone), o, h, lo, c, v)
@@ -127,50 +142,75 @@ NY = "America/New_York"
 AAPL = FakeSymbol(
     "AAPL",
     bars={
-        "1d": daily(NY, time(9, 30), [
-            ("2025-01-02", 248.93, 249.10, 241.82, 243.85, 55740700, 242.9644),
-            ("2025-01-03", 243.36, 244.18, 241.89, 243.36, 40244100, 242.4762),
-            ("2025-01-06", 244.31, 247.33, 243.20, 245.00, 45045600, 244.1102),
-            ("2025-01-07", 242.98, 245.55, 241.35, 242.21, 40856000, 241.3304),
-            ("2025-01-08", 241.92, 243.71, 240.05, 242.70, 37628900, 241.8186),
-            ("2025-01-10", 240.01, 240.16, 233.00, 236.85, 61710900, 235.9899),
-        ]),
-        "1h": intraday(NY, [
-            ("2025-01-10T09:30", 240.01, 240.16, 235.52, 236.20, 14023811),
-            ("2025-01-10T10:30", 236.19, 237.40, 235.80, 237.02, 7104312),
-            ("2025-01-10T11:30", 237.00, 237.30, 234.90, 235.40, 6218840),
-            ("2025-01-10T12:30", 235.41, 236.10, 233.00, 233.50, 8312007),
-            ("2025-01-10T13:30", 233.52, 234.90, 233.40, 234.60, 6402315),
-            ("2025-01-10T14:30", 234.61, 236.20, 234.30, 235.90, 7810554),
-            ("2025-01-10T15:30", 235.91, 237.10, 235.50, 236.85, 11839061),
-        ]),
+        "1d": daily(
+            NY,
+            time(9, 30),
+            [
+                ("2025-01-02", 248.93, 249.10, 241.82, 243.85, 55740700, 242.9644),
+                ("2025-01-03", 243.36, 244.18, 241.89, 243.36, 40244100, 242.4762),
+                ("2025-01-06", 244.31, 247.33, 243.20, 245.00, 45045600, 244.1102),
+                ("2025-01-07", 242.98, 245.55, 241.35, 242.21, 40856000, 241.3304),
+                ("2025-01-08", 241.92, 243.71, 240.05, 242.70, 37628900, 241.8186),
+                ("2025-01-10", 240.01, 240.16, 233.00, 236.85, 61710900, 235.9899),
+            ],
+        ),
+        "1h": intraday(
+            NY,
+            [
+                ("2025-01-10T09:30", 240.01, 240.16, 235.52, 236.20, 14023811),
+                ("2025-01-10T10:30", 236.19, 237.40, 235.80, 237.02, 7104312),
+                ("2025-01-10T11:30", 237.00, 237.30, 234.90, 235.40, 6218840),
+                ("2025-01-10T12:30", 235.41, 236.10, 233.00, 233.50, 8312007),
+                ("2025-01-10T13:30", 233.52, 234.90, 233.40, 234.60, 6402315),
+                ("2025-01-10T14:30", 234.61, 236.20, 234.30, 235.90, 7810554),
+                ("2025-01-10T15:30", 235.91, 237.10, 235.50, 236.85, 11839061),
+            ],
+        ),
     },
 )
 # MSFT around its February 2025 ex-dividend day (0.83 USD on 20 Feb).
 MSFT = FakeSymbol(
     "MSFT",
-    bars={"1d": daily(NY, time(9, 30), [
-        ("2025-02-18", 408.00, 410.60, 406.50, 409.64, 21423100, 408.8251),
-        ("2025-02-19", 407.88, 415.49, 407.65, 414.77, 24114200, 413.9448),
-        ("2025-02-20", 415.31, 419.31, 412.54, 416.13, 23508700, 416.1300),
-        ("2025-02-21", 417.34, 418.05, 405.56, 408.21, 27524800, 408.2100),
-    ])},
+    bars={
+        "1d": daily(
+            NY,
+            time(9, 30),
+            [
+                ("2025-02-18", 408.00, 410.60, 406.50, 409.64, 21423100, 408.8251),
+                ("2025-02-19", 407.88, 415.49, 407.65, 414.77, 24114200, 413.9448),
+                ("2025-02-20", 415.31, 419.31, 412.54, 416.13, 23508700, 416.1300),
+                ("2025-02-21", 417.34, 418.05, 405.56, 408.21, 27524800, 408.2100),
+            ],
+        )
+    },
     dividends=((date(2025, 2, 20), 0.83),),
 )
 # A Frankfurt listing: exchange-local dates in Europe/Berlin, prices in EUR.
 BMW = FakeSymbol(
-    "BMW.DE", timezone="Europe/Berlin", currency="EUR", exchange="GER",
-    full_exchange="XETRA", session_open=time(9, 0), session_close=time(17, 30),
-    bars={"1d": daily("Europe/Berlin", time(9, 0), [
-        ("2025-01-02", 79.10, 79.62, 78.26, 78.86, 812345, 78.86),
-        ("2025-01-03", 78.90, 79.40, 77.90, 78.10, 905211, 78.10),
-        ("2025-01-06", 78.40, 80.20, 78.30, 79.94, 1203456, 79.94),
-    ])},
+    "BMW.DE",
+    timezone="Europe/Berlin",
+    currency="EUR",
+    exchange="GER",
+    full_exchange="XETRA",
+    session_open=time(9, 0),
+    session_close=time(17, 30),
+    bars={
+        "1d": daily(
+            "Europe/Berlin",
+            time(9, 0),
+            [
+                ("2025-01-02", 79.10, 79.62, 78.26, 78.86, 812345, 78.86),
+                ("2025-01-03", 78.90, 79.40, 77.90, 78.10, 905211, 78.10),
+                ("2025-01-06", 78.40, 80.20, 78.30, 79.94, 1203456, 79.94),
+            ],
+        )
+    },
 )
 SYMBOLS: tuple[FakeSymbol, ...] = (AAPL, MSFT, BMW)
 
 
 # ---------------------------------------------------------------------------- chart bodies
+
 
 def _period(sym: FakeSymbol, day: date, start: time, end: time) -> dict[str, Any]:
     begin = sym.at(day, start)
@@ -233,15 +273,23 @@ def _events(sym: FakeSymbol, period1: int, period2: int) -> dict[str, Any]:
     for day, num, den in sym.splits:
         ts = int(sym.at(day, sym.session_open).timestamp())
         if period1 <= ts < period2:
-            splits[str(ts)] = {"date": ts, "numerator": float(num), "denominator": float(den),
-                               "splitRatio": f"{num}:{den}"}
+            splits[str(ts)] = {
+                "date": ts,
+                "numerator": float(num),
+                "denominator": float(den),
+                "splitRatio": f"{num}:{den}",
+            }
     if splits:
         events["splits"] = splits
     return events
 
 
-def chart_body(sym: FakeSymbol, interval: str, bars: list[Bar] | tuple[Bar, ...],
-               events: dict[str, Any] | None = None) -> dict[str, Any]:
+def chart_body(
+    sym: FakeSymbol,
+    interval: str,
+    bars: list[Bar] | tuple[Bar, ...],
+    events: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A chart-API answer carrying ``bars``; no bars gives Yahoo's "empty window" shape."""
     result: dict[str, Any] = {"meta": chart_meta(sym, interval, bars)}
     if bars:
@@ -249,13 +297,15 @@ def chart_body(sym: FakeSymbol, interval: str, bars: list[Bar] | tuple[Bar, ...]
         if events:
             result["events"] = events
         result["indicators"] = {
-            "quote": [{
-                "open": [b.open for b in bars],
-                "high": [b.high for b in bars],
-                "low": [b.low for b in bars],
-                "close": [b.close for b in bars],
-                "volume": [b.volume for b in bars],
-            }],
+            "quote": [
+                {
+                    "open": [b.open for b in bars],
+                    "high": [b.high for b in bars],
+                    "low": [b.low for b in bars],
+                    "close": [b.close for b in bars],
+                    "volume": [b.volume for b in bars],
+                }
+            ],
         }
         if interval[-1] not in "mh":
             result["indicators"]["adjclose"] = [
@@ -267,6 +317,7 @@ def chart_body(sym: FakeSymbol, interval: str, bars: list[Bar] | tuple[Bar, ...]
 
 
 # ---------------------------------------------------------------------------- replies
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -303,8 +354,11 @@ class Reply:
 
     @classmethod
     def rate_limited(cls, retry_after: float | str | None = None) -> Reply:
-        header = None if retry_after is None else (
-            retry_after if isinstance(retry_after, str) else f"{retry_after:g}")
+        header = (
+            None
+            if retry_after is None
+            else (retry_after if isinstance(retry_after, str) else f"{retry_after:g}")
+        )
         return cls("rate_limited", 429, header)
 
     @classmethod
@@ -343,6 +397,7 @@ class RecordedRequest:
 
 
 # ---------------------------------------------------------------------------- the session
+
 
 class FakeYahoo(YahooSession):
     """A ``YahooSession`` (a curl_cffi Session) whose ``request()`` never leaves the process.
@@ -388,11 +443,15 @@ class FakeYahoo(YahooSession):
             else:
                 self._always[symbol.upper()] = reply
 
-    def chart_requests(self, symbol: str | None = None, *, history_only: bool = False
-                       ) -> list[RecordedRequest]:
+    def chart_requests(
+        self, symbol: str | None = None, *, history_only: bool = False
+    ) -> list[RecordedRequest]:
         with self._lock:
-            found = [r for r in self.requests if r.kind == "chart"
-                     and (symbol is None or r.symbol == symbol.upper())]
+            found = [
+                r
+                for r in self.requests
+                if r.kind == "chart" and (symbol is None or r.symbol == symbol.upper())
+            ]
         return [r for r in found if not (history_only and r.tz_lookup)]
 
     # -- answering
@@ -408,29 +467,57 @@ class FakeYahoo(YahooSession):
         if kind == "crumb":
             return _response(url, 200, CRUMB.encode(), {"Content-Type": "text/plain"})
         if kind == "consent":
-            return _response(url, 200, b"<html><body>consent</body></html>",
-                             {"Content-Type": "text/html"})
+            return _response(
+                url, 200, b"<html><body>consent</body></html>", {"Content-Type": "text/html"}
+            )
         if kind == "chart" and symbol is not None:
             response = self._chart(url, symbol, query)
             self.observe(url, response)
             return response
         if kind == "quote":
-            return _json_response(url, 404, {"quoteSummary": {"result": None, "error": {
-                "code": "Not Found", "description": f"Quote not found for symbol: {symbol}"}}})
+            return _json_response(
+                url,
+                404,
+                {
+                    "quoteSummary": {
+                        "result": None,
+                        "error": {
+                            "code": "Not Found",
+                            "description": f"Quote not found for symbol: {symbol}",
+                        },
+                    }
+                },
+            )
         return _response(url, 404, b"Not Found", {"Content-Type": "text/plain"})
 
     def _cookie_page(self, url: str) -> curl_requests.Response:
         expires = int((datetime.now() + timedelta(days=365)).timestamp())
-        self.cookies.jar.set_cookie(Cookie(
-            version=0, name="A3", value="d=AQABBFakeCookieForTests&S=AQAAAFake",
-            port=None, port_specified=False, domain=".yahoo.com", domain_specified=True,
-            domain_initial_dot=True, path="/", path_specified=True, secure=True,
-            expires=expires, discard=False, comment=None, comment_url=None,
-            rest={"HttpOnly": None, "SameSite": "None"}, rfc2109=False,
-        ))
-        headers = {"Content-Type": "text/html",
-                   "Set-Cookie": "A3=d=AQABBFakeCookieForTests&S=AQAAAFake; Domain=.yahoo.com; "
-                                 "Path=/; Secure; HttpOnly; SameSite=None"}
+        self.cookies.jar.set_cookie(
+            Cookie(
+                version=0,
+                name="A3",
+                value="d=AQABBFakeCookieForTests&S=AQAAAFake",
+                port=None,
+                port_specified=False,
+                domain=".yahoo.com",
+                domain_specified=True,
+                domain_initial_dot=True,
+                path="/",
+                path_specified=True,
+                secure=True,
+                expires=expires,
+                discard=False,
+                comment=None,
+                comment_url=None,
+                rest={"HttpOnly": None, "SameSite": "None"},
+                rfc2109=False,
+            )
+        )
+        headers = {
+            "Content-Type": "text/html",
+            "Set-Cookie": "A3=d=AQABBFakeCookieForTests&S=AQAAAFake; Domain=.yahoo.com; "
+            "Path=/; Secure; HttpOnly; SameSite=None",
+        }
         return _response(url, 404, b"<html><body>Not Found</body></html>", headers)
 
     def _next_reply(self, symbol: str, tz_lookup: bool) -> Reply:
@@ -447,11 +534,15 @@ class FakeYahoo(YahooSession):
         if reply.kind == "timeout":
             raise curl_requests.exceptions.Timeout(
                 "Failed to perform, curl: (28) Operation timed out after 30002 milliseconds "
-                "with 0 bytes received.", 28)
+                "with 0 bytes received.",
+                28,
+            )
         if reply.kind == "connection_error":
             raise curl_requests.exceptions.ConnectionError(
                 "Failed to perform, curl: (7) Failed to connect to query2.finance.yahoo.com "
-                "port 443 after 3 ms: Couldn't connect to server.", 7)
+                "port 443 after 3 ms: Couldn't connect to server.",
+                7,
+            )
         if reply.kind == "delisted" or symbol not in self.symbols:
             return _json_response(url, 404, DELISTED_BODY)
         if reply.kind == "rate_limited":
@@ -462,14 +553,30 @@ class FakeYahoo(YahooSession):
         if reply.kind == "server_error":
             return _json_response(url, reply.status, SERVER_ERROR_BODY)
         if reply.kind == "rejected":
-            return _json_response(url, reply.status, {"chart": {"result": None, "error": {
-                "code": HTTPStatus(reply.status).phrase, "description": reply.description}}})
+            return _json_response(
+                url,
+                reply.status,
+                {
+                    "chart": {
+                        "result": None,
+                        "error": {
+                            "code": HTTPStatus(reply.status).phrase,
+                            "description": reply.description,
+                        },
+                    }
+                },
+            )
         if reply.kind == "garbage":
-            return _response(url, 200, b"<html><body>Please log in to the network</body></html>",
-                             {"Content-Type": "text/html"})
+            return _response(
+                url,
+                200,
+                b"<html><body>Please log in to the network</body></html>",
+                {"Content-Type": "text/html"},
+            )
         if reply.kind == "maintenance":
-            return _response(url, reply.status, MAINTENANCE_PAGE.encode(),
-                             {"Content-Type": "text/html"})
+            return _response(
+                url, reply.status, MAINTENANCE_PAGE.encode(), {"Content-Type": "text/html"}
+            )
         sym = self.symbols[symbol]
         return _json_response(url, 200, self._bars_body(sym, query, empty=reply.kind == "no_data"))
 
@@ -498,8 +605,9 @@ def _route(host: str, path: str) -> tuple[str, str | None]:
     return "other", None
 
 
-def _response(url: str, status: int, body: bytes, headers: dict[str, str]
-              ) -> curl_requests.Response:
+def _response(
+    url: str, status: int, body: bytes, headers: dict[str, str]
+) -> curl_requests.Response:
     response = curl_requests.Response()
     response.url = url
     response.status_code = status
@@ -511,11 +619,13 @@ def _response(url: str, status: int, body: bytes, headers: dict[str, str]
 
 
 def _json_response(url: str, status: int, body: dict[str, Any]) -> curl_requests.Response:
-    return _response(url, status, json.dumps(body).encode(),
-                     {"Content-Type": "application/json;charset=utf-8"})
+    return _response(
+        url, status, json.dumps(body).encode(), {"Content-Type": "application/json;charset=utf-8"}
+    )
 
 
 # ---------------------------------------------------------------------------- installing it
+
 
 def reset_yfinance_state() -> None:
     """Forget every piece of process-wide yfinance state a previous test may have left:
@@ -523,8 +633,11 @@ def reset_yfinance_state() -> None:
     clear_response_cache()
     SingletonMeta._instances.pop(YfData, None)
     yfinance.base._tz_info_fetch_ctr = 0
-    for db_manager in (yfinance.cache._TzDBManager, yfinance.cache._CookieDBManager,
-                       yfinance.cache._ISINDBManager):
+    for db_manager in (
+        yfinance.cache._TzDBManager,
+        yfinance.cache._CookieDBManager,
+        yfinance.cache._ISINDBManager,
+    ):
         db_manager.close_db()
         db_manager._db = None
     yfinance.cache._TzCacheManager._tz_cache = None

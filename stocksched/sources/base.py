@@ -14,7 +14,13 @@ import pandas as pd
 #: Column order of every frame a source returns (yfinance ``history()`` without adjustment
 #: columns), so storage and consumers see one schema whatever the source.
 BAR_COLUMNS: tuple[str, ...] = (
-    "Open", "High", "Low", "Close", "Volume", "Dividends", "Stock Splits",
+    "Open",
+    "High",
+    "Low",
+    "Close",
+    "Volume",
+    "Dividends",
+    "Stock Splits",
 )
 
 

@@ -75,9 +75,7 @@ class DemoFetcher:
     def __init__(self, latency_s: float = 0.0) -> None:
         self._latency_s = latency_s
 
-    def fetch_from_source(
-        self, ticker: str, start: date, end: date, interval: str
-    ) -> pd.DataFrame:
+    def fetch_from_source(self, ticker: str, start: date, end: date, interval: str) -> pd.DataFrame:
         if interval != "1d":
             raise PermanentFetchError(ticker, f"demo source serves only 1d bars, not {interval}")
         if self._latency_s > 0:

@@ -199,18 +199,17 @@ class YFinanceFetcher:
     yfinance's "Datetime" to "Date" for the same reason.
     """
 
-    def __init__(self, session: curl_requests.Session | None = None, timeout: float = 30.0
-                 ) -> None:
+    def __init__(self, session: curl_requests.Session | None = None, timeout: float = 30.0) -> None:
         self._session = session if session is not None else new_session()
         self._observer = self._session if isinstance(self._session, YahooSession) else None
         if self._observer is None:
-            log.warning("session is a plain curl_cffi Session, not a YahooSession: Retry-After "
-                        "is lost and an HTTP 5xx may be taken for a delisted symbol")
+            log.warning(
+                "session is a plain curl_cffi Session, not a YahooSession: Retry-After "
+                "is lost and an HTTP 5xx may be taken for a delisted symbol"
+            )
         self._timeout = timeout
 
-    def fetch_from_source(
-        self, ticker: str, start: date, end: date, interval: str
-    ) -> pd.DataFrame:
+    def fetch_from_source(self, ticker: str, start: date, end: date, interval: str) -> pd.DataFrame:
         if end < start:
             raise PermanentFetchError(ticker, f"no data: window end {end} is before start {start}")
         _require_configured()
@@ -218,8 +217,12 @@ class YFinanceFetcher:
             self._observer.forget_outcome()
         try:
             frame = yf.Ticker(ticker, session=self._session).history(
-                start=start, end=end + timedelta(days=1), interval=interval,
-                auto_adjust=False, actions=True, timeout=self._timeout,
+                start=start,
+                end=end + timedelta(days=1),
+                interval=interval,
+                auto_adjust=False,
+                actions=True,
+                timeout=self._timeout,
             )
         except RateLimitError:
             raise  # our own limiter said no: the caller decides, it is not Yahoo's answer

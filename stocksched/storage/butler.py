@@ -40,7 +40,7 @@ MAX_WATCH_ATTEMPTS = 5
 
 
 class CorruptRecordError(StorageError):
-    """A stored value is not a bar record in the original design's format (written by something else?)."""
+    """A stored value is not a bar record in the original design's format."""
 
     def __init__(self, key: str, reason: str) -> None:
         super().__init__("decode", key, reason)
@@ -80,8 +80,12 @@ class DataIOButler:
         ``:`` or whitespace, StorageError when Redis fails.
         """
         ticker = _key_part(stock_id, "stock_id").upper()
-        key = keys.data_key(_prefix(prefix), ticker, _key_part(start_date, "start_date"),
-                            _key_part(end_date, "end_date"))
+        key = keys.data_key(
+            _prefix(prefix),
+            ticker,
+            _key_part(start_date, "start_date"),
+            _key_part(end_date, "end_date"),
+        )
         payload = encode_frame(data, intraday)
         self._write_window(key, prefix, ticker, payload, ttl_to_ms(ttl))
         logger.debug("stored %d bars under %s (%d bytes)", len(data), key, len(payload))
@@ -97,7 +101,7 @@ class DataIOButler:
         ttl: timedelta | None = None,
         intraday: bool | None = None,
     ) -> str:
-        """The original design's name for re-storing a window: the same overwrite as ``save_data``."""
+        """Re-store a window (the original design's name): the same overwrite as ``save_data``."""
         return self.save_data(data, prefix, stock_id, start_date, end_date, ttl, intraday)
 
     def get_data(
@@ -120,8 +124,12 @@ class DataIOButler:
         record format, StorageError when Redis fails.
         """
         ticker = _key_part(stock_id, "stock_id").upper()
-        key = keys.data_key(_prefix(prefix), ticker, _key_part(start_date, "start_date"),
-                            _key_part(end_date, "end_date"))
+        key = keys.data_key(
+            _prefix(prefix),
+            ticker,
+            _key_part(start_date, "start_date"),
+            _key_part(end_date, "end_date"),
+        )
         return self._load(key, tz)
 
     def get_latest(self, prefix: str, stock_id: str, tz: str | None = None) -> pd.DataFrame | None:
@@ -148,8 +156,9 @@ class DataIOButler:
         except (ValueError, TypeError, KeyError) as exc:
             raise CorruptRecordError(key, str(exc)) from exc
 
-    def _write_window(self, key: str, prefix: str, ticker: str, payload: str, px: int | None
-                      ) -> None:
+    def _write_window(
+        self, key: str, prefix: str, ticker: str, payload: str, px: int | None
+    ) -> None:
         """SET the window and, unless it is older than the current latest, the pointer: atomically.
 
         Optimistic locking (WATCH the pointer, MULTI/EXEC) rather than a Lua
@@ -188,7 +197,7 @@ def _window_end(key: str, prefix: str, ticker: str) -> str | None:
     head = f"{prefix}:{ticker}:"
     if not key.startswith(head):
         return None
-    parts = key[len(head):].split(":")
+    parts = key[len(head) :].split(":")
     return parts[1] if len(parts) == 2 and all(parts) else None
 
 
@@ -216,10 +225,14 @@ def encode_frame(data: pd.DataFrame, intraday: bool | None = None) -> str:
     dates = _encode_dates(index, intraday)
     columns = [str(c) for c in data.columns]
     values = [_encode_column(data.iloc[:, i]) for i in range(len(columns))]
-    records = [
-        {DATE_FIELD: date, **dict(zip(columns, row, strict=True))}
-        for date, row in zip(dates, zip(*values, strict=True), strict=True)
-    ] if columns else [{DATE_FIELD: date} for date in dates]
+    records = (
+        [
+            {DATE_FIELD: date, **dict(zip(columns, row, strict=True))}
+            for date, row in zip(dates, zip(*values, strict=True), strict=True)
+        ]
+        if columns
+        else [{DATE_FIELD: date} for date in dates]
+    )
     try:
         return json.dumps(records, allow_nan=False, separators=(",", ":"))
     except ValueError as exc:
@@ -262,8 +275,11 @@ def _encode_column(column: pd.Series) -> list[Any]:
 
 
 def _is_missing(value: Any) -> bool:
-    return value is None or value is pd.NA or value is pd.NaT or (
-        isinstance(value, float) and math.isnan(value)
+    return (
+        value is None
+        or value is pd.NA
+        or value is pd.NaT
+        or (isinstance(value, float) and math.isnan(value))
     )
 
 
@@ -277,8 +293,9 @@ def decode_frame(raw: str, tz: str | None = None) -> pd.DataFrame:
         raise ValueError("not a JSON list of objects")
     columns = [name for name in records[0] if name != DATE_FIELD] if records else []
     index = _decode_dates([r[DATE_FIELD] for r in records], tz)
-    data = {name: _decode_column([r.get(name) for r in records]).set_axis(index)
-            for name in columns}
+    data = {
+        name: _decode_column([r.get(name) for r in records]).set_axis(index) for name in columns
+    }
     return pd.DataFrame(data, index=index, columns=columns)
 
 
@@ -291,8 +308,9 @@ def _decode_dates(dates: Sequence[Any], tz: str | None) -> pd.DatetimeIndex:
     try:
         index = pd.DatetimeIndex(pd.to_datetime(list(dates), format="ISO8601"), name=DATE_FIELD)
     except ValueError:  # mixed offsets (the window spans a DST change): one zone, UTC
-        index = pd.DatetimeIndex(pd.to_datetime(list(dates), format="ISO8601", utc=True),
-                                 name=DATE_FIELD)
+        index = pd.DatetimeIndex(
+            pd.to_datetime(list(dates), format="ISO8601", utc=True), name=DATE_FIELD
+        )
     return index if tz is None else index.tz_convert(tz)
 
 
