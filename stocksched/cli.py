@@ -187,6 +187,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 "valid": True,
                 "sha256": loaded.sha256,
                 "jobs": _fire_times(loaded, args.count),
+                "warnings": list(loaded.warnings),
             }
         )
     if args.format == "json":
@@ -198,6 +199,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(line, file=sys.stderr)
             continue
         print(f"{entry['file']}: OK, {len(entry['jobs'])} job(s)")
+        for line in entry["warnings"]:  # not an error: the exit status stays as it is
+            print(f"warning: {line}", file=sys.stderr)
         for job in entry["jobs"]:
             state = "" if job["enabled"] else " (disabled)"
             print(

@@ -32,6 +32,10 @@ Decisions a user relies on:
   pointing at the offending value (at the job for a missing field, at the ``defaults``
   entry for a value that came from there). Problems with the file as a whole (missing,
   empty, over 5 MB, not UTF-8, not YAML, not a mapping) give one line.
+- A valid file can still carry warnings (``LoadedJobs.warnings``, same position format):
+  two jobs that write the same ticker, prefix and interval with different windows whose
+  ends can fall on the same day move one ``:latest`` pointer back and forth between their
+  windows (see ``latest_pointer_clashes``). One line per pair of jobs, not per ticker.
 """
 
 from __future__ import annotations
@@ -40,8 +44,8 @@ import difflib
 import hashlib
 import re
 import stat
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -430,11 +434,91 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class LoadedJobs:
-    """A validated jobs file: where it came from, its content hash, and its jobs in file order."""
+    """A validated jobs file: where it came from, its content hash, and its jobs in file order.
+
+    ``warnings`` are problems that do not make the file invalid, each formatted like an
+    error (``FILE:LINE:COL: path: message``): ``validate`` prints them, the daemon logs them.
+    """
 
     path: Path
     sha256: str
     jobs: tuple[JobSpec, ...]
+    warnings: tuple[str, ...] = ()
+
+
+# ---------------------------------------------------------------- warnings
+
+#: Shared tickers a warning names before it says "(+N more)".
+CLASH_TICKERS_SHOWN = 2
+
+
+@dataclass(frozen=True)
+class LatestClash:
+    """Two jobs (indexes into the job list, ``first < second``) whose runs move the same
+    ``:latest`` pointers, those of ``tickers`` (in the second job's order), to different
+    windows."""
+
+    first: int
+    second: int
+    tickers: tuple[str, ...]
+
+
+_Window = tuple[timedelta | None, date | None, date | None]  # (window, start, end)
+
+
+def latest_pointer_clashes(jobs: Sequence[JobSpec], today: date | None = None) -> list[LatestClash]:
+    """Pairs of jobs whose ``:latest`` pointers fight, ordered by (second, first).
+
+    A ticker's pointer is per prefix and interval (``keys.latest_key``) and moves to each
+    window stored whose end is not before that of the window it names. Two jobs writing
+    the same ticker, prefix and interval with different windows (``window``/``start``/
+    ``end``) therefore flip it between their windows whenever their ends coincide: both
+    end today (a ``window``, or ``start`` without ``end``), both end on the same date, or
+    one ends today and the other on a date not yet past (``today``; None: assume so).
+    A fixed window that ended before ``today`` (a backfill) never takes the pointer back
+    from a rolling one, so it is not a clash.
+    """
+    # Only windows matter to whether two jobs fight, so compare distinct windows first:
+    # thousands of jobs sharing one window (or many backfills) cost next to nothing.
+    groups: dict[tuple[str, str], dict[_Window, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for i, job in enumerate(jobs):
+        groups[(job.prefix, job.interval)][(job.window, job.start, job.end)].append(i)
+    ticker_sets: dict[int, frozenset[str]] = {}
+    clashes: list[LatestClash] = []
+    for by_window in groups.values():
+        windows = list(by_window)
+        for n, a in enumerate(windows):
+            for b in windows[n + 1 :]:
+                if not _windows_fight(a, b, today):
+                    continue
+                for i in by_window[a]:
+                    for j in by_window[b]:
+                        first, second = min(i, j), max(i, j)
+                        theirs = ticker_sets.setdefault(first, frozenset(jobs[first].tickers))
+                        shared = tuple(t for t in jobs[second].tickers if t in theirs)
+                        if shared:
+                            clashes.append(LatestClash(first, second, shared))
+    return sorted(clashes, key=lambda c: (c.second, c.first))
+
+
+def _windows_fight(a: _Window, b: _Window, today: date | None) -> bool:
+    """Whether two different windows can end on the same day (then the last write wins)."""
+    end_a, end_b = a[2], b[2]  # None: the window ends today
+    if end_a is None and end_b is None:
+        return True
+    if end_a is not None and end_b is not None:
+        return end_a == end_b
+    fixed = end_a if end_a is not None else end_b
+    assert fixed is not None
+    return today is None or fixed >= today
+
+
+def _describe_window(job: JobSpec) -> str:
+    if job.window is not None:
+        return f"window {format_duration(job.window)}"
+    if job.end is None:
+        return f"start {job.start}"
+    return f"{job.start}..{job.end}"
 
 
 def load_jobs_file(path: str | Path, *, today: date | None = None) -> LoadedJobs:
@@ -483,7 +567,12 @@ def _load_bytes(data: bytes, name: str, path: Path, today: date | None) -> Loade
     jobs = checker.check(doc)
     if checker.errors:
         raise ConfigError(checker.formatted())
-    return LoadedJobs(path=path, sha256=hashlib.sha256(data).hexdigest(), jobs=tuple(jobs))
+    return LoadedJobs(
+        path=path,
+        sha256=hashlib.sha256(data).hexdigest(),
+        jobs=tuple(jobs),
+        warnings=tuple(checker.warnings(jobs)),
+    )
 
 
 def _decode(data: bytes, name: str) -> str:
@@ -635,6 +724,27 @@ class _FileChecker:
 
     def formatted(self) -> list[str]:
         return [f"{self.name}:{ln}:{col}: {msg}" for ln, col, msg in sorted(self.errors)]
+
+    def warnings(self, jobs: list[JobSpec]) -> list[str]:
+        """Warning lines for a file without errors (so ``jobs[i]`` is the file's i-th job)."""
+        jobs_node = _child(self.root, "jobs")
+        out = []
+        for clash in latest_pointer_clashes(jobs, self.context["today"]):
+            first, second = jobs[clash.first], jobs[clash.second]
+            node = _child(jobs_node, clash.second) or self.root
+            names = ", ".join(clash.tickers)
+            if len(clash.tickers) > CLASH_TICKERS_SHOWN + 1:  # "(+1 more)" saves nothing
+                more = len(clash.tickers) - CLASH_TICKERS_SHOWN
+                names = f"{', '.join(clash.tickers[:CLASH_TICKERS_SHOWN])} (+{more} more)"
+            out.append(
+                f"{self.name}:{node.start_mark.line + 1}:{node.start_mark.column + 1}: "
+                f"jobs[{clash.second}]: job {second.id!r} writes {names} with interval "
+                f"{second.interval} under prefix {second.prefix!r} like jobs[{clash.first}] "
+                f"(id {first.id!r}{_line_of(_child(jobs_node, clash.first))}) but with a "
+                f"different window ({_describe_window(second)}, not {_describe_window(first)}): "
+                "their :latest pointers will alternate between the two windows"
+            )
+        return out
 
     def check(self, doc: Any) -> list[JobSpec]:
         if not isinstance(doc, dict):

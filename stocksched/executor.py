@@ -201,6 +201,7 @@ class JobExecutor:
                 end_date=end.isoformat(),
                 ttl=job.ttl,
                 intraday=job.interval in INTRADAY,
+                interval=job.interval,
             )
         except (StorageError, RateLimiterUnavailable) as exc:
             log.debug(

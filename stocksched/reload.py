@@ -116,6 +116,8 @@ class ConfigReloader:
         self.current = loaded
         self._settled = loaded.sha256
         log.info("config applied %s sha256=%s", diff.summary(), loaded.sha256[:12])
+        for line in loaded.warnings:  # once applied: a storage retry does not repeat them
+            log.warning("config warning: %s", line)
         return self._finish(ReloadStatus(now, True, [], loaded.sha256, diff))
 
     def _finish(self, status: ReloadStatus) -> ReloadStatus:

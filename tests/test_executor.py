@@ -138,3 +138,35 @@ def test_job_retries_ride_over_a_rate_limit(
         )
         counts.append(len(fake_yahoo.chart_requests("GONE")) - before)
     assert counts[0] >= 1 and counts[1] == counts[0]
+
+
+def test_daily_and_hourly_jobs_of_one_ticker_keep_their_own_keys(
+    any_redis: redis.Redis, fake_yahoo: FakeYahoo
+) -> None:
+    """Issue 8: a 1h job used to overwrite the 1d job's window key and flip its pointer."""
+    ex, butler = executor(any_redis, fake_yahoo)
+    daily = ex.execute_job(make_spec("daily", tickers=["AAPL"], **WINDOW))
+    hourly = ex.execute_job(make_spec("hourly", tickers=["AAPL"], interval="1h", **WINDOW))
+    assert daily.status == hourly.status == RunStatus.SUCCESS
+    assert (daily.rows_stored, hourly.rows_stored) == (6, 7)
+    daily_key = "scheduled_stock_data:AAPL:2025-01-02:2025-01-10"
+    hourly_key = "scheduled_stock_data:AAPL:1h:2025-01-02:2025-01-10"
+    assert any_redis.get("scheduled_stock_data:AAPL:latest") == daily_key
+    assert any_redis.get("scheduled_stock_data:AAPL:1h:latest") == hourly_key
+    assert sorted(any_redis.keys("scheduled_stock_data:AAPL:*")) == sorted(
+        [
+            daily_key,
+            hourly_key,
+            "scheduled_stock_data:AAPL:latest",
+            "scheduled_stock_data:AAPL:1h:latest",
+        ]
+    )
+    bars = butler.get_data("scheduled_stock_data", "AAPL", "2025-01-02", "2025-01-10")
+    assert bars is not None and len(bars) == 6 and bars.index.tz is None  # daily dates
+    hours = butler.get_latest("scheduled_stock_data", "AAPL", interval="1h")
+    assert hours is not None and len(hours) == 7
+    assert hours.index[0] == datetime(2025, 1, 10, 14, 30, tzinfo=UTC)  # 09:30 New York
+    # running the daily job again leaves the hourly pointer alone, and vice versa
+    ex.execute_job(make_spec("daily", tickers=["AAPL"], **WINDOW))
+    assert any_redis.get("scheduled_stock_data:AAPL:1h:latest") == hourly_key
+    assert any_redis.get("scheduled_stock_data:AAPL:latest") == daily_key

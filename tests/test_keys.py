@@ -33,6 +33,80 @@ def test_latest_key_sits_beside_the_windows_of_its_ticker() -> None:
     assert keys.latest_key("scheduled_stock_data", "AAPL").startswith("scheduled_stock_data:AAPL:")
 
 
+def test_daily_keys_name_no_interval() -> None:
+    """``1d`` keeps the original design's keys, whether the interval is given or not."""
+    assert (
+        keys.data_key("scheduled_stock_data", "AAPL", "2025-09-21", "2025-10-21", interval="1d")
+        == "scheduled_stock_data:AAPL:2025-09-21:2025-10-21"
+    )
+    assert (
+        keys.latest_key("scheduled_stock_data", "AAPL", interval="1d")
+        == "scheduled_stock_data:AAPL:latest"
+    )
+
+
+@pytest.mark.parametrize("interval", ["1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h"])
+def test_intraday_keys_put_the_interval_after_the_ticker(interval: str) -> None:
+    assert (
+        keys.data_key("scheduled_stock_data", "AAPL", "2025-10-14", "2025-10-21", interval=interval)
+        == f"scheduled_stock_data:AAPL:{interval}:2025-10-14:2025-10-21"
+    )
+    assert (
+        keys.latest_key("scheduled_stock_data", "AAPL", interval=interval)
+        == f"scheduled_stock_data:AAPL:{interval}:latest"
+    )
+
+
+def test_pinned_interval_keys() -> None:
+    assert keys.data_key("p", "AAPL", "2025-10-14", "2025-10-21", interval="1h") == (
+        "p:AAPL:1h:2025-10-14:2025-10-21"
+    )
+    assert keys.latest_key("p", "AAPL", interval="1h") == "p:AAPL:1h:latest"
+    assert keys.data_key("p", "SPY", "2024-01-01", "2025-01-01", interval="1wk") == (
+        "p:SPY:1wk:2024-01-01:2025-01-01"
+    )
+    assert keys.latest_key("p", "SPY", interval="5d") == "p:SPY:5d:latest"
+    assert keys.latest_key("p", "SPY", interval="1mo") == "p:SPY:1mo:latest"
+    assert keys.latest_key("a:nested", "SPY", interval="3mo") == "a:nested:SPY:3mo:latest"
+
+
+def test_intervals_never_share_a_window_or_pointer() -> None:
+    intervals = [
+        "1m",
+        "2m",
+        "5m",
+        "15m",
+        "30m",
+        "60m",
+        "90m",
+        "1h",
+        "1d",
+        "5d",
+        "1wk",
+        "1mo",
+        "3mo",
+    ]
+    windows = {keys.data_key("p", "T", "2025-01-01", "2025-01-31", interval=i) for i in intervals}
+    pointers = {keys.latest_key("p", "T", interval=i) for i in intervals}
+    assert len(windows) == len(pointers) == len(intervals)
+    assert not windows & pointers
+
+
+def test_data_key_window_parses_only_its_own_interval() -> None:
+    daily = keys.data_key("a:nested", "AAPL", "2025-09-21", "2025-10-21")
+    hourly = keys.data_key("a:nested", "AAPL", "2025-10-14", "2025-10-21", interval="1h")
+    assert keys.data_key_window(daily, "a:nested", "AAPL") == ("2025-09-21", "2025-10-21")
+    assert keys.data_key_window(hourly, "a:nested", "AAPL", interval="1h") == (
+        "2025-10-14",
+        "2025-10-21",
+    )
+    assert keys.data_key_window(hourly, "a:nested", "AAPL") is None  # not a daily window
+    assert keys.data_key_window(daily, "a:nested", "AAPL", interval="1h") is None
+    assert keys.data_key_window(daily, "a:nested", "MSFT") is None
+    assert keys.data_key_window(keys.latest_key("a:nested", "AAPL"), "a:nested", "AAPL") is None
+    assert keys.data_key_window("a:nested:AAPL:x:", "a:nested", "AAPL") is None
+
+
 @pytest.mark.parametrize(
     "key",
     [
@@ -41,6 +115,8 @@ def test_latest_key_sits_beside_the_windows_of_its_ticker() -> None:
         keys.runs_key("x"),
         keys.data_key("p", "T", "2025-01-01", "2025-01-31"),
         keys.latest_key("p", "T"),
+        keys.data_key("p", "T", "2025-01-01", "2025-01-31", interval="1h"),
+        keys.latest_key("p", "T", interval="1h"),
     ],
 )
 def test_no_key_has_empty_segments(key: str) -> None:

@@ -335,7 +335,10 @@ class TestRoundTrip:
         assert_frame_equal(out, frame)
 
     def test_intraday_record_keeps_time_and_offset(self, butler: DataIOButler) -> None:
-        key = butler.save_data(intraday_frame(), PREFIX, "AAPL", "2025-10-14", "2025-10-21")
+        key = butler.save_data(
+            intraday_frame(), PREFIX, "AAPL", "2025-10-14", "2025-10-21", interval="5m"
+        )
+        assert key == "scheduled_stock_data:AAPL:5m:2025-10-14:2025-10-21"
         records = strict_json(butler._adapter.get_data(key) or "")
         assert [r["Date"] for r in records] == [
             "2025-10-21T09:30:00-04:00",
@@ -346,27 +349,28 @@ class TestRoundTrip:
 
     def test_intraday_round_trip(self, butler: DataIOButler) -> None:
         frame = intraday_frame()
-        butler.save_data(frame, PREFIX, "AAPL", "2025-10-14", "2025-10-21")
-        out = butler.get_data(PREFIX, "AAPL", "2025-10-14", "2025-10-21")
+        butler.save_data(frame, PREFIX, "AAPL", "2025-10-14", "2025-10-21", interval="5m")
+        assert butler.get_data(PREFIX, "AAPL", "2025-10-14", "2025-10-21") is None  # not daily
+        out = butler.get_data(PREFIX, "AAPL", "2025-10-14", "2025-10-21", interval="5m")
         assert out is not None
         assert str(out.index.tz) == "UTC-04:00"  # the stored offset
         assert out.index[0].strftime("%H:%M") == "09:30"  # wall-clock time as stored
         expected = frame.rename_axis("Date")
         assert_index_equal(out.index.tz_convert(NY), expected.index)  # same instants
-        exact = butler.get_data(PREFIX, "AAPL", "2025-10-14", "2025-10-21", tz=NY)
+        exact = butler.get_data(PREFIX, "AAPL", "2025-10-14", "2025-10-21", tz=NY, interval="5m")
         assert_frame_equal(exact, expected)
 
     def test_intraday_window_across_dst_reads_back_in_utc(self, butler: DataIOButler) -> None:
         # last bar before and first bar after the 2025-03-09 spring-forward
         frame = pd.concat([intraday_frame("2025-03-07", 1), intraday_frame("2025-03-10", 1)])
-        key = butler.save_data(frame, PREFIX, "AAPL", "2025-03-05", "2025-03-11")
+        key = butler.save_data(frame, PREFIX, "AAPL", "2025-03-05", "2025-03-11", interval="5m")
         dates = [r["Date"] for r in strict_json(butler._adapter.get_data(key) or "")]
         assert dates == ["2025-03-07T09:30:00-05:00", "2025-03-10T09:30:00-04:00"]
-        out = butler.get_data(PREFIX, "AAPL", "2025-03-05", "2025-03-11")
+        out = butler.get_data(PREFIX, "AAPL", "2025-03-05", "2025-03-11", interval="5m")
         assert out is not None
         assert str(out.index.tz) == "UTC"
         assert list(out.index) == list(frame.index)  # same instants
-        exact = butler.get_data(PREFIX, "AAPL", "2025-03-05", "2025-03-11", tz=NY)
+        exact = butler.get_data(PREFIX, "AAPL", "2025-03-05", "2025-03-11", tz=NY, interval="5m")
         assert_frame_equal(exact, frame.rename_axis("Date"))
 
     def test_bar_size_can_be_forced(self, butler: DataIOButler) -> None:
@@ -578,6 +582,98 @@ class TestLatest:
         assert real_butler._adapter.get_data(f"{PREFIX}:AAPL:latest") == (
             f"{PREFIX}:AAPL:2025-09-01:2025-10-16"
         )
+
+
+# --- intervals ----------------------------------------------------------------------------
+
+
+class TestIntervals:
+    """Daily bars keep the original design's keys; every other interval has its own window
+    keys and its own latest pointer, so jobs differing only in interval never clash."""
+
+    def test_daily_and_hourly_windows_of_one_ticker_are_different_keys(
+        self, butler: DataIOButler
+    ) -> None:
+        daily = butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21")
+        hourly = butler.save_data(
+            intraday_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21", interval="1h"
+        )
+        assert daily == "scheduled_stock_data:AAPL:2025-09-21:2025-10-21"
+        assert hourly == "scheduled_stock_data:AAPL:1h:2025-09-21:2025-10-21"
+        client = butler._adapter.client
+        assert client.get(f"{PREFIX}:AAPL:latest") == daily
+        assert client.get(f"{PREFIX}:AAPL:1h:latest") == hourly
+        assert_frame_equal(
+            butler.get_data(PREFIX, "AAPL", "2025-09-21", "2025-10-21", tz=NY),
+            daily_frame(),
+        )
+        assert_frame_equal(
+            butler.get_data(PREFIX, "AAPL", "2025-09-21", "2025-10-21", tz=NY, interval="1h"),
+            intraday_frame().rename_axis("Date"),
+        )
+        assert_frame_equal(butler.get_latest(PREFIX, "AAPL", tz=NY), daily_frame())
+        assert_frame_equal(
+            butler.get_latest(PREFIX, "AAPL", tz=NY, interval="1h"),
+            intraday_frame().rename_axis("Date"),
+        )
+
+    def test_each_pointer_moves_forward_on_its_own(self, butler: DataIOButler) -> None:
+        client = butler._adapter.client
+        hourly = butler.save_data(
+            intraday_frame(), PREFIX, "AAPL", "2025-10-14", "2025-10-21", interval="1h"
+        )
+        # an older daily window still becomes the daily latest: the 1h pointer is not its rival
+        daily = butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-01-01", "2025-02-01")
+        assert client.get(f"{PREFIX}:AAPL:latest") == daily
+        assert client.get(f"{PREFIX}:AAPL:1h:latest") == hourly
+        older = butler.save_data(
+            intraday_frame(), PREFIX, "AAPL", "2025-10-01", "2025-10-08", interval="1h"
+        )
+        assert butler._adapter.exists(older)
+        assert client.get(f"{PREFIX}:AAPL:1h:latest") == hourly  # a backfill is not latest
+        newer = butler.save_data(
+            intraday_frame(), PREFIX, "AAPL", "2025-10-15", "2025-10-22", interval="1h"
+        )
+        assert client.get(f"{PREFIX}:AAPL:1h:latest") == newer
+        assert client.get(f"{PREFIX}:AAPL:latest") == daily
+
+    def test_update_data_keeps_the_interval(self, butler: DataIOButler) -> None:
+        key = butler.update_data(intraday_frame(), PREFIX, "AAPL", "a", "b", interval="15m")
+        assert key == f"{PREFIX}:AAPL:15m:a:b"
+        assert butler._adapter.client.get(f"{PREFIX}:AAPL:15m:latest") == key
+        assert not butler._adapter.exists(f"{PREFIX}:AAPL:a:b")
+
+    def test_readers_of_one_interval_see_nothing_of_another(self, butler: DataIOButler) -> None:
+        butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21")
+        assert butler.get_data(PREFIX, "AAPL", "2025-09-21", "2025-10-21", interval="1h") is None
+        assert butler.get_latest(PREFIX, "AAPL", interval="1h") is None
+        assert butler.get_latest(PREFIX, "AAPL", interval="1wk") is None
+
+    def test_a_pointer_naming_another_intervals_window_is_refused(
+        self, butler: DataIOButler
+    ) -> None:
+        daily = butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21")
+        butler._adapter.save_data(f"{PREFIX}:AAPL:1h:latest", daily)
+        with pytest.raises(CorruptRecordError, match="names no AAPL 1h window"):
+            butler.get_latest(PREFIX, "AAPL", interval="1h")
+        hourly = butler.save_data(intraday_frame(), PREFIX, "AAPL", "a", "b", interval="1h")
+        butler._adapter.save_data(f"{PREFIX}:AAPL:latest", hourly)
+        with pytest.raises(CorruptRecordError, match="names no AAPL window"):
+            butler.get_latest(PREFIX, "AAPL")
+
+    def test_ttl_applies_to_the_intervals_window_and_pointer(self, butler: DataIOButler) -> None:
+        key = butler.save_data(
+            intraday_frame(), PREFIX, "AAPL", "a", "b", ttl=timedelta(days=2), interval="1h"
+        )
+        for k in (key, f"{PREFIX}:AAPL:1h:latest"):
+            assert 2 * 86_400_000 - 60_000 < butler._adapter.client.pttl(k) <= 2 * 86_400_000
+
+    @pytest.mark.parametrize("interval", ["", "1:h", "1 h"])
+    def test_bad_interval_is_refused(self, butler: DataIOButler, interval: str) -> None:
+        with pytest.raises(ValueError, match="interval"):
+            butler.save_data(daily_frame(), PREFIX, "AAPL", "a", "b", interval=interval)
+        with pytest.raises(ValueError, match="interval"):
+            butler.get_latest(PREFIX, "AAPL", interval=interval)
 
 
 # --- ttl --------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """DataIOButler: OHLCV DataFrames to and from the original design's JSON record format in Redis.
 
 Record format (the original design's, kept so existing consumers keep working): the key
-``{prefix}:{TICKER}:{start}:{end}`` holds a JSON list with one object per bar,
-``{"Date": ..., <every column of the frame, in order>}``:
+``{prefix}:{TICKER}:{start}:{end}`` (daily bars; any other interval names itself after the
+ticker, ``{prefix}:{TICKER}:{interval}:{start}:{end}``, see ``keys.data_key``) holds a JSON
+list with one object per bar, ``{"Date": ..., <every column of the frame, in order>}``:
 
 - ``Date`` is ``YYYY-MM-DD`` (the exchange-local date) for daily and longer
   bars, and full ISO 8601 with the UTC offset (``2025-10-21T09:30:00-04:00``)
@@ -11,8 +12,9 @@ Record format (the original design's, kept so existing consumers keep working): 
   bit for bit; NaN is written as ``null`` (JSON has no NaN) and reads back as
   NaN. Infinite values are refused. ``Volume`` is written as integers.
 
-``{prefix}:{TICKER}:latest`` holds the name of the newest window key, so a
-consumer can find the latest bars without knowing dates.
+``{prefix}:{TICKER}:latest`` (``{prefix}:{TICKER}:{interval}:latest`` for intervals other
+than ``1d``) holds the name of the newest window key at that interval, so a consumer can
+find the latest bars without knowing dates.
 """
 
 from __future__ import annotations
@@ -47,7 +49,11 @@ class CorruptRecordError(StorageError):
 
 
 class DataIOButler:
-    """Stores and loads one ticker's bars per fetch window.
+    """Stores and loads one ticker's bars per fetch window and bar interval.
+
+    ``interval`` (keyword, default ``1d``) is part of every key but the daily ones, so
+    daily and hourly bars of the same prefix and ticker live side by side, each interval
+    with its own latest pointer; a reader passes the interval the bars were stored with.
 
     ``save_data`` writes the window and moves the latest pointer in one
     MULTI/EXEC transaction, so no reader ever sees the pointer name a window
@@ -70,6 +76,8 @@ class DataIOButler:
         end_date: str,
         ttl: timedelta | None = None,
         intraday: bool | None = None,
+        *,
+        interval: str = keys.DAILY_INTERVAL,
     ) -> str:
         """Store ``data`` (bars indexed by time) for one window; returns the key written.
 
@@ -85,9 +93,10 @@ class DataIOButler:
             ticker,
             _key_part(start_date, "start_date"),
             _key_part(end_date, "end_date"),
+            interval=_key_part(interval, "interval"),
         )
         payload = encode_frame(data, intraday)
-        self._write_window(key, prefix, ticker, payload, ttl_to_ms(ttl))
+        self._write_window(key, prefix, ticker, interval, payload, ttl_to_ms(ttl))
         logger.debug("stored %d bars under %s (%d bytes)", len(data), key, len(payload))
         return key
 
@@ -100,14 +109,26 @@ class DataIOButler:
         end_date: str,
         ttl: timedelta | None = None,
         intraday: bool | None = None,
+        *,
+        interval: str = keys.DAILY_INTERVAL,
     ) -> str:
         """Re-store a window (the original design's name): the same overwrite as ``save_data``."""
-        return self.save_data(data, prefix, stock_id, start_date, end_date, ttl, intraday)
+        return self.save_data(
+            data, prefix, stock_id, start_date, end_date, ttl, intraday, interval=interval
+        )
 
     def get_data(
-        self, prefix: str, stock_id: str, start_date: str, end_date: str, tz: str | None = None
+        self,
+        prefix: str,
+        stock_id: str,
+        start_date: str,
+        end_date: str,
+        tz: str | None = None,
+        *,
+        interval: str = keys.DAILY_INTERVAL,
     ) -> pd.DataFrame | None:
-        """The bars stored for one window, or None when the key is absent (or expired).
+        """The bars stored for one window at ``interval``, or None when the key is absent
+        (or expired).
 
         The frame has the stored columns in order (``Volume`` int64, or float64
         with NaN where bars had no volume; prices float64) and an index named
@@ -129,22 +150,34 @@ class DataIOButler:
             ticker,
             _key_part(start_date, "start_date"),
             _key_part(end_date, "end_date"),
+            interval=_key_part(interval, "interval"),
         )
         return self._load(key, tz)
 
-    def get_latest(self, prefix: str, stock_id: str, tz: str | None = None) -> pd.DataFrame | None:
-        """The newest stored window of a ticker (see ``get_data``), or None if there is none.
+    def get_latest(
+        self,
+        prefix: str,
+        stock_id: str,
+        tz: str | None = None,
+        *,
+        interval: str = keys.DAILY_INTERVAL,
+    ) -> pd.DataFrame | None:
+        """The newest stored window of a ticker at ``interval`` (see ``get_data``), or None
+        if there is none.
 
         Also None in the rare race where the window expires between reading the
         pointer and reading the window.
         """
         ticker = _key_part(stock_id, "stock_id").upper()
-        pointer_key = keys.latest_key(_prefix(prefix), ticker)
+        pointer_key = keys.latest_key(
+            _prefix(prefix), ticker, interval=_key_part(interval, "interval")
+        )
         window_key = self._adapter.get_data(pointer_key)
         if window_key is None:
             return None
-        if _window_end(window_key, prefix, ticker) is None:
-            raise CorruptRecordError(pointer_key, f"names no {ticker} window: {window_key!r}")
+        if _window_end(window_key, prefix, ticker, interval) is None:
+            what = ticker if interval == keys.DAILY_INTERVAL else f"{ticker} {interval}"
+            raise CorruptRecordError(pointer_key, f"names no {what} window: {window_key!r}")
         return self._load(window_key, tz)
 
     def _load(self, key: str, tz: str | None) -> pd.DataFrame | None:
@@ -157,7 +190,7 @@ class DataIOButler:
             raise CorruptRecordError(key, str(exc)) from exc
 
     def _write_window(
-        self, key: str, prefix: str, ticker: str, payload: str, px: int | None
+        self, key: str, prefix: str, ticker: str, interval: str, payload: str, px: int | None
     ) -> None:
         """SET the window and, unless it is older than the current latest, the pointer: atomically.
 
@@ -165,7 +198,7 @@ class DataIOButler:
         script keeps the commands plain and visible in MONITOR; a concurrent
         writer of the same ticker only costs a retry.
         """
-        latest = keys.latest_key(prefix, ticker)
+        latest = keys.latest_key(prefix, ticker, interval=interval)
         client = self._adapter.client
         with storage_errors("MULTI/EXEC", key), client.pipeline(transaction=True) as pipe:
             for _ in range(MAX_WATCH_ATTEMPTS):
@@ -174,7 +207,7 @@ class DataIOButler:
                     current = pipe.get(latest)
                     pipe.multi()
                     pipe.set(key, payload, px=px)
-                    if _moves_forward(key, current, prefix, ticker):
+                    if _moves_forward(key, current, prefix, ticker, interval):
                         pipe.set(latest, key, px=px)
                     pipe.execute()
                     return
@@ -183,22 +216,19 @@ class DataIOButler:
             raise StorageError("MULTI/EXEC", key, "latest pointer kept changing under us (WATCH)")
 
 
-def _moves_forward(key: str, current: Any, prefix: str, ticker: str) -> bool:
+def _moves_forward(key: str, current: Any, prefix: str, ticker: str, interval: str) -> bool:
     """Whether ``key`` should become latest: no usable pointer yet, or its end is not earlier."""
     if current is None:
         return True
-    current_end = _window_end(str(current), prefix, ticker)
-    new_end = _window_end(key, prefix, ticker)
+    current_end = _window_end(str(current), prefix, ticker, interval)
+    new_end = _window_end(key, prefix, ticker, interval)
     return current_end is None or new_end is None or new_end >= current_end
 
 
-def _window_end(key: str, prefix: str, ticker: str) -> str | None:
-    """The end part of a window key of this prefix and ticker, None if it is not one."""
-    head = f"{prefix}:{ticker}:"
-    if not key.startswith(head):
-        return None
-    parts = key[len(head) :].split(":")
-    return parts[1] if len(parts) == 2 and all(parts) else None
+def _window_end(key: str, prefix: str, ticker: str, interval: str) -> str | None:
+    """The end part of a window key of this prefix, ticker and interval, None if it is not one."""
+    window = keys.data_key_window(key, prefix, ticker, interval=interval)
+    return window[1] if window is not None else None
 
 
 def _prefix(prefix: str) -> str:

@@ -22,14 +22,52 @@ def runs_key(job_id: str) -> str:
     return f"{RUNS_PREFIX}{job_id}"
 
 
-def data_key(prefix: str, ticker: str, start: str, end: str) -> str:
-    """Stored bars of one fetch window (original design: ``{prefix}:{TICKER}:{start}:{end}``)."""
-    return f"{prefix}:{ticker}:{start}:{end}"
+#: The bar interval whose keys carry no interval part (the original design's keys).
+DAILY_INTERVAL = "1d"
+LATEST = "latest"
 
 
-def latest_key(prefix: str, ticker: str) -> str:
-    """Name of the newest window key for a ticker, so consumers need not know dates."""
-    return f"{prefix}:{ticker}:latest"
+def data_key(
+    prefix: str, ticker: str, start: str, end: str, *, interval: str = DAILY_INTERVAL
+) -> str:
+    """Stored bars of one fetch window.
+
+    Daily bars keep the original design's ``{prefix}:{TICKER}:{start}:{end}``; every other
+    interval puts itself after the ticker, ``{prefix}:{TICKER}:{interval}:{start}:{end}``
+    (``...:AAPL:1h:2025-10-14:2025-10-21``), so jobs that differ only in their interval never
+    overwrite each other's windows.
+    """
+    return f"{_series(prefix, ticker, interval)}:{start}:{end}"
+
+
+def latest_key(prefix: str, ticker: str, *, interval: str = DAILY_INTERVAL) -> str:
+    """Name of the newest window key of a ticker at one interval, so consumers need not know
+    dates: ``{prefix}:{TICKER}:latest`` for daily bars, ``{prefix}:{TICKER}:{interval}:latest``
+    for any other interval."""
+    return f"{_series(prefix, ticker, interval)}:{LATEST}"
+
+
+def data_key_window(
+    key: str, prefix: str, ticker: str, *, interval: str = DAILY_INTERVAL
+) -> tuple[str, str] | None:
+    """(start, end) of ``key`` if it is a ``data_key`` of this prefix, ticker and interval.
+
+    None for anything else, including a window of the same ticker at another interval.
+    """
+    head = f"{_series(prefix, ticker, interval)}:"
+    if not key.startswith(head):
+        return None
+    parts = key[len(head) :].split(":")
+    if len(parts) != 2 or not all(parts):
+        return None
+    return parts[0], parts[1]
+
+
+def _series(prefix: str, ticker: str, interval: str) -> str:
+    """The part every key of one ticker's bars at one interval starts with."""
+    if interval == DAILY_INTERVAL:
+        return f"{prefix}:{ticker}"
+    return f"{prefix}:{ticker}:{interval}"
 
 
 RATELIMIT_PREFIX = "scheduler:ratelimit:"
