@@ -129,6 +129,17 @@ class Metrics:
         for result in ("success", "failure"):
             self.config_reloads.labels(result=result)
 
+    def set_job_runtime(
+        self, job_id: str, last_run: float | None, last_success: float | None, running: bool
+    ) -> None:
+        """Job-level gauges, from the job record every replica updates (not this process's runs).
+
+        A job that never ran or never succeeded exports 0, as the alert rules expect.
+        """
+        self.job_last_run.labels(job=job_id).set(last_run or 0)
+        self.job_last_success.labels(job=job_id).set(last_success or 0)
+        self.job_running.labels(job=job_id).set(1 if running else 0)
+
     def remove_job(self, job_id: str) -> None:
         """Drop every series of a job that left the config."""
         for metric in (

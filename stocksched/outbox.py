@@ -11,6 +11,8 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 
 from stocksched.clock import Clock
 from stocksched.metrics import Metrics
@@ -19,6 +21,15 @@ from stocksched.storage.adapter import StorageError
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 100_000  # beyond this the oldest writes are dropped, loudly
+
+
+@dataclass(frozen=True)
+class StorageState:
+    """Redis as this daemon last saw it: up or down, since when, and why it is down."""
+
+    up: bool
+    since: datetime  # the last change between up and down (or the daemon's start)
+    reason: str  # the failed operation and error while down; "" while up
 
 
 class StorageHealth:
@@ -35,6 +46,7 @@ class StorageHealth:
         self.on_recovered = on_recovered  # e.g. re-reconcile: a restarted Redis may be empty
         self._lock = threading.Lock()
         self._down_since: float | None = None
+        self._state = StorageState(True, clock.now(), "")
 
     def failed(self, what: str, exc: StorageError) -> None:
         if self._metrics is not None:
@@ -43,6 +55,7 @@ class StorageHealth:
             first = self._down_since is None
             if first:
                 self._down_since = self._clock.monotonic()
+                self._state = StorageState(False, self._clock.now(), f"{what}: {exc}")
         if first:
             log.error("Redis unavailable (%s): %s; retrying with backoff", what, exc)
         else:
@@ -51,10 +64,16 @@ class StorageHealth:
     def ok(self) -> None:
         with self._lock:
             since, self._down_since = self._down_since, None
+            if since is not None:
+                self._state = StorageState(True, self._clock.now(), "")
         if since is not None:
             log.warning("Redis reachable again after %.1fs", self._clock.monotonic() - since)
             if self.on_recovered is not None:
                 self.on_recovered()
+
+    def state(self) -> StorageState:
+        with self._lock:
+            return self._state
 
 
 class Outbox:

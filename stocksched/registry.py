@@ -26,6 +26,32 @@ from stocksched.storage.adapter import RedisAdapter, storage_errors
 log = logging.getLogger(__name__)
 
 Mutator = Callable[[ScheduledJob], ScheduledJob | None]
+Extra = Callable[[redis.client.Pipeline], None]
+
+
+@dataclass(frozen=True)
+class JobRuntime:
+    """A job's run times and status as every replica sees them (the record's projection)."""
+
+    status: JobStatus
+    last_run: float | None  # Unix seconds
+    last_success: float | None
+
+    @classmethod
+    def of(cls, job: ScheduledJob) -> JobRuntime:
+        return cls(job.status, _ts(job.last_run), _ts(job.last_success))
+
+    def to_json(self) -> str:
+        return json.dumps([str(self.status), self.last_run, self.last_success])
+
+    @classmethod
+    def from_json(cls, raw: str) -> JobRuntime:
+        status, last_run, last_success = json.loads(raw)
+        return cls(JobStatus(status), last_run, last_success)
+
+
+def _ts(dt: datetime | None) -> float | None:
+    return dt.timestamp() if dt is not None else None
 
 
 class UnknownJobError(KeyError):
@@ -89,6 +115,23 @@ class JobRegistry:
             for i, raw in zip(ids, raws, strict=True)
         }
 
+    def paused_ids(self) -> set[str]:
+        """Jobs paused through the API on any replica (the set slot claims check)."""
+        with storage_errors("SMEMBERS", keys.paused_index_key()):
+            return {str(m) for m in self._r.smembers(keys.paused_index_key())}
+
+    def job_runtimes(self) -> dict[str, JobRuntime]:
+        """Every job's run times and status in one read (for job-level gauges)."""
+        with storage_errors("HGETALL", keys.job_runtime_key()):
+            raw = self._r.hgetall(keys.job_runtime_key())
+        out: dict[str, JobRuntime] = {}
+        for job_id, value in raw.items():
+            try:
+                out[str(job_id)] = JobRuntime.from_json(str(value))
+            except (ValueError, TypeError):
+                log.warning("unreadable runtime entry of job %s: %r", job_id, value)
+        return out
+
     def get_runs(self, job_id: str, limit: int = 20) -> list[RunResult]:
         """Run history, newest first."""
         with storage_errors("XREVRANGE", keys.runs_key(job_id)):
@@ -122,7 +165,41 @@ class JobRegistry:
         for job_id in sorted(indexed - set(wanted)):
             self._delete(job_id)
             diff.removed.append(job_id)
+        self._repair_projections(diff.records)
         return diff
+
+    def _repair_projections(self, records: dict[str, ScheduledJob]) -> None:
+        """Bring the paused set and the runtime hash in line with the records they mirror.
+
+        Records written before these existed, or a set lost on its own, are repaired here;
+        in steady state this costs one round trip and no write.
+        """
+        with (
+            storage_errors("SMEMBERS/HKEYS", keys.paused_index_key()),
+            self._r.pipeline(transaction=False) as pipe,
+        ):
+            pipe.smembers(keys.paused_index_key())
+            pipe.hkeys(keys.job_runtime_key())
+            paused_raw, runtime_raw = pipe.execute()
+        paused = {str(m) for m in paused_raw}
+        with_runtime = {str(m) for m in runtime_raw}
+        want_paused = {i for i, r in records.items() if r.paused}
+        add = want_paused - paused
+        drop = {i for i in paused if i in records and i not in want_paused}
+        missing = {i: r for i, r in records.items() if i not in with_runtime}
+        if not (add or drop or missing):
+            return
+        with (
+            storage_errors("MULTI repair", keys.paused_index_key()),
+            self._r.pipeline(transaction=True) as pipe,
+        ):
+            if add:
+                pipe.sadd(keys.paused_index_key(), *sorted(add))
+            if drop:
+                pipe.srem(keys.paused_index_key(), *sorted(drop))
+            for job_id, rec in missing.items():
+                pipe.hsetnx(keys.job_runtime_key(), job_id, JobRuntime.of(rec).to_json())
+            pipe.execute()
 
     def _create(self, spec: JobSpec, h: str, now: datetime) -> ScheduledJob:
         job = ScheduledJob(
@@ -139,7 +216,8 @@ class JobRegistry:
             # NX: a replica that created it first keeps its created_at.
             pipe.set(keys.job_key(spec.id), job.to_json(), nx=True)
             pipe.sadd(keys.job_index_key(), spec.id)
-            created, _ = pipe.execute()
+            pipe.hsetnx(keys.job_runtime_key(), spec.id, JobRuntime.of(job).to_json())
+            created, _, _ = pipe.execute()
         if not created:  # lost a race: bring the other replica's record to this spec
             return self._update(spec.id, lambda j: self._respec(j, spec, h))
         return job
@@ -169,6 +247,8 @@ class JobRegistry:
         ):
             pipe.delete(keys.job_key(job_id))
             pipe.srem(keys.job_index_key(), job_id)
+            pipe.srem(keys.paused_index_key(), job_id)
+            pipe.hdel(keys.job_runtime_key(), job_id)
             pipe.execute()
 
     # -- runtime updates ---------------------------------------------------------
@@ -177,7 +257,7 @@ class JobRegistry:
         self,
         job_id: str,
         mutate: Mutator,
-        extra: Callable[[redis.client.Pipeline], None] | None = None,
+        extra: Extra | None = None,
     ) -> ScheduledJob:
         """Read-modify-write one record atomically; ``extra`` adds commands to the same EXEC."""
         key = keys.job_key(job_id)
@@ -192,6 +272,7 @@ class JobRegistry:
             pipe.multi()
             if new is not None:
                 pipe.set(key, new.to_json())
+                _project(pipe, job, new)
             if extra is not None:
                 extra(pipe)
             result.append(new or job)
@@ -256,7 +337,7 @@ class JobRegistry:
                 self._xadd(result)(pipe)
             pipe.execute()
 
-    def _xadd(self, result: RunResult) -> Callable[[redis.client.Pipeline], None]:
+    def _xadd(self, result: RunResult) -> Extra:
         def add(pipe: redis.client.Pipeline) -> None:
             pipe.xadd(
                 keys.runs_key(result.job_id),
@@ -268,7 +349,32 @@ class JobRegistry:
         return add
 
     def set_paused(self, job_id: str, paused: bool) -> ScheduledJob:
-        """The API's stop/start: a runtime override kept across reloads and restarts."""
+        """The API's stop/start: a runtime override kept across reloads and restarts.
+
+        The paused set is written even when the record already says so, which repairs
+        a set that lost the id.
+        """
+
+        def index(pipe: redis.client.Pipeline) -> None:
+            if paused:
+                pipe.sadd(keys.paused_index_key(), job_id)
+            else:
+                pipe.srem(keys.paused_index_key(), job_id)
+
         return self._update(
-            job_id, lambda j: None if j.paused == paused else replace(j, paused=paused)
+            job_id,
+            lambda j: None if j.paused == paused else replace(j, paused=paused),
+            extra=index,
         )
+
+
+def _project(pipe: redis.client.Pipeline, old: ScheduledJob, new: ScheduledJob) -> None:
+    """Queue the writes that keep the paused set and the runtime hash equal to ``new``."""
+    if new.paused != old.paused:
+        if new.paused:
+            pipe.sadd(keys.paused_index_key(), new.job_id)
+        else:
+            pipe.srem(keys.paused_index_key(), new.job_id)
+    runtime = JobRuntime.of(new)
+    if runtime != JobRuntime.of(old):
+        pipe.hset(keys.job_runtime_key(), new.job_id, runtime.to_json())
