@@ -1,25 +1,42 @@
 """The ``stocksched`` command.
 
 Exit codes: 0 success; 1 invalid config or failed run; 2 usage error (bad flags,
-unknown job, unreadable settings); 3 run partially succeeded.
+unknown job, unreadable settings); 3 run partially succeeded; 4 (run-job) the job is
+already running, here or on another replica, so nothing was run; 141 stdout was closed
+before everything was written (e.g. piped into ``head``), the status a shell reports for
+a process ended by SIGPIPE; nothing is printed about it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import signal
+import socket
 import sys
-from collections.abc import Sequence
-from datetime import UTC, datetime
-from typing import Any
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from datetime import time as dtime
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from stocksched import __version__
-from stocksched.config import ConfigError, LoadedJobs, load_jobs_file
+from stocksched.calendars import MarketCalendars
+from stocksched.config import ConfigError, JobSpec, LoadedJobs, load_jobs_file
 from stocksched.settings import Settings, SettingsError, load_settings, resolve_config_path
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+if TYPE_CHECKING:  # imported where used, so that `validate` and the clients start fast
+    from stocksched.coordination import Lease
+    from stocksched.daemon import Components
+    from stocksched.model import RunResult
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_PARTIAL, EXIT_BUSY = 0, 1, 2, 3, 4
+EXIT_PIPE = 141  # stdout closed early, e.g. piped into `head`: what a shell shows for SIGPIPE
+MAX_COUNT = 100  # validate --count: fire times per job
 
 log = logging.getLogger("stocksched")
 
@@ -38,12 +55,23 @@ def _add_settings_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", choices=["text", "json"])
 
 
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= n <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_COUNT}, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stocksched",
         description="Declarative market-data scheduler: jobs.yaml -> Redis.",
         epilog="Exit codes: 0 ok, 1 invalid config / failed run, 2 usage error, "
-        "3 partial success (run-job).",
+        "3 partial success (run-job), 4 job already running (run-job), "
+        "141 output pipe closed early (e.g. | head).",
     )
     parser.add_argument("--version", action="version", version=f"stocksched {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -65,9 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     val.add_argument("files", nargs="+", metavar="FILE")
     val.add_argument("--format", choices=["text", "json"], default="text")
-    val.add_argument("--count", type=int, default=3, help="fire times to show per job")
+    val.add_argument(
+        "--count",
+        type=_count,
+        default=3,
+        metavar="N",
+        help=f"fire times to show per job, 1 to {MAX_COUNT} (default 3)",
+    )
 
-    rj = sub.add_parser("run-job", help="run one job once, now, in the foreground")
+    rj = sub.add_parser(
+        "run-job",
+        help="run one job once, now, in the foreground",
+        description="Run one job now, claimed like a manual trigger: it holds the job's run "
+        "lease (a daemon's scheduled or triggered run then waits or skips) and ends at the "
+        "job's timeout. Exit 0 success, 3 partial success, 1 failed, 2 unknown job, "
+        "4 the job is already running (on a daemon or another run-job; nothing is run), "
+        "130 interrupted (Ctrl-C or SIGTERM: the run is cancelled and recorded).",
+    )
     _add_settings_flags(rj)
     rj.add_argument("job_id", metavar="JOB_ID")
     rj.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -149,26 +191,68 @@ def _settings(args: argparse.Namespace) -> Settings:
 # -- validate ---------------------------------------------------------------------
 
 
+PREVIEW_DAYS = 366  # validate looks this far ahead for fire times (a calendar may skip many)
+
+
+def next_fires(
+    job: JobSpec, after: datetime, count: int, calendars: MarketCalendars | None = None
+) -> list[datetime]:
+    """The job's next ``count`` slots after ``after`` that would run, within PREVIEW_DAYS.
+
+    With a ``calendar:``, slots on days the exchange is closed are left out, as the
+    scheduler skips them (the day is taken in the exchange's zone).
+    """
+    out: list[datetime] = []
+    horizon = after + timedelta(days=PREVIEW_DAYS)
+    t = after
+    while len(out) < count:
+        t = job.next_fire(t)
+        if t > horizon:
+            break
+        if job.calendar and calendars is not None:
+            tz = calendars.tz(job.calendar)
+            day = t.astimezone(tz).date()
+            if not calendars.is_session(job.calendar, day):
+                # Every slot of a closed day is skipped: go on from the end of that day.
+                midnight = datetime.combine(day + timedelta(days=1), dtime.min, tzinfo=tz)
+                t = max(t, midnight - timedelta(seconds=1))
+                continue
+        out.append(t)
+    return out
+
+
 def _fire_times(loaded: LoadedJobs, count: int) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
+    calendars = MarketCalendars()
     out = []
     for job in loaded.jobs:
-        times: list[str] = []
-        t = now
-        for _ in range(count if job.enabled else 0):
-            t = job.next_fire(t)
-            times.append(t.astimezone(job.zone).isoformat())
+        fires = next_fires(job, now, count, calendars) if job.enabled else []
         out.append(
             {
                 "id": job.id,
                 "schedule": job.schedule,
                 "timezone": job.timezone,
+                "calendar": job.calendar,
                 "enabled": job.enabled,
                 "tickers": list(job.tickers),
-                "next": times,
+                "next": [t.astimezone(job.zone).isoformat() for t in fires],
             }
         )
     return out
+
+
+def _print_job(job: Mapping[str, Any]) -> None:
+    state = "" if job["enabled"] else " (disabled)"
+    print(
+        f"  {job['id']}{state}: {job['schedule']!r} in {job['timezone']}, "
+        f"{len(job['tickers'])} ticker(s)"
+    )
+    if job["calendar"]:
+        print(f"    calendar {job['calendar']}: closed days skipped")
+    for t in job["next"]:
+        print(f"    next ({job['timezone']}): {t}")
+    if job["enabled"] and not job["next"]:
+        print(f"    next ({job['timezone']}): none within {PREVIEW_DAYS} days")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -202,13 +286,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for line in entry["warnings"]:  # not an error: the exit status stays as it is
             print(f"warning: {line}", file=sys.stderr)
         for job in entry["jobs"]:
-            state = "" if job["enabled"] else " (disabled)"
-            print(
-                f"  {job['id']}{state}: {job['schedule']!r} in {job['timezone']}, "
-                f"{len(job['tickers'])} ticker(s)"
-            )
-            for t in job["next"]:
-                print(f"    next: {t}")
+            _print_job(job)
     return EXIT_FAIL if failed else EXIT_OK
 
 
@@ -227,12 +305,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Daemon(Components(settings)).run()
 
 
+EMBEDDED_WARNING = (
+    "using the embedded in-process store (no redis_url, or memory://): "
+    "job records and market data are NOT persisted"
+)
+NOT_PERSISTED = "nothing was persisted: no redis_url (embedded store)"
+
+
 def cmd_run_job(args: argparse.Namespace) -> int:
-    from stocksched.client import RUN_EXIT, format_run
+    """One run now, claimed like a manual trigger: never while the job runs anywhere."""
     from stocksched.daemon import Components
-    from stocksched.facade import RunView
     from stocksched.logs import configure_logging
-    from stocksched.registry import UnknownJobError
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
@@ -250,15 +333,168 @@ def cmd_run_job(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    c = Components(settings)
-    result = c.executor.execute_job(spec)
+    # Leases under a daemon's own stable replica_id are taken for its crashed runs when
+    # it restarts: run-job claims under an id of its own, which also names it to others.
+    owner = f"run-job-{socket.gethostname()}-{os.getpid()}"
+    c = Components(settings.model_copy(update={"replica_id": owner}))
+    if c.embedded:
+        log.warning(EMBEDDED_WARNING)
+    return _run_claimed(c, spec, args.json)
+
+
+def _run_claimed(c: Components, spec: JobSpec, as_json: bool) -> int:
+    from stocksched.client import RUN_EXIT, format_run
+    from stocksched.coordination import Lease, LeaseKeeper
+    from stocksched.facade import RunView
+    from stocksched.storage.adapter import StorageError
+
     try:
-        c.registry.record_run(result)
-    except UnknownJobError:  # not reconciled by a daemon yet: keep the history anyway
-        c.registry.add_history(result)
+        claim = _claim(c, spec.id)
+    except StorageError as exc:
+        print(f"stocksched: cannot claim job {spec.id!r}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if not isinstance(claim, Lease):
+        replica, run_id = claim
+        print(
+            f"stocksched: job {spec.id!r} is already running: run {run_id} on replica "
+            f"{replica}; nothing was run",
+            file=sys.stderr,
+        )
+        return EXIT_BUSY
+    lease = claim
+    cancel = threading.Event()
+    why: list[str] = []  # why the run was cancelled early: lease lost, a signal
+
+    def lost(_lease: Lease, reason: str) -> None:
+        why.append(f"lease lost: {reason}")
+        cancel.set()  # never twice at once: another replica may take the job over
+
+    keeper = LeaseKeeper(c.leases, lost)
+    keeper.add(lease)
+    keeper.start()
+    try:
+        _mark_running(c, spec.id)
+        with _signals_cancel(cancel, why):
+            result = c.executor.execute_job(
+                spec, run_id=lease.run_id, cancel=cancel, timeout=spec.timeout
+            )
+        result.reason = "; ".join(x for x in (result.reason, *why) if x)
+        recorded = _record(c, result)
+        keeper.discard(lease)
+        if recorded:
+            _finish(c, lease)
+    finally:
+        keeper.stop()
     view = RunView.of(result).model_dump(mode="json")  # the API's run shape
-    print(json.dumps(view, indent=2) if args.json else format_run(view))
-    return RUN_EXIT.get(view["status"], EXIT_FAIL)
+    view["persisted"] = not c.embedded
+    if as_json:
+        print(json.dumps(view, indent=2))
+    else:
+        print(format_run(view) + ("" if view["persisted"] else f"\n{NOT_PERSISTED}"))
+    if any(w.startswith("cancelled by") for w in why):
+        return 130  # interrupted by the operator: recorded, but not a result to act on
+    return RUN_EXIT.get(view["status"], EXIT_FAIL) if recorded else EXIT_FAIL
+
+
+def _claim(c: Components, job_id: str) -> Lease | tuple[str, str]:
+    """The job's running lease for a new manual run, else (replica id, run id) holding it."""
+    from stocksched.executor import manual_run_id
+    from stocksched.model import Trigger
+
+    holder: tuple[str, str] | None = None
+    for _ in range(3):  # the holder may finish between the claim and the read
+        now = c.clock.now()
+        lease = c.leases.claim(
+            job_id, manual_run_id(job_id, now), trigger=Trigger.MANUAL, started_at=now
+        )
+        if lease is not None:
+            return lease
+        holder = _running_holder(c, job_id)
+        if holder is not None:
+            return holder
+    return holder or ("unknown", "unknown")
+
+
+def _running_holder(c: Components, job_id: str) -> tuple[str, str] | None:
+    """(replica id, run id) from the job's running lease, held on any replica; None if free.
+
+    The lease hash's ``owner`` is the token ``{replica_id}/{incarnation}.{random}``
+    (see ``coordination.Lease``). A read for the message only: ``claim`` decides.
+    """
+    from stocksched.storage import keys
+    from stocksched.storage.adapter import storage_errors
+
+    key = keys.running_key(job_id)
+    with storage_errors("HMGET", key):
+        owner, run_id = c.client.hmget(key, ["owner", "run_id"])
+    if owner is None and run_id is None:
+        return None
+    return str(owner or "?").rsplit("/", 1)[0], str(run_id or "?")
+
+
+def _mark_running(c: Components, job_id: str) -> None:
+    from stocksched.registry import UnknownJobError
+    from stocksched.storage.adapter import StorageError
+
+    try:
+        c.registry.mark_running(job_id)
+    except UnknownJobError:
+        pass  # no daemon has reconciled this job: there is no record to mark
+    except StorageError as exc:
+        log.warning("could not mark job %s running: %s", job_id, exc)
+
+
+def _record(c: Components, result: RunResult) -> bool:
+    """Store the outcome on the job record and in its history; False if Redis failed."""
+    from stocksched.registry import UnknownJobError
+    from stocksched.storage.adapter import StorageError
+
+    try:
+        try:
+            c.registry.record_run(result)
+        except UnknownJobError:  # not reconciled by a daemon yet: keep the history anyway
+            c.registry.add_history(result)
+    except StorageError as exc:
+        # The in-flight record stays, so a daemon records the run as interrupted later.
+        print(f"stocksched: could not record run {result.run_id}: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def _finish(c: Components, lease: Lease) -> None:
+    from stocksched.storage.adapter import StorageError
+
+    try:
+        if not c.leases.finish(lease):
+            log.warning("run %s was recorded as interrupted elsewhere (lease lost)", lease.run_id)
+    except StorageError as exc:  # the lease expires by itself within lease_ttl
+        log.warning("could not release the lease of run %s: %s", lease.run_id, exc)
+
+
+@contextlib.contextmanager
+def _signals_cancel(cancel: threading.Event, why: list[str]) -> Iterator[None]:
+    """SIGINT/SIGTERM end the run early but still recorded; a second signal acts as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in sigs}
+
+    def restore() -> None:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        why.append(f"cancelled by {signal.Signals(signum).name}")
+        cancel.set()
+        restore()
+
+    for s in sigs:
+        signal.signal(s, on_signal)
+    try:
+        yield
+    finally:
+        restore()
 
 
 def cmd_schema(_args: argparse.Namespace) -> int:
@@ -284,14 +520,26 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        args = build_parser().parse_args(argv)
+        try:
+            return COMMANDS[args.command](args)
+        finally:
+            sys.stdout.flush()  # a reader gone early shows here, not at interpreter exit
     except SettingsError as exc:
         print(f"stocksched: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `stocksched validate jobs.yaml | head`
+        _stdout_to_devnull()
+        return EXIT_PIPE
+
+
+def _stdout_to_devnull() -> None:
+    """The Python docs' recipe: what is still buffered for the closed pipe goes nowhere."""
+    with contextlib.suppress(OSError, ValueError):  # ValueError: no file descriptor (in-process)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def entrypoint() -> None:

@@ -5,8 +5,8 @@ from ``--url``, ``$STOCKSCHED_URL`` or the settings' ``http.listen``; the token 
 for POSTs only) from ``--token-file``, ``$STOCKSCHED_TOKEN_FILE`` or ``http.token_file``.
 
 Exit codes: 0 ok; 1 daemon unreachable, server error, 409, failed run; 2 usage (unknown
-job, bad argument, refused token, unreadable token file); 3 the awaited run partially
-succeeded.
+job, bad argument, a --url that is not http(s)://HOST[:PORT] or HOST:PORT, refused token,
+unreadable token file); 3 the awaited run partially succeeded.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -67,6 +67,38 @@ def url_from_listen(listen: str) -> str:
     host, port = split_listen(listen)
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class DaemonUrlError(ValueError):
+    """A daemon address that cannot be used (a usage error, not an unreachable daemon)."""
+
+
+def daemon_url(value: str, source: str = "--url") -> str:
+    """The base URL for ``value``: ``http(s)://HOST[:PORT][/PATH]`` or a bare ``HOST:PORT``.
+
+    A bare address is written the way ``http.listen`` is (``127.0.0.1:9731``,
+    ``[::1]:9731``; ``0.0.0.0`` and ``::`` mean this machine) and must name its port.
+    A URL with a scheme must be http or https and name a host; without a port it uses
+    the scheme's (80, 443), as behind a reverse proxy.
+    """
+    text = value.strip()
+    hint = "expected http(s)://HOST:PORT or HOST:PORT, e.g. http://127.0.0.1:9731"
+    if "://" not in text:
+        try:
+            return url_from_listen(text)
+        except ValueError:
+            what = "invalid address" if ":" in text else "no port"
+            raise DaemonUrlError(f"{source} {value!r}: {what}; {hint}") from None
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise DaemonUrlError(f"{source} {value!r}: not an http(s) URL; {hint}")
+    try:
+        _ = parts.port  # raises ValueError for a port that is not a number (or > 65535)
+    except ValueError:
+        raise DaemonUrlError(f"{source} {value!r}: invalid port; {hint}") from None
+    if not parts.hostname:
+        raise DaemonUrlError(f"{source} {value!r}: no host; {hint}")
+    return text
 
 
 class ApiClient:
@@ -217,14 +249,26 @@ def format_status(st: Mapping[str, Any]) -> str:
         "last reload: " + _format_reload(st["last_reload"]),
     ]
     lines += [f"  {e}" for e in st["last_reload"]["errors"]]
+    if isinstance(st.get("storage"), Mapping):
+        lines.append("storage:     " + _format_storage(st["storage"]))
     replicas = st.get("replicas")
-    if replicas:
+    if replicas is None and "replicas" in st:
+        lines.append("replicas:    unknown (Redis unavailable)")
+    elif replicas:
         keys = list(dict.fromkeys(k for r in replicas for k in r))
         lines += [
             "replicas:",
             table([k.upper() for k in keys], [[_cell(r.get(k)) for k in keys] for r in replicas]),
         ]
     return "\n".join(lines)
+
+
+def _format_storage(storage: Mapping[str, Any]) -> str:
+    if storage.get("up"):
+        return "up"
+    since = f" since {fmt_time(storage['since'])}" if storage.get("since") else ""
+    reason = f" ({storage['reason']})" if storage.get("reason") else ""
+    return f"DOWN{since}{reason}"
 
 
 def _format_reload(rl: Mapping[str, Any]) -> str:
@@ -269,7 +313,30 @@ def format_jobs(jobs: Sequence[Mapping[str, Any]]) -> str:
     )
 
 
+RUNS_ERRORS_SHOWN = 3  # failing tickers listed under a run in `stocksched runs`
+REASON_WIDTH = 60
+ERROR_WIDTH = 100
+
+
+def shorten(text: str, width: int) -> str:
+    """``text`` on one line, cut to ``width`` characters with "..." when longer."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= width else flat[: width - 3].rstrip() + "..."
+
+
+def _failure_lines(run: Mapping[str, Any]) -> list[str]:
+    """The first failing tickers with their error, indented under the run's row."""
+    errors: Mapping[str, str] = run.get("errors") or {}
+    failed = list(run.get("failed") or []) or sorted(errors)
+    shown = failed[:RUNS_ERRORS_SHOWN]
+    lines = ["  " + shorten(f"{t}: {errors.get(t) or 'failed'}", ERROR_WIDTH) for t in shown]
+    if len(failed) > len(shown):
+        lines.append(f"  +{len(failed) - len(shown)} more (--json lists every error)")
+    return lines
+
+
 def format_runs(runs: Sequence[Mapping[str, Any]]) -> str:
+    """The runs table; under a run with failed tickers, the first few with their error."""
     if not runs:
         return "no runs recorded yet"
     rows = [
@@ -282,10 +349,19 @@ def format_runs(runs: Sequence[Mapping[str, Any]]) -> str:
             str(len(r["fetched"])),
             str(len(r["failed"])),
             str(r["rows_stored"]),
-            r.get("reason", ""),
+            shorten(r.get("reason") or "", REASON_WIDTH),
         ]
         for r in runs
     ]
+    header, *lines = _runs_table(rows).splitlines()
+    out = [header]
+    for run, line in zip(runs, lines, strict=True):
+        out.append(line)
+        out += _failure_lines(run)
+    return "\n".join(out)
+
+
+def _runs_table(rows: Sequence[Sequence[str]]) -> str:
     return table(
         [
             "RUN ID",
@@ -308,6 +384,8 @@ def format_run(run: Mapping[str, Any]) -> str:
         f"{len(run['fetched'])} fetched, {len(run['failed'])} failed, "
         f"{run['rows_stored']} rows stored"
     ]
+    if run.get("reason"):
+        lines.append(f"  reason: {run['reason']}")
     lines += [f"  {ticker}: {err}" for ticker, err in sorted(run["errors"].items())]
     return "\n".join(lines)
 
@@ -334,8 +412,12 @@ class _Ctx:
         return self._settings
 
     def url(self) -> str:
-        flag = getattr(self.args, "url", None) or self._env.get("STOCKSCHED_URL")
-        return flag or url_from_listen(self.settings().http.listen)
+        """Raises DaemonUrlError (a usage error) for an address that is not a daemon URL."""
+        if flag := getattr(self.args, "url", None):
+            return daemon_url(flag, "--url")
+        if env := self._env.get("STOCKSCHED_URL"):
+            return daemon_url(env, "STOCKSCHED_URL")
+        return url_from_listen(self.settings().http.listen)
 
     def token(self) -> str | None:
         path = getattr(self.args, "token_file", None) or self.settings().http.token_file

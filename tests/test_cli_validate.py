@@ -58,7 +58,7 @@ def _fire_times(stdout: str) -> dict[str, list[datetime]]:
         if m := re.match(r"^  (\S+?)(?: \(disabled\))?: ", line):
             current = m.group(1)
             out[current] = []
-        elif m := re.match(r"^    next: (\S+)$", line):
+        elif m := re.match(r"^    next \([^)]+\): (\S+)$", line):
             out[current].append(datetime.fromisoformat(m.group(1)))
     return out
 
@@ -77,6 +77,7 @@ def test_validate_repo_jobs_yaml_shows_next_three_fire_times_in_the_jobs_zone(
     for job_id, fires in times.items():
         spec = specs[job_id]
         assert f"  {job_id}: {spec.schedule!r} in {spec.timezone}" in result.stdout
+        assert f"    next ({spec.timezone}): " in result.stdout  # the zone the times are in
         assert len(fires) == 3, (job_id, fires)
         assert now - timedelta(seconds=5) < fires[0] < fires[1] < fires[2]
         for t in fires:  # written in the job's zone, with the offset that zone has then
@@ -170,7 +171,8 @@ def test_validate_json_output_shape(tmp_path: Path, bad_file: Path) -> None:
     assert re.fullmatch(r"[0-9a-f]{64}", ok["sha256"])
     assert [job["id"] for job in ok["jobs"]] == ["demo", "demo-weekend"]
     job = ok["jobs"][0]
-    assert set(job) == {"id", "schedule", "timezone", "enabled", "tickers", "next"}
+    assert set(job) == {"id", "schedule", "timezone", "calendar", "enabled", "tickers", "next"}
+    assert job["calendar"] is None
     assert job["schedule"] == "@every 1h" and job["timezone"] == "UTC"
     assert job["enabled"] is True and job["tickers"] == ["AAA", "BBB"]
     assert len(job["next"]) == 3
@@ -330,3 +332,108 @@ def test_run_with_bad_settings_exits_2_with_one_clear_message(
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip()
+
+
+# -- validate: issue 8, item 9 ------------------------------------------------------------------
+
+CALENDAR_JOBS = """\
+version: 1
+jobs:
+  - id: nyse-noon
+    tickers: [AAPL]
+    schedule: "0 12 * * *"
+    timezone: America/New_York
+    calendar: XNYS
+  - id: every-noon
+    tickers: [AAPL]
+    schedule: "0 12 * * *"
+    timezone: America/New_York
+"""
+
+
+def test_validate_preview_skips_days_the_exchange_is_closed(tmp_path: Path) -> None:
+    import exchange_calendars
+
+    path = tmp_path / "jobs.yaml"
+    path.write_text(CALENDAR_JOBS)
+    result = run_cli("validate", "--count", "10", str(path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    at = lines.index("  nyse-noon: '0 12 * * *' in America/New_York, 1 ticker(s)")
+    assert lines[at + 1] == "    calendar XNYS: closed days skipped"
+    assert lines[at + 2].startswith("    next (America/New_York): ")
+    assert "calendar" not in result.stdout.split("  every-noon:")[1]
+    times = _fire_times(result.stdout)
+    xnys = exchange_calendars.get_calendar("XNYS")
+    assert len(times["nyse-noon"]) == 10
+    for t in times["nyse-noon"]:
+        assert t.weekday() < 5 and xnys.is_session(t.date().isoformat()), t
+    # Without a calendar the same schedule fires every day, weekends included.
+    assert {t.weekday() for t in times["every-noon"]} >= {5, 6}
+
+
+def test_next_fires_jumps_over_weekends_and_holidays() -> None:
+    from stocksched.calendars import MarketCalendars
+
+    ny = ZoneInfo("America/New_York")
+    calendars = MarketCalendars()
+    noon = _spec("0 12 * * *")
+    friday = datetime(2025, 12, 19, 18, 0, tzinfo=ny)
+    fires = cli.next_fires(noon, friday, 5, calendars)
+    # Weekend 20-21, Christmas 25 and the weekend 27-28 are closed.
+    assert [t.astimezone(ny).day for t in fires] == [22, 23, 24, 26, 29]
+    # Every minute, from a Saturday: the first is Monday's first minute, found at once.
+    saturday = datetime(2025, 12, 20, 10, 0, tzinfo=ny)
+    every_minute = cli.next_fires(_spec("* * * * *"), saturday, 2, calendars)
+    assert [t.astimezone(ny) for t in every_minute] == [
+        datetime(2025, 12, 22, 0, 0, tzinfo=ny),
+        datetime(2025, 12, 22, 0, 1, tzinfo=ny),
+    ]
+    # A schedule that never meets an open day shows nothing, and ends.
+    assert cli.next_fires(_spec("0 12 * * 6"), saturday, 3, calendars) == []
+
+
+def _spec(schedule: str) -> Any:
+    from tests.helpers import make_spec
+
+    return make_spec(schedule=schedule, timezone="America/New_York", calendar="XNYS")
+
+
+@pytest.mark.parametrize("count", ["0", "-1", "101", "100000"])
+def test_validate_count_is_bounded(tmp_path: Path, count: str) -> None:
+    result = run_cli("validate", "--count", count, str(REPO_JOBS), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "usage: stocksched validate" in result.stderr
+    assert f"argument --count: must be between 1 and 100, got {int(count)}" in result.stderr
+
+
+def test_validate_count_100_is_accepted(tmp_path: Path) -> None:
+    result = run_cli("validate", "--count", "100", str(REPO_JOBS), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert all(len(t) == 100 for t in _fire_times(result.stdout).values())
+
+
+def test_validate_into_a_pipe_closed_early_exits_quietly(tmp_path: Path) -> None:
+    """`stocksched validate ... | head -1`: no traceback, and not 1 ("invalid file")."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSCHED_")}
+    # Far more output than a pipe buffers, so the command is still writing when we stop.
+    files = [str(REPO_JOBS)] * 200
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stocksched", "validate", "--count", "100", *files],
+        cwd=tmp_path,
+        env={**env, "HOME": str(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()  # what `head -1` does after its line
+    err = proc.stderr.read().decode()
+    code = proc.wait(timeout=60)
+    assert first.decode().startswith(f"{REPO_JOBS}: OK")
+    assert code == cli.EXIT_PIPE == 141
+    assert err == ""

@@ -12,7 +12,15 @@ import pytest
 
 from stocksched.api import ApiServer
 from stocksched.cli import main
-from stocksched.client import fmt_duration, table, url_from_listen
+from stocksched.client import (
+    daemon_url,
+    fmt_duration,
+    fmt_time,
+    format_runs,
+    format_status,
+    table,
+    url_from_listen,
+)
 from tests.conftest import free_port
 from tests.test_api import TOKEN, Stack
 
@@ -334,3 +342,173 @@ def test_table_and_durations() -> None:
         "3h01m",
         "1d01h00m",
     ]
+
+
+# -- issue 8: reasons and errors in `runs`; storage and replicas in `status` -------------------
+
+
+def _run(run_id: str, status: str, failed: dict[str, str], reason: str = "") -> dict[str, object]:
+    return {
+        "run_id": run_id,
+        "job_id": "prices",
+        "trigger": "schedule",
+        "status": status,
+        "scheduled_for": None,
+        "started_at": "2026-03-02T10:00:00+00:00",
+        "finished_at": "2026-03-02T10:00:01+00:00",
+        "duration_s": 1.0,
+        "fetched": ["OK1"],
+        "failed": list(failed),
+        "errors": failed,
+        "rows_stored": 20,
+        "reason": reason,
+    }
+
+
+def test_runs_table_shows_the_reason_and_the_first_failing_tickers() -> None:
+    long_error = "HTTP 404 Not Found:\n  " + "quote not found for symbol " * 10
+    runs = [
+        _run(
+            "prices:2",
+            "failed",
+            {f"T{i}": long_error if i == 0 else f"no data for T{i}" for i in range(5)},
+            reason="timeout after 0:01:00",
+        ),
+        _run("prices:1", "partial_success", {"BAD": "no such symbol"}),
+        _run("prices:0", "success", {}),
+    ]
+    out = format_runs(runs)
+    lines = out.splitlines()
+    header = lines[0]
+    assert lines[1].startswith("prices:2 ") and columns(lines[1], header)[-1] == (
+        "timeout after 0:01:00"
+    )
+    # Under the failed run: its first three failing tickers, one readable line each, then a count.
+    assert lines[2].startswith("  T0: HTTP 404 Not Found: quote not found for symbol quote")
+    assert lines[2].endswith("...") and len(lines[2]) <= 102  # cut to 100 characters
+    assert lines[3:6] == [
+        "  T1: no data for T1",
+        "  T2: no data for T2",
+        "  +2 more (--json lists every error)",
+    ]
+    assert lines[6].startswith("prices:1 ")
+    assert lines[7] == "  BAD: no such symbol"
+    assert lines[8].startswith("prices:0 ") and len(lines) == 9  # a success has no sub-lines
+
+
+def test_runs_of_a_failed_job_show_its_ticker_errors(
+    daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_ = daemon.stack.trigger_and_wait("broken")
+    code, out, _ = run(capsys, "runs", "broken", "--url", daemon.url)
+    assert code == 0
+    header, row, detail = out.splitlines()
+    assert columns(row, header)[:3] == [run_["run_id"], "manual", "failed"]
+    assert detail == "  BADY: no such symbol"
+
+
+def _status(**kw: object) -> dict[str, object]:
+    st: dict[str, object] = {
+        "running": True,
+        "version": "1.2.3",
+        "started_at": "2026-03-02T10:00:00+00:00",
+        "uptime_s": 65.0,
+        "jobs_total": 1,
+        "jobs_by_state": {"pending": 1},
+        "config": {"path": "jobs.yaml", "sha256": "ab" * 32, "jobs": 1},
+        "last_reload": {
+            "at": "2026-03-02T10:00:00+00:00",
+            "ok": True,
+            "errors": [],
+            "added": 1,
+            "changed": 0,
+            "removed": 0,
+            "unchanged": 0,
+        },
+        "replicas": [{"replica_id": "a", "version": "1.2.3"}],
+    }
+    st.update(kw)
+    return st
+
+
+def test_status_shows_storage_health_and_unknown_replicas() -> None:
+    up = format_status(_status(storage={"up": True, "since": None, "reason": ""}))
+    assert re.search(r"^storage: +up$", up, re.MULTILINE)
+    assert re.search(r"^replicas:$", up, re.MULTILINE) and "REPLICA_ID" in up
+
+    down = format_status(
+        _status(
+            storage={
+                "up": False,
+                "since": "2026-03-02T10:04:05+00:00",
+                "reason": "Connection refused",
+            },
+            replicas=None,
+        )
+    )
+    since = fmt_time("2026-03-02T10:04:05+00:00")
+    assert re.search(
+        rf"^storage: +DOWN since {re.escape(since)} \(Connection refused\)$", down, re.MULTILINE
+    )
+    assert re.search(r"^replicas: +unknown \(Redis unavailable\)$", down, re.MULTILINE)
+
+    # An older daemon sends neither field: nothing is made up.
+    old = _status()
+    del old["replicas"]
+    assert "storage" not in format_status(old) and "replicas" not in format_status(old)
+
+
+# -- issue 8: --url in the format http.listen uses -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "url"),
+    [
+        ("127.0.0.1:9731", "http://127.0.0.1:9731"),
+        ("localhost:9731", "http://localhost:9731"),
+        ("[::1]:9731", "http://[::1]:9731"),
+        ("0.0.0.0:9731", "http://127.0.0.1:9731"),  # copied from http.listen: this machine
+        (" http://127.0.0.1:9731/ ", "http://127.0.0.1:9731/"),
+        ("https://sched.example.com", "https://sched.example.com"),  # behind a proxy, port 443
+    ],
+)
+def test_daemon_url_accepts_urls_and_bare_host_port(value: str, url: str) -> None:
+    assert daemon_url(value) == url
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("localhost", "no port"),
+        ("127.0.0.1:", "invalid address"),
+        ("127.0.0.1:99999", "invalid address"),
+        ("redis://127.0.0.1:6379", "not an http(s) URL"),
+        ("ftp://host:21", "not an http(s) URL"),
+        ("http://:9731", "no host"),
+        ("http://host:port", "invalid port"),
+    ],
+)
+def test_bad_url_is_a_usage_error_not_an_unreachable_daemon(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    value: str,
+    message: str,
+) -> None:
+    code, out, err = run(capsys, "status", "--url", value)
+    assert code == 2 and out == ""
+    assert err.startswith(f"stocksched: --url {value!r}: {message}; expected http(s)://")
+    assert "cannot reach" not in err and err.count("\n") == 1
+    monkeypatch.setenv("STOCKSCHED_URL", value)
+    code, _, err = run(capsys, "jobs")
+    assert code == 2 and err.startswith(f"stocksched: STOCKSCHED_URL {value!r}: {message}")
+
+
+def test_bare_host_port_reaches_the_daemon(
+    daemon: Daemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    address = f"127.0.0.1:{daemon.server.port}"  # as http.listen writes it
+    code, out, err = run(capsys, "status", "--url", address)
+    assert code == 0 and err == "" and out.startswith("stocksched 9.9.9-test: running")
+    monkeypatch.setenv("STOCKSCHED_URL", address)
+    code, out, _ = run(capsys, "jobs", "--json")
+    assert code == 0 and len(json.loads(out)) == 5
