@@ -211,6 +211,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def fmt_time(value: str | None) -> str:
+    """A time from the API for every table: always UTC, and each cell says so.
+
+    ``2026-03-02 10:05:00 UTC``; a job's own zone is in its TIMEZONE column, not here.
+    """
     if not value:
         return "-"
     try:
@@ -219,7 +223,7 @@ def fmt_time(value: str | None) -> str:
         return value
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def fmt_duration(seconds: float) -> str:

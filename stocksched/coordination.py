@@ -70,6 +70,7 @@ from stocksched.clock import Clock, SystemClock
 from stocksched.model import Trigger, iso, parse_iso
 from stocksched.storage import keys
 from stocksched.storage.adapter import StorageError, storage_errors
+from stocksched.storage.fence import Fence
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,23 @@ DEFAULT_LEASE_MS = 30_000
 DEFAULT_SLOT_TTL_MS = 86_400_000  # one day
 DEFAULT_REPLICA_TTL_S = 15.0
 
-# KEYS: slot, running, inflight, inflight index
-# ARGV: token, run_id, lease_ms, slot_ttl_ms, record json, job_id, take_slot ("1"/"0")
+# KEYS: slot, running, inflight, inflight index, paused set
+# ARGV: token, run_id, lease_ms, slot_ttl_ms, record json, job_id, take_slot ("1"/"0"),
+#       honour_pause ("1"/"0")
+# A retry by the same owner (redis-py resends a script after a timeout) is a success.
 _CLAIM = """
-if ARGV[7] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then
+if redis.call('HGET', KEYS[2], 'owner') == ARGV[1] then
+  return {'claimed', ''}
+end
+if ARGV[8] == '1' and redis.call('SISMEMBER', KEYS[5], ARGV[6]) == 1 then
+  return {'paused', ''}
+end
+local slot = redis.call('GET', KEYS[1])
+if ARGV[7] == '1' and slot and slot ~= ARGV[1] then
   return {'slot_taken', ''}
 end
 local holder = redis.call('HGET', KEYS[2], 'run_id')
-if ARGV[7] == '1' then
+if ARGV[7] == '1' and not slot then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
 end
 if holder then
@@ -207,6 +217,7 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 
 
 class ClaimOutcome(StrEnum):
+    PAUSED = "paused"  # the job is paused in Redis (through any replica): nothing is taken
     CLAIMED = "claimed"  # slot and job lease are ours: run it
     SLOT_TAKEN = "slot_taken"  # another replica (or an earlier claim) has this slot: do nothing
     JOB_BUSY = "job_busy"  # the slot is ours, but another run holds the job: skip or queue
@@ -224,6 +235,10 @@ class Lease:
     @property
     def replica_id(self) -> str:
         return self.token.rsplit("/", 1)[0]
+
+    def fence(self) -> Fence:
+        """What the run's writes check: this lease still held (see stocksched.storage.fence)."""
+        return Fence(self.job_id, self.run_id, self.token)
 
 
 @dataclass(frozen=True)
@@ -395,13 +410,16 @@ class LeaseManager:
     ) -> Lease | None:
         """``lease_job`` retried until the job is free: a queued slot behind another replica.
 
-        None when ``stop`` is set or ``timeout_s`` passes first; StorageError propagates.
+        None when ``stop`` is set, ``timeout_s`` passes or the job is paused first;
+        StorageError propagates.
         """
         deadline = time.monotonic() + timeout_s
         while True:
-            lease = self.lease_job(job_id, run_id, trigger=trigger, scheduled_for=scheduled_for)
-            if lease is not None:
-                return lease
+            res = self._run_claim(
+                job_id, run_id, trigger, scheduled_for, None, take_slot=False, slot_ttl_ms=None
+            )
+            if res.outcome != ClaimOutcome.JOB_BUSY:
+                return res.lease  # None when the job was paused meanwhile
             left = deadline - time.monotonic()
             if left <= 0 or stop.wait(min(poll_s, left)):
                 return None
@@ -450,6 +468,7 @@ class LeaseManager:
                     keys.running_key(job_id),
                     keys.inflight_key(job_id),
                     keys.inflight_index_key(),
+                    keys.paused_index_key(),
                 ],
                 args=[
                     token,
@@ -459,6 +478,8 @@ class LeaseManager:
                     record.to_json(),
                     job_id,
                     "1" if take_slot else "0",
+                    # Scheduled runs only: an operator's manual trigger runs a paused job.
+                    "1" if trigger == Trigger.SCHEDULE else "0",
                 ],
             )
         result = ClaimOutcome(str(outcome))

@@ -28,7 +28,7 @@ from stocksched.api import (
     create_app,
     load_token,
 )
-from stocksched.clock import Clock, SystemClock
+from stocksched.clock import Clock, SystemClock, iso_utc
 from stocksched.coordination import LeaseManager, ReplicaHeartbeat, list_replicas
 from stocksched.executor import JobExecutor
 from stocksched.facade import SchedulerServingApp
@@ -39,9 +39,10 @@ from stocksched.ratelimit import build_rate_limiter
 from stocksched.registry import JobRegistry
 from stocksched.reload import ConfigReloader, ConfigWatcher
 from stocksched.scheduler import JobScheduler
-from stocksched.settings import Settings, SettingsError, split_listen
+from stocksched.settings import Settings, SettingsError, split_listen, startup_summary
 from stocksched.sources import build_fetchers, configure_yfinance, new_session
 from stocksched.sources.base import Fetcher
+from stocksched.statesync import StateSync
 from stocksched.storage.adapter import RedisAdapter, StorageError, connect, is_embedded
 from stocksched.storage.butler import DataIOButler
 
@@ -126,12 +127,16 @@ class Components:
             settings.jobs, self.registry, self.scheduler, self.clock, self.metrics
         )
         self.watcher = ConfigWatcher(self.reloader)
+        self.sync = StateSync(self.registry, self.scheduler, self.health)
 
     def replicas(self) -> list[dict[str, Any]] | None:
         try:
-            return list_replicas(self.client)
-        except StorageError:
-            return None  # status still answers during an outage
+            found = list_replicas(self.client)
+        except StorageError as exc:
+            self.health.failed("list replicas", exc)
+            return None  # status still answers during an outage, and says Redis is down
+        self.health.ok()
+        return found
 
 
 class Daemon:
@@ -197,6 +202,11 @@ class Daemon:
         )
 
     def run(self) -> int:
+        log.info(
+            "starting stocksched %s: %s",
+            __version__,
+            startup_summary(self.c.settings, self.c.replica_id),
+        )
         try:
             self.api = self._build_api()
         except ApiConfigError as exc:
@@ -229,20 +239,27 @@ class Daemon:
         line = self.status_line()
         log.info("stocksched %s running: %s", __version__, line)
         self.notifier.ready(line)
-        last_status = last_scan = time.monotonic()
+        self._main_loop()
+        return self._shutdown()
+
+    def _main_loop(self) -> None:
+        """Until stopped: reloads, state other replicas changed, crash scans, STATUS=."""
+        last_status = last_scan = last_sync = time.monotonic()
         scan_every = self.c.settings.lease_ttl / 2
         while not self._stop.is_set():
             self._stop.wait(0.5)
             if self._reload.is_set():
                 self._do_reload()
             now = time.monotonic()
+            if now - last_sync >= self.c.sync.every_s:
+                last_sync = now
+                self.c.sync.tick()
             if now - last_scan >= scan_every:
                 last_scan = now
                 self.c.scheduler.recover_interrupted()
             if self.notifier.enabled and now - last_status >= 10:
                 last_status = now
                 self.notifier.status(self.status_line())
-        return self._shutdown()
 
     def _first_load(self) -> bool:
         """Load the config, waiting (with backoff) for Redis; False on a bad config or stop."""
@@ -271,7 +288,7 @@ class Daemon:
         c = self.c
         jobs = len(c.reloader.current.jobs) if c.reloader.current else 0
         nxt = c.scheduler.next_due()
-        due = f"next {nxt[0]} at {nxt[1].isoformat(timespec='seconds')}" if nxt else "nothing due"
+        due = f"next {nxt[0]} at {iso_utc(nxt[1], 'seconds')}" if nxt else "nothing due"
         last = c.reloader.last
         reload = "ok" if last.ok else f"FAILED ({len(last.errors)} errors, old config kept)"
         return f"{jobs} jobs; {due}; last reload {reload}"

@@ -24,6 +24,7 @@ from stocksched.retry import RetryPolicy
 from stocksched.sources.base import Fetcher, FetchError
 from stocksched.storage.adapter import StorageError
 from stocksched.storage.butler import DataIOButler
+from stocksched.storage.fence import Fence, FenceLostError
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class JobExecutor:
         scheduled_for: datetime | None = None,
         cancel: threading.Event | None = None,
         timeout: timedelta | None = None,
+        fence: Fence | None = None,
     ) -> RunResult:
         started = self._clock.now()
         run_id = run_id or manual_run_id(job.id, started)
@@ -84,7 +86,17 @@ class JobExecutor:
         policy = RetryPolicy(job.retries, job.retry_backoff)
         futures = {
             pool.submit(
-                self._fetch_and_store, job, fetcher, policy, t, start, end, run_id, cancel, deadline
+                self._fetch_and_store,
+                job,
+                fetcher,
+                policy,
+                t,
+                start,
+                end,
+                run_id,
+                cancel,
+                deadline,
+                fence,
             ): t
             for t in job.tickers
         }
@@ -165,6 +177,7 @@ class JobExecutor:
         run_id: str,
         cancel: threading.Event,
         deadline: float | None,
+        fence: Fence | None,
     ) -> _TickerOutcome:
         if cancel.is_set():
             return _TickerOutcome(ticker, error="run cancelled before this ticker started")
@@ -202,6 +215,14 @@ class JobExecutor:
                 ttl=job.ttl,
                 intraday=job.interval in INTRADAY,
                 interval=job.interval,
+                fence=fence,
+            )
+        except FenceLostError:
+            # Another replica took the job over (this process stalled past its lease): this
+            # run must write nothing more, so the rest of its tickers stop too.
+            cancel.set()
+            return self._count(
+                job, _TickerOutcome(ticker, error="not stored: this run lost its lease")
             )
         except (StorageError, RateLimiterUnavailable) as exc:
             log.debug(
@@ -246,6 +267,5 @@ class JobExecutor:
             job=result.job_id, status=str(result.status), trigger=str(result.trigger)
         ).inc()
         m.job_run_duration.labels(job=result.job_id).observe(result.duration_s)
-        m.job_last_run.labels(job=result.job_id).set(result.finished_at.timestamp())
-        if result.status != RunStatus.FAILED:
-            m.job_last_success.labels(job=result.job_id).set(result.finished_at.timestamp())
+        # Last-run and last-success gauges describe the job, whichever replica ran it: they
+        # are set from the job records when /metrics is rendered (SchedulerServingApp).

@@ -18,11 +18,18 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+)
 
-from stocksched.clock import Clock
+from stocksched.clock import Clock, iso_utc, to_utc
 from stocksched.metrics import JOB_STATES, Metrics
 from stocksched.model import JobStatus, RunResult, ScheduledJob
 from stocksched.registry import JobRegistry, UnknownJobError
@@ -64,6 +71,16 @@ class JobNotFoundError(UnknownJobError):
 
 # -- views (also the API's response models) ------------------------------------------
 
+# Every time in a view is UTC with an explicit offset ("2026-03-02T10:05:00+00:00"), whatever
+# zone it came in (the scheduler's next fire time is in the job's zone): normalised when the
+# view is built, written with "+00:00" (pydantic would write "Z") when it is serialised.
+UtcDatetime = Annotated[
+    datetime,
+    AfterValidator(to_utc),
+    PlainSerializer(iso_utc, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+
 
 class RunSummaryView(BaseModel):
     """The last run of a job, as stored on its record."""
@@ -71,7 +88,7 @@ class RunSummaryView(BaseModel):
     run_id: str
     status: str = Field(description="success, partial_success or failed")
     trigger: str = Field(description="schedule or manual")
-    finished_at: datetime | None = None
+    finished_at: UtcDatetime | None = None
     duration_s: float = 0.0
     fetched: int = Field(0, description="tickers fetched and stored")
     failed: int = Field(0, description="tickers that failed")
@@ -93,13 +110,13 @@ class JobView(BaseModel):
     source: str
     interval: str
     tickers: list[str]
-    last_run: datetime | None = None
-    next_run: datetime | None = Field(None, description="next scheduled slot; null if inactive")
+    last_run: UtcDatetime | None = None
+    next_run: UtcDatetime | None = Field(None, description="next scheduled slot; null if inactive")
     last_result: RunSummaryView | None = None
     spec: dict[str, Any] = Field(description="the job as written in jobs.yaml, defaults merged")
     spec_hash: str
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class RunView(BaseModel):
@@ -112,9 +129,9 @@ class RunView(BaseModel):
         description="success, partial_success, failed, or missed/skipped/interrupted for "
         "slots that did not run"
     )
-    scheduled_for: datetime | None = None
-    started_at: datetime
-    finished_at: datetime
+    scheduled_for: UtcDatetime | None = None
+    started_at: UtcDatetime
+    finished_at: UtcDatetime
     duration_s: float
     fetched: list[str]
     failed: list[str]
@@ -144,7 +161,7 @@ class RunView(BaseModel):
 class ReloadView(BaseModel):
     """The last load or reload of jobs.yaml."""
 
-    at: datetime | None = None
+    at: UtcDatetime | None = None
     ok: bool
     errors: list[str] = Field(description="FILE:LINE:COL: path: message, when invalid")
     sha256: str = ""
@@ -174,12 +191,20 @@ class ConfigView(BaseModel):
     jobs: int = Field(description="jobs in the config in effect")
 
 
+class StorageView(BaseModel):
+    """Redis as the daemon last saw it."""
+
+    up: bool = Field(description="the last Redis operation succeeded")
+    since: UtcDatetime = Field(description="when Redis last went up or down (or daemon start)")
+    reason: str = Field("", description="while down: the operation that failed, and why")
+
+
 class StatusView(BaseModel):
     """The daemon at a glance."""
 
     running: bool = Field(description="the scheduler thread is alive")
     version: str
-    started_at: datetime
+    started_at: UtcDatetime
     uptime_s: float
     jobs_total: int
     jobs_by_state: dict[str, int] = Field(
@@ -187,8 +212,9 @@ class StatusView(BaseModel):
     )
     config: ConfigView
     last_reload: ReloadView
+    storage: StorageView
     replicas: list[dict[str, Any]] | None = Field(
-        None, description="live replicas sharing this Redis, when known"
+        None, description="live replicas sharing this Redis; null while Redis is unavailable"
     )
 
 
@@ -259,6 +285,7 @@ class SchedulerServingApp:
         states = self._scheduler.job_states()
         counts = Counter(str(s) for s in states.values())
         current = self._reloader.current
+        storage = self._scheduler.health.state()
         return StatusView(
             running=self._scheduler.alive,
             version=self._version,
@@ -272,6 +299,7 @@ class SchedulerServingApp:
                 jobs=len(current.jobs) if current else 0,
             ),
             last_reload=ReloadView.of(self._reloader.last),
+            storage=StorageView(up=storage.up, since=storage.since, reason=storage.reason),
             replicas=self._replicas() if self._replicas is not None else None,
         )
 
@@ -404,10 +432,30 @@ class SchedulerServingApp:
         return True, "ok"
 
     def render_metrics(self) -> bytes:
-        """Prometheus text; gauges derived from live state are refreshed first (no Redis)."""
-        counts = Counter(str(s) for s in self._scheduler.job_states().values())
+        """Prometheus text, with the gauges derived from state refreshed first.
+
+        Job-level gauges (last run, last success, running) come from the job records'
+        runtime projection in one HGETALL, so every replica tells the same about a job,
+        whichever replica ran it. While Redis is away they keep their last values.
+        """
+        states = self._scheduler.job_states()
+        counts = Counter(str(s) for s in states.values())
         for state in JOB_STATES:
             self._metrics.jobs.labels(state=state).set(counts.get(state, 0))
+        try:
+            with self._storage():
+                runtimes = self._registry.job_runtimes()
+        except StorageError:
+            return self._metrics.render()
+        for job_id, state in states.items():
+            rt = runtimes.get(job_id)
+            self._metrics.set_job_runtime(
+                job_id,
+                rt.last_run if rt else None,
+                rt.last_success if rt else None,
+                running=state == JobStatus.RUNNING
+                or (rt is not None and rt.status == JobStatus.RUNNING),
+            )
         return self._metrics.render()
 
 
@@ -437,5 +485,5 @@ def _pause_message(before: ScheduledJob, after: JobView) -> str:
             "(enabled: false) and stays disabled until jobs.yaml enables it"
         )
     prefix = "was not paused" if not before.paused else "resumed"
-    when = after.next_run.isoformat() if after.next_run else "unknown"
+    when = iso_utc(after.next_run) if after.next_run else "unknown"
     return f"{prefix}; next run at {when}"

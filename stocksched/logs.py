@@ -8,6 +8,10 @@ stderr may go elsewhere, so it counts only when it names our stderr. On the jour
 lines omit the timestamp (the journal adds its own), and every line starts with a
 ``<N>`` syslog priority prefix (sd-daemon(3)) so that ``journalctl -p warning`` finds the
 warnings and errors; the journal strips the prefix before storing the line.
+
+Timestamps are UTC with an explicit offset, in text and JSON alike
+(``2026-03-02T10:05:00.123+00:00``), never the host's local time: the API uses the same
+rule, so a log line and an API answer about the same run show the same clock.
 """
 
 from __future__ import annotations
@@ -29,12 +33,24 @@ JOURNAL_TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 NOISY_LOGGERS = ("yfinance", "peewee", "urllib3", "uvicorn.access", "watchfiles")
 
 
+def record_time(record: logging.LogRecord) -> str:
+    """When the record was made: UTC, milliseconds, explicit offset (``...T10:05:00.123+00:00``)."""
+    return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
+class TextFormatter(logging.Formatter):
+    """The standard text formatter, with ``%(asctime)s`` in UTC with its offset."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return record_time(record)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line (newlines in messages are escaped)."""
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": record_time(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -103,9 +119,9 @@ def build_handler(
     if fmt == "json":
         formatter = JsonFormatter()
     elif journal:
-        formatter = logging.Formatter(JOURNAL_TEXT_FORMAT)
+        formatter = TextFormatter(JOURNAL_TEXT_FORMAT)
     else:
-        formatter = logging.Formatter(TEXT_FORMAT)
+        formatter = TextFormatter(TEXT_FORMAT)
     if journal:
         formatter = JournalPrefixFormatter(formatter)
     handler = logging.StreamHandler(out)

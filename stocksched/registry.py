@@ -22,6 +22,7 @@ from stocksched.config import JobSpec
 from stocksched.model import JobStatus, RunResult, RunStatus, ScheduledJob
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, storage_errors
+from stocksched.storage.fence import Fence, FenceLostError
 
 log = logging.getLogger(__name__)
 
@@ -258,44 +259,72 @@ class JobRegistry:
         job_id: str,
         mutate: Mutator,
         extra: Extra | None = None,
+        *,
+        fence: Fence | None = None,
+        final: bool = False,
     ) -> ScheduledJob:
-        """Read-modify-write one record atomically; ``extra`` adds commands to the same EXEC."""
+        """Read-modify-write one record atomically; ``extra`` adds commands to the same EXEC.
+
+        With ``fence`` the write lands only while the run holds its lease (FenceLostError
+        otherwise); ``final``: the run's last write, which also ends its lease, so a retry
+        after that write landed returns the record instead of failing.
+        """
         key = keys.job_key(job_id)
         result: list[ScheduledJob] = []
 
         def txn(pipe: redis.client.Pipeline) -> None:
+            if fence is not None and not fence.holds(pipe):
+                if not (final and fence.done(pipe)):
+                    raise FenceLostError(fence.job_id, fence.run_id)
+                stored = pipe.get(key)  # already recorded: nothing to write
+                if stored:
+                    result.append(ScheduledJob.from_json(str(stored)))
+                return
             raw = pipe.get(key)
             if not raw:
                 raise UnknownJobError(job_id)
             job = ScheduledJob.from_json(str(raw))
             new = mutate(job)
+            alone = final and fence is not None and fence.alone_in_flight(pipe)
             pipe.multi()
             if new is not None:
                 pipe.set(key, new.to_json())
                 _project(pipe, job, new)
             if extra is not None:
                 extra(pipe)
+            if final and fence is not None:
+                fence.finish(pipe, alone)
             result.append(new or job)
 
+        watched = (key, *fence.watched) if fence is not None else (key,)
         with storage_errors("WATCH/MULTI update", key):
-            self._r.transaction(txn, key)
+            self._r.transaction(txn, *watched)
+        if not result:
+            raise UnknownJobError(job_id)
         return result[-1]
 
-    def start_run(self, job_id: str, next_run: datetime | None) -> ScheduledJob:
+    def start_run(
+        self, job_id: str, next_run: datetime | None, fence: Fence | None = None
+    ) -> ScheduledJob:
         return self._update(
-            job_id, lambda j: replace(j, status=JobStatus.RUNNING, next_run=next_run)
+            job_id, lambda j: replace(j, status=JobStatus.RUNNING, next_run=next_run), fence=fence
         )
 
-    def mark_running(self, job_id: str) -> ScheduledJob:
-        return self._update(job_id, lambda j: replace(j, status=JobStatus.RUNNING))
+    def mark_running(self, job_id: str, fence: Fence | None = None) -> ScheduledJob:
+        return self._update(job_id, lambda j: replace(j, status=JobStatus.RUNNING), fence=fence)
 
     def set_next_run(self, job_id: str, next_run: datetime | None) -> ScheduledJob:
         return self._update(
             job_id, lambda j: None if j.next_run == next_run else replace(j, next_run=next_run)
         )
 
-    def record_run(self, result: RunResult) -> ScheduledJob:
-        """Store the outcome on the record and append it to the history, in one EXEC."""
+    def record_run(self, result: RunResult, fence: Fence | None = None) -> ScheduledJob:
+        """Store the outcome on the record and append it to the history, in one EXEC.
+
+        With ``fence`` (the run's own lease) the same EXEC ends the run: lease released,
+        in-flight record dropped, slot marked done; a run that lost its lease records
+        nothing (FenceLostError), since another replica recorded it as interrupted.
+        """
         failed = result.status in (RunStatus.FAILED, RunStatus.INTERRUPTED)
         status = JobStatus.FAILED if failed else JobStatus.COMPLETED
 
@@ -315,7 +344,9 @@ class JobRegistry:
                 last_result=result.summary(),
             )
 
-        return self._update(result.job_id, mutate, extra=self._xadd(result))
+        return self._update(
+            result.job_id, mutate, extra=self._xadd(result), fence=fence, final=fence is not None
+        )
 
     def add_history(self, result: RunResult) -> None:
         """History entry without touching the record (missed, skipped, interrupted slots)."""

@@ -49,6 +49,29 @@ class ReloadStatus:
     retryable: bool = False
 
 
+LOGGED_IDS = 10  # job ids named per kind of change in a reload's log line
+
+
+def _id_list(ids: list[str], limit: int = LOGGED_IDS) -> str:
+    """``a, b, c``; past ``limit`` ids, ``a, ..., j, +N more`` (a big reload stays one line)."""
+    shown = ", ".join(ids[:limit])
+    return f"{shown}, +{len(ids) - limit} more" if len(ids) > limit else shown
+
+
+def _diff_ids(diff: ReconcileDiff) -> str:
+    """`` (added: a; changed: b, c; removed: d)`` for the kinds that happened, else ``""``."""
+    parts = [
+        f"{kind}: {_id_list(ids)}"
+        for kind, ids in (
+            ("added", diff.added),
+            ("changed", diff.changed),
+            ("removed", diff.removed),
+        )
+        if ids
+    ]
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def _file_sha256(path: Path) -> str | None:
     """Hash of the bytes a load would read now; None when the file cannot be read."""
     try:
@@ -115,7 +138,9 @@ class ConfigReloader:
             )
         self.current = loaded
         self._settled = loaded.sha256
-        log.info("config applied %s sha256=%s", diff.summary(), loaded.sha256[:12])
+        log.info(
+            "config applied %s sha256=%s%s", diff.summary(), loaded.sha256[:12], _diff_ids(diff)
+        )
         for line in loaded.warnings:  # once applied: a storage retry does not repeat them
             log.warning("config warning: %s", line)
         return self._finish(ReloadStatus(now, True, [], loaded.sha256, diff))

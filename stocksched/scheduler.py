@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import NamedTuple
 
 from stocksched.calendars import MarketCalendars
-from stocksched.clock import Clock
+from stocksched.clock import Clock, iso_utc
 from stocksched.config import JobSpec
 from stocksched.coordination import (
     ClaimOutcome,
@@ -49,6 +49,7 @@ from stocksched.model import JobStatus, RunResult, RunStatus, ScheduledJob, Trig
 from stocksched.outbox import Outbox, StorageHealth
 from stocksched.registry import JobRegistry, UnknownJobError
 from stocksched.storage.adapter import StorageError
+from stocksched.storage.fence import FenceLostError
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class RunHandle:
     outcome: JobStatus | None = None  # None: nothing ran here (slot lost to another replica)
     lease: Lease | None = None  # the cross-replica running lease, when coordinating
     cancel_reason: str = ""  # why ``cancel`` was set: lease lost, shutdown grace over
+    lease_done: bool = False  # the lease needs no release: recorded with it, or lost
 
 
 def jitter_offset(job_id: str, slot: datetime, jitter: timedelta) -> timedelta:
@@ -144,6 +146,10 @@ class JobScheduler:
         self._jobs: dict[str, _JobState] = {}
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
+        # Generations are never reused, also for a job removed and added back: a heap
+        # entry left from before is then stale, not the job's next slot.
+        self._gens = itertools.count(1)
+        self._pause_epoch = 0
         self._running: dict[str, RunHandle] = {}
         self._dirty = False
         self._stopping = False
@@ -167,10 +173,8 @@ class JobScheduler:
                     rec.spec_hash,
                     rec.paused,
                     rec.next_run,
-                    gen=(old.gen + 1) if old else 0,
+                    gen=next(self._gens),
                 )
-                if old is None:
-                    self._restore_gauges(rec)
                 state.outcome = (
                     old.outcome
                     if old is not None
@@ -200,15 +204,6 @@ class JobScheduler:
                     self._metrics.remove_job(job_id)
             self._dirty = True
             self._wake.notify_all()
-
-    def _restore_gauges(self, rec: ScheduledJob) -> None:
-        """After a restart, alerts on run age need the persisted times, not zeros."""
-        if self._metrics is None:
-            return
-        if rec.last_run is not None:
-            self._metrics.job_last_run.labels(job=rec.job_id).set(rec.last_run.timestamp())
-        if rec.last_success is not None:
-            self._metrics.job_last_success.labels(job=rec.job_id).set(rec.last_success.timestamp())
 
     def _arm(self, state: _JobState, now: datetime) -> None:
         """Give a (re)activated job its next slot, catching up on slots it missed."""
@@ -245,20 +240,11 @@ class JobScheduler:
             log.info(
                 "catching up job=%s slot=%s (missed while down)",
                 spec.id,
-                newest.isoformat(),
+                iso_utc(newest),
                 extra={"job": spec.id},
             )
             self._push_entry(state, newest, newest, catchup=True)
-        if missed:
-            log.warning(
-                "job=%s missed %d slot(s) from %s to %s (catchup=%s)",
-                spec.id,
-                len(missed),
-                missed[0].isoformat(),
-                missed[-1].isoformat(),
-                spec.catchup,
-                extra={"job": spec.id},
-            )
+        if missed:  # logged once written, by the replica that claimed them
             self._record_not_run(
                 spec, missed, now, RunStatus.MISSED, "daemon was not running or job was paused"
             )
@@ -336,7 +322,7 @@ class JobScheduler:
                 "slot skipped: %s closed job=%s slot=%s",
                 spec.calendar,
                 spec.id,
-                slot.isoformat(),
+                iso_utc(slot),
                 extra={"job": spec.id},
             )
             self._record_not_run(
@@ -349,7 +335,7 @@ class JobScheduler:
                 log.info(
                     "slot queued behind the running run job=%s slot=%s",
                     spec.id,
-                    slot.isoformat(),
+                    iso_utc(slot),
                     extra={"job": spec.id},
                 )
                 if state.queued is not None:  # one queued run at most: the older is dropped
@@ -365,7 +351,7 @@ class JobScheduler:
             log.warning(
                 "slot skipped: previous run still going job=%s slot=%s",
                 spec.id,
-                slot.isoformat(),
+                iso_utc(slot),
                 extra={"job": spec.id},
             )
             self._record_not_run(
@@ -423,6 +409,16 @@ class JobScheduler:
             results = mine
         if results:
             self._registry.add_history_many(results)
+            if results[0].status == RunStatus.MISSED:
+                log.warning(
+                    "job=%s missed %d slot(s) from %s to %s: %s",
+                    job_id,
+                    counted or len(results),
+                    iso_utc(results[0].scheduled_for),
+                    iso_utc(results[-1].scheduled_for),
+                    results[-1].reason,
+                    extra={"job": job_id},
+                )
         # Counted only once written: the outbox retries this whole write after a failure.
         if counted and self._metrics is not None:
             self._metrics.job_missed_runs.labels(job=job_id).inc(counted)
@@ -445,12 +441,17 @@ class JobScheduler:
         try:
             if not self._claim(spec, handle):
                 return None
+            fence = handle.lease.fence() if handle.lease is not None else None
             if handle.trigger == Trigger.SCHEDULE:
                 self._safe(
-                    "mark running", spec.id, lambda: self._registry.start_run(spec.id, next_run)
+                    "mark running",
+                    spec.id,
+                    lambda: self._registry.start_run(spec.id, next_run, fence),
                 )
             else:
-                self._safe("mark running", spec.id, lambda: self._registry.mark_running(spec.id))
+                self._safe(
+                    "mark running", spec.id, lambda: self._registry.mark_running(spec.id, fence)
+                )
             result = self._executor.execute_job(
                 spec,
                 run_id=handle.run_id,
@@ -458,14 +459,19 @@ class JobScheduler:
                 scheduled_for=handle.scheduled_for,
                 cancel=handle.cancel,
                 timeout=spec.timeout,
+                fence=fence,
             )
             if handle.cancel_reason:
                 result.reason = "; ".join(x for x in (result.reason, handle.cancel_reason) if x)
             handle.outcome = (
                 JobStatus.FAILED if result.status == RunStatus.FAILED else JobStatus.COMPLETED
             )
-            self.outbox.run("record run", lambda: self._record(result))
+            self.outbox.run("record run", lambda: self._record_own(result, handle))
             return result
+        except FenceLostError:
+            self._log_fence_lost(handle, "before it started")
+            handle.lease_done = True
+            return None
         except Exception:
             log.exception(
                 "run crashed job=%s run_id=%s",
@@ -506,6 +512,18 @@ class JobScheduler:
                 reason="Redis unavailable: slot could not be claimed",
             )
             self.outbox.run("record unclaimed run", lambda: self._write_unclaimed(result))
+            return False
+        if res.outcome == ClaimOutcome.PAUSED:
+            log.info(
+                "slot not run: job=%s is paused (through another replica) slot=%s",
+                spec.id,
+                iso_utc(handle.scheduled_for),
+                extra={"job": spec.id, "run_id": handle.run_id},
+            )
+            with self._lock:
+                state = self._jobs.get(spec.id)
+                if state is not None:
+                    self._follow_pause(state, True, at=handle.scheduled_for)
             return False
         if res.outcome == ClaimOutcome.SLOT_TAKEN:
             log.debug("slot taken by another replica job=%s run_id=%s", spec.id, handle.run_id)
@@ -553,6 +571,8 @@ class JobScheduler:
         def finish() -> None:
             if keeper is not None:
                 keeper.discard(lease)
+            if handle.lease_done:  # the fenced record ended it, or it was lost
+                return
             if not leases.finish(lease):
                 log.warning(
                     "run %s was recorded as interrupted elsewhere (lease lost)",
@@ -612,7 +632,7 @@ class JobScheduler:
                 log.info(
                     "not rerunning interrupted slot job=%s slot=%s: the job is running",
                     run.job_id,
-                    slot.isoformat(),
+                    iso_utc(slot),
                     extra={"job": run.job_id},
                 )
                 return
@@ -625,7 +645,7 @@ class JobScheduler:
                 log.info(
                     "rerunning interrupted slot job=%s slot=%s",
                     spec.id,
-                    slot.isoformat(),
+                    iso_utc(slot),
                     extra={"job": spec.id},
                 )
                 self._drop_plain_catchup(spec.id, slot)
@@ -670,7 +690,7 @@ class JobScheduler:
                     log.warning(
                         "queued slot dropped at shutdown job=%s slot=%s",
                         spec.id,
-                        slot.isoformat(),
+                        iso_utc(slot),
                         extra={"job": spec.id},
                     )
                 else:  # never silently: a dropped queued slot is in the history
@@ -688,6 +708,30 @@ class JobScheduler:
             self._registry.record_run(result)
         except UnknownJobError:  # removed from the config mid-run: history still gets it
             self._registry.add_history(result)
+
+    def _record_own(self, result: RunResult, handle: RunHandle) -> None:
+        """Record a run of ours, fenced by its lease; the same write ends the lease."""
+        if handle.lease is None:
+            self._record(result)
+            return
+        try:
+            self._registry.record_run(result, handle.lease.fence())
+        except UnknownJobError:
+            self._registry.add_history(result)  # the lease is released after this
+            return
+        except FenceLostError:
+            self._log_fence_lost(handle, "before its result was recorded")
+        handle.lease_done = True
+
+    def _log_fence_lost(self, handle: RunHandle, when: str) -> None:
+        log.error(
+            "lease lost job=%s run_id=%s %s: nothing more of this run is stored (another "
+            "replica recorded it as interrupted; this process was stalled past its lease)",
+            handle.lease.job_id if handle.lease else "-",
+            handle.run_id,
+            when,
+            extra={"job": handle.lease.job_id if handle.lease else None, "run_id": handle.run_id},
+        )
 
     def _safe(self, what: str, job_id: str, fn: Callable[[], object]) -> None:
         try:
@@ -734,13 +778,50 @@ class JobScheduler:
         """Persist the pause override, then follow it here (resume catches up like a start)."""
         rec = self._registry.set_paused(job_id, paused)
         with self._lock:
+            self._pause_epoch += 1  # a sync read that raced this write must not undo it
             state = self._jobs.get(job_id)
-            if state is not None and state.paused != paused:
-                state.paused = paused
-                state.gen += 1
-                self._arm(state, self._clock.now())
-                self._wake.notify_all()
+            if state is not None:
+                self._follow_pause(state, paused)
         return rec
+
+    def pause_epoch(self) -> int:
+        """Take before reading the paused set from Redis; pass to ``sync_paused``."""
+        with self._lock:
+            return self._pause_epoch
+
+    def sync_paused(self, paused_ids: set[str], epoch: int) -> list[str]:
+        """Follow pauses and resumes made through other replicas; returns the jobs changed.
+
+        ``paused_ids`` is the paused set read from Redis after ``pause_epoch()`` returned
+        ``epoch``; if this replica paused or resumed a job since, the read may predate
+        that write, and this round is skipped (the next one sees it).
+        """
+        changed: list[str] = []
+        with self._lock:
+            if epoch != self._pause_epoch:
+                return changed
+            for job_id, state in self._jobs.items():
+                if state.paused != (job_id in paused_ids):
+                    changed.append(job_id)
+                    log.info(
+                        "job %s %s on another replica",
+                        job_id,
+                        "paused" if not state.paused else "resumed",
+                        extra={"job": job_id},
+                    )
+                    self._follow_pause(state, not state.paused)
+        return changed
+
+    def _follow_pause(self, state: _JobState, paused: bool, at: datetime | None = None) -> None:
+        """Apply a pause override here; ``at``: a slot found paused, counted on resume."""
+        if state.paused == paused:
+            return
+        state.paused = paused
+        state.gen = next(self._gens)  # every heap entry of the job is stale now
+        if at is not None and (state.next_run is None or at < state.next_run):
+            state.next_run = at  # the slot was not run: resume's catch-up accounts for it
+        self._arm(state, self._clock.now())
+        self._wake.notify_all()
 
     def set_on_loop(self, fn: Callable[[], None]) -> None:
         """Called at every scheduler-loop iteration (the systemd watchdog pings from here)."""

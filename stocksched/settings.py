@@ -8,12 +8,13 @@ Relative paths are taken relative to the working directory.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 DEFAULT_CONFIG_PATH = Path("config/stocksched.yaml")
 DEFAULT_LISTEN = "127.0.0.1:9731"
@@ -68,11 +69,63 @@ class Settings(BaseModel):
     lease_ttl: float = Field(default=30.0, ge=1, le=3600)
     replica_ttl: float = Field(default=15.0, ge=1, le=3600)
     http: HttpSettings = HttpSettings()
+    # Where these settings were read from (not a setting: load_settings records it).
+    _config_file: Path | None = PrivateAttr(default=None)
+
+    @property
+    def config_file(self) -> Path | None:
+        """The settings file these settings came from; None when no file was read."""
+        return self._config_file
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper(cls, v: Any) -> Any:
         return v.upper() if isinstance(v, str) else v
+
+
+MASK = "***"
+_PASSWORD_QUERY = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
+def mask_url(url: str) -> str:
+    """``url`` safe to log: the password replaced by ``***``, the rest as written.
+
+    ``redis://:pw@host:6379/0`` gives ``redis://:***@host:6379/0``, ``rediss://user:pw@host``
+    ``rediss://user:***@host``. A lone user-info part (``redis://secret@host``) is masked
+    whole, since some clients read it as the password; so is a ``?password=`` parameter.
+    Everything up to the *last* ``@`` counts as user info, so a password with an unescaped
+    ``@``, ``/``, ``?`` or ``#`` in it is still hidden (at worst too much is masked).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return MASK  # not a URL we would have connected to; show nothing of it
+    userinfo, at, host = rest.rpartition("@")
+    if at:
+        user, colon, _password = userinfo.partition(":")
+        rest = f"{user}:{MASK}@{host}" if colon and "/" not in user else f"{MASK}@{host}"
+    return _PASSWORD_QUERY.sub(rf"\g<1>{MASK}", f"{scheme}://{rest}")
+
+
+def describe_redis(settings: Settings) -> str:
+    """The store in use, for the startup log: masked URL, or that it is the embedded one."""
+    from stocksched.storage.adapter import EMBEDDED_URLS  # keep client commands light
+
+    url = (settings.redis_url or "").strip()
+    if url in EMBEDDED_URLS:
+        return "embedded (memory://), not persisted"
+    if settings.redis_password_file is not None:
+        return f"{mask_url(url)} (password from {settings.redis_password_file})"
+    return mask_url(url)
+
+
+def startup_summary(settings: Settings, replica_id: str) -> str:
+    """What this daemon runs with, in one line: settings file, jobs file, Redis, replica, listen."""
+    source = str(settings.config_file.absolute()) if settings.config_file else "none, defaults"
+    listen = settings.http.listen if settings.http.enabled else "none (HTTP API disabled)"
+    return (
+        f"settings file {source}; jobs file {settings.jobs.absolute()}; "
+        f"redis {describe_redis(settings)}; replica id {replica_id}; listen {listen}"
+    )
 
 
 # Environment variable -> dotted settings path.
@@ -145,7 +198,7 @@ def load_settings(
         if value is not None:
             _set_dotted(data, dotted, value)
     try:
-        return Settings.model_validate(data)
+        settings = Settings.model_validate(data)
     except ValidationError as exc:
         source = str(config_path) if config_path else "settings"
         lines = [
@@ -153,3 +206,5 @@ def load_settings(
             for err in exc.errors()
         ]
         raise SettingsError("\n".join(lines)) from None
+    settings._config_file = config_path
+    return settings

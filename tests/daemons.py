@@ -84,7 +84,11 @@ def launch(tmp_path: Path, redis_server: RedisServer) -> Iterator[Launch]:
     started: list[Replica] = []
 
     def start(
-        name: str, *, env: dict[str, str] | None = None, config: Path | None = None
+        name: str,
+        *,
+        env: dict[str, str] | None = None,
+        config: Path | None = None,
+        redis_url: str | None = None,
     ) -> Replica:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSCHED_")}
         full_env["HOME"] = str(tmp_path / "home")
@@ -103,7 +107,7 @@ def launch(tmp_path: Path, redis_server: RedisServer) -> Iterator[Launch]:
                     "--jobs",
                     str(tmp_path / "jobs.yaml"),
                     "--redis-url",
-                    redis_server.url,
+                    redis_url or redis_server.url,
                     "--shutdown-grace",
                     "10",
                     "--listen",

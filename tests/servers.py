@@ -48,6 +48,8 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.dir),
+                "--enable-debug-command",
+                "local",
                 "--daemonize",
                 "no",
             ],

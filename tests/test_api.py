@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -249,6 +250,52 @@ def test_jobs_list_spec_and_runtime_state(stack: Stack) -> None:
     assert off["enabled"] is False and off["active"] is False
     assert off["status"] == "paused" and off["next_run"] is None
     assert stack.http.get("/scheduler/jobs/alpha").json() == alpha
+
+
+NY_JOBS = """\
+version: 1
+jobs:
+  - id: ny
+    tickers: [AAA]
+    schedule: "0 17 * * 1-5"
+    timezone: America/New_York
+    source: demo
+    window: 10d
+"""
+
+
+def test_every_time_in_the_api_is_utc_with_an_explicit_offset(tmp_path: Path) -> None:
+    """Issue 8, item 10: last_run was "Z", next_run in the job's zone (-05:00) in one object."""
+    stack = Stack(tmp_path, jobs=NY_JOBS)
+    try:
+        run = stack.trigger_and_wait("ny")
+        job = stack.http.get("/scheduler/jobs/ny").json()
+        assert job["timezone"] == "America/New_York"  # the spec keeps the job's zone
+        assert job["next_run"].endswith("+00:00"), job["next_run"]
+        assert job["last_run"].endswith("+00:00"), job["last_run"]
+        times = [
+            job["created_at"],
+            job["updated_at"],
+            job["last_result"]["finished_at"],
+            run["started_at"],
+            run["finished_at"],
+        ]
+        assert all(t.endswith("+00:00") for t in times), times
+        # The same instant as the schedule's 17:00 in New York, written in UTC.
+        nxt = datetime.fromisoformat(job["next_run"])
+        assert nxt.astimezone(ZoneInfo("America/New_York")).hour == 17
+        assert nxt.hour in (21, 22)  # 17:00 EDT or EST
+        assert stack.http.get("/scheduler/jobs").json() == [job]
+
+        st = stack.http.get("/scheduler/status").json()
+        assert st["started_at"].endswith("+00:00") and st["last_reload"]["at"].endswith("+00:00")
+
+        stack.http.post("/scheduler/jobs/ny/stop")
+        body = stack.http.post("/scheduler/jobs/ny/start").json()
+        assert body["message"] == f"resumed; next run at {body['job']['next_run']}"
+        assert body["job"]["next_run"] == job["next_run"]
+    finally:
+        stack.close()
 
 
 def test_unknown_job_is_404_json_everywhere(stack: Stack) -> None:

@@ -133,7 +133,7 @@ def test_jobs_table_is_aligned_and_json_is_full(
     assert sorted(by_id) == ["alpha", "beta", "broken", "mixed", "off"]
     assert by_id["alpha"][1] == "pending" and by_id["alpha"][2] == "0 0 1 1 *"
     assert by_id["alpha"][4] == "2" and by_id["alpha"][6] == "-"
-    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", by_id["alpha"][-1])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", by_id["alpha"][-1])
     assert by_id["off"][1] == "disabled" and by_id["off"][-1] == "-"
 
     code, out, _ = run(capsys, "jobs", "--url", daemon.url, "--json")

@@ -13,13 +13,19 @@ import json
 import logging
 import os
 import re
+import secrets
+import shutil
 import signal
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from stocksched.logs import (
     JsonFormatter,
@@ -27,10 +33,14 @@ from stocksched.logs import (
     is_journal_stream,
     syslog_priority,
 )
+from stocksched.settings import Settings, load_settings, mask_url, startup_summary
 from tests.helpers import DEMO_JOBS, run_cli
+from tests.servers import free_port
 from tests.test_e2e import start_daemon
 
-TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+# Text lines start with the time in UTC, with its offset: the API's rule (issue 8, item 10).
+TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00 ")
+WHEN = datetime(2026, 3, 2, 10, 5, 0, 123000, tzinfo=UTC)
 
 
 def _record(
@@ -46,6 +56,22 @@ def _journal_env(stream: Any) -> dict[str, str]:
     return {"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
 
 
+@pytest.fixture
+def new_york_local_time() -> Iterator[None]:
+    """The host's local zone is New York (what a naive local asctime would show)."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "America/New_York"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+
+
 # -- in process -----------------------------------------------------------------------------
 
 
@@ -56,6 +82,17 @@ def test_json_formatter_fields() -> None:
     assert obj["message"] == "run finished job=a"
     assert (obj["job"], obj["run_id"], obj["ticker"]) == ("prices", "prices:m1-ab", "AAPL")
     assert datetime.fromisoformat(obj["time"]).utcoffset() == timedelta(0)
+
+
+@pytest.mark.usefixtures("new_york_local_time")
+def test_text_and_json_lines_give_the_time_in_utc_with_its_offset(tmp_path: Path) -> None:
+    record = _record()
+    record.created = WHEN.timestamp()
+    with (tmp_path / "stderr").open("w") as stream:
+        text = build_handler("text", stream, {}).format(record)
+        line = build_handler("json", stream, {}).format(record)
+    assert text == "2026-03-02T10:05:00.123+00:00 INFO stocksched.executor: run finished job=a"
+    assert json.loads(line)["time"] == "2026-03-02T10:05:00.123+00:00"
 
 
 def test_json_formatter_leaves_out_context_that_does_not_apply() -> None:
@@ -242,9 +279,133 @@ def test_text_logs_keep_timestamp_when_journal_stream_is_inherited(
             "--redis-url",
             "memory://",
             cwd=tmp_path,
-            env_extra=_journal_env(journal),
+            env_extra={**_journal_env(journal), "TZ": "America/New_York"},
             stderr=stderr,
         )
     assert result.returncode == 0
     lines = path.read_text().splitlines()
     assert lines and all(TIMESTAMP.match(ln) for ln in lines), lines
+    # UTC, not the host's New York time: the stamp is within minutes of now in UTC.
+    when = datetime.fromisoformat(lines[0].split(" ", 1)[0])
+    assert abs(datetime.now(UTC) - when) < timedelta(minutes=5), lines[0]
+
+
+# -- what the daemon says it runs with (issue 8, item 12) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@host:6379/0", "redis://:***@host:6379/0"),
+        ("rediss://user:s3cret@host:6380/1", "rediss://user:***@host:6380/1"),
+        ("redis://s3cret@host", "redis://***@host"),  # some clients read this as the password
+        ("redis://host:6379/0", "redis://host:6379/0"),
+        ("redis://:s3c@r/t?#x@host:1/0", "redis://:***@host:1/0"),  # unescaped @ / ? #
+        ("unix://:s3cret@/run/redis.sock?db=2", "unix://:***@/run/redis.sock?db=2"),
+        ("unix:///run/redis.sock?db=2&password=s3cret", "unix:///run/redis.sock?db=2&password=***"),
+        ("redis://[::1]:6379?Password=s3cret&db=1", "redis://[::1]:6379?Password=***&db=1"),
+        ("not a url s3cret", "***"),
+    ],
+)
+def test_mask_url_hides_the_password(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+    assert "s3c" not in mask_url(url)
+
+
+def test_startup_summary_with_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert startup_summary(Settings(), "host-1-ab12") == (
+        f"settings file none, defaults; jobs file {tmp_path / 'jobs.yaml'}; "
+        "redis embedded (memory://), not persisted; replica id host-1-ab12; listen 127.0.0.1:9731"
+    )
+
+
+def test_startup_summary_names_the_settings_file_and_masks_the_url(tmp_path: Path) -> None:
+    cfg = tmp_path / "stocksched.yaml"
+    cfg.write_text(
+        "redis_url: rediss://app:s3cret@redis.internal:6380/2\n"
+        f"jobs: {tmp_path / 'etc' / 'jobs.yaml'}\n"
+        "http: {listen: '[::1]:9800'}\n"
+    )
+    settings = load_settings(cfg, {})
+    assert settings.config_file == cfg
+    line = startup_summary(settings, "r1")
+    assert line == (
+        f"settings file {cfg}; jobs file {tmp_path / 'etc' / 'jobs.yaml'}; "
+        "redis rediss://app:***@redis.internal:6380/2; replica id r1; listen [::1]:9800"
+    )
+    secret = tmp_path / "redis-password"
+    env = {
+        "STOCKSCHED_REDIS_URL": "redis://h:6379/0",
+        "STOCKSCHED_REDIS_PASSWORD_FILE": str(secret),
+    }
+    line = startup_summary(load_settings(None, env, {"http.listen": "127.0.0.1:1"}), "r1")
+    assert f"redis redis://h:6379/0 (password from {secret}); " in line
+    assert line.startswith("settings file none, defaults; ")
+
+
+PASSWORD = "pw-" + secrets.token_hex(8)
+
+
+@pytest.fixture
+def password_redis(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server that requires a password; yields its URL with the password."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    (tmp_path / "redis").mkdir()
+    proc = subprocess.Popen(
+        [
+            exe,
+            *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            *("--dir", str(tmp_path / "redis"), "--requirepass", PASSWORD),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                redis.Redis(port=port, password=PASSWORD, socket_timeout=0.5).ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        yield f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_daemon_startup_line_says_what_it_runs_with(tmp_path: Path, password_redis: str) -> None:
+    (tmp_path / "jobs.yaml").write_text(DEMO_JOBS)
+    (tmp_path / "home").mkdir()
+    cfg = tmp_path / "stocksched.yaml"
+    cfg.write_text("replica_id: trial-replica-1\n")
+    proc = start_daemon(tmp_path, password_redis, "--config", str(cfg))
+    assert proc.stdout is not None
+    head: list[str] = []
+    try:
+        for line in proc.stdout:  # stderr is merged into stdout
+            head.append(line)
+            if " running: " in line:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+    out = "".join(head) + rest
+    assert proc.returncode == 0, out
+    port = proc.port  # type: ignore[attr-defined]
+    (line,) = [ln for ln in out.splitlines() if " starting stocksched " in ln]
+    assert " INFO stocksched.daemon: " in line, line
+    assert line.endswith(
+        f"settings file {cfg}; jobs file {tmp_path / 'jobs.yaml'}; "
+        f"redis {password_redis.replace(PASSWORD, '***')}; replica id trial-replica-1; "
+        f"listen 127.0.0.1:{port}"
+    ), line
+    assert ":***@127.0.0.1:" in line
+    assert PASSWORD not in out

@@ -350,6 +350,45 @@ def test_fixing_back_to_the_applied_content_clears_the_failure(rig: Rig) -> None
 # ---------------------------------------------------------------- what a reload touches
 
 
+# ---------------------------------------------------------------- what a reload logs
+
+
+def _applied_line(caplog: pytest.LogCaptureFixture) -> str:
+    (line,) = [m for m in caplog.messages if m.startswith("config applied")]
+    return line
+
+
+def test_reload_log_names_the_jobs_added_changed_and_removed(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 8, item 12: the line said changed=1 but not which job."""
+    every5 = "*/5 * * * *"
+    loaded(rig, jobs_yaml(("keep", every5), ("edit", every5), ("drop", every5)))
+    caplog.set_level(logging.INFO, logger="stocksched.reload")
+    caplog.clear()
+    loaded(rig, jobs_yaml(("keep", every5), ("edit", "*/10 * * * *"), ("new", every5)))
+    line = _applied_line(caplog)
+    assert line.startswith("config applied added=1 changed=1 removed=1 unchanged=1 sha256="), line
+    assert rig.reloader.last.sha256[:12] in line
+    assert line.endswith(" (added: new; changed: edit; removed: drop)"), line
+
+    caplog.clear()
+    rig.path.write_text(jobs_yaml(("keep", every5), ("edit", "*/10 * * * *"), ("new", every5)))
+    assert rig.reloader.reload().ok  # nothing changed: no ids to name
+    assert _applied_line(caplog).endswith("unchanged=3 sha256=" + rig.reloader.last.sha256[:12])
+
+
+def test_reload_log_names_at_most_ten_ids_of_each_kind(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    loaded(rig, jobs_yaml(("old", "*/5 * * * *")))
+    caplog.set_level(logging.INFO, logger="stocksched.reload")
+    caplog.clear()
+    loaded(rig, jobs_yaml(*[(f"job-{i:02d}", "*/5 * * * *") for i in range(13)]))
+    first_ten = ", ".join(f"job-{i:02d}" for i in range(10))
+    assert _applied_line(caplog).endswith(f" (added: {first_ten}, +3 more; removed: old)")
+
+
 def test_unchanged_jobs_keep_next_run_and_cause_no_redis_writes(
     real_redis: redis.Redis, conf_dir: Path
 ) -> None:
@@ -379,6 +418,7 @@ def test_unchanged_jobs_keep_next_run_and_cause_no_redis_writes(
         assert cmds <= {
             "get",
             "mget",
+            "hkeys",
             "smembers",
             "info",
             "config",

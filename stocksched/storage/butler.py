@@ -31,6 +31,7 @@ import redis
 
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, StorageError, storage_errors, ttl_to_ms
+from stocksched.storage.fence import Fence
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,12 @@ class DataIOButler:
         intraday: bool | None = None,
         *,
         interval: str = keys.DAILY_INTERVAL,
+        fence: Fence | None = None,
     ) -> str:
         """Store ``data`` (bars indexed by time) for one window; returns the key written.
+
+        With ``fence`` (the storing run's lease) nothing is written once the run has lost
+        its lease: FenceLostError.
 
         ``intraday`` None detects the bar size: all timestamps at local midnight
         means daily bars. Raises ValueError for a frame that cannot be stored
@@ -96,7 +101,7 @@ class DataIOButler:
             interval=_key_part(interval, "interval"),
         )
         payload = encode_frame(data, intraday)
-        self._write_window(key, prefix, ticker, interval, payload, ttl_to_ms(ttl))
+        self._write_window(key, prefix, ticker, interval, payload, ttl_to_ms(ttl), fence)
         logger.debug("stored %d bars under %s (%d bytes)", len(data), key, len(payload))
         return key
 
@@ -190,7 +195,14 @@ class DataIOButler:
             raise CorruptRecordError(key, str(exc)) from exc
 
     def _write_window(
-        self, key: str, prefix: str, ticker: str, interval: str, payload: str, px: int | None
+        self,
+        key: str,
+        prefix: str,
+        ticker: str,
+        interval: str,
+        payload: str,
+        px: int | None,
+        fence: Fence | None,
     ) -> None:
         """SET the window and, unless it is older than the current latest, the pointer: atomically.
 
@@ -203,7 +215,9 @@ class DataIOButler:
         with storage_errors("MULTI/EXEC", key), client.pipeline(transaction=True) as pipe:
             for _ in range(MAX_WATCH_ATTEMPTS):
                 try:
-                    pipe.watch(latest)
+                    pipe.watch(latest, *(fence.watched if fence is not None else ()))
+                    if fence is not None:
+                        fence.check(pipe)
                     current = pipe.get(latest)
                     pipe.multi()
                     pipe.set(key, payload, px=px)

@@ -17,6 +17,27 @@ def job_index_key() -> str:
     return JOB_INDEX
 
 
+PAUSED_INDEX = "scheduler:paused"
+JOB_RUNTIME = "scheduler:job_runtime"
+
+
+def paused_index_key() -> str:
+    """Set of paused job ids: the pause override every replica's slot claim checks.
+
+    Written in the same transaction as the record's ``paused`` field, so the two agree.
+    """
+    return PAUSED_INDEX
+
+
+def job_runtime_key() -> str:
+    """Hash job id -> compact JSON of the record's run times and status (last_run, ...).
+
+    A projection of the job records, written in the same transaction as each record
+    update, so every replica exports job-level gauges with one HGETALL.
+    """
+    return JOB_RUNTIME
+
+
 def runs_key(job_id: str) -> str:
     """Capped stream of run-history entries for one job."""
     return f"{RUNS_PREFIX}{job_id}"

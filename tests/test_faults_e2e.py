@@ -1,0 +1,118 @@
+"""Issue 9, faults injected for real: daemon processes on a private redis-server.
+
+- a replica frozen (SIGSTOP) past its lease while running a slot: the other replica
+  records the run as interrupted and reruns it; the frozen one, woken, stores nothing
+  more and records nothing: one final entry per run id;
+- Redis stalled (DEBUG SLEEP) longer than the client's socket timeout during claims:
+  scheduling resumes within seconds, no phantom lease, no slot skipped as "in progress".
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from hashlib import sha256
+from pathlib import Path
+
+import pytest
+import redis
+
+from stocksched.model import RunStatus
+from stocksched.storage import keys
+from tests.daemons import Launch, Replica, history, record, wait_for, wait_ready
+from tests.servers import RedisServer
+from tests.test_replicas import daily_at, slow_jobs
+
+pytestmark = pytest.mark.slow
+
+EXECUTED = {RunStatus.SUCCESS, RunStatus.PARTIAL_SUCCESS, RunStatus.FAILED}
+
+
+def slot_soon(jobs: Path, *replicas: Replica) -> datetime:
+    """Move the slow job's daily slot to two seconds from now, on every replica."""
+    for _ in range(3):
+        slot = (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=0)
+        text = slow_jobs(daily_at(slot))
+        jobs.write_text(text)
+        digest = sha256(text.encode()).hexdigest()
+        for r in replicas:
+            r.proc.send_signal(signal.SIGHUP)
+        for r in replicas:
+            wait_for(lambda r=r, d=digest: r.has_config(d), alive=list(replicas))
+        if datetime.now(UTC) < slot:
+            return slot
+    raise AssertionError("could not apply a schedule before its slot")
+
+
+def test_a_replica_frozen_past_its_lease_writes_nothing_after_waking(
+    tmp_path: Path, real_redis: redis.Redis, launch: Launch
+) -> None:
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text(slow_jobs(daily_at(datetime.now(UTC) - timedelta(hours=1))))
+    settings = tmp_path / "stocksched.yaml"
+    settings.write_text("lease_ttl: 2\nreplica_ttl: 3\nticker_concurrency: 1\n")
+    reps = {n: launch(n, env={"STOCKSCHED_REPLICA_ID": n}, config=settings) for n in ("a", "b")}
+    wait_ready(*reps.values())
+    slot = slot_soon(jobs, *reps.values())
+    run_id = f"slow:{int(slot.timestamp() * 1000)}"
+
+    owner = wait_for(lambda: real_redis.hget(keys.running_key("slow"), "owner"), 30)
+    frozen = reps[str(owner).split("/")[0]]
+    frozen.proc.send_signal(signal.SIGSTOP)
+    other = next(r for r in reps.values() if r is not frozen)
+    try:
+        assert real_redis.hget(keys.running_key("slow"), "run_id") == run_id
+        # The other replica finds the stopped lease, records the run and reruns the slot.
+        wait_for(
+            lambda: any(r.run_id == f"{run_id}-r1" for r in history(real_redis, "slow")),
+            60,
+            alive=[other],
+        )
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: "lease lost" in frozen.output(), 30, alive=[frozen])
+    time.sleep(2)  # anything the woken replica still wanted to write has been tried
+
+    by_run: dict[str, list[RunStatus]] = {}
+    for r in history(real_redis, "slow"):
+        by_run.setdefault(r.run_id, []).append(r.status)
+    assert by_run[run_id] == [RunStatus.INTERRUPTED], by_run
+    assert by_run[f"{run_id}-r1"] == [RunStatus.SUCCESS], by_run
+    assert record(real_redis, "slow")["last_result"]["run_id"] == f"{run_id}-r1"
+    for r in reps.values():
+        assert "Traceback" not in r.stop()
+
+
+def test_a_redis_stall_past_the_socket_timeout_leaves_no_phantom_run(
+    tmp_path: Path, real_redis: redis.Redis, redis_server: RedisServer, launch: Launch
+) -> None:
+    (tmp_path / "jobs.yaml").write_text(
+        "version: 1\njobs:\n  - id: tick\n    tickers: [T1]\n"
+        '    schedule: "@every 1s"\n    source: demo\n    window: 5d\n    ttl: 10m\n'
+    )
+    daemon = launch("d", redis_url=redis_server.url + "?socket_timeout=0.5")
+    wait_ready(daemon)
+    wait_for(lambda: len(history(real_redis, "tick")) >= 3, alive=[daemon])
+
+    stall = threading.Thread(
+        target=lambda: redis_server.client().execute_command("DEBUG", "SLEEP", "3")
+    )
+    stall.start()
+    stall.join()
+    back = time.time()
+    wait_for(
+        lambda: any(
+            r.status in EXECUTED and r.started_at.timestamp() > back
+            for r in history(real_redis, "tick")
+        ),
+        3,
+        alive=[daemon],
+    )
+    time.sleep(3)
+
+    after = [r for r in history(real_redis, "tick") if r.finished_at.timestamp() > back]
+    assert [r for r in after if r.status in (RunStatus.SKIPPED, RunStatus.INTERRUPTED)] == []
+    assert sum(1 for r in after if r.status in EXECUTED) >= 3
+    assert "Traceback" not in daemon.stop()
