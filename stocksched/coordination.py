@@ -736,6 +736,12 @@ class ReplicaHeartbeat:
                 keys=[key, keys.replica_index_key()], args=[body, self._ttl_ms, self.replica_id]
             )
 
+    def present(self) -> bool:
+        """Whether this replica's heartbeat key exists (gone: expired, or Redis lost it)."""
+        key = keys.replica_key(self.replica_id)
+        with storage_errors("EXISTS", key):
+            return bool(self._r.exists(key))
+
     def start(self) -> None:
         """Beat now (best effort) and then every ``ttl_s / 3`` on a background thread."""
         self._stop.clear()

@@ -127,7 +127,9 @@ class Components:
             settings.jobs, self.registry, self.scheduler, self.clock, self.metrics
         )
         self.watcher = ConfigWatcher(self.reloader)
-        self.sync = StateSync(self.registry, self.scheduler, self.health)
+        self.sync = StateSync(
+            self.registry, self.scheduler, self.reloader, self.heartbeat, self.health
+        )
 
     def replicas(self) -> list[dict[str, Any]] | None:
         try:

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 Mutator = Callable[[ScheduledJob], ScheduledJob | None]
 Extra = Callable[[redis.client.Pipeline], None]
+# job id -> (paused, next_run) a process still knows, or None (see ``reconcile``)
+KnownRuntime = Callable[[str], tuple[bool, datetime | None] | None]
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,11 @@ class JobRegistry:
             for i, raw in zip(ids, raws, strict=True)
         }
 
+    def index_present(self) -> bool:
+        """Whether the job index exists (it does whenever at least one job is configured)."""
+        with storage_errors("EXISTS", keys.job_index_key()):
+            return bool(self._r.exists(keys.job_index_key()))
+
     def paused_ids(self) -> set[str]:
         """Jobs paused through the API on any replica (the set slot claims check)."""
         with storage_errors("SMEMBERS", keys.paused_index_key()):
@@ -141,8 +148,15 @@ class JobRegistry:
 
     # -- reconcile -------------------------------------------------------------
 
-    def reconcile(self, specs: Iterable[JobSpec]) -> ReconcileDiff:
-        """Make the records match ``specs``; unchanged jobs cost reads only, no writes."""
+    def reconcile(
+        self, specs: Iterable[JobSpec], known: KnownRuntime | None = None
+    ) -> ReconcileDiff:
+        """Make the records match ``specs``; unchanged jobs cost reads only, no writes.
+
+        ``known(job_id)``: (paused, next_run) this process still holds for a job whose
+        record is missing (Redis lost it); the record is re-created with them, in the
+        same transaction, so no reader ever sees a paused job unpaused.
+        """
         wanted = {s.id: s for s in specs}
         indexed = self.job_ids()
         current = self._get_many(sorted(set(wanted) | indexed))
@@ -152,7 +166,7 @@ class JobRegistry:
             h = spec_hash(spec)
             rec = current.get(job_id)
             if rec is None:
-                diff.records[job_id] = self._create(spec, h, now)
+                diff.records[job_id] = self._create(spec, h, now, known(job_id) if known else None)
                 diff.added.append(job_id)
             elif rec.spec_hash != h:
                 diff.records[job_id] = self._update(job_id, self._respecer(spec, h))
@@ -202,13 +216,21 @@ class JobRegistry:
                 pipe.hsetnx(keys.job_runtime_key(), job_id, JobRuntime.of(rec).to_json())
             pipe.execute()
 
-    def _create(self, spec: JobSpec, h: str, now: datetime) -> ScheduledJob:
+    def _create(
+        self,
+        spec: JobSpec,
+        h: str,
+        now: datetime,
+        known: tuple[bool, datetime | None] | None = None,
+    ) -> ScheduledJob:
+        paused, next_run = known or (False, None)
         job = ScheduledJob(
             spec=spec,
             spec_hash=h,
             created_at=now,
             updated_at=now,
-            next_run=spec.next_fire(now) if spec.enabled else None,
+            paused=paused,
+            next_run=next_run or (spec.next_fire(now) if spec.enabled else None),
         )
         with (
             storage_errors("MULTI create", keys.job_key(spec.id)),
@@ -218,7 +240,9 @@ class JobRegistry:
             pipe.set(keys.job_key(spec.id), job.to_json(), nx=True)
             pipe.sadd(keys.job_index_key(), spec.id)
             pipe.hsetnx(keys.job_runtime_key(), spec.id, JobRuntime.of(job).to_json())
-            created, _, _ = pipe.execute()
+            if paused:
+                pipe.sadd(keys.paused_index_key(), spec.id)
+            created = pipe.execute()[0]
         if not created:  # lost a race: bring the other replica's record to this spec
             return self._update(spec.id, lambda j: self._respec(j, spec, h))
         return job

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import watchfiles
 
-from stocksched.clock import Clock
+from stocksched.clock import Clock, iso_utc
 from stocksched.config import MAX_FILE_BYTES, ConfigError, LoadedJobs, load_jobs_file
 from stocksched.metrics import Metrics
 from stocksched.registry import JobRegistry, ReconcileDiff
@@ -128,7 +128,8 @@ class ConfigReloader:
             self._settled = digest
             return self._finish(ReloadStatus(now, False, list(exc.errors), digest or ""))
         try:
-            diff = self._registry.reconcile(loaded.jobs)
+            diff = self._registry.reconcile(loaded.jobs, known=self._scheduler.known_runtime)
+            self._log_restored(diff)
             self._scheduler.set_jobs(diff.records.values())
         except StorageError as exc:
             log.error("config valid but could not be applied: %s", exc)
@@ -144,6 +145,26 @@ class ConfigReloader:
         for line in loaded.warnings:  # once applied: a storage retry does not repeat them
             log.warning("config warning: %s", line)
         return self._finish(ReloadStatus(now, True, [], loaded.sha256, diff))
+
+    def _log_restored(self, diff: ReconcileDiff) -> None:
+        """Say which records were re-created from this replica's memory.
+
+        A job this replica already runs but whose record was missing was lost by Redis
+        (wiped, restarted empty, failed over to an empty replica): ``reconcile`` re-created
+        it with the pause override and next slot known here, so a paused job stays paused.
+        """
+        for job_id in diff.added:
+            known = self._scheduler.known_runtime(job_id)
+            if known is None:
+                continue
+            paused, next_run = known
+            log.warning(
+                "job %s: record was missing from Redis; restored (paused=%s, next_run=%s)",
+                job_id,
+                paused,
+                iso_utc(next_run),
+                extra={"job": job_id},
+            )
 
     def _finish(self, status: ReloadStatus) -> ReloadStatus:
         self.last = status

@@ -784,6 +784,12 @@ class JobScheduler:
                 self._follow_pause(state, paused)
         return rec
 
+    def known_runtime(self, job_id: str) -> tuple[bool, datetime | None] | None:
+        """(paused, next_run) of a job this scheduler runs, None for a job it does not know."""
+        with self._lock:
+            state = self._jobs.get(job_id)
+            return None if state is None else (state.paused, state.next_run)
+
     def pause_epoch(self) -> int:
         """Take before reading the paused set from Redis; pass to ``sync_paused``."""
         with self._lock:

@@ -1,18 +1,26 @@
-"""Follows what other replicas change in Redis, so every replica acts on the same state.
+"""Follows what changes in Redis behind this replica's back, so every replica acts on it.
 
-Pause and resume go through any replica's API and are written to Redis (the job record
-and the paused set, in one transaction). Slot claims check the paused set atomically, so
-no replica ever starts a scheduled run of a paused job; this poll brings each replica's
-own view (its heap, ``/scheduler/jobs``, ``stocksched_job_paused``) in line within
-``every_s``, and on a resume arms the job with the usual catch-up.
+- Pause and resume go through any replica's API and are written to Redis (the job record
+  and the paused set, in one transaction). Slot claims check the paused set atomically,
+  so no replica ever starts a scheduled run of a paused job; this poll brings each
+  replica's own view (its heap, ``/scheduler/jobs``, ``stocksched_job_paused``) in line
+  within ``every_s``, and on a resume arms the job with the usual catch-up.
+- Lost state. Redis can lose everything without a disconnect (``FLUSHALL``, a restart
+  quick enough for the client's retries to hide it, a failover to an empty replica).
+  Each round checks that the job index and this replica's own heartbeat key exist; when
+  either is gone the config is reconciled again, which re-creates the records, and the
+  runtime state this replica still knows (pauses, next slots) is put back
+  (``ConfigReloader``), so a paused job stays paused. Logged once per loss.
 """
 
 from __future__ import annotations
 
 import logging
 
+from stocksched.coordination import ReplicaHeartbeat
 from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
+from stocksched.reload import ConfigReloader
 from stocksched.scheduler import JobScheduler
 from stocksched.storage.adapter import StorageError
 
@@ -22,27 +30,63 @@ SYNC_EVERY_S = 1.0
 
 
 class StateSync:
-    """One cheap read per round (SMEMBERS of the paused set); called from the main loop."""
+    """A few cheap reads per round (SMEMBERS, two EXISTS); called from the main loop."""
 
     def __init__(
         self,
         registry: JobRegistry,
         scheduler: JobScheduler,
+        reloader: ConfigReloader,
+        heartbeat: ReplicaHeartbeat,
         health: StorageHealth,
         every_s: float = SYNC_EVERY_S,
     ) -> None:
         self._registry = registry
         self._scheduler = scheduler
+        self._reloader = reloader
+        self._heartbeat = heartbeat
         self._health = health
         self.every_s = every_s
+        self._lost = False
 
     def tick(self) -> list[str]:
-        """Follow pause overrides made elsewhere; returns the jobs whose state changed."""
-        epoch = self._scheduler.pause_epoch()
+        """One round; returns the jobs whose pause state changed here."""
         try:
-            paused = self._registry.paused_ids()
+            self._check_state()
+            changed = self._follow_pauses()
         except StorageError as exc:
-            self._health.failed("read pause overrides", exc)
+            self._health.failed("sync with Redis", exc)
             return []
         self._health.ok()
+        return changed
+
+    def _follow_pauses(self) -> list[str]:
+        epoch = self._scheduler.pause_epoch()
+        paused = self._registry.paused_ids()
         return self._scheduler.sync_paused(paused, epoch)
+
+    def _check_state(self) -> None:
+        current = self._reloader.current
+        if current is None:
+            return
+        missing = []
+        if current.jobs and not self._registry.index_present():
+            missing.append("the job index")
+        if not self._heartbeat.present():
+            missing.append(f"this replica's heartbeat ({self._heartbeat.replica_id})")
+        if not missing:
+            self._lost = False
+            return
+        if not self._lost:
+            log.error(
+                "Redis lost stocksched's state (%s missing: wiped, restarted empty or failed "
+                "over?); restoring %d job record(s) from %s and this replica's memory",
+                " and ".join(missing),
+                len(current.jobs),
+                self._reloader.path,
+            )
+            self._lost = True
+        self._heartbeat.beat()
+        status = self._reloader.reload()
+        if status.ok and status.diff is not None:
+            log.warning("state restored: %s", status.diff.summary())

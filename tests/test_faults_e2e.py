@@ -116,3 +116,50 @@ def test_a_redis_stall_past_the_socket_timeout_leaves_no_phantom_run(
     assert [r for r in after if r.status in (RunStatus.SKIPPED, RunStatus.INTERRUPTED)] == []
     assert sum(1 for r in after if r.status in EXECUTED) >= 3
     assert "Traceback" not in daemon.stop()
+
+
+WIPE_JOBS = """\
+version: 1
+jobs:
+  - id: held
+    tickers: [T1]
+    schedule: "@every 1s"
+    source: demo
+    window: 5d
+    ttl: 10m
+  - id: keep
+    tickers: [T1]
+    schedule: "@every 1h"
+    source: demo
+    window: 5d
+    ttl: 10m
+"""
+
+
+def test_redis_wiped_without_a_disconnect_is_restored_keeping_pauses(
+    tmp_path: Path, real_redis: redis.Redis, launch: Launch
+) -> None:
+    (tmp_path / "jobs.yaml").write_text(WIPE_JOBS)
+    daemon = launch("d")
+    wait_ready(daemon)
+    assert daemon.request("/scheduler/jobs/held/stop", "POST")["paused"] is True
+    created = record(real_redis, "keep")["created_at"]
+
+    real_redis.flushall()
+    wiped = time.time()
+    jobs = wait_for(
+        lambda: {j["job_id"]: j for j in daemon.request("/scheduler/jobs")} or None,
+        10,
+        alive=[daemon],
+    )
+    assert time.time() - wiped < 10
+    assert set(jobs) == {"held", "keep"}
+    assert jobs["held"]["paused"] is True and jobs["held"]["status"] == "paused"
+    assert record(real_redis, "held")["paused"] is True
+    assert real_redis.smembers(keys.paused_index_key()) == {"held"}
+    assert record(real_redis, "keep")["created_at"] >= created  # a new record, same job
+    time.sleep(2)
+    assert [r for r in history(real_redis, "held") if r.status in EXECUTED] == []
+    assert daemon.request("/scheduler/jobs/held/start", "POST")["paused"] is False  # 200
+    out = daemon.stop()
+    assert out.count("Redis lost stocksched's state") == 1, out

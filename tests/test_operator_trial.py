@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import redis
 
-from stocksched.coordination import LeaseManager
+from stocksched.coordination import LeaseManager, ReplicaHeartbeat
 from stocksched.executor import JobExecutor, scheduled_run_id
 from stocksched.metrics import Metrics
 from stocksched.model import JobStatus, RunStatus
 from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
+from stocksched.reload import ConfigReloader
 from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.statesync import StateSync
@@ -84,7 +86,10 @@ class Replica:
             health=self.health,
             leases=LeaseManager(client, name),
         )
-        self.sync = StateSync(self.registry, self.scheduler, self.health)
+        # No jobs file: the tests reconcile directly, so the lost-state check stays idle.
+        reloader = ConfigReloader(Path("no-jobs-file.yaml"), self.registry, self.scheduler, clock)
+        heartbeat = ReplicaHeartbeat(client, name, {}, clock=clock)
+        self.sync = StateSync(self.registry, self.scheduler, reloader, heartbeat, self.health)
 
     def load(self, *specs: object) -> None:
         diff = self.registry.reconcile(specs)  # type: ignore[arg-type]

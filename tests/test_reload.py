@@ -560,11 +560,11 @@ def test_storage_failure_is_retried_without_a_new_save(
     real_reconcile = rig.registry.reconcile
     failures = [1]
 
-    def flaky(specs: object) -> object:
+    def flaky(specs: object, **kw: object) -> object:
         if failures:
             failures.pop()
             raise StorageError("MULTI create", keys.job_key("b"), "Connection refused")
-        return real_reconcile(specs)  # type: ignore[arg-type]
+        return real_reconcile(specs, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(rig.registry, "reconcile", flaky)
     save_like_editor(rig.path, jobs_yaml(("a", "*/5 * * * *"), ("b", "0 * * * *")))
