@@ -128,7 +128,13 @@ class Components:
         )
         self.watcher = ConfigWatcher(self.reloader)
         self.sync = StateSync(
-            self.registry, self.scheduler, self.reloader, self.heartbeat, self.health
+            self.registry,
+            self.scheduler,
+            self.reloader,
+            self.heartbeat,
+            self.health,
+            self.adapter,
+            allow_evicting=settings.allow_evicting_redis,
         )
 
     def replicas(self) -> list[dict[str, Any]] | None:
@@ -149,6 +155,8 @@ class Daemon:
         self.notifier = notifier or SystemdNotifier()
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._refused = False  # Redis refused at startup (evicting policy): exit 2
+        self._warned_evicting = False
         self.api: ApiServer | None = None
         self._last_watchdog = 0.0
         self._watchdog_every = self.notifier.watchdog_interval()
@@ -222,6 +230,8 @@ class Daemon:
                 "job records and market data are NOT persisted"
             )
         if not self._first_load():
+            if self._refused:
+                return EXIT_USAGE
             if not self._stop.is_set():
                 return EXIT_CONFIG
             self.notifier.stopping("stopped while waiting for Redis")
@@ -263,10 +273,29 @@ class Daemon:
                 last_status = now
                 self.notifier.status(self.status_line())
 
+    def _redis_fit(self) -> bool:
+        """Refuse a Redis that may evict our keys (unless allowed); True if unreachable."""
+        try:
+            mem = self.c.adapter.memory()
+        except StorageError:
+            return True  # the load below fails and is retried with backoff
+        if mem is None or not mem.evicts:
+            return True
+        if not self.c.settings.allow_evicting_redis:
+            log.error("not starting: %s", mem.refusal())
+            self._refused = True
+            return False
+        if not self._warned_evicting:
+            self._warned_evicting = True
+            log.warning("allow_evicting_redis is set, running anyway: %s", mem.refusal())
+        return True
+
     def _first_load(self) -> bool:
         """Load the config, waiting (with backoff) for Redis; False on a bad config or stop."""
         delay = 0.5
         while not self._stop.is_set():
+            if not self._redis_fit():
+                return False
             status = self.c.reloader.reload()
             if status.ok:
                 return True

@@ -429,6 +429,9 @@ class SchedulerServingApp:
             return False, f"no valid config loaded from {self._reloader.path}{detail}"
         if not self._adapter.ping():
             return False, "redis is not answering"
+        problem = self._scheduler.health.problem()
+        if problem is not None:
+            return False, problem
         return True, "ok"
 
     def render_metrics(self) -> bytes:

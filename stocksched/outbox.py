@@ -21,6 +21,7 @@ from stocksched.storage.adapter import StorageError
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 100_000  # beyond this the oldest writes are dropped, loudly
+OOM_MARK = "OOM command not allowed"  # Redis's answer to a write beyond maxmemory
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,14 @@ class StorageHealth:
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._state = StorageState(True, clock.now(), "")
+        self._problem: str | None = None  # Redis answers but must not be used as it is
 
     def failed(self, what: str, exc: StorageError) -> None:
         if self._metrics is not None:
             self._metrics.redis_errors.inc()
+        if OOM_MARK in str(exc):  # reads still work: an episode of its own, not an outage
+            self.set_problem(f"Redis is out of memory and refuses writes ({what}): {exc}")
+            return
         with self._lock:
             first = self._down_since is None
             if first:
@@ -70,6 +75,22 @@ class StorageHealth:
             log.warning("Redis reachable again after %.1fs", self._clock.monotonic() - since)
             if self.on_recovered is not None:
                 self.on_recovered()
+
+    def set_problem(self, reason: str | None) -> None:
+        """Redis answers but is not fit to use (out of memory, evicting): readyz says why.
+
+        Logged once when an episode starts and once when it ends.
+        """
+        with self._lock:
+            before, self._problem = self._problem, reason
+        if reason is not None and before is None:
+            log.error("Redis not usable: %s", reason)
+        elif reason is None and before is not None:
+            log.warning("Redis usable again (was: %s)", before)
+
+    def problem(self) -> str | None:
+        with self._lock:
+            return self._problem
 
     def state(self) -> StorageState:
         with self._lock:

@@ -31,6 +31,13 @@ class HttpSettings(BaseModel):
     listen: str = DEFAULT_LISTEN
     token_file: Path | None = None
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # With a token on a non-loopback address every read needs it too, except the probes
+    # and /metrics; protect_metrics puts /metrics behind the token as well.
+    protect_metrics: bool = False
+    # Open HTTP connections at most (also capped below the file-descriptor limit); past it
+    # the oldest idle connection is closed. Idle connections close after keep_alive_s.
+    max_connections: int = Field(default=1000, ge=8, le=1_000_000)
+    keep_alive_s: float = Field(default=5.0, gt=0, le=300)
 
     @field_validator("listen")
     @classmethod
@@ -68,6 +75,9 @@ class Settings(BaseModel):
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,100}$")
     lease_ttl: float = Field(default=30.0, ge=1, le=3600)
     replica_ttl: float = Field(default=15.0, ge=1, le=3600)
+    # A Redis whose maxmemory-policy may evict keys loses job records, leases and slot
+    # claims silently; refused at startup unless this is set (then warned once).
+    allow_evicting_redis: bool = False
     http: HttpSettings = HttpSettings()
     # Where these settings were read from (not a setting: load_settings records it).
     _config_file: Path | None = PrivateAttr(default=None)
@@ -142,8 +152,11 @@ ENV_VARS: dict[str, str] = {
     "STOCKSCHED_MAX_REQUESTS_PER_SECOND": "max_requests_per_second",
     "STOCKSCHED_REPLICA_ID": "replica_id",
     "STOCKSCHED_LEASE_TTL": "lease_ttl",
+    "STOCKSCHED_ALLOW_EVICTING_REDIS": "allow_evicting_redis",
     "STOCKSCHED_LISTEN": "http.listen",
     "STOCKSCHED_TOKEN_FILE": "http.token_file",
+    "STOCKSCHED_PROTECT_METRICS": "http.protect_metrics",
+    "STOCKSCHED_MAX_CONNECTIONS": "http.max_connections",
 }
 
 

@@ -22,7 +22,7 @@ from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
 from stocksched.reload import ConfigReloader
 from stocksched.scheduler import JobScheduler
-from stocksched.storage.adapter import StorageError
+from stocksched.storage.adapter import RedisAdapter, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,13 @@ class StateSync:
         reloader: ConfigReloader,
         heartbeat: ReplicaHeartbeat,
         health: StorageHealth,
+        adapter: RedisAdapter,
+        *,
+        allow_evicting: bool = False,
         every_s: float = SYNC_EVERY_S,
     ) -> None:
+        self._adapter = adapter
+        self._allow_evicting = allow_evicting
         self._registry = registry
         self._scheduler = scheduler
         self._reloader = reloader
@@ -52,6 +57,7 @@ class StateSync:
     def tick(self) -> list[str]:
         """One round; returns the jobs whose pause state changed here."""
         try:
+            self._check_memory()
             self._check_state()
             changed = self._follow_pauses()
         except StorageError as exc:
@@ -59,6 +65,22 @@ class StateSync:
             return []
         self._health.ok()
         return changed
+
+    def _check_memory(self) -> None:
+        """Eviction policy (it may change, or a failover may land on another server) and
+        out-of-memory, as readyz reasons; each episode logged once (StorageHealth)."""
+        mem = self._adapter.memory()
+        if mem is None:
+            return
+        if mem.evicts and not self._allow_evicting:
+            self._health.set_problem(mem.refusal())
+        elif mem.full:
+            self._health.set_problem(
+                f"Redis is out of memory (used {mem.used} of maxmemory {mem.limit} bytes, "
+                f"policy {mem.policy}): writes are refused; raise maxmemory or free memory"
+            )
+        else:
+            self._health.set_problem(None)
 
     def _follow_pauses(self) -> list[str]:
         epoch = self._scheduler.pause_epoch()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import urllib.error
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from hashlib import sha256
 from pathlib import Path
@@ -163,3 +165,55 @@ def test_redis_wiped_without_a_disconnect_is_restored_keeping_pauses(
     assert daemon.request("/scheduler/jobs/held/start", "POST")["paused"] is False  # 200
     out = daemon.stop()
     assert out.count("Redis lost stocksched's state") == 1, out
+
+
+@pytest.fixture
+def redis_config(real_redis: redis.Redis) -> Iterator[redis.Redis]:
+    """The shared server's memory settings, put back after the test."""
+    yield real_redis
+    real_redis.config_set("maxmemory-policy", "noeviction")
+    real_redis.config_set("maxmemory", 0)
+
+
+def ready(replica: Replica) -> tuple[int, str]:
+    try:
+        return 200, str(replica.request("/readyz"))
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_a_redis_that_may_evict_is_refused_at_startup_unless_allowed(
+    tmp_path: Path, redis_config: redis.Redis, launch: Launch
+) -> None:
+    (tmp_path / "jobs.yaml").write_text(WIPE_JOBS)
+    redis_config.config_set("maxmemory-policy", "allkeys-lru")
+
+    refused = launch("refused")
+    assert refused.proc.wait(timeout=30) == 2
+    out = refused.output()
+    assert out.count("maxmemory-policy is allkeys-lru") == 1, out
+    assert "noeviction" in out and "allow_evicting_redis" in out and "Traceback" not in out
+    assert redis_config.exists(keys.job_index_key()) == 0  # nothing was written
+
+    allowed = launch("allowed", env={"STOCKSCHED_ALLOW_EVICTING_REDIS": "true"})
+    wait_ready(allowed)
+    assert "allow_evicting_redis is set, running anyway" in allowed.stop()
+
+
+def test_redis_out_of_memory_turns_readyz_503_and_is_logged_once(
+    tmp_path: Path, redis_config: redis.Redis, launch: Launch
+) -> None:
+    (tmp_path / "jobs.yaml").write_text(WIPE_JOBS)
+    daemon = launch("d")
+    wait_ready(daemon)
+
+    redis_config.config_set("maxmemory", 1)  # noeviction: every write is refused
+    status = wait_for(lambda: ready(daemon)[0] == 503 and ready(daemon), 10, alive=[daemon])
+    assert "out of memory" in status[1]
+    time.sleep(4)  # runs of `held` keep failing to write meanwhile
+    redis_config.config_set("maxmemory", 0)
+    wait_for(lambda: ready(daemon)[0] == 200, 10, alive=[daemon])
+
+    out = daemon.stop()
+    assert out.count("Redis not usable") == 1, out
+    assert out.count("Redis usable again") == 1, out

@@ -89,7 +89,9 @@ class Replica:
         # No jobs file: the tests reconcile directly, so the lost-state check stays idle.
         reloader = ConfigReloader(Path("no-jobs-file.yaml"), self.registry, self.scheduler, clock)
         heartbeat = ReplicaHeartbeat(client, name, {}, clock=clock)
-        self.sync = StateSync(self.registry, self.scheduler, reloader, heartbeat, self.health)
+        self.sync = StateSync(
+            self.registry, self.scheduler, reloader, heartbeat, self.health, adapter
+        )
 
     def load(self, *specs: object) -> None:
         diff = self.registry.reconcile(specs)  # type: ignore[arg-type]

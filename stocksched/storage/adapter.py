@@ -16,6 +16,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -166,6 +167,22 @@ class RedisAdapter(AbstractDatabaseAdapter):
         with storage_errors("DEL", key):
             return bool(self._client.delete(key))
 
+    def memory(self) -> RedisMemory | None:
+        """The server's eviction policy and memory use; None for the embedded store.
+
+        Read from ``INFO memory``, which managed services that rename CONFIG still serve.
+        Raises StorageError.
+        """
+        if is_embedded(self._client):
+            return None
+        with storage_errors("INFO memory", "-"):
+            info = self._client.info("memory")
+        return RedisMemory(
+            policy=str(info.get("maxmemory_policy", "noeviction")),
+            used=int(info.get("used_memory", 0)),
+            limit=int(info.get("maxmemory", 0)),
+        )
+
     def ping(self) -> bool:
         """Whether the store answers now; False instead of raising, for readiness probes."""
         try:
@@ -173,6 +190,33 @@ class RedisAdapter(AbstractDatabaseAdapter):
         except (redis.RedisError, OSError) as exc:
             logger.debug("redis ping failed: %s", exc)
             return False
+
+
+@dataclass(frozen=True)
+class RedisMemory:
+    policy: str  # maxmemory-policy
+    used: int  # bytes
+    limit: int  # maxmemory in bytes; 0 = no limit
+
+    @property
+    def evicts(self) -> bool:
+        """Any policy but noeviction may drop stocksched's keys (volatile-*: its leases and
+        slot claims, which carry expiries; allkeys-*: everything)."""
+        return self.policy != "noeviction"
+
+    @property
+    def full(self) -> bool:
+        """Out of memory under noeviction: Redis refuses every write."""
+        return self.limit > 0 and self.used >= self.limit
+
+    def refusal(self) -> str:
+        return (
+            f"Redis maxmemory-policy is {self.policy}: under memory pressure Redis may evict "
+            "stocksched's job records, run leases, slot claims and history, and slots would "
+            "then run twice or be lost. Fix: set `maxmemory-policy noeviction` on the server "
+            "(CONFIG SET maxmemory-policy noeviction, and in redis.conf), or set "
+            "allow_evicting_redis: true (STOCKSCHED_ALLOW_EVICTING_REDIS=1) to run anyway"
+        )
 
 
 def connect(url: str | None, password_file: Path | None = None) -> redis.Redis:
