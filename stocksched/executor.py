@@ -1,7 +1,9 @@
 """JobExecutor: one run of one job, each ticker's failure isolated (the original design's rule).
 
 A ticker that fails to fetch or store is recorded with its error and the run goes on;
-the run's status follows from the counts (success, partial_success, failed).
+the run's status follows from the counts (success, partial_success, failed). Every
+ticker's bars pass the data-quality checks (``sources.quality``) before they are stored:
+bad bars are dropped and named in the run's ``warnings``; a junk answer fails the ticker.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from stocksched.clock import Clock
 from stocksched.config import JobSpec
@@ -21,10 +24,14 @@ from stocksched.metrics import Metrics
 from stocksched.model import RunResult, RunStatus, Trigger, run_status_for
 from stocksched.ratelimit import RateLimiterUnavailable, RateLimitTimeout, request_scope
 from stocksched.retry import RetryPolicy
-from stocksched.sources.base import Fetcher, FetchError
+from stocksched.sources.base import Fetcher, FetchError, PermanentFetchError
+from stocksched.sources.quality import check_bars
 from stocksched.storage.adapter import StorageError
 from stocksched.storage.butler import DataIOButler
 from stocksched.storage.fence import Fence, FenceLostError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,7 @@ class _TickerOutcome:
     rows: int = 0
     error: str = ""
     storage_failed: bool = False
+    warning: str = ""  # the data-quality warning: bars dropped before storing
 
 
 class JobExecutor:
@@ -131,6 +139,7 @@ class JobExecutor:
             errors={o.ticker: o.error for o in ordered if o.error},
             rows_stored=sum(o.rows for o in ordered),
             reason=reason,
+            warnings={o.ticker: o.warning for o in ordered if o.warning},
         )
         self._observe(result)
         log.log(
@@ -183,6 +192,7 @@ class JobExecutor:
             return _TickerOutcome(ticker, error="run cancelled before this ticker started")
         ctx = {"job": job.id, "run_id": run_id, "ticker": ticker}
         t0 = time.perf_counter()
+        warning = ""
         try:
             with request_scope(deadline=deadline, cancel=cancel):
                 frame = policy.call(
@@ -206,6 +216,7 @@ class JobExecutor:
                 return _TickerOutcome(
                     ticker, error="run ended (timeout or shutdown) before this ticker was stored"
                 )
+            frame, warning = self._checked(job, ticker, frame, start, end, ctx)
             self._butler.save_data(
                 data=frame,
                 prefix=job.prefix,
@@ -233,7 +244,9 @@ class JobExecutor:
                 exc,
                 extra=ctx,
             )
-            return self._count(job, _TickerOutcome(ticker, error=str(exc), storage_failed=True))
+            return self._count(
+                job, _TickerOutcome(ticker, error=str(exc), storage_failed=True, warning=warning)
+            )
         except (FetchError, RateLimitTimeout, ValueError) as exc:
             log.warning(
                 "ticker failed job=%s run_id=%s ticker=%s: %s",
@@ -249,7 +262,39 @@ class JobExecutor:
                 "ticker crashed job=%s run_id=%s ticker=%s", job.id, run_id, ticker, extra=ctx
             )
             return self._count(job, _TickerOutcome(ticker, error=f"{type(exc).__name__}: {exc}"))
-        return self._count(job, _TickerOutcome(ticker, rows=len(frame)))
+        return self._count(job, _TickerOutcome(ticker, rows=len(frame), warning=warning))
+
+    def _checked(
+        self,
+        job: JobSpec,
+        ticker: str,
+        frame: pd.DataFrame,
+        start: date,
+        end: date,
+        ctx: dict[str, str],
+    ) -> tuple[pd.DataFrame, str]:
+        """The bars fit to store and the ticker's data-quality warning ("" if none).
+
+        Dropped bars are counted per reason and logged in one WARNING; when nothing may
+        be stored (over the cap, no good bar left) PermanentFetchError, logged by the
+        caller as the ticker's failure.
+        """
+        clean, report = check_bars(frame, start, end, job.interval)
+        if self._metrics is not None:
+            for reason, count in report.by_reason.items():
+                self._metrics.bars_dropped.labels(job=job.id, reason=reason).inc(count)
+        if report.failure:
+            raise PermanentFetchError(ticker, report.failure)
+        if report.warning:
+            log.warning(
+                "bars dropped job=%s run_id=%s ticker=%s: %s",
+                job.id,
+                ctx["run_id"],
+                ticker,
+                report.warning,
+                extra=ctx,
+            )
+        return clean, report.warning
 
     def _count(self, job: JobSpec, outcome: _TickerOutcome) -> _TickerOutcome:
         if self._metrics is not None:

@@ -138,6 +138,11 @@ class RunView(BaseModel):
     errors: dict[str, str] = Field(description="error message per failed ticker")
     rows_stored: int
     reason: str = ""
+    warnings: dict[str, str] = Field(
+        default_factory=dict,
+        description="data-quality warning per ticker whose bars were partly dropped "
+        "before storing (bad prices, inconsistent ranges, bars outside the window)",
+    )
 
     @classmethod
     def of(cls, r: RunResult) -> RunView:
@@ -155,6 +160,7 @@ class RunView(BaseModel):
             errors=dict(r.errors),
             rows_stored=r.rows_stored,
             reason=r.reason,
+            warnings=dict(r.warnings),
         )
 
 

@@ -1,7 +1,7 @@
 """Every Prometheus metric stocksched exports, defined in one place.
 
-Labels are bounded: job id, status, trigger, result, state. Never tickers or free text,
-so cardinality grows with the config, not with traffic. A ``Metrics`` instance owns its
+Labels are bounded: job id, status, trigger, result, state, reason. Never tickers or free
+text, so cardinality grows with the config, not with traffic. A ``Metrics`` instance owns its
 own CollectorRegistry (no global state), and lives as long as the daemon, so counters
 survive config reloads.
 """
@@ -24,6 +24,8 @@ FETCH_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 JOB_STATES = ("pending", "running", "completed", "failed", "paused")
+#: Why bars were dropped before storing (stocksched.sources.quality.DROP_REASONS).
+DROP_REASONS = ("out_of_window", "bad_price", "inconsistent_range")
 
 
 class Metrics:
@@ -87,6 +89,12 @@ class Metrics:
         )
         self.rows_stored = Counter(
             "stocksched_rows_stored", "Bars written to storage.", ["job"], registry=r
+        )
+        self.bars_dropped = Counter(
+            "stocksched_bars_dropped",
+            "Bars a source returned that were not stored, by reason (data-quality checks).",
+            ["job", "reason"],
+            registry=r,
         )
         self.fetch_duration = Histogram(
             "stocksched_fetch_duration_seconds",
@@ -164,6 +172,7 @@ class Metrics:
                 ],
             ),
             (self.ticker_fetches, [(r,) for r in ("success", "failure")]),
+            (self.bars_dropped, [(r,) for r in DROP_REASONS]),
         ):
             for labels in label_sets:
                 with contextlib.suppress(KeyError):

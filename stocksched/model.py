@@ -71,6 +71,10 @@ class RunResult:
     errors: dict[str, str] = field(default_factory=dict)
     rows_stored: int = 0
     reason: str = ""
+    #: Data-quality warning per ticker whose bars were partly dropped before storing
+    #: ("dropped 3 bars: 2 with a price <= 0 (2024-01-03, 2024-01-04), ..."); see
+    #: ``stocksched.sources.quality``.
+    warnings: dict[str, str] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -91,6 +95,7 @@ class RunResult:
             "errors": json.dumps(self.errors, sort_keys=True),
             "rows": str(self.rows_stored),
             "reason": self.reason,
+            "warnings": json.dumps(self.warnings, sort_keys=True),
         }
 
     @classmethod
@@ -111,6 +116,7 @@ class RunResult:
             errors=json.loads(f.get("errors") or "{}"),
             rows_stored=int(f.get("rows") or 0),
             reason=f.get("reason", ""),
+            warnings=json.loads(f.get("warnings") or "{}"),  # absent from older entries
         )
 
     def summary(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from stocksched.sources import (
     build_fetchers,
 )
 from stocksched.sources.demo import demo_bar
+from stocksched.sources.quality import check_bars
 from stocksched.sources.yahoo import (
     HttpOutcome,
     YahooSession,
@@ -43,7 +44,8 @@ from stocksched.sources.yahoo import (
     parse_retry_after,
     silence_yfinance_warnings,
 )
-from tests.yahoo_fake import AAPL, FakeYahoo, Reply, installed_fake
+from tests.yahoo_fake import AAPL, FakeYahoo, Reply, history_back_to, installed_fake
+from tests.yahoo_fake import bar as make_bar
 
 REPO = Path(__file__).resolve().parent.parent
 NY = "America/New_York"
@@ -142,6 +144,38 @@ def test_prices_are_not_dividend_adjusted_and_dividends_are_reported(
     assert frame.loc["2025-02-18", "Close"].item() == 409.64
     assert frame["Dividends"].tolist() == [0.0, 0.0, 0.83, 0.0]
     assert frame["Stock Splits"].tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+# ------------------------------------------------------------------ Yahoo: malformed data
+
+
+def test_malformed_bars_come_through_yfinance_as_yahoo_sent_them(
+    fake: FakeYahoo, fetcher: YFinanceFetcher
+) -> None:
+    """Neither yfinance nor the fetcher judge the bars: bars outside the window, negative
+    prices and High < Low arrive as sent (the executor's quality checks drop them)."""
+    rows = [
+        make_bar(AAPL, "2024-12-31", 10.0, 11.0, 9.0, 10.5),
+        make_bar(AAPL, "2025-01-02", -10.0, 11.0, 9.0, 10.5),
+        make_bar(AAPL, "2025-01-03", 10.0, 9.0, 11.0, 10.0),
+        make_bar(AAPL, "2025-01-06", 10.0, 11.0, 9.0, 10.5),
+    ]
+    fake.script_attempts("AAPL", Reply.canned(rows))
+    frame = fetcher.fetch_from_source("AAPL", date(2025, 1, 2), date(2025, 1, 10), "1d")
+
+    assert list(frame.index) == local_midnights(
+        NY, "2024-12-31", "2025-01-02", "2025-01-03", "2025-01-06"
+    )
+    assert frame["Open"].tolist() == [10.0, -10.0, 10.0, 10.0]
+    assert frame.loc["2025-01-03", "High"].item() < frame.loc["2025-01-03", "Low"].item()
+
+
+def test_a_reply_back_to_1477_is_parsed_whole(fake: FakeYahoo, fetcher: YFinanceFetcher) -> None:
+    fake.script_attempts("AAPL", Reply.canned(history_back_to(AAPL, date(2025, 1, 10), 200_000)))
+    frame = fetcher.fetch_from_source("AAPL", date(2025, 1, 2), date(2025, 1, 10), "1d")
+
+    assert len(frame) == 200_000
+    assert frame.index[0].year == 1477 and frame.index[-1].date() == date(2025, 1, 10)
 
 
 # ------------------------------------------------------------------ Yahoo: permanent failures
@@ -656,6 +690,8 @@ def test_demo_ohlc_is_consistent(ticker: str) -> None:
     assert (body_high <= frame["High"]).all()
     assert (frame["Low"] > 0).all()
     assert (frame["Volume"] > 0).all()
+    clean, report = check_bars(frame, date(2023, 1, 1), date(2024, 12, 31))
+    assert len(clean) == len(frame) and report.warning == ""  # passes the data-quality checks
 
 
 def test_demo_prices_move_like_a_market() -> None:

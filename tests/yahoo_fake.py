@@ -8,7 +8,9 @@ exceptions our code would see from Yahoo, without any network. It serves:
 - ``/v8/finance/chart/{symbol}``: bars from a small table (``SYMBOLS``), or a scripted
   failure: 404 "No data found, symbol may be delisted", 429 (optionally with
   ``Retry-After``), 5xx, an empty window, or a raised curl_cffi ``Timeout`` /
-  ``ConnectionError``;
+  ``ConnectionError``; or malformed data (``Reply.canned``: exactly the bars given,
+  whatever window was asked, e.g. ``history_back_to`` 200,000 bars back to 1477, or
+  ``bar(...)`` rows with negative prices or High < Low);
 - quoteSummary / quote (yfinance's fallback time-zone lookup): always 404, no quote data.
 
 How yfinance 1.7 spends requests (useful when scripting): before the first history
@@ -319,20 +321,52 @@ def chart_body(
 # ---------------------------------------------------------------------------- replies
 
 
+def bar(
+    sym: FakeSymbol,
+    day: str,
+    open_: float,
+    high: float,
+    low: float,
+    close: float,
+    volume: int = 1_000_000,
+) -> Bar:
+    """One daily bar of ``sym`` as given, sane or not (negative prices, High < Low, ...)."""
+    return Bar(sym.at(date.fromisoformat(day), sym.session_open), open_, high, low, close, volume)
+
+
+def history_back_to(sym: FakeSymbol, last: date, count: int) -> tuple[Bar, ...]:
+    """``count`` consistent daily bars, one per calendar day, ending on ``last``.
+
+    200,000 of them ending in 2025 reach back to 1477: the junk answer of issue 9.
+    """
+    first = last - timedelta(days=count - 1)
+    return tuple(
+        Bar(sym.at(first + timedelta(days=i), sym.session_open), 10.0, 11.0, 9.0, 10.5, 1000)
+        for i in range(count)
+    )
+
+
 @dataclass(frozen=True)
 class Reply:
     """One scripted answer to a chart request."""
 
     # ok | no_data | delisted | rejected | rate_limited | server_error | maintenance
-    # | garbage | timeout | connection_error
+    # | garbage | timeout | connection_error | canned
     kind: str
     status: int = 200
     retry_after: str | None = None
     description: str = ""
+    bars: tuple[Bar, ...] = field(default=(), repr=False, compare=False)
 
     @classmethod
     def ok(cls) -> Reply:
         return cls("ok")
+
+    @classmethod
+    def canned(cls, bars: Iterable[Bar]) -> Reply:
+        """A 200 carrying exactly ``bars`` (daily), whatever window was asked: a Yahoo
+        answering with bars outside the window, too many bars, or nonsense prices."""
+        return cls("canned", bars=tuple(bars))
 
     @classmethod
     def no_data(cls) -> Reply:
@@ -578,6 +612,8 @@ class FakeYahoo(YahooSession):
                 url, reply.status, MAINTENANCE_PAGE.encode(), {"Content-Type": "text/html"}
             )
         sym = self.symbols[symbol]
+        if reply.kind == "canned":
+            return _json_response(url, 200, chart_body(sym, "1d", reply.bars))
         return _json_response(url, 200, self._bars_body(sym, query, empty=reply.kind == "no_data"))
 
     def _bars_body(self, sym: FakeSymbol, query: dict[str, Any], empty: bool) -> dict[str, Any]:
