@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
 import stat
 from collections import Counter, defaultdict
@@ -527,23 +528,63 @@ def load_jobs_file(path: str | Path, *, today: date | None = None) -> LoadedJobs
     ``today`` (default: today in UTC) is what absolute start dates are checked against.
     """
     p = Path(path)
+    return _load_bytes(read_jobs_bytes(p), str(path), p, today)
+
+
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def _not_regular(name: str, mode: int) -> str | None:
+    """The config error for a path that is not a regular file, else None."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = next((k for test, k in _FILE_KINDS if test(mode)), "an unknown kind")
+    return f"{name}: not a regular file ({kind})"
+
+
+def read_jobs_bytes(path: str | Path) -> bytes:
+    """The jobs file's bytes (at most ``MAX_FILE_BYTES + 1``), never blocking on the path.
+
+    The type is checked with ``stat`` (following symlinks) before opening, so a FIFO,
+    socket, device or directory is refused without being opened; the open itself is
+    ``O_NONBLOCK`` and the type is checked again on the open descriptor, so a file
+    swapped for a FIFO between the two cannot block either. Raises ConfigError.
+    """
     name = str(path)
     try:
-        st = p.stat()
+        st = os.stat(path)
     except FileNotFoundError:
         raise ConfigError([f"{name}: file not found"]) from None
     except OSError as exc:
         raise ConfigError([f"{name}: cannot read the file: {exc.strerror or exc}"]) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError([f"{name}: not a regular file"])
+    problem = _not_regular(name, st.st_mode)
+    if problem:
+        raise ConfigError([problem])
     if st.st_size > MAX_FILE_BYTES:
         raise ConfigError([_too_big(name, st.st_size)])
     try:
-        with p.open("rb") as fh:
-            data = fh.read(MAX_FILE_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ConfigError([f"{name}: file not found"]) from None
     except OSError as exc:
         raise ConfigError([f"{name}: cannot read the file: {exc.strerror or exc}"]) from None
-    return _load_bytes(data, name, p, today)
+    try:
+        problem = _not_regular(name, os.fstat(fd).st_mode)
+        if problem:
+            raise ConfigError([problem])
+        os.set_blocking(fd, True)  # a regular file: reads never wait anyway
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([f"{name}: cannot read the file: {exc.strerror or exc}"]) from None
+    finally:
+        os.close(fd)
 
 
 def load_jobs_text(

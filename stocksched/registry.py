@@ -223,15 +223,17 @@ class JobRegistry:
         now: datetime,
         known: tuple[bool, datetime | None] | None = None,
     ) -> ScheduledJob:
-        paused, next_run = known or (False, None)
-        job = ScheduledJob(
+        fresh = ScheduledJob(
             spec=spec,
             spec_hash=h,
             created_at=now,
             updated_at=now,
-            paused=paused,
-            next_run=next_run or (spec.next_fire(now) if spec.enabled else None),
+            next_run=spec.next_fire(now) if spec.enabled else None,
         )
+        job = self._restored(spec.id, fresh)
+        if known is not None:
+            paused, next_run = known
+            job = replace(job, paused=paused, next_run=next_run or job.next_run)
         with (
             storage_errors("MULTI create", keys.job_key(spec.id)),
             self._r.pipeline(transaction=True) as pipe,
@@ -240,12 +242,39 @@ class JobRegistry:
             pipe.set(keys.job_key(spec.id), job.to_json(), nx=True)
             pipe.sadd(keys.job_index_key(), spec.id)
             pipe.hsetnx(keys.job_runtime_key(), spec.id, JobRuntime.of(job).to_json())
-            if paused:
+            if job.paused:
                 pipe.sadd(keys.paused_index_key(), spec.id)
+            pipe.delete(keys.removed_job_key(spec.id))
             created = pipe.execute()[0]
         if not created:  # lost a race: bring the other replica's record to this spec
             return self._update(spec.id, lambda j: self._respec(j, spec, h))
         return job
+
+    def _restored(self, job_id: str, fresh: ScheduledJob) -> ScheduledJob:
+        """``fresh`` with the runtime state of the job's tombstone, if it was removed lately.
+
+        Kept: paused, created_at, last_run, last_success, last_result, status (a run the
+        removal cut short is not running any more); the spec and next_run are the new ones.
+        """
+        key = keys.removed_job_key(job_id)
+        with storage_errors("GET", key):
+            raw = self._r.get(key)
+        if not raw:
+            return fresh
+        try:
+            old = ScheduledJob.from_json(str(raw))
+        except Exception:  # a tombstone written by another version: start afresh
+            log.warning("unreadable tombstone of job %s; not restoring its state", job_id)
+            return fresh
+        return replace(
+            fresh,
+            paused=old.paused,
+            created_at=old.created_at,
+            last_run=old.last_run,
+            last_success=old.last_success,
+            last_result=old.last_result,
+            status=JobStatus.PENDING if old.status == JobStatus.RUNNING else old.status,
+        )
 
     def _respecer(self, spec: JobSpec, h: str) -> Mutator:
         return lambda j: self._respec(j, spec, h)
@@ -265,16 +294,26 @@ class JobRegistry:
         return new
 
     def _delete(self, job_id: str) -> None:
-        """Drop the record and index entry; stored market data and run history are kept."""
-        with (
-            storage_errors("MULTI delete", keys.job_key(job_id)),
-            self._r.pipeline(transaction=True) as pipe,
-        ):
-            pipe.delete(keys.job_key(job_id))
+        """Drop the record and index entry; stored market data and run history are kept.
+
+        The record itself becomes a tombstone for a day (``keys.removed_job_key``), in the
+        same transaction: a job re-added by then (a file saved in two halves, a revert)
+        gets its pause, created_at and last results back (``_restored``).
+        """
+        key = keys.job_key(job_id)
+
+        def txn(pipe: redis.client.Pipeline) -> None:
+            raw = pipe.get(key)
+            pipe.multi()
+            if raw:
+                pipe.set(keys.removed_job_key(job_id), str(raw), ex=keys.REMOVED_TTL_S)
+            pipe.delete(key)
             pipe.srem(keys.job_index_key(), job_id)
             pipe.srem(keys.paused_index_key(), job_id)
             pipe.hdel(keys.job_runtime_key(), job_id)
-            pipe.execute()
+
+        with storage_errors("WATCH/MULTI delete", key):
+            self._r.transaction(txn, key)
 
     # -- runtime updates ---------------------------------------------------------
 

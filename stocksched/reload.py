@@ -24,7 +24,7 @@ from pathlib import Path
 import watchfiles
 
 from stocksched.clock import Clock, iso_utc
-from stocksched.config import MAX_FILE_BYTES, ConfigError, LoadedJobs, load_jobs_file
+from stocksched.config import ConfigError, LoadedJobs, load_jobs_file, read_jobs_bytes
 from stocksched.metrics import Metrics
 from stocksched.registry import JobRegistry, ReconcileDiff
 from stocksched.scheduler import JobScheduler
@@ -73,11 +73,14 @@ def _diff_ids(diff: ReconcileDiff) -> str:
 
 
 def _file_sha256(path: Path) -> str | None:
-    """Hash of the bytes a load would read now; None when the file cannot be read."""
+    """Hash of the bytes a load would read now; None when the file cannot be read.
+
+    Reads like the loader (``read_jobs_bytes``): a FIFO or device at the path is never
+    opened for a blocking read.
+    """
     try:
-        with path.open("rb") as fh:
-            return hashlib.sha256(fh.read(MAX_FILE_BYTES + 1)).hexdigest()
-    except OSError:
+        return hashlib.sha256(read_jobs_bytes(path)).hexdigest()
+    except ConfigError:
         return None
 
 
@@ -259,12 +262,31 @@ def _identity(d: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+QUIET_MS = 800  # a change is applied once the file has been quiet this long
+
+
+def _signature(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of what the path resolves to; None if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 class ConfigWatcher:
     """Reloads the config when its file changes, from its own thread, without ever dying.
 
-    Events are grouped for up to ``debounce_ms`` (watchfiles yields a batch once
-    ``step`` ms pass without a new event), so a ``git checkout`` or an editor's
-    temp-file-and-rename is one reload. Re-resolves the symlink chain after every batch
+    A change is applied only once the file has stopped changing: ``debounce_ms``
+    (default ``QUIET_MS``, 0.8 s) after the last event that touched it, and only if its
+    inode, size and mtime did not move meanwhile. So a ``git checkout``, an editor's
+    temp-file-and-rename, or a file written in place in pieces up to 0.8 s apart (the
+    first half alone may be a valid file with fewer jobs) is one reload of the final
+    content. watchfiles' own ``step``/``debounce`` are no quiet period here: its batch
+    is a set, so a second write of the same file adds nothing and the batch is yielded
+    ``step`` ms after the first write however long the writing goes on; the quiet period
+    is therefore timed here, with watchfiles waking the thread every ``tick``. SIGHUP
+    (``ConfigReloader.reload``) does not wait. Re-resolves the symlink chain after every batch
     and re-watches when it changed (a ConfigMap swap points at a new directory) or a
     watched directory was deleted or replaced (inotify does not follow a recreated one).
     """
@@ -272,7 +294,7 @@ class ConfigWatcher:
     def __init__(
         self,
         reloader: ConfigReloader,
-        debounce_ms: int = 200,
+        debounce_ms: int = QUIET_MS,
         *,
         retry_s: float = 1.0,
         storage_retry_s: float = 10.0,
@@ -281,6 +303,9 @@ class ConfigWatcher:
         self._reloader = reloader
         self._debounce_ms = max(1, debounce_ms)
         self._step_ms = max(1, min(50, self._debounce_ms))
+        # How often the thread wakes without events, to see whether the quiet period is over.
+        self._tick_ms = max(1, min(rust_timeout_ms, max(self._step_ms, self._debounce_ms // 4)))
+        self._pending: tuple[float, tuple[int, int, int] | None] | None = None
         self._retry_s = retry_s
         self._storage_retry_s = storage_retry_s
         self._rust_timeout_ms = rust_timeout_ms
@@ -328,6 +353,8 @@ class ConfigWatcher:
         """Watch until the set of paths to watch changes; then return to re-resolve."""
         targets = WatchTargets.resolve(self._reloader.path)
         if not targets.base_exists:
+            if self._pending is not None:  # the change that took the directory away
+                self._reload_if_quiet()
             if not self._missing_reported:
                 log.warning(
                     "config directory %s is missing; retrying every %gs",
@@ -348,19 +375,37 @@ class ConfigWatcher:
             debounce=self._debounce_ms,
             step=self._step_ms,
             stop_event=self._stop,
-            rust_timeout=self._rust_timeout_ms,
+            rust_timeout=self._tick_ms,
             yield_on_timeout=True,
             recursive=False,
             raise_interrupt=False,
         ):
             self._last_setup_error = ""
+            if targets.affected_by(p for _, p in changes):
+                self._pending = (time.monotonic(), _signature(self._reloader.path))
+            if self._pending is not None:
+                self._reload_if_quiet()
             # The first yield means the watch is in place: anything changed before that
             # was not seen as an event, so compare the content once (a quiet no-op if equal).
-            if first or targets.affected_by(p for _, p in changes) or self._retry_due():
+            elif first or self._retry_due():
                 self._reload()
             first = False
             if WatchTargets.resolve(self._reloader.path) != targets:
                 return
+
+    def _reload_if_quiet(self) -> None:
+        """Reload once no event came for the quiet period and the file did not move."""
+        assert self._pending is not None
+        since, sig = self._pending
+        now = time.monotonic()
+        if (now - since) * 1000 < self._debounce_ms:
+            return
+        current = _signature(self._reloader.path)
+        if current != sig:  # changed without an event we saw: wait a full period more
+            self._pending = (now, current)
+            return
+        self._pending = None
+        self._reload()
 
     def _retry_due(self) -> bool:
         """A valid file that Redis refused is tried again now and then, not only on a save."""

@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import textwrap
+import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import stocksched.config as config_module
 from stocksched.config import (
     MAX_FILE_BYTES,
     ConfigError,
@@ -597,7 +601,73 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
     assert info.value.errors == [f"{tmp_path / 'nope.yaml'}: file not found"]
     with pytest.raises(ConfigError) as info:
         load_jobs_file(tmp_path)
-    assert info.value.errors == [f"{tmp_path}: not a regular file"]
+    assert info.value.errors == [f"{tmp_path}: not a regular file (a directory)"]
+
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO with no writer would block an open() for ever; the loader never opens it."""
+    fifo = tmp_path / "jobs.yaml"
+    os.mkfifo(fifo)
+    result: list[list[str]] = []
+
+    def load() -> None:
+        try:
+            load_jobs_file(fifo)
+        except ConfigError as exc:
+            result.append(exc.errors)
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "the loader blocked on a FIFO"
+    assert result == [[f"{fifo}: not a regular file (a FIFO)"]]
+
+
+def test_device_through_a_symlink_is_refused(tmp_path: Path) -> None:
+    link = tmp_path / "jobs.yaml"
+    link.symlink_to("/dev/null")
+    with pytest.raises(ConfigError) as info:
+        load_jobs_file(link)
+    assert info.value.errors == [f"{link}: not a regular file (a character device)"]
+
+
+def test_symlink_to_a_regular_file_still_loads(tmp_path: Path) -> None:
+    real = tmp_path / "real.yaml"
+    real.write_text("version: 1\njobs: []\n", encoding="utf-8")
+    link = tmp_path / "jobs.yaml"
+    link.symlink_to(real)
+    assert load_jobs_file(link).jobs == ()
+
+
+def test_fifo_swapped_in_after_the_stat_is_caught_on_the_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race between the type check and the open: a file replaced by a FIFO just after
+    ``stat`` is opened non-blocking and refused by ``fstat`` on the open descriptor."""
+    path = tmp_path / "jobs.yaml"
+    path.write_text("version: 1\njobs: []\n", encoding="utf-8")
+    real_open = os.open
+
+    def swap_then_open(p: Any, flags: int, *args: Any) -> int:
+        if os.fspath(p) == str(path):
+            os.unlink(path)
+            os.mkfifo(path)
+        return real_open(p, flags, *args)
+
+    monkeypatch.setattr(config_module.os, "open", swap_then_open)
+    result: list[list[str]] = []
+
+    def load() -> None:
+        try:
+            load_jobs_file(path)
+        except ConfigError as exc:
+            result.append(exc.errors)
+
+    t = threading.Thread(target=load, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "the open blocked on a FIFO"
+    assert result == [[f"{path}: not a regular file (a FIFO)"]]
 
 
 def test_oversized_file_is_refused_before_reading(

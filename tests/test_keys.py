@@ -165,3 +165,9 @@ def test_coordination_keys_are_well_formed_and_distinct() -> None:
     # the index keys never match the SCAN pattern of their records
     assert not keys.inflight_index_key().startswith(keys.INFLIGHT_PREFIX)
     assert not keys.replica_index_key().startswith(keys.REPLICA_PREFIX)
+
+
+def test_removed_job_key_is_a_per_job_tombstone_kept_a_day() -> None:
+    assert keys.removed_job_key("daily-tech") == "scheduler:removed:daily-tech"
+    assert keys.removed_job_key("a") != keys.job_key("a")
+    assert keys.REMOVED_TTL_S == 86400

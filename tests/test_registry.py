@@ -200,3 +200,58 @@ def test_a_late_interrupted_report_does_not_hide_a_newer_run(any_redis: redis.Re
     assert job is not None and job.status == JobStatus.COMPLETED
     assert job.last_result is not None and job.last_result["run_id"] == "newer"
     assert [r.run_id for r in reg.get_runs("a")] == ["older", "newer"]  # history has both
+
+
+def test_job_removed_and_re_added_within_a_day_keeps_its_runtime_state(
+    any_redis: redis.Redis,
+) -> None:
+    """A file saved in halves (or reverted) drops a job for a moment: the tombstone brings
+    back its pause, created_at and last results; the spec is the new one."""
+    clock = FakeClock(T0)
+    reg = registry(any_redis, clock)
+    reg.reconcile([make_spec("a"), make_spec("b")])
+    reg.record_run(result("b", RunStatus.SUCCESS, T0))
+    reg.set_paused("b", True)
+    before = reg.get_job("b")
+    assert before is not None
+
+    clock.advance(timedelta(minutes=1))
+    assert reg.reconcile([make_spec("a")]).removed == ["b"]
+    assert reg.get_job("b") is None
+    assert "b" not in reg.paused_ids()
+    tomb = keys.removed_job_key("b")
+    assert any_redis.exists(tomb)
+    assert 0 < int(any_redis.ttl(tomb)) <= 24 * 3600
+
+    clock.advance(timedelta(minutes=1))
+    diff = reg.reconcile([make_spec("a"), make_spec("b", tickers=["ZZZ"])])
+    assert diff.added == ["b"]
+    job = reg.get_job("b")
+    assert job is not None
+    assert job.paused and not job.is_active
+    assert "b" in reg.paused_ids()
+    assert job.created_at == before.created_at
+    assert (job.last_run, job.last_success, job.last_result, job.status) == (
+        before.last_run,
+        before.last_success,
+        before.last_result,
+        before.status,
+    )
+    assert job.spec.tickers == ("ZZZ",)
+    assert [r.run_id for r in reg.get_runs("b")] == ["r1"]
+    assert not any_redis.exists(tomb)  # used once
+    assert reg.job_runtimes()["b"].last_run == before.last_run.timestamp()  # type: ignore[union-attr]
+
+
+def test_job_added_without_a_tombstone_starts_fresh(any_redis: redis.Redis) -> None:
+    clock = FakeClock(T0)
+    reg = registry(any_redis, clock)
+    reg.reconcile([make_spec("a")])
+    reg.set_paused("a", True)
+    reg.reconcile([])
+    any_redis.delete(keys.removed_job_key("a"))  # expired after a day
+    clock.advance(timedelta(days=2))
+    reg.reconcile([make_spec("a")])
+    job = reg.get_job("a")
+    assert job is not None and not job.paused and job.created_at == clock.now()
+    assert "a" not in reg.paused_ids()

@@ -8,6 +8,7 @@ holding the count over a quiet window several debounce periods long.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -26,7 +27,7 @@ from stocksched.executor import JobExecutor
 from stocksched.metrics import Metrics
 from stocksched.model import RunStatus
 from stocksched.registry import JobRegistry
-from stocksched.reload import ConfigReloader, ConfigWatcher, WatchTargets
+from stocksched.reload import QUIET_MS, ConfigReloader, ConfigWatcher, WatchTargets
 from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.storage import keys
@@ -108,9 +109,9 @@ class Rig:
         results = [result] if result else ["success", "failure"]
         return sum(self.metrics.config_reloads.labels(result=r)._value.get() for r in results)
 
-    def watch(self, **kw: float) -> ConfigWatcher:
+    def watch(self, debounce_ms: int = DEBOUNCE_MS, **kw: float) -> ConfigWatcher:
         """Start a watcher and wait until its watch is in place (its first content check)."""
-        self.watcher = ConfigWatcher(self.reloader, DEBOUNCE_MS, rust_timeout_ms=100, **kw)
+        self.watcher = ConfigWatcher(self.reloader, debounce_ms, rust_timeout_ms=100, **kw)
         self.watcher.start()
         watcher = self.watcher
         wait_until(lambda: watcher.reload_calls >= 1)
@@ -186,6 +187,81 @@ def test_in_place_write_is_one_reload(rig: Rig) -> None:
     one_more_reload(rig, before, "success")
     assert set(rig.scheduler.next_runs()) == {"a"}
     assert rig.registry.job_ids() == {"a"}
+
+
+def write_in_two_halves(path: Path, text: str, pause_s: float) -> None:
+    """Truncate and write in place like a slow writer: the first jobs, then the rest later.
+
+    The first half is itself a valid file (it ends after a whole job).
+    """
+    cut = text.index("  - id: b")
+    with path.open("w", encoding="utf-8") as fh:
+        fh.write(text[:cut])
+        fh.flush()
+        time.sleep(pause_s)
+        fh.write(text[cut:])
+
+
+def test_slow_in_place_write_is_applied_once_as_the_final_file(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Halves 0.6 s apart: the default quiet period (0.8 s) waits for the second one, so the
+    half file (without b and c) is never applied and b keeps its pause and created_at."""
+    text = jobs_yaml(("a", "*/5 * * * *"), ("b", "0 * * * *"), ("c", "0 * * * *"))
+    loaded(rig, text)
+    rig.registry.set_paused("b", True)
+    created = rig.registry.get_job("b").created_at  # type: ignore[union-attr]
+    rig.watch(QUIET_MS)
+    caplog.set_level(logging.INFO, logger="stocksched.reload")
+    before = rig.reloads()
+    final = text.replace("# ", "# edited", 1)
+    write_in_two_halves(rig.path, final, 0.6)
+    wait_until(lambda: rig.reloads() >= before + 1)
+    time.sleep(1.5)  # a second reload (the half first, then the whole) would show by now
+    assert rig.reloads() == before + 1
+    applied = [r.getMessage() for r in caplog.records if "config applied" in r.getMessage()]
+    assert len(applied) == 1 and "removed=0" in applied[0], applied
+    assert rig.reloader.current is not None
+    assert rig.reloader.current.sha256 == hashlib.sha256(final.encode()).hexdigest()
+    job = rig.registry.get_job("b")
+    assert job is not None and job.paused and job.created_at == created
+    assert "b" in rig.registry.paused_ids()
+
+
+def test_a_change_waits_for_the_quiet_period_but_sighup_does_not(rig: Rig) -> None:
+    loaded(rig, jobs_yaml(("a", "*/5 * * * *")))
+    rig.watch(QUIET_MS)
+    before = rig.reloads()
+    t0 = time.monotonic()
+    rig.path.write_text(jobs_yaml(("a", "*/5 * * * *"), ("b", "0 * * * *")), encoding="utf-8")
+    wait_until(lambda: rig.reloads() >= before + 1)
+    assert time.monotonic() - t0 >= QUIET_MS / 1000
+    # SIGHUP's path (force=True) applies at once, and the watcher then finds nothing to do
+    rig.path.write_text(jobs_yaml(("c", "0 * * * *")), encoding="utf-8")
+    assert rig.reloader.reload().ok
+    assert set(rig.scheduler.next_runs()) == {"c"}
+    time.sleep(QUIET_MS / 1000 + 0.5)
+    assert rig.reloads() == before + 2
+
+
+def test_a_fifo_at_the_jobs_path_is_a_config_error_and_never_blocks(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    loaded(rig, jobs_yaml(("a", "*/5 * * * *")))
+    rig.path.unlink()
+    os.mkfifo(rig.path)
+    caplog.set_level(logging.INFO, logger="stocksched.reload")
+    done: list[object] = []
+    t = threading.Thread(target=lambda: done.append(rig.reloader.reload()), daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "reload blocked on a FIFO"
+    assert not rig.reloader.last.ok
+    assert rig.reloader.last.errors == [f"{rig.path}: not a regular file (a FIFO)"]
+    assert "not a regular file (a FIFO)" in caplog.text
+    assert set(rig.scheduler.next_runs()) == {"a"}  # the last good config is kept
+    watcher = rig.watch()  # nor does the watcher's content check block
+    assert watcher.alive
 
 
 def git(repo: Path, *args: str) -> str:

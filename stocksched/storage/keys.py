@@ -38,6 +38,16 @@ def job_runtime_key() -> str:
     return JOB_RUNTIME
 
 
+REMOVED_PREFIX = "scheduler:removed:"
+REMOVED_TTL_S = 24 * 3600
+
+
+def removed_job_key(job_id: str) -> str:
+    """Tombstone of a job removed from the config: its last record, kept ``REMOVED_TTL_S``
+    (one day), so a job re-added within that time gets its runtime state back."""
+    return f"{REMOVED_PREFIX}{job_id}"
+
+
 def runs_key(job_id: str) -> str:
     """Capped stream of run-history entries for one job."""
     return f"{RUNS_PREFIX}{job_id}"
