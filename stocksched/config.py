@@ -522,13 +522,17 @@ def _describe_window(job: JobSpec) -> str:
     return f"{job.start}..{job.end}"
 
 
-def load_jobs_file(path: str | Path, *, today: date | None = None) -> LoadedJobs:
+def load_jobs_file(
+    path: str | Path, *, today: date | None = None, data: bytes | None = None
+) -> LoadedJobs:
     """Load and validate; raise ConfigError listing every error as FILE:LINE:COL: path: msg.
 
     ``today`` (default: today in UTC) is what absolute start dates are checked against.
+    ``data``: the file's bytes already read with ``read_jobs_bytes`` (the reloader reads
+    once, with a time limit, and hashes and validates the same bytes).
     """
     p = Path(path)
-    return _load_bytes(read_jobs_bytes(p), str(path), p, today)
+    return _load_bytes(read_jobs_bytes(p) if data is None else data, str(path), p, today)
 
 
 _FILE_KINDS = (

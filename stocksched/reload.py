@@ -72,16 +72,35 @@ def _diff_ids(diff: ReconcileDiff) -> str:
     return f" ({'; '.join(parts)})" if parts else ""
 
 
-def _file_sha256(path: Path) -> str | None:
-    """Hash of the bytes a load would read now; None when the file cannot be read.
+READ_TIMEOUT_S = 5.0  # a read of the jobs file taking longer (a hung NFS mount) is an error
+LOCK_WAIT_S = 5.0  # a reload waits this long for one in progress, then gives up
 
-    Reads like the loader (``read_jobs_bytes``): a FIFO or device at the path is never
-    opened for a blocking read.
+
+def _read_bounded(path: Path, timeout: float) -> bytes:
+    """``read_jobs_bytes`` (never opens a FIFO or device), but given up after ``timeout``.
+
+    The read runs in a daemon thread, so a file system that hangs a read leaves that thread
+    behind, never the caller: SIGHUP's reload in the main loop cannot stop SIGTERM.
     """
-    try:
-        return hashlib.sha256(read_jobs_bytes(path)).hexdigest()
-    except ConfigError:
-        return None
+    box: list[bytes | ConfigError] = []
+
+    def work() -> None:
+        try:
+            box.append(read_jobs_bytes(path))
+        except ConfigError as exc:
+            box.append(exc)
+        except Exception as exc:  # reported, never lost with the thread
+            box.append(ConfigError([f"{path}: cannot read the file: {exc}"]))
+
+    t = threading.Thread(target=work, name="jobs-file-read", daemon=True)
+    t.start()
+    t.join(timeout)
+    if not box:
+        raise ConfigError([f"{path}: reading the file took over {timeout:g}s; not applied"])
+    result = box[0]
+    if isinstance(result, ConfigError):
+        raise result
+    return result
 
 
 class ConfigReloader:
@@ -99,6 +118,8 @@ class ConfigReloader:
         self._clock = clock
         self._metrics = metrics
         self._lock = threading.Lock()  # one reload at a time (SIGHUP and watcher)
+        self.read_timeout_s = READ_TIMEOUT_S
+        self.lock_wait_s = LOCK_WAIT_S
         self.current: LoadedJobs | None = None
         self.last = ReloadStatus()
         # Content whose outcome is final (applied, or invalid): seeing it again changes nothing.
@@ -110,17 +131,29 @@ class ConfigReloader:
         ``force=False`` is the watcher's call: file events also fire for writes that leave
         the content as it was, and those must not log, count or touch Redis.
         """
-        with self._lock:
-            digest = _file_sha256(self.path)
+        if not self._lock.acquire(timeout=self.lock_wait_s):
+            log.warning("a reload of %s is still in progress; not starting another", self.path)
+            return self.last
+        try:
+            data: bytes | ConfigError
+            try:
+                data = _read_bounded(self.path, self.read_timeout_s)
+            except ConfigError as exc:
+                data = exc
+            digest = hashlib.sha256(data).hexdigest() if isinstance(data, bytes) else None
             if not force and digest is not None and digest == self._settled:
                 log.debug("config unchanged sha256=%s; nothing to do", digest[:12])
                 return self.last
-            return self._reload(digest)
+            return self._reload(digest, data)
+        finally:
+            self._lock.release()
 
-    def _reload(self, digest: str | None) -> ReloadStatus:
+    def _reload(self, digest: str | None, data: bytes | ConfigError) -> ReloadStatus:
         now = self._clock.now()
         try:
-            loaded = load_jobs_file(self.path)
+            if isinstance(data, ConfigError):
+                raise data
+            loaded = load_jobs_file(self.path, data=data)
         except ConfigError as exc:
             for line in exc.errors:
                 log.error(
@@ -391,6 +424,10 @@ class ConfigWatcher:
                 self._reload()
             first = False
             if WatchTargets.resolve(self._reloader.path) != targets:
+                # What the path resolves to changed (a swap, a deleted directory), maybe
+                # before its event was delivered: the new watch reloads after the quiet period.
+                if self._pending is None:
+                    self._pending = (time.monotonic(), _signature(self._reloader.path))
                 return
 
     def _reload_if_quiet(self) -> None:

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import redis
 
+from stocksched import reload as reload_module
 from stocksched.executor import JobExecutor
 from stocksched.metrics import Metrics
 from stocksched.model import RunStatus
@@ -213,6 +214,7 @@ def test_slow_in_place_write_is_applied_once_as_the_final_file(
     created = rig.registry.get_job("b").created_at  # type: ignore[union-attr]
     rig.watch(QUIET_MS)
     caplog.set_level(logging.INFO, logger="stocksched.reload")
+    caplog.clear()
     before = rig.reloads()
     final = text.replace("# ", "# edited", 1)
     write_in_two_halves(rig.path, final, 0.6)
@@ -262,6 +264,32 @@ def test_a_fifo_at_the_jobs_path_is_a_config_error_and_never_blocks(
     assert set(rig.scheduler.next_runs()) == {"a"}  # the last good config is kept
     watcher = rig.watch()  # nor does the watcher's content check block
     assert watcher.alive
+
+
+def test_a_hung_read_of_the_file_is_given_up_and_the_old_config_kept(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that never returns (a hung network mount) must not hold the caller, which for
+    SIGHUP is the daemon's main loop: SIGTERM would never be seen."""
+    loaded(rig, jobs_yaml(("a", "*/5 * * * *")))
+    never = threading.Event()
+    monkeypatch.setattr(reload_module, "read_jobs_bytes", lambda _p: never.wait(30))
+    rig.reloader.read_timeout_s = 0.2
+    t0 = time.monotonic()
+    status = rig.reloader.reload()
+    assert time.monotonic() - t0 < 2
+    assert not status.ok and "reading the file took over 0.2s" in status.errors[0]
+    assert set(rig.scheduler.next_runs()) == {"a"}
+    never.set()
+
+
+def test_a_reload_stuck_elsewhere_does_not_hold_the_next_one_for_ever(rig: Rig) -> None:
+    loaded(rig, jobs_yaml(("a", "*/5 * * * *")))
+    rig.reloader.lock_wait_s = 0.2
+    with rig.reloader._lock:  # a reload in progress that does not finish
+        t0 = time.monotonic()
+        assert rig.reloader.reload() is rig.reloader.last
+        assert time.monotonic() - t0 < 2
 
 
 def git(repo: Path, *args: str) -> str:
