@@ -31,13 +31,6 @@ class HttpSettings(BaseModel):
     listen: str = DEFAULT_LISTEN
     token_file: Path | None = None
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
-    # With a token on a non-loopback address every read needs it too, except the probes
-    # and /metrics; protect_metrics puts /metrics behind the token as well.
-    protect_metrics: bool = False
-    # Open HTTP connections at most (also capped below the file-descriptor limit); past it
-    # the oldest idle connection is closed. Idle connections close after keep_alive_s.
-    max_connections: int = Field(default=1000, ge=8, le=1_000_000)
-    keep_alive_s: float = Field(default=5.0, gt=0, le=300)
 
     @field_validator("listen")
     @classmethod
@@ -155,8 +148,6 @@ ENV_VARS: dict[str, str] = {
     "STOCKSCHED_ALLOW_EVICTING_REDIS": "allow_evicting_redis",
     "STOCKSCHED_LISTEN": "http.listen",
     "STOCKSCHED_TOKEN_FILE": "http.token_file",
-    "STOCKSCHED_PROTECT_METRICS": "http.protect_metrics",
-    "STOCKSCHED_MAX_CONNECTIONS": "http.max_connections",
 }
 
 
