@@ -469,7 +469,7 @@ class JobScheduler:
             self.outbox.run("record run", lambda: self._record_own(result, handle))
             return result
         except FenceLostError:
-            self._log_fence_lost(handle, "before it started")
+            self._log_fence_lost(spec.id, handle.run_id, "before it started")
             handle.lease_done = True
             return None
         except Exception:
@@ -720,17 +720,18 @@ class JobScheduler:
             self._registry.add_history(result)  # the lease is released after this
             return
         except FenceLostError:
-            self._log_fence_lost(handle, "before its result was recorded")
+            self._log_fence_lost(result.job_id, result.run_id, "before its result was recorded")
         handle.lease_done = True
 
-    def _log_fence_lost(self, handle: RunHandle, when: str) -> None:
+    @staticmethod
+    def _log_fence_lost(job_id: str, run_id: str, when: str) -> None:
         log.error(
             "lease lost job=%s run_id=%s %s: nothing more of this run is stored (another "
             "replica recorded it as interrupted; this process was stalled past its lease)",
-            handle.lease.job_id if handle.lease else "-",
-            handle.run_id,
+            job_id,
+            run_id,
             when,
-            extra={"job": handle.lease.job_id if handle.lease else None, "run_id": handle.run_id},
+            extra={"job": job_id, "run_id": run_id},
         )
 
     def _safe(self, what: str, job_id: str, fn: Callable[[], object]) -> None:
