@@ -44,6 +44,17 @@ def scheduled_run_id(job_id: str, slot: datetime) -> str:
     return f"{job_id}:{int(slot.timestamp() * 1000)}"
 
 
+def repeat_run_id(job_id: str, slot: datetime, mark: datetime) -> str:
+    """Id of a slot run again after the wall clock stepped back behind ``mark``.
+
+    ``job:<slot ms>-b<mark ms>``: the plain id of that slot time is already claimed (it
+    ran, or was recorded, before the step), so the repeat needs its own. ``mark`` is the
+    latest slot the job had when the clock went back; it is the same on every replica
+    that saw the same runs, so they compute the same id and the slot claim picks one.
+    """
+    return f"{scheduled_run_id(job_id, slot)}-b{int(mark.timestamp() * 1000)}"
+
+
 def manual_run_id(job_id: str, now: datetime) -> str:
     return f"{job_id}:m{int(now.timestamp() * 1000)}-{secrets.token_hex(2)}"
 

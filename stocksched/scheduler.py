@@ -16,6 +16,14 @@ Slot policies (per job, from jobs.yaml):
 - jitter: each slot fires at ``slot + offset``, the offset a hash of (job, slot) below
   ``jitter``, so every replica picks the same instant.
 - calendar: a slot on a day the exchange does not trade is recorded as skipped.
+- wall clock stepped back (seen live as a drop of wall minus monotonic time, or at
+  startup as a job record whose last run finished after "now"): logged once; every job
+  is re-armed from the new now. A slot at or before the job's latest slot ("mark") has
+  been given its id already, so it runs again only if the job's period is shorter than
+  the step (cronie's rule for wildcard jobs), under ``repeat_run_id`` so it neither
+  collides with the earlier run nor runs twice across replicas; a fixed-time slot that
+  already ran is passed over (DEBUG). Once the clock passes the mark, plain ids resume.
+  A forward step is an ordinary "fell behind" and is caught up as such.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from stocksched.coordination import (
     LeaseManager,
     rerun_run_id,
 )
-from stocksched.executor import JobExecutor, manual_run_id, scheduled_run_id
+from stocksched.executor import JobExecutor, manual_run_id, repeat_run_id, scheduled_run_id
 from stocksched.metrics import Metrics
 from stocksched.model import JobStatus, RunResult, RunStatus, ScheduledJob, Trigger
 from stocksched.outbox import Outbox, StorageHealth
@@ -59,10 +67,20 @@ MAX_MISSED_RECORDS = 100
 CANCEL_WAIT_S = 3.0
 # Slots examined when catching up; beyond this the oldest are counted, not enumerated.
 MAX_MISSED_SCAN = 100_000
+# A wall clock falling this far behind the monotonic clock between two looks is a step
+# back; NTP slewing moves it by well under a millisecond per second.
+CLOCK_STEP_TOLERANCE_S = 1.0
 
 
 class JobBusyError(RuntimeError):
     """The job already has a run in progress."""
+
+
+class _Repeat(NamedTuple):
+    """A backward clock step as one job sees it: slots up to ``mark`` already have ids."""
+
+    mark: datetime
+    step: timedelta
 
 
 @dataclass
@@ -74,6 +92,10 @@ class _JobState:
     gen: int = 0
     queued: datetime | None = None  # overlap: queue — the slot waiting for the current run
     outcome: JobStatus = JobStatus.PENDING  # COMPLETED/FAILED after a run, as in the record
+    # The latest slot given a run id since the last backward clock step.
+    last_slot: datetime | None = None
+    # One per backward step still ahead of the clock, smallest mark (the latest step) first.
+    repeats: list[_Repeat] = field(default_factory=list)
 
     @property
     def active(self) -> bool:
@@ -155,6 +177,7 @@ class JobScheduler:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.last_loop_monotonic = clock.monotonic()
+        self._wall_offset = self._read_wall_offset()
 
     # -- job set -----------------------------------------------------------------
 
@@ -163,6 +186,7 @@ class JobScheduler:
         now = self._clock.now()
         with self._lock:
             seen = set()
+            behind: list[_Repeat] = []  # jobs whose record says the clock went back
             for rec in records:
                 seen.add(rec.job_id)
                 old = self._jobs.get(rec.job_id)
@@ -186,6 +210,11 @@ class JobScheduler:
                 )
                 if old is not None:  # a slot queued behind a running run survives a reload
                     state.queued = old.queued
+                    state.last_slot, state.repeats = old.last_slot, old.repeats
+                else:
+                    found = self._adopt_mark(state, rec, now)
+                    if found is not None:
+                        behind.append(found)
                 self._jobs[rec.job_id] = state
                 if (
                     old is not None
@@ -198,12 +227,102 @@ class JobScheduler:
                     self._push(state, state.next_run)
                 else:
                     self._arm(state, now)
+            if behind:
+                self._log_step_back(
+                    max(r.step for r in behind), now, max(r.mark for r in behind), "at startup"
+                )
             for job_id in set(self._jobs) - seen:
                 del self._jobs[job_id]  # a run in progress finishes and is recorded
                 if self._metrics is not None:
                     self._metrics.remove_job(job_id)
             self._dirty = True
             self._wake.notify_all()
+
+    def _adopt_mark(self, state: _JobState, rec: ScheduledJob, now: datetime) -> _Repeat | None:
+        """The job's latest slot from its record; a repeat if the clock is now behind it.
+
+        The record's ``next_run`` is always the slot after one already given an id, and
+        ``last_run`` is a wall time that has been: a last run that finished after ``now``
+        means this process starts with the clock behind the one that ran it. The mark is
+        the latest slot before both (the cap keeps a schedule edited while down from
+        inventing future slots); it is read from Redis, so replicas agree on it.
+        """
+        if rec.next_run is None or rec.last_run is None:
+            return None
+        spec = state.spec
+        upto = min(rec.next_run - timedelta(microseconds=1), rec.last_run)
+        mark = spec.parsed_schedule.prev_at_or_before(upto, spec.zone)
+        if mark is None:
+            return None
+        step = rec.last_run - now
+        if step.total_seconds() <= CLOCK_STEP_TOLERANCE_S or mark <= now:
+            state.last_slot = mark
+            return None
+        found = _Repeat(mark, step)
+        state.repeats = [found]
+        return found
+
+    def _read_wall_offset(self) -> float:
+        """Wall minus monotonic seconds: constant while the wall clock only ticks or slews."""
+        return self._clock.now().timestamp() - self._clock.monotonic()
+
+    def _check_clock(self, now: datetime) -> None:
+        """Notice a backward wall-clock step since the last look and re-arm every job."""
+        offset = self._read_wall_offset()
+        before, self._wall_offset = self._wall_offset, offset
+        if before - offset <= CLOCK_STEP_TOLERANCE_S:
+            return  # a forward step is caught up by ``_advance`` as falling behind
+        step = timedelta(seconds=round(before - offset, 3))
+        marks: list[datetime] = []
+        for state in self._jobs.values():
+            if state.last_slot is not None and state.last_slot > now:
+                # Repeats of an earlier step below this mark are covered by the new one.
+                state.repeats = [
+                    _Repeat(state.last_slot, step),
+                    *(r for r in state.repeats if r.mark > state.last_slot),
+                ]
+                marks.append(state.last_slot)
+                state.last_slot = None
+            if state.active and state.next_run is not None and state.next_run > now:
+                state.gen = next(self._gens)  # the armed slot is an hour (a step) away
+                state.next_run = state.spec.next_fire(now)
+                self._push(state, state.next_run)
+                self._persist_next_run(state)
+        self._log_step_back(step, now, max(marks) if marks else None, "")
+
+    @staticmethod
+    def _log_step_back(step: timedelta, now: datetime, mark: datetime | None, when: str) -> None:
+        log.warning(
+            "wall clock stepped back by %s%s (wall %s, last slot %s): jobs with a period "
+            "under %s keep running with run ids marked as repeats (-b<ms>); fixed-time "
+            "slots that already ran are not re-run",
+            step,
+            f" {when}" if when else "",
+            iso_utc(now),
+            iso_utc(mark),
+            step,
+        )
+
+    def _repeat_for(self, state: _JobState, slot: datetime) -> _Repeat | None:
+        """The backward step whose already-used slots include ``slot``, if any."""
+        return next((r for r in state.repeats if slot <= r.mark), None)
+
+    def _slot_run_id(self, state: _JobState | None, job_id: str, slot: datetime) -> str:
+        """The run id of a slot; a repeat id for a slot time used before a backward step."""
+        repeat = self._repeat_for(state, slot) if state is not None else None
+        if repeat is None:
+            return scheduled_run_id(job_id, slot)
+        return repeat_run_id(job_id, slot, repeat.mark)
+
+    @staticmethod
+    def _note_slot(state: _JobState | None, slot: datetime) -> None:
+        """Raise the job's mark to ``slot``; steps the clock has passed are over."""
+        if state is None:
+            return
+        if state.last_slot is None or slot > state.last_slot:
+            state.last_slot = slot
+        while state.repeats and state.repeats[0].mark < slot:
+            state.repeats.pop(0)
 
     def _arm(self, state: _JobState, now: datetime) -> None:
         """Give a (re)activated job its next slot, catching up on slots it missed."""
@@ -279,6 +398,7 @@ class JobScheduler:
         """Dispatch every slot due at ``now``; return the earliest remaining fire time."""
         now = now or self._clock.now()
         with self._lock:
+            self._check_clock(now)
             while self._heap and self._heap[0].fire_at <= now:
                 entry = heapq.heappop(self._heap)
                 state = self._jobs.get(entry.job_id)
@@ -317,6 +437,15 @@ class JobScheduler:
         self, state: _JobState, slot: datetime, now: datetime, run_id: str | None = None
     ) -> None:
         spec = state.spec
+        repeat = self._repeat_for(state, slot) if run_id is None else None
+        if repeat is not None and spec.next_fire(slot) - slot >= repeat.step:
+            log.debug(
+                "slot not re-run: it ran before the wall clock stepped back job=%s slot=%s",
+                spec.id,
+                iso_utc(slot),
+                extra={"job": spec.id},
+            )
+            return
         if spec.calendar and not self._is_session(spec, slot):
             log.info(
                 "slot skipped: %s closed job=%s slot=%s",
@@ -361,7 +490,9 @@ class JobScheduler:
             return
         if self._metrics is not None:
             self._metrics.schedule_lateness.observe(max(0.0, (now - slot).total_seconds()))
-        handle = RunHandle(run_id or scheduled_run_id(spec.id, slot), Trigger.SCHEDULE, slot, now)
+        run_id = run_id or self._slot_run_id(state, spec.id, slot)
+        self._note_slot(state, slot)
+        handle = RunHandle(run_id, Trigger.SCHEDULE, slot, now)
         self._submit(spec, handle, state.next_run)
 
     def _is_session(self, spec: JobSpec, slot: datetime) -> bool:
@@ -375,10 +506,11 @@ class JobScheduler:
         if self._metrics is not None and self._leases is None:
             self._metrics.job_missed_runs.labels(job=spec.id).inc(len(slots))
         listed = slots[-MAX_MISSED_RECORDS:]
+        state = self._jobs.get(spec.id)
         results = [
             RunResult(
                 job_id=spec.id,
-                run_id=scheduled_run_id(spec.id, s),
+                run_id=self._slot_run_id(state, spec.id, s),
                 trigger=Trigger.SCHEDULE,
                 scheduled_for=s,
                 started_at=now,
@@ -390,6 +522,7 @@ class JobScheduler:
         ]
         if len(slots) > len(listed):
             results[0].reason += f" ({len(slots) - len(listed)} earlier slots not listed)"
+        self._note_slot(state, max(slots))
         self._side.submit(
             self.outbox.run,
             "record slots not run",
@@ -888,6 +1021,11 @@ class JobScheduler:
         self._side.submit(lambda: None).result(timeout)
 
     # -- thread lifecycle -------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        """``start`` was called (the daemon got past its first config load)."""
+        return self._thread is not None
 
     @property
     def alive(self) -> bool:

@@ -32,3 +32,11 @@ class FakeClock:
             delta = timedelta(seconds=delta)
         self.set(self.now() + delta)
         return self.now()
+
+    def step_wall(self, delta: timedelta | float) -> datetime:
+        """Move the wall clock alone (an NTP step, ``date -s``); monotonic time goes on."""
+        if not isinstance(delta, timedelta):
+            delta = timedelta(seconds=delta)
+        with self._lock:
+            self._now += delta
+            return self._now
