@@ -5,7 +5,10 @@ deleted over HTTP: ``jobs.yaml`` in git is the source of truth.
 
 Every error is JSON ``{"error": "..."}``. When a token is configured every POST needs
 ``Authorization: Bearer <token>``; binding a non-loopback address without one is refused
-(``check_bind``), so the API is never open to a network by accident.
+(``check_bind``), so the API is never open to a network by accident. On a non-loopback
+address the reads need the token too (job specs, run history and status name hosts, paths
+and pids), all but the probes and, unless ``http.protect_metrics`` is set, ``/metrics``
+(``Access``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,7 +28,8 @@ import uvicorn
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
@@ -43,6 +48,7 @@ from stocksched.facade import (
     StatusView,
     TriggerView,
 )
+from stocksched.httpserver import ConnectionGuard, GuardedServer
 from stocksched.storage.adapter import StorageError
 
 log = logging.getLogger(__name__)
@@ -57,7 +63,9 @@ source of truth; commit a change and the daemon reloads it. This API reads state
 run now, and pauses or resumes a job (a runtime override kept in Redis).
 
 When the daemon has a token (`http.token_file` / `STOCKSCHED_TOKEN_FILE`), every POST needs
-`Authorization: Bearer <token>`. Errors are JSON: `{"error": "message"}`.
+`Authorization: Bearer <token>`; on a non-loopback address every GET does too, except
+`/healthz`, `/readyz` and (unless `http.protect_metrics` is set) `/metrics`.
+Errors are JSON: `{"error": "message"}`.
 """
 
 ASGIApp = Callable[
@@ -79,7 +87,7 @@ class ApiStartError(RuntimeError):
 
 
 class NotAuthenticatedError(Exception):
-    """A POST without the configured bearer token."""
+    """A request to a protected route without the configured bearer token."""
 
 
 class ErrorBody(BaseModel):
@@ -123,6 +131,34 @@ def check_bind(listen_host: str, token: str | None) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Access:
+    """Which routes need the bearer token: the API's whole access policy, decided once.
+
+    POSTs change state, so they need the token whenever one is configured. Reads need it
+    when the daemon listens beyond loopback (the host's own users may read; a network may
+    not). The probes never do (orchestrators call them without credentials); ``/metrics``
+    only when the operator asks, since Prometheus can send a token but often is not set up
+    to.
+    """
+
+    token: str | None = None
+    reads: bool = False
+    metrics: bool = False
+
+    @classmethod
+    def for_listen(cls, host: str, token: str | None, *, protect_metrics: bool) -> Access:
+        """The policy for a daemon on ``host``; ApiConfigError for settings that cannot hold."""
+        check_bind(host, token)
+        if protect_metrics and token is None:
+            raise ApiConfigError(
+                "http.protect_metrics needs an API token: set http.token_file "
+                "(or STOCKSCHED_TOKEN_FILE)"
+            )
+        protected = token is not None and not is_loopback(host)
+        return cls(token, reads=protected, metrics=protect_metrics)
+
+
 # -- the app -------------------------------------------------------------------------------
 
 JobId = Annotated[
@@ -138,23 +174,45 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "Redis is unavailable"),
     )
 }
+_AUTH: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+}
 _POST_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,
-    401: {"model": ErrorBody, "description": "missing or wrong bearer token"},
+    **_AUTH,
     413: {"model": ErrorBody, "description": "request body too large"},
 }
 
 
-def create_app(facade: SchedulerServingApp, token: str | None, max_body_bytes: int) -> FastAPI:
+def create_app(facade: SchedulerServingApp, access: Access, max_body_bytes: int) -> FastAPI:
+    auth = Depends(_bearer_check(access.token))
     app = FastAPI(
-        title="stocksched", description=API_DESCRIPTION, redoc_url=None, version=facade.version
+        title="stocksched",
+        description=API_DESCRIPTION,
+        version=facade.version,
+        redoc_url=None,
+        # Protected reads include the schema and its page (added below, behind the token).
+        openapi_url=None if access.reads else "/openapi.json",
+        docs_url=None if access.reads else "/docs",
     )
     _add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
-    _add_probe_routes(app, facade)
-    _add_read_routes(app, facade)
-    _add_action_routes(app, facade, Depends(_bearer_check(token)))
+    _add_probe_routes(app, facade, [auth] if access.metrics else [])
+    _add_read_routes(app, facade, [auth] if access.reads else [])
+    _add_action_routes(app, facade, auth)
+    if access.reads:
+        _add_protected_docs(app, auth)
     return app
+
+
+def _add_protected_docs(app: FastAPI, auth: Any) -> None:
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[auth])
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[auth])
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="stocksched API")
 
 
 _BEARER = HTTPBearer(auto_error=False, description="The daemon's API token")
@@ -175,11 +233,11 @@ def _bearer_check(token: str | None) -> Callable[..., None]:
     return check
 
 
-def _add_probe_routes(app: FastAPI, facade: SchedulerServingApp) -> None:
+def _add_probe_routes(app: FastAPI, facade: SchedulerServingApp, metrics_auth: list[Any]) -> None:
     def probe(result: tuple[bool, str]) -> JSONResponse:
         ok, reason = result
-        if ok:
-            return JSONResponse({"status": "ok"})
+        if ok:  # "ok", or what a live daemon is doing ("waiting for Redis")
+            return JSONResponse({"status": reason})
         return JSONResponse({"status": "unavailable", "error": reason}, status_code=503)
 
     @app.get(
@@ -207,17 +265,22 @@ def _add_probe_routes(app: FastAPI, facade: SchedulerServingApp) -> None:
         tags=["probes"],
         summary="Prometheus metrics (text format)",
         response_class=Response,
-        responses={200: {"content": {"text/plain": {}}}},
+        dependencies=metrics_auth,
+        responses={200: {"content": {"text/plain": {}}}, **(_AUTH if metrics_auth else {})},
     )
     def metrics() -> Response:
         return Response(facade.render_metrics(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _add_read_routes(app: FastAPI, facade: SchedulerServingApp) -> None:
+def _add_read_routes(app: FastAPI, facade: SchedulerServingApp, auth: list[Any]) -> None:
+    extra = _AUTH if auth else {}
+
     @app.get(
         "/scheduler/status",
         response_model=StatusView,
         tags=["scheduler"],
+        dependencies=auth,
+        responses=extra,
         summary="Daemon status: uptime, version, jobs by state, config and last reload",
     )
     def status() -> StatusView:
@@ -227,7 +290,8 @@ def _add_read_routes(app: FastAPI, facade: SchedulerServingApp) -> None:
         "/scheduler/jobs",
         response_model=list[JobView],
         tags=["jobs"],
-        responses={503: _ERRORS[503]},
+        dependencies=auth,
+        responses={503: _ERRORS[503], **extra},
         summary="Every job in the current config, with its runtime state",
     )
     def list_jobs() -> list[JobView]:
@@ -237,7 +301,8 @@ def _add_read_routes(app: FastAPI, facade: SchedulerServingApp) -> None:
         "/scheduler/jobs/{job_id}",
         response_model=JobView,
         tags=["jobs"],
-        responses=_ERRORS,
+        dependencies=auth,
+        responses={**_ERRORS, **extra},
         summary="One job: spec and runtime state",
     )
     def get_job(job_id: JobId) -> JobView:
@@ -247,7 +312,8 @@ def _add_read_routes(app: FastAPI, facade: SchedulerServingApp) -> None:
         "/scheduler/jobs/{job_id}/runs",
         response_model=list[RunView],
         tags=["jobs"],
-        responses=_ERRORS,
+        dependencies=auth,
+        responses={**_ERRORS, **extra},
         summary="Run history of a job, newest first",
     )
     def get_runs(
@@ -441,8 +507,20 @@ def _replay(body: bytes, receive: Callable[[], Awaitable[Any]]) -> Callable[[], 
 class ApiServer:
     """uvicorn in its own thread; ``start`` returns once the socket is listening."""
 
-    def __init__(self, app: FastAPI, host: str, port: int, *, log_level: str = "info") -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        *,
+        log_level: str = "info",
+        max_connections: int = 512,
+        idle_timeout: float = 5.0,
+    ) -> None:
         self._app = app
+        # Connections held at most and how long one may wait for a request: idle sockets
+        # must not exhaust the file descriptors (stocksched.httpserver).
+        self._guard = ConnectionGuard(max_connections, idle_timeout)
         self._host = host
         self._requested_port = port
         self._log_level = log_level.lower()
@@ -472,9 +550,11 @@ class ApiServer:
             log_level=self._log_level,
             server_header=False,
             timeout_graceful_shutdown=2,
-            timeout_keep_alive=5,
+            timeout_keep_alive=self._guard.keep_alive_seconds,
+            http=self._guard.protocol_class,
+            loop="asyncio",  # the guard handles asyncio's accept errors
         )
-        self._server = uvicorn.Server(config)
+        self._server = GuardedServer(config, self._guard)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, name="http", daemon=True
         )

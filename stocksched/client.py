@@ -2,7 +2,8 @@
 
 Kept light (httpx, no FastAPI) so the commands start fast. The daemon's address comes
 from ``--url``, ``$STOCKSCHED_URL`` or the settings' ``http.listen``; the token (needed
-for POSTs only) from ``--token-file``, ``$STOCKSCHED_TOKEN_FILE`` or ``http.token_file``.
+for POSTs, and for reads of a daemon listening beyond loopback) from ``--token-file``,
+``$STOCKSCHED_TOKEN_FILE`` or ``http.token_file``.
 
 Exit codes: 0 ok; 1 daemon unreachable, server error, 409, failed run; 2 usage (unknown
 job, bad argument, a --url that is not http(s)://HOST[:PORT] or HOST:PORT, refused token,
@@ -400,7 +401,13 @@ SettingsLoader = Callable[[], Settings]
 
 
 class _Ctx:
-    """Resolves the URL and (lazily, for POSTs only) the token, reading settings once."""
+    """Resolves the URL and the token, reading settings once.
+
+    A POST needs the token, so an unreadable token file is a usage error. A read sends the
+    token when it can (a daemon listening beyond loopback requires it) and goes without
+    when the file cannot be read, so an operator without access to the secret can still
+    read a loopback daemon; a 401 then says which setting to fix.
+    """
 
     def __init__(
         self, args: argparse.Namespace, load_settings: SettingsLoader, env: Mapping[str, str]
@@ -427,8 +434,14 @@ class _Ctx:
         path = getattr(self.args, "token_file", None) or self.settings().http.token_file
         return read_token(Path(path)) if path else None
 
-    def client(self, with_token: bool) -> ApiClient:
-        return ApiClient(self.url(), self.token() if with_token else None)
+    def client(self, needs_token: bool) -> ApiClient:
+        if needs_token:
+            return ApiClient(self.url(), self.token())
+        try:
+            token = self.token()
+        except TokenFileError:
+            token = None
+        return ApiClient(self.url(), token)
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str, out: TextIO) -> None:
@@ -476,7 +489,7 @@ def _pause_resume(c: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
 
 
 COMMANDS: dict[str, tuple[Callable[[ApiClient, argparse.Namespace, TextIO], int], bool]] = {
-    # command: (handler, sends the token)
+    # command: (handler, needs the token: POSTs do; reads send it when it can be read)
     "status": (_status, False),
     "jobs": (_jobs, False),
     "runs": (_runs, False),
@@ -493,10 +506,10 @@ def run_command(
     out: TextIO | None = None,
 ) -> int:
     """Run one client subcommand; every failure becomes one line on stderr and an exit code."""
-    handler, with_token = COMMANDS[args.command]
+    handler, needs_token = COMMANDS[args.command]
     ctx = _Ctx(args, load_settings, os.environ if env is None else env)
     try:
-        client = ctx.client(with_token)
+        client = ctx.client(needs_token)
     except ValueError as exc:  # TokenFileError included
         return _fail(str(exc), EXIT_USAGE)
     try:

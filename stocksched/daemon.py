@@ -21,10 +21,10 @@ import prometheus_client
 
 from stocksched import __version__
 from stocksched.api import (
+    Access,
     ApiConfigError,
     ApiServer,
     ApiStartError,
-    check_bind,
     create_app,
     load_token,
 )
@@ -192,7 +192,7 @@ class Daemon:
             return None
         host, port = split_listen(http.listen)
         token = load_token(http.token_file) if http.token_file else None
-        check_bind(host, token)
+        access = Access.for_listen(host, token, protect_metrics=http.protect_metrics)
         facade = SchedulerServingApp(
             registry=c.registry,
             scheduler=c.scheduler,
@@ -205,10 +205,12 @@ class Daemon:
             replicas=c.replicas,
         )
         return ApiServer(
-            create_app(facade, token, http.max_body_bytes),
+            create_app(facade, access, http.max_body_bytes),
             host,
             port,
             log_level=c.settings.log_level,
+            max_connections=http.max_connections,
+            idle_timeout=http.idle_timeout,
         )
 
     def run(self) -> int:
@@ -229,19 +231,24 @@ class Daemon:
                 "using the embedded in-process store (no redis_url, or memory://): "
                 "job records and market data are NOT persisted"
             )
+        # The API listens before Redis is waited for, so probes get the reason (/readyz 503
+        # "waiting for Redis: ...", /healthz 200) instead of "connection refused". Nothing
+        # runs before the first load, so a bind failure still leaves nothing behind.
+        if self.api is not None:
+            try:
+                self.api.start()
+            except ApiStartError as exc:
+                log.error("not starting: %s", exc)
+                return EXIT_CONFIG
         if not self._first_load():
+            if self.api is not None:
+                self.api.stop()
             if self._refused:
                 return EXIT_USAGE
             if not self._stop.is_set():
                 return EXIT_CONFIG
             self.notifier.stopping("stopped while waiting for Redis")
             return EXIT_OK
-        if self.api is not None:  # before any run starts, so a bind failure leaves nothing
-            try:
-                self.api.start()
-            except ApiStartError as exc:
-                log.error("not starting: %s", exc)
-                return EXIT_CONFIG
         # Runs of ours that a crash left behind: with a stable replica id they are ours
         # to record now; others' are found once their leases expire (main loop).
         self.c.scheduler.recover_interrupted(dead_replica=self.c.settings.replica_id)

@@ -417,7 +417,14 @@ class SchedulerServingApp:
     # -- probes and metrics ---------------------------------------------------------------
 
     def healthz(self) -> tuple[bool, str]:
-        """Alive: the scheduler thread runs and its loop came round recently."""
+        """Alive: the scheduler thread runs and its loop came round recently.
+
+        Before the first config load (the daemon waiting for Redis) the process is alive
+        but schedules nothing yet: 200 with status "waiting for Redis", so a liveness probe
+        does not restart a daemon that is only waiting; /readyz says why it waits.
+        """
+        if not self._scheduler.started:
+            return True, "waiting for Redis"
         if not self._scheduler.alive:
             return False, "scheduler thread is not running"
         age = self._clock.monotonic() - self._scheduler.last_loop_monotonic
@@ -430,8 +437,12 @@ class SchedulerServingApp:
     def readyz(self) -> tuple[bool, str]:
         """Ready: a valid config is in effect and Redis answers."""
         if self._reloader.current is None:
-            errors = self._reloader.last.errors
-            detail = f": {errors[0]}" if errors else ""
+            last = self._reloader.last
+            if not self._scheduler.started and (last.retryable or not last.errors):
+                # the first load is being retried until Redis answers
+                reason = last.errors[0] if last.errors else "not connected yet"
+                return False, f"waiting for Redis: {reason}"
+            detail = f": {last.errors[0]}" if last.errors else ""
             return False, f"no valid config loaded from {self._reloader.path}{detail}"
         if not self._adapter.ping():
             return False, "redis is not answering"

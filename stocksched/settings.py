@@ -31,6 +31,15 @@ class HttpSettings(BaseModel):
     listen: str = DEFAULT_LISTEN
     token_file: Path | None = None
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # /metrics needs the token too (it names every job); off by default, since Prometheus
+    # must then be given the token (`authorization: credentials_file:` in its scrape config).
+    protect_metrics: bool = False
+    # Open HTTP connections at most, lowered at startup to stay below the file-descriptor
+    # limit; past it the connection idle the longest is closed (stocksched.httpserver).
+    max_connections: int = Field(default=512, ge=1, le=100_000)
+    # Seconds a connection may wait without a complete request (after connecting or after
+    # its previous response) before it is closed.
+    idle_timeout: float = Field(default=5.0, ge=0.1, le=300)
 
     @field_validator("listen")
     @classmethod
@@ -148,6 +157,9 @@ ENV_VARS: dict[str, str] = {
     "STOCKSCHED_ALLOW_EVICTING_REDIS": "allow_evicting_redis",
     "STOCKSCHED_LISTEN": "http.listen",
     "STOCKSCHED_TOKEN_FILE": "http.token_file",
+    "STOCKSCHED_PROTECT_METRICS": "http.protect_metrics",
+    "STOCKSCHED_HTTP_MAX_CONNECTIONS": "http.max_connections",
+    "STOCKSCHED_HTTP_IDLE_TIMEOUT": "http.idle_timeout",
 }
 
 

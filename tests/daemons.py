@@ -89,6 +89,7 @@ def launch(tmp_path: Path, redis_server: RedisServer) -> Iterator[Launch]:
         env: dict[str, str] | None = None,
         config: Path | None = None,
         redis_url: str | None = None,
+        listen_host: str = "127.0.0.1",
     ) -> Replica:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSCHED_")}
         full_env["HOME"] = str(tmp_path / "home")
@@ -111,7 +112,7 @@ def launch(tmp_path: Path, redis_server: RedisServer) -> Iterator[Launch]:
                     "--shutdown-grace",
                     "10",
                     "--listen",
-                    f"127.0.0.1:{port}",
+                    f"{listen_host}:{port}",
                 ],
                 cwd=tmp_path,
                 env=full_env,

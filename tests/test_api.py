@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stocksched import __version__
 from stocksched.api import (
+    Access,
     ApiConfigError,
     ApiServer,
     ApiStartError,
@@ -105,6 +106,7 @@ class Stack:
         latency: float = 0.0,
         clock: Clock | None = None,
         token: str | None = None,
+        access: Access | None = None,
         max_body_bytes: int = 4096,
         load: bool = True,
         start: bool = True,
@@ -127,7 +129,7 @@ class Stack:
             version="9.9.9-test",
             started_at=self.c.clock.now(),
         )
-        self.app = create_app(self.facade, token, max_body_bytes)
+        self.app = create_app(self.facade, access or Access(token), max_body_bytes)
         self.http = TestClient(self.app)
         if load:
             assert self.c.reloader.reload().ok
@@ -230,7 +232,7 @@ def test_status_lists_replicas_from_the_hook(tmp_path: Path) -> None:
         started_at=s.c.clock.now(),
         replicas=lambda: [{"id": "host-a:1", "leader": True}],
     )
-    with TestClient(create_app(facade, None, 4096)) as http:
+    with TestClient(create_app(facade, Access(), 4096)) as http:
         assert http.get("/scheduler/status").json()["replicas"] == [
             {"id": "host-a:1", "leader": True}
         ]
@@ -467,7 +469,7 @@ def test_post_without_the_right_token_is_401(
     assert secured.http.get("/scheduler/jobs/alpha/runs").json() == []
 
 
-def test_post_with_the_token_works_and_gets_need_none(secured: Stack) -> None:
+def test_post_with_the_token_works_and_gets_on_loopback_need_none(secured: Stack) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert secured.http.post("/scheduler/jobs/alpha/stop", headers=auth).json()["paused"]
     assert secured.http.post("/scheduler/jobs/alpha/start", headers=auth).status_code == 200
@@ -506,6 +508,84 @@ def test_non_loopback_bind_without_token_is_refused(host: str) -> None:
     check_bind(host, TOKEN)  # with a token it is allowed
 
 
+READS = (
+    "/scheduler/status",
+    "/scheduler/jobs",
+    "/scheduler/jobs/alpha",
+    "/scheduler/jobs/alpha/runs",
+    "/openapi.json",
+    "/docs",
+)
+PROBES = ("/healthz", "/readyz")
+
+
+@pytest.fixture
+def exposed(tmp_path: Path) -> Iterator[Stack]:
+    """A daemon listening beyond loopback with a token: its reads are protected."""
+    s = Stack(tmp_path, access=Access.for_listen("0.0.0.0", TOKEN, protect_metrics=False))
+    yield s
+    s.close()
+
+
+@pytest.mark.parametrize("path", READS)
+@pytest.mark.parametrize(
+    ("headers", "needle"),
+    [({}, "missing"), ({"Authorization": "Bearer wrong"}, "invalid token")],
+)
+def test_reads_beyond_loopback_need_the_token(
+    exposed: Stack, path: str, headers: dict[str, str], needle: str
+) -> None:
+    resp = exposed.http.get(path, headers=headers)
+    assert_error(resp, 401, needle)
+    assert resp.headers["www-authenticate"] == "Bearer"
+    assert "alpha" not in resp.text and "hostname" not in resp.text
+
+
+@pytest.mark.parametrize("path", READS)
+def test_reads_beyond_loopback_with_the_token_work(exposed: Stack, path: str) -> None:
+    resp = exposed.http.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert resp.status_code == 200, resp.text
+
+
+def test_probes_and_metrics_stay_open_beyond_loopback(exposed: Stack) -> None:
+    for path in (*PROBES, "/metrics"):
+        assert exposed.http.get(path).status_code == 200, path
+    assert exposed.http.post("/scheduler/jobs/alpha/stop").status_code == 401
+
+
+def test_protect_metrics_puts_metrics_behind_the_token(tmp_path: Path) -> None:
+    s = Stack(tmp_path, access=Access.for_listen("127.0.0.1", TOKEN, protect_metrics=True))
+    try:
+        assert_error(s.http.get("/metrics"), 401, "missing")
+        ok = s.http.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert ok.status_code == 200 and "stocksched_jobs" in ok.text
+        for path in PROBES:
+            assert s.http.get(path).status_code == 200, path
+        assert s.http.get("/scheduler/jobs").status_code == 200  # loopback reads stay open
+    finally:
+        s.close()
+
+
+def test_the_openapi_schema_documents_401_on_protected_reads(exposed: Stack) -> None:
+    schema = exposed.http.get("/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"})
+    paths = schema.json()["paths"]
+    assert "401" in paths["/scheduler/jobs"]["get"]["responses"]
+    assert "401" not in paths["/healthz"]["get"]["responses"]
+
+
+def test_protect_metrics_without_a_token_is_refused() -> None:
+    with pytest.raises(ApiConfigError, match="protect_metrics needs an API token"):
+        Access.for_listen("127.0.0.1", None, protect_metrics=True)
+
+
+def test_access_policy_follows_the_bind_address() -> None:
+    assert not Access.for_listen("127.0.0.1", TOKEN, protect_metrics=False).reads
+    assert not Access.for_listen("::1", TOKEN, protect_metrics=False).reads
+    assert Access.for_listen("192.168.1.10", TOKEN, protect_metrics=False).reads
+    with pytest.raises(ApiConfigError, match="token"):
+        Access.for_listen("0.0.0.0", None, protect_metrics=False)
+
+
 def test_load_token(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text(f"  {TOKEN}\n")
@@ -542,9 +622,23 @@ def test_healthz_and_readyz_ok(stack: Stack) -> None:
     assert stack.http.get("/readyz").json() == {"status": "ok"}
 
 
-def test_healthz_fails_when_the_scheduler_is_not_running(tmp_path: Path) -> None:
-    s = Stack(tmp_path, start=False)
+def test_healthz_is_alive_while_waiting_for_the_first_load(tmp_path: Path) -> None:
+    s = Stack(tmp_path, load=False, start=False)
     try:
+        resp = s.http.get("/healthz")
+        assert resp.status_code == 200
+        assert resp.json() == {"status": "waiting for Redis"}
+        ready = s.http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["error"] == "waiting for Redis: not connected yet"
+    finally:
+        s.close()
+
+
+def test_healthz_fails_when_the_scheduler_is_not_running(tmp_path: Path) -> None:
+    s = Stack(tmp_path)
+    try:
+        s.c.scheduler.stop(0)  # the scheduler thread has ended (as if it had died)
         resp = s.http.get("/healthz")
         assert resp.status_code == 503
         assert resp.json() == {"status": "unavailable", "error": "scheduler thread is not running"}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stocksched.api import ApiServer
+from stocksched.api import Access, ApiServer
 from stocksched.cli import main
 from stocksched.client import (
     daemon_url,
@@ -261,7 +261,7 @@ def test_token_from_flag_env_or_settings(
         "stocksched: HTTP 401: missing 'Authorization: Bearer <token>' header "
         "(set --token-file or STOCKSCHED_TOKEN_FILE)\n"
     )
-    assert run(capsys, "status", "--url", secured.url)[0] == 0  # GETs need no token
+    assert run(capsys, "status", "--url", secured.url)[0] == 0  # loopback GETs need no token
     assert (
         run(capsys, "pause", "alpha", "--url", secured.url, "--token-file", str(token_file))[0] == 0
     )
@@ -280,6 +280,37 @@ def test_token_from_flag_env_or_settings(
     wrong.write_text("nope")
     code, _, err = run(capsys, "pause", "alpha", "--url", secured.url, "--token-file", str(wrong))
     assert code == 2 and "HTTP 401: invalid token" in err
+
+
+@pytest.fixture
+def exposed(tmp_path: Path) -> Iterator[Daemon]:
+    """Reads protected, as on a daemon listening beyond loopback with a token."""
+    yield from _serve(tmp_path, access=Access(TOKEN, reads=True))
+
+
+def test_reads_send_the_token(
+    exposed: Daemon, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "jobs", "--url", exposed.url)
+    assert code == 2
+    assert "HTTP 401: missing 'Authorization: Bearer <token>' header" in err
+    assert "(set --token-file or STOCKSCHED_TOKEN_FILE)" in err
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    for command in (["status"], ["jobs"], ["runs", "alpha"]):
+        code, out, err = run(
+            capsys, *command, "--url", exposed.url, "--token-file", str(token_file)
+        )
+        assert code == 0, err
+        assert out
+
+
+def test_a_read_goes_without_an_unreadable_token_file(
+    daemon: Daemon, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Reads of a loopback daemon are open: an operator without the secret can still look.
+    missing = str(tmp_path / "missing")
+    assert run(capsys, "jobs", "--url", daemon.url, "--token-file", missing)[0] == 0
 
 
 def test_unreadable_token_file_is_a_usage_error(
