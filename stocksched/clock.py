@@ -17,7 +17,10 @@ class Clock(Protocol):
         """Current time, time-zone aware (UTC)."""
         ...
 
-    def monotonic(self) -> float: ...
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary start, never stepped: the scheduler compares it with
+        ``now()`` to tell a wall clock that jumped (NTP, ``date -s``) from time passing."""
+        ...
 
 
 class SystemClock:

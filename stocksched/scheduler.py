@@ -229,7 +229,7 @@ class JobScheduler:
                     self._arm(state, now)
             if behind:
                 self._log_step_back(
-                    max(r.step for r in behind), now, max(r.mark for r in behind), "at startup"
+                    max(r.step for r in behind), now, max(r.mark for r in behind), True
                 )
             for job_id in set(self._jobs) - seen:
                 del self._jobs[job_id]  # a run in progress finishes and is recorded
@@ -288,16 +288,22 @@ class JobScheduler:
                 state.next_run = state.spec.next_fire(now)
                 self._push(state, state.next_run)
                 self._persist_next_run(state)
-        self._log_step_back(step, now, max(marks) if marks else None, "")
+        self._log_step_back(step, now, max(marks) if marks else None, False)
 
     @staticmethod
-    def _log_step_back(step: timedelta, now: datetime, mark: datetime | None, when: str) -> None:
+    def _log_step_back(
+        step: timedelta, now: datetime, mark: datetime | None, at_startup: bool
+    ) -> None:
+        """One warning per step; at startup the size is known only as "behind the last run"."""
+        step = timedelta(seconds=round(step.total_seconds()))  # "0:00:20", not 0:00:19.998
         log.warning(
-            "wall clock stepped back by %s%s (wall %s, last slot %s): jobs with a period "
-            "under %s keep running with run ids marked as repeats (-b<ms>); fixed-time "
-            "slots that already ran are not re-run",
+            "%s %s (wall %s, last slot %s): jobs with a period under %s keep running with "
+            "run ids marked as repeats (-b<ms>); fixed-time slots that already ran are not "
+            "re-run",
+            "wall clock at startup is behind the last recorded run by"
+            if at_startup
+            else "wall clock stepped back by",
             step,
-            f" {when}" if when else "",
             iso_utc(now),
             iso_utc(mark),
             step,

@@ -39,7 +39,7 @@ from tests.helpers import make_spec
 
 T0 = datetime(2026, 3, 2, 10, 29, tzinfo=UTC)
 EXECUTED = {RunStatus.SUCCESS, RunStatus.PARTIAL_SUCCESS, RunStatus.FAILED}
-STEP_MSG = "wall clock stepped back"
+STEP_MSG = "keep running with run ids marked as repeats"
 
 
 class Node:
@@ -245,7 +245,7 @@ def test_restart_with_the_clock_behind_runs_and_records_repeats(
         ]
         assert len(runs(restarted, "daily")) == 1  # 10:30:30 ran before the restart
         warnings = step_warnings(caplog)
-        assert len(warnings) == 1 and "at startup" in warnings[0]
+        assert len(warnings) == 1 and "at startup is behind the last recorded run" in warnings[0]
     finally:
         restarted.scheduler.stop(1)
 

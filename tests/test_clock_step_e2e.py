@@ -44,7 +44,7 @@ pytestmark = [
 ]
 
 EXECUTED = {RunStatus.SUCCESS, RunStatus.PARTIAL_SUCCESS, RunStatus.FAILED}
-STEP_MSG = "wall clock stepped back"
+STEP_MSG = "keep running with run ids marked as repeats"
 REPEAT_ID = re.compile(r"^tick:\d+-b\d+$")
 PLAIN_ID = re.compile(r"^tick:\d+$")
 
@@ -127,9 +127,9 @@ def test_a_live_step_back_keeps_short_jobs_running_and_fixed_slots_not_rerun(
     wait_for(lambda: len(executed(real_redis, "tick")) >= 3, 15, alive=[daemon])
 
     count = len(executed(real_redis, "tick"))
-    offset.write_text("-20\n")  # 20 s back: the minutely slot comes round again
+    offset.write_text("-10\n")  # 10 s back: the minutely slot comes round again
     stepped_at = datetime.now(UTC)
-    # Runs go on (before: none for 20 s), under ids of their own.
+    # Runs go on (before: none for 10 s), under ids of their own.
     wait_for(lambda: len(executed(real_redis, "tick")) >= count + 5, 10, alive=[daemon])
     wait_for(
         lambda: sum(bool(REPEAT_ID.match(r.run_id)) for r in executed(real_redis, "tick")) >= 3,
@@ -137,9 +137,7 @@ def test_a_live_step_back_keeps_short_jobs_running_and_fixed_slots_not_rerun(
         alive=[daemon],
     )
     wait_for(lambda: len(step_warnings(daemon)) == 1, 5, alive=[daemon])
-    assert "stepped back by 0:00:19" in step_warnings(daemon)[0] or (
-        "stepped back by 0:00:20" in step_warnings(daemon)[0]
-    )
+    assert "stepped back by 0:00:10 " in step_warnings(daemon)[0]
     # Plain ids again once the daemon's clock is past the mark (and the minutely slot).
     wait_for(
         lambda: any(
@@ -147,17 +145,17 @@ def test_a_live_step_back_keeps_short_jobs_running_and_fixed_slots_not_rerun(
             for r in executed(real_redis, "tick")
             if r.scheduled_for is not None
         ),
-        35,
+        25,
         alive=[daemon],
     )
     minutely = executed(real_redis, "minutely")
     assert [r.scheduled_for for r in minutely] == [slot], minutely  # not run a second time
 
     count = len(executed(real_redis, "tick"))
-    offset.write_text("-3620\n")  # and another hour back
+    offset.write_text("-3610\n")  # and another hour back
     wait_for(lambda: len(executed(real_redis, "tick")) >= count + 5, 10, alive=[daemon])
     wait_for(lambda: len(step_warnings(daemon)) == 2, 5, alive=[daemon])
-    assert "stepped back by 1:00:0" in step_warnings(daemon)[1]
+    assert "stepped back by 1:00:00 " in step_warnings(daemon)[1]
     out = daemon.stop()
     assert len(step_warnings(daemon)) == 2, out
 
@@ -171,7 +169,7 @@ def test_a_live_step_back_keeps_short_jobs_running_and_fixed_slots_not_rerun(
     after = [r.scheduled_for for r in runs[first:] if r.scheduled_for]
     stretches = [[after[0]]]
     for prev, cur in itertools.pairwise(after):
-        if cur < prev - timedelta(seconds=10):
+        if cur <= prev - timedelta(seconds=5):
             stretches.append([cur])
         else:
             stretches[-1].append(cur)
@@ -209,7 +207,7 @@ def test_a_restart_with_the_clock_behind_runs_and_records_the_repeats(
     )
     out = behind.stop()
     warnings = step_warnings(behind)
-    assert len(warnings) == 1 and "at startup" in warnings[0], out
+    assert len(warnings) == 1 and "at startup is behind the last recorded run" in warnings[0], out
 
     runs = history(real_redis, "tick")
     after = runs[len(before) :]
