@@ -155,7 +155,7 @@ class JobsWatcher:
         self._missing_reported = False
         self._last_setup_error = ""
         self._last_attempt = 0.0
-        self.reload_calls = 0  # reloads this watcher asked for (no-ops included)
+        self.reload_calls = 0  # reloads this watcher asked for and saw end (no-ops included)
 
     @property
     def alive(self) -> bool:
@@ -260,12 +260,13 @@ class JobsWatcher:
         )
 
     def _reload(self) -> None:
-        self.reload_calls += 1
         self._last_attempt = time.monotonic()
         try:
             self._reloader.reload(force=False)
         except Exception:  # a bug in one reload must not end hot reload for good
             log.exception("config reload crashed; still watching %s", self._reloader.path)
+        finally:  # counted once done: "compared once" means the content was read by then
+            self.reload_calls += 1
 
     def _report_setup_error(self, exc: Exception) -> None:
         """Log a failing watch once per distinct error, not once per retry."""
