@@ -58,8 +58,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     from bench.fake_yahoo import local_session
     from stocksched.clock import SystemClock
-    from stocksched.config import JobSpec
     from stocksched.executor import JobExecutor
+    from stocksched.jobs.spec import JobSpec
     from stocksched.metrics import Metrics
     from stocksched.ratelimit import build_rate_limiter
     from stocksched.settings import Settings

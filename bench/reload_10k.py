@@ -1,7 +1,7 @@
 """Hot reload of a 10,000-job jobs.yaml: save-to-live time and Redis writes per save (issue 3).
 
 Builds the daemon's own components (``stocksched.daemon.Components``: registry, executor,
-scheduler with leases, ``ConfigReloader``, ``ConfigWatcher``) against a private
+scheduler with leases, ``JobsReloader``, ``JobsWatcher``) against a private
 redis-server, loads a 10,000-job file once (timed, writes counted), starts the scheduler
 thread and the watcher, then saves the file several times like an editor does (write a
 temp file, rename it over jobs.yaml), each time with ONE job's schedule changed, and
@@ -47,8 +47,8 @@ from bench._common import (
     private_redis,
     writes_in,
 )
-from stocksched.config import load_jobs_file
 from stocksched.daemon import Components
+from stocksched.jobs import load_jobs_file
 from stocksched.reload import ReloadStatus
 from stocksched.settings import Settings
 from stocksched.sources.demo import DemoFetcher

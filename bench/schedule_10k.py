@@ -138,13 +138,14 @@ def jobs_yaml(n: int, window_start: int, window: int) -> str:
 
 def child_stocksched(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.time()
-    from stocksched.config import JobSpec
     from stocksched.daemon import Components, Daemon
+    from stocksched.jobs.spec import JobSpec
     from stocksched.model import RunResult, RunStatus, Trigger
-    from stocksched.reload import ConfigReloader, ConfigWatcher
+    from stocksched.reload import JobsReloader
     from stocksched.scheduler import JobScheduler, RunHandle
     from stocksched.settings import HttpSettings, Settings
     from stocksched.sources.demo import DemoFetcher
+    from stocksched.watch import JobsWatcher
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     tl = Timeline(args, t_start)
@@ -214,8 +215,8 @@ def child_stocksched(args: argparse.Namespace) -> dict[str, Any]:
             leases=c.leases,
             pool=RecordingPool(max_workers=settings.pool_size, thread_name_prefix="job"),
         )
-        c.reloader = ConfigReloader(settings.jobs, c.registry, c.scheduler, c.clock, c.metrics)
-        c.watcher = ConfigWatcher(c.reloader)
+        c.reloader = JobsReloader(settings.jobs, c.registry, c.scheduler, c.clock, c.metrics)
+        c.watcher = JobsWatcher(c.reloader)
         daemon = Daemon(c)
 
         def drained(deadline: float) -> None:

@@ -36,7 +36,6 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stocksched.client import TokenFileError, read_token
-from stocksched.config import _ID_RE
 from stocksched.facade import (
     MAX_RUNS_LIMIT,
     JobBusyError,
@@ -49,11 +48,11 @@ from stocksched.facade import (
     TriggerView,
 )
 from stocksched.httpserver import ConnectionGuard, GuardedServer
+from stocksched.jobs.spec import JOB_ID_PATTERN
 from stocksched.storage.adapter import StorageError
 
 log = logging.getLogger(__name__)
 
-JOB_ID_PATTERN = _ID_RE.pattern  # the same rule jobs.yaml ids are validated with
 
 API_DESCRIPTION = """\
 Observe and steer a running stocksched daemon.

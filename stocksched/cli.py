@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from stocksched import __version__
 from stocksched.calendars import MarketCalendars
-from stocksched.config import ConfigError, JobSpec, LoadedJobs, load_jobs_file
+from stocksched.jobs import JobsFileError, JobSpec, LoadedJobs, load_jobs_file
 from stocksched.settings import Settings, SettingsError, load_settings, resolve_config_path
 
 if TYPE_CHECKING:  # imported where used, so that `validate` and the clients start fast
@@ -261,7 +261,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for name in args.files:
         try:
             loaded = load_jobs_file(name)
-        except ConfigError as exc:
+        except JobsFileError as exc:
             failed = True
             report.append({"file": name, "valid": False, "errors": exc.errors})
             continue
@@ -321,7 +321,7 @@ def cmd_run_job(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     try:
         loaded = load_jobs_file(settings.jobs)
-    except ConfigError as exc:
+    except JobsFileError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
         return EXIT_FAIL
@@ -498,7 +498,7 @@ def _signals_cancel(cancel: threading.Event, why: list[str]) -> Iterator[None]:
 
 
 def cmd_schema(_args: argparse.Namespace) -> int:
-    from stocksched.config import jobs_file_json_schema
+    from stocksched.jobs.schema import jobs_file_json_schema
 
     print(json.dumps(jobs_file_json_schema(), indent=2))
     return EXIT_OK

@@ -37,7 +37,7 @@ from stocksched.notify import SystemdNotifier
 from stocksched.outbox import StorageHealth
 from stocksched.ratelimit import build_rate_limiter
 from stocksched.registry import JobRegistry
-from stocksched.reload import ConfigReloader, ConfigWatcher
+from stocksched.reload import JobsReloader
 from stocksched.scheduler import JobScheduler
 from stocksched.settings import Settings, SettingsError, split_listen, startup_summary
 from stocksched.sources import build_fetchers, configure_yfinance, new_session
@@ -45,6 +45,7 @@ from stocksched.sources.base import Fetcher
 from stocksched.statesync import StateSync
 from stocksched.storage.adapter import RedisAdapter, StorageError, connect, is_embedded
 from stocksched.storage.butler import DataIOButler
+from stocksched.watch import JobsWatcher
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +124,10 @@ class Components:
             health=self.health,
             leases=self.leases,
         )
-        self.reloader = ConfigReloader(
+        self.reloader = JobsReloader(
             settings.jobs, self.registry, self.scheduler, self.clock, self.metrics
         )
-        self.watcher = ConfigWatcher(self.reloader)
+        self.watcher = JobsWatcher(self.reloader)
         self.sync = StateSync(
             self.registry,
             self.scheduler,

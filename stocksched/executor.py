@@ -19,7 +19,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from stocksched.clock import Clock
-from stocksched.config import JobSpec
+from stocksched.jobs.spec import INTRADAY_INTERVALS, JobSpec
 from stocksched.metrics import Metrics
 from stocksched.model import RunResult, RunStatus, Trigger, run_status_for
 from stocksched.ratelimit import RateLimiterUnavailable, RateLimitTimeout, request_scope
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 0.2  # how soon a cancelled run (shutdown, lost lease) lets its job go
-INTRADAY = frozenset({"1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h"})
 
 
 def scheduled_run_id(job_id: str, slot: datetime) -> str:
@@ -235,7 +234,7 @@ class JobExecutor:
                 start_date=start.isoformat(),
                 end_date=end.isoformat(),
                 ttl=job.ttl,
-                intraday=job.interval in INTRADAY,
+                intraday=job.interval in INTRADAY_INTERVALS,
                 interval=job.interval,
                 fence=fence,
             )

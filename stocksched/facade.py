@@ -33,7 +33,7 @@ from stocksched.clock import Clock, iso_utc, to_utc
 from stocksched.metrics import JOB_STATES, Metrics
 from stocksched.model import JobStatus, RunResult, ScheduledJob
 from stocksched.registry import JobRegistry, UnknownJobError
-from stocksched.reload import ConfigReloader, ReloadStatus
+from stocksched.reload import JobsReloader, ReloadStatus
 from stocksched.scheduler import JobBusyError, JobScheduler
 from stocksched.storage.adapter import RedisAdapter, StorageError
 
@@ -250,7 +250,7 @@ class SchedulerServingApp:
         *,
         registry: JobRegistry,
         scheduler: JobScheduler,
-        reloader: ConfigReloader,
+        reloader: JobsReloader,
         adapter: RedisAdapter,
         metrics: Metrics,
         clock: Clock,

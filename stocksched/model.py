@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from stocksched.config import JobSpec
+from stocksched.jobs.spec import JobSpec
 
 
 class JobStatus(StrEnum):

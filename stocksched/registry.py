@@ -18,7 +18,7 @@ from datetime import datetime
 import redis
 
 from stocksched.clock import Clock
-from stocksched.config import JobSpec
+from stocksched.jobs.spec import JobSpec
 from stocksched.model import JobStatus, RunResult, RunStatus, ScheduledJob
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, storage_errors

@@ -42,7 +42,6 @@ from typing import NamedTuple
 
 from stocksched.calendars import MarketCalendars
 from stocksched.clock import Clock, iso_utc
-from stocksched.config import JobSpec
 from stocksched.coordination import (
     ClaimOutcome,
     InflightRun,
@@ -52,6 +51,7 @@ from stocksched.coordination import (
     rerun_run_id,
 )
 from stocksched.executor import JobExecutor, manual_run_id, repeat_run_id, scheduled_run_id
+from stocksched.jobs.spec import JobSpec
 from stocksched.metrics import Metrics
 from stocksched.model import JobStatus, RunResult, RunStatus, ScheduledJob, Trigger
 from stocksched.outbox import Outbox, StorageHealth

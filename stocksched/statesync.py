@@ -10,7 +10,7 @@
   Each round checks that the job index and this replica's own heartbeat key exist; when
   either is gone the config is reconciled again, which re-creates the records, and the
   runtime state this replica still knows (pauses, next slots) is put back
-  (``ConfigReloader``), so a paused job stays paused. Logged once per loss.
+  (``JobsReloader``), so a paused job stays paused. Logged once per loss.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 from stocksched.coordination import ReplicaHeartbeat
 from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
-from stocksched.reload import ConfigReloader
+from stocksched.reload import JobsReloader
 from stocksched.scheduler import JobScheduler
 from stocksched.storage.adapter import RedisAdapter, StorageError
 
@@ -36,7 +36,7 @@ class StateSync:
         self,
         registry: JobRegistry,
         scheduler: JobScheduler,
-        reloader: ConfigReloader,
+        reloader: JobsReloader,
         heartbeat: ReplicaHeartbeat,
         health: StorageHealth,
         adapter: RedisAdapter,

@@ -11,8 +11,8 @@ from typing import Any
 
 import redis
 
-from stocksched.config import JobSpec
 from stocksched.executor import JobExecutor
+from stocksched.jobs.spec import JobSpec
 from stocksched.metrics import Metrics
 from stocksched.registry import JobRegistry
 from stocksched.scheduler import JobScheduler

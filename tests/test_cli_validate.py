@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from stocksched import cli
-from stocksched.config import load_jobs_file
+from stocksched.jobs import load_jobs_file
 from stocksched.sources import DemoFetcher, PermanentFetchError
 from tests.helpers import DEMO_JOBS, run_cli
 

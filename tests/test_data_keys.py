@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from stocksched.reload import ConfigReloader
+from stocksched.reload import JobsReloader
 from stocksched.storage.butler import DataIOButler
 from tests.helpers import Rig, run_cli
 from tests.test_storage import PREFIX, daily_frame, intraday_frame
@@ -115,7 +115,7 @@ def test_validate_exit_status_still_follows_the_errors(tmp_path: Path, clashing:
 def test_reload_logs_each_warning_once(
     rig: Rig, clashing: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    reloader = ConfigReloader(clashing, rig.registry, rig.scheduler, rig.clock)
+    reloader = JobsReloader(clashing, rig.registry, rig.scheduler, rig.clock)
     caplog.set_level(logging.INFO, logger="stocksched.reload")
 
     def warnings() -> list[str]:

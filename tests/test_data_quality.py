@@ -16,9 +16,9 @@ import pytest
 import redis
 
 from stocksched import metrics as metrics_module
-from stocksched.config import JobSpec
 from stocksched.executor import JobExecutor
 from stocksched.facade import RunView
+from stocksched.jobs.spec import JobSpec
 from stocksched.metrics import Metrics
 from stocksched.model import RunResult, RunStatus, Trigger
 from stocksched.registry import JobRegistry

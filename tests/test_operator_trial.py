@@ -20,7 +20,7 @@ from stocksched.metrics import Metrics
 from stocksched.model import JobStatus, RunStatus
 from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
-from stocksched.reload import ConfigReloader
+from stocksched.reload import JobsReloader
 from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.statesync import StateSync
@@ -87,7 +87,7 @@ class Replica:
             leases=LeaseManager(client, name),
         )
         # No jobs file: the tests reconcile directly, so the lost-state check stays idle.
-        reloader = ConfigReloader(Path("no-jobs-file.yaml"), self.registry, self.scheduler, clock)
+        reloader = JobsReloader(Path("no-jobs-file.yaml"), self.registry, self.scheduler, clock)
         heartbeat = ReplicaHeartbeat(client, name, {}, clock=clock)
         self.sync = StateSync(
             self.registry, self.scheduler, reloader, heartbeat, self.health, adapter

@@ -28,12 +28,13 @@ from stocksched.executor import JobExecutor
 from stocksched.metrics import Metrics
 from stocksched.model import RunStatus
 from stocksched.registry import JobRegistry
-from stocksched.reload import QUIET_MS, ConfigReloader, ConfigWatcher, WatchTargets
+from stocksched.reload import JobsReloader
 from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, StorageError
 from stocksched.storage.butler import DataIOButler
+from stocksched.watch import QUIET_MS, JobsWatcher, WatchTargets
 from tests.fakes import FakeClock
 
 T0 = datetime(2026, 3, 2, 10, 2, tzinfo=UTC)
@@ -101,18 +102,16 @@ class Rig:
         self.scheduler = JobScheduler(
             self.registry, executor, self.clock, pool_size=2, metrics=self.metrics
         )
-        self.reloader = ConfigReloader(
-            path, self.registry, self.scheduler, self.clock, self.metrics
-        )
-        self.watcher: ConfigWatcher | None = None
+        self.reloader = JobsReloader(path, self.registry, self.scheduler, self.clock, self.metrics)
+        self.watcher: JobsWatcher | None = None
 
     def reloads(self, result: str | None = None) -> float:
         results = [result] if result else ["success", "failure"]
         return sum(self.metrics.config_reloads.labels(result=r)._value.get() for r in results)
 
-    def watch(self, debounce_ms: int = DEBOUNCE_MS, **kw: float) -> ConfigWatcher:
+    def watch(self, debounce_ms: int = DEBOUNCE_MS, **kw: float) -> JobsWatcher:
         """Start a watcher and wait until its watch is in place (its first content check)."""
-        self.watcher = ConfigWatcher(self.reloader, debounce_ms, rust_timeout_ms=100, **kw)
+        self.watcher = JobsWatcher(self.reloader, debounce_ms, rust_timeout_ms=100, **kw)
         self.watcher.start()
         watcher = self.watcher
         wait_until(lambda: watcher.reload_calls >= 1)
@@ -680,7 +679,7 @@ def test_storage_failure_is_retried_without_a_new_save(
 
 def test_stop_is_prompt(rig: Rig) -> None:
     loaded(rig, jobs_yaml(("a", "*/5 * * * *")))
-    watcher = ConfigWatcher(rig.reloader, DEBOUNCE_MS)  # default 1s watchfiles timeout
+    watcher = JobsWatcher(rig.reloader, DEBOUNCE_MS)  # default 1s watchfiles timeout
     watcher.start()
     time.sleep(0.05)
     t0 = time.monotonic()

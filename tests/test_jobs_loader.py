@@ -4,79 +4,23 @@ as FILE:LINE:COL: path: message pointing at the offending value."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import textwrap
 import threading
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import stocksched.config as config_module
-from stocksched.config import (
+import stocksched.jobs.loader as loader_module
+from stocksched.jobs import (
     MAX_FILE_BYTES,
-    ConfigError,
-    JobsFile,
-    JobSpec,
-    LatestClash,
-    LoadedJobs,
-    jobs_file_json_schema,
-    latest_pointer_clashes,
+    JobsFileError,
     load_jobs_file,
-    load_jobs_text,
 )
-
-TODAY = date(2026, 1, 15)
-
-GOOD = """\
-version: 1
-defaults:
-  timezone: America/New_York
-  window: 30d
-  ttl: 400d
-jobs:
-  - id: daily-tech
-    name: Daily Tech Stocks
-    tickers: [AAPL, msft, BRK-B, ON]
-    schedule: "0 17 * * 1-5"
-  - id: fixed-range
-    tickers: [^GSPC, EURUSD=X, 7203.T]
-    schedule: 17:30
-    start: 2025-01-01
-    end: 2025-06-30
-    timezone: UTC
-    ttl: null
-    retries: 3
-    retry_backoff: 2s
-    timeout: 5m
-    jitter: 30s
-    catchup: 0
-    overlap: queue
-    calendar: XNYS
-  - id: demo-every
-    tickers: [DEMO]
-    schedule: "@every 90s"
-    source: demo
-    enabled: no
-    prefix: "demo:bars"
-    window: 2w
-"""
-
-
-def load(text: str, today: date = TODAY) -> LoadedJobs:
-    return load_jobs_text(textwrap.dedent(text), "jobs.yaml", today=today)
-
-
-def errors_of(text: str, today: date = TODAY) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load(text, today)
-    assert str(info.value) == "\n".join(info.value.errors)
-    return info.value.errors
-
+from tests.jobs_text import GOOD, TODAY, errors_of, load, load_jobs_text
 
 # ------------------------------------------------------------------ a good file
 
@@ -114,76 +58,6 @@ def test_good_file_loads_with_defaults_merged(tmp_path: Path) -> None:
 
     assert demo.enabled is False and demo.source == "demo" and demo.window == timedelta(weeks=2)
     assert demo.prefix == "demo:bars"
-
-
-def test_specs_round_trip_through_json() -> None:
-    for spec in load(GOOD).jobs:
-        data = spec.to_json()
-        assert data == spec.model_dump(mode="json")
-        assert json.loads(json.dumps(data)) == data
-        assert JobSpec.model_validate(data) == spec
-    tech = load(GOOD).jobs[0].to_json()
-    assert tech["window"] == "30d" and tech["ttl"] == "400d" and tech["catchup"] == "1h"
-    assert tech["jitter"] == "0s" and tech["tickers"] == ["AAPL", "MSFT", "BRK-B", "ON"]
-    fixed = load(GOOD).jobs[1].to_json()
-    assert fixed["start"] == "2025-01-01" and fixed["timeout"] == "5m"
-
-
-def test_default_window_is_30_days() -> None:
-    spec = JobSpec.model_validate({"id": "a", "tickers": ["X"], "schedule": "@daily"})
-    assert spec.window == timedelta(days=30)
-    assert spec.window_dates(TODAY) == (date(2025, 12, 16), TODAY)
-
-
-def test_window_dates() -> None:
-    tech, fixed, _ = load(GOOD).jobs
-    assert tech.window_dates(TODAY) == (TODAY - timedelta(days=30), TODAY)
-    assert fixed.window_dates(TODAY) == (date(2025, 1, 1), date(2025, 6, 30))
-    open_ended = JobSpec.model_validate(
-        {"id": "a", "tickers": ["X"], "schedule": "@daily", "start": "2025-03-01"}
-    )
-    assert open_ended.window_dates(TODAY) == (date(2025, 3, 1), TODAY)
-
-
-def test_next_fire_uses_the_job_zone() -> None:
-    tech, fixed, demo = load(GOOD).jobs
-    after = datetime(2026, 1, 16, 23, 0, tzinfo=UTC)  # Friday 18:00 in New York
-    got = tech.next_fire(after)
-    assert got.isoformat() == "2026-01-19T17:00:00-05:00"
-    assert got.tzinfo == tech.zone
-    assert fixed.next_fire(after).isoformat() == "2026-01-17T17:30:00+00:00"
-    # @every slots are epoch-anchored: 23:00Z is slot 19651160 of 90 s, so the next is +90 s
-    assert demo.next_fire(after) == after + timedelta(seconds=90)
-
-
-def test_durations_accept_integer_seconds() -> None:
-    spec = JobSpec.model_validate(
-        {"id": "a", "tickers": ["X"], "schedule": "@daily", "timeout": 90, "jitter": 0}
-    )
-    assert spec.timeout == timedelta(seconds=90) and spec.to_json()["timeout"] == "1m30s"
-
-
-def test_stored_spec_is_not_checked_against_today() -> None:
-    """A spec in Redis must stay readable as days pass; only loading a file checks dates."""
-    data = {
-        "id": "a",
-        "tickers": ["X"],
-        "schedule": "@daily",
-        "interval": "1m",
-        "start": "2020-01-01",
-        "end": "2020-01-02",
-    }
-    assert JobSpec.model_validate(data).start == date(2020, 1, 1)
-
-
-def test_jobs_file_model_merges_defaults() -> None:
-    jf = JobsFile.model_validate(
-        {
-            "defaults": {"timezone": "Europe/London"},
-            "jobs": [{"id": "a", "tickers": ["x"], "schedule": "@daily"}],
-        }
-    )
-    assert jf.jobs[0].timezone == "Europe/London" and jf.jobs[0].tickers == ("X",)
 
 
 def test_empty_job_list_is_valid() -> None:
@@ -587,7 +461,7 @@ def test_top_level_errors(text: str, expected: str) -> None:
 def test_file_level_errors(tmp_path: Path, content: bytes, expected: str) -> None:
     path = tmp_path / "jobs.yaml"
     path.write_bytes(content)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(JobsFileError) as info:
         load_jobs_file(path)
     (message,) = info.value.errors
     message = message.replace(str(path), "jobs.yaml")
@@ -596,10 +470,10 @@ def test_file_level_errors(tmp_path: Path, content: bytes, expected: str) -> Non
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(JobsFileError) as info:
         load_jobs_file(tmp_path / "nope.yaml")
     assert info.value.errors == [f"{tmp_path / 'nope.yaml'}: file not found"]
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(JobsFileError) as info:
         load_jobs_file(tmp_path)
     assert info.value.errors == [f"{tmp_path}: not a regular file (a directory)"]
 
@@ -613,7 +487,7 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
     def load() -> None:
         try:
             load_jobs_file(fifo)
-        except ConfigError as exc:
+        except JobsFileError as exc:
             result.append(exc.errors)
 
     t = threading.Thread(target=load, daemon=True)
@@ -626,7 +500,7 @@ def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
 def test_device_through_a_symlink_is_refused(tmp_path: Path) -> None:
     link = tmp_path / "jobs.yaml"
     link.symlink_to("/dev/null")
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(JobsFileError) as info:
         load_jobs_file(link)
     assert info.value.errors == [f"{link}: not a regular file (a character device)"]
 
@@ -654,13 +528,13 @@ def test_fifo_swapped_in_after_the_stat_is_caught_on_the_descriptor(
             os.mkfifo(path)
         return real_open(p, flags, *args)
 
-    monkeypatch.setattr(config_module.os, "open", swap_then_open)
+    monkeypatch.setattr(loader_module.os, "open", swap_then_open)
     result: list[list[str]] = []
 
     def load() -> None:
         try:
             load_jobs_file(path)
-        except ConfigError as exc:
+        except JobsFileError as exc:
             result.append(exc.errors)
 
     t = threading.Thread(target=load, daemon=True)
@@ -681,7 +555,7 @@ def test_oversized_file_is_refused_before_reading(
         raise AssertionError("the oversized file was opened")
 
     monkeypatch.setattr(Path, "open", no_reading)
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(JobsFileError) as info:
         load_jobs_file(path)
     assert info.value.errors == [
         f"{path}: file is {MAX_FILE_BYTES + 1} bytes; the limit is {MAX_FILE_BYTES} bytes (5 MB)"
@@ -697,24 +571,7 @@ def test_pydantic_wording_never_leaks() -> None:
         assert "errors.pydantic.dev" not in line and "\n" not in line
 
 
-# ------------------------------------------------------------------ schema and speed
-
-
-def test_json_schema_describes_the_file_as_written() -> None:
-    schema = jobs_file_json_schema()
-    json.dumps(schema)  # serialisable for `stocksched schema`
-    assert schema["required"] == ["jobs"] and schema["additionalProperties"] is False
-    job = schema["properties"]["jobs"]["items"]
-    assert job["required"] == ["id"] and job["additionalProperties"] is False
-    props = job["properties"]
-    window = props["window"]["anyOf"][0]
-    assert {"type": "string", "pattern": window["anyOf"][0]["pattern"]} == window["anyOf"][0]
-    pattern = re.compile(window["anyOf"][0]["pattern"])
-    assert pattern.match("30d") and pattern.match("1h30m") and not pattern.match("30x")
-    assert set(props["interval"]["enum"]) >= {"1m", "1h", "1d", "3mo"}
-    assert props["catchup"]["default"] == "1h"
-    defaults = schema["properties"]["defaults"]
-    assert "id" not in defaults["properties"] and "timezone" in defaults["properties"]
+# ------------------------------------------------------------------ speed
 
 
 def test_ten_thousand_jobs_load_in_seconds() -> None:
@@ -732,157 +589,3 @@ def test_ten_thousand_jobs_load_in_seconds() -> None:
     elapsed = time.perf_counter() - t0
     assert len(loaded.jobs) == 10_000
     assert elapsed < 15, f"loading 10,000 jobs took {elapsed:.1f}s"
-
-
-# ------------------------------------------------------------------ warnings: :latest clashes
-
-CLASH = """\
-version: 1
-defaults:
-  window: 30d
-jobs:
-  - id: a
-    tickers: [AAPL, MSFT, NVDA, AMZN, GOOG]
-    schedule: "@daily"
-    prefix: p
-  - id: b
-    tickers: [TSLA, GOOG, AAPL, AMZN, MSFT, NVDA]
-    schedule: "@hourly"
-    prefix: p
-    window: 10d
-"""
-CLASH_LINE = (
-    "jobs.yaml:9:5: jobs[1]: job 'b' writes GOOG, AAPL (+3 more) with interval 1d under "
-    "prefix 'p' like jobs[0] (id 'a' on line 5) but with a different window (window 10d, "
-    "not window 30d): their :latest pointers will alternate between the two windows"
-)
-
-
-def test_two_windows_on_one_pointer_give_one_warning_per_pair() -> None:
-    loaded = load(CLASH)
-    assert [j.id for j in loaded.jobs] == ["a", "b"]  # valid: a warning, not an error
-    assert loaded.warnings == (CLASH_LINE,)
-
-
-def test_the_warning_lists_few_shared_tickers_in_full() -> None:
-    text = CLASH.replace("[TSLA, GOOG, AAPL, AMZN, MSFT, NVDA]", "[MSFT, TSLA, AAPL, NVDA]")
-    (line,) = load(text).warnings
-    assert " writes MSFT, AAPL, NVDA with interval 1d " in line
-    (line,) = load(text.replace("[MSFT, TSLA, AAPL, NVDA]", "[TSLA, AAPL]")).warnings
-    assert " writes AAPL with interval 1d " in line
-
-
-@pytest.mark.parametrize(
-    "change",
-    [
-        ("    window: 10d\n", ""),  # the same window: the same key, rewritten
-        ("    window: 10d\n", "    window: 30d\n"),
-        ("    window: 10d\n", "    window: 10d\n    interval: 1h\n"),  # other keys
-        ("    prefix: p\n    window: 10d\n", "    prefix: q\n    window: 10d\n"),
-        ("[TSLA, GOOG, AAPL, AMZN, MSFT, NVDA]", "[TSLA, META]"),  # no ticker in common
-        # a backfill that ended before today never takes the pointer from a rolling window
-        ("    window: 10d\n", "    start: 2025-01-01\n    end: 2025-06-30\n"),
-    ],
-    ids=["same-default", "same-explicit", "interval", "prefix", "tickers", "backfill"],
-)
-def test_no_warning_when_the_pointers_do_not_fight(change: tuple[str, str]) -> None:
-    assert load(CLASH.replace(*change)).warnings == ()
-
-
-@pytest.mark.parametrize(
-    ("window", "described"),
-    [
-        ("    start: 2025-06-01\n", "start 2025-06-01"),  # ends today, like window 30d
-        ("    start: 2025-12-01\n    end: 2026-01-15\n", "2025-12-01..2026-01-15"),  # today
-        ("    start: 2025-12-01\n    end: 2026-03-31\n", "2025-12-01..2026-03-31"),  # ahead
-    ],
-)
-def test_windows_that_can_end_on_the_same_day_fight(window: str, described: str) -> None:
-    (line,) = load(CLASH.replace("    window: 10d\n", window)).warnings
-    assert f"different window ({described}, not window 30d)" in line
-
-
-def test_fixed_windows_fight_only_with_the_same_end() -> None:
-    text = """\
-    version: 1
-    jobs:
-      - {id: a, tickers: [AAPL], schedule: "@daily", start: 2025-01-01, end: 2025-06-30}
-      - {id: b, tickers: [AAPL], schedule: "@daily", start: 2025-03-01, end: 2025-06-30}
-      - {id: c, tickers: [AAPL], schedule: "@daily", start: 2025-03-01, end: 2025-05-31}
-    """
-    assert load(text).warnings == (
-        "jobs.yaml:4:5: jobs[1]: job 'b' writes AAPL with interval 1d under prefix "
-        "'scheduled_stock_data' like jobs[0] (id 'a' on line 3) but with a different window "
-        "(2025-03-01..2025-06-30, not 2025-01-01..2025-06-30): their :latest pointers will "
-        "alternate between the two windows",
-    )
-
-
-def test_every_fighting_pair_is_reported_in_file_order() -> None:
-    text = """\
-    version: 1
-    defaults: {tickers: [AAPL, MSFT], schedule: "@daily", interval: 1h}
-    jobs:
-      - {id: a, window: 5d}
-      - {id: b, window: 5d}
-      - {id: c, window: 3d}
-      - {id: d, window: 3d, prefix: other}
-    """
-    lines = load(text).warnings
-    assert [line.split(": ", 2)[1] for line in lines] == ["jobs[2]", "jobs[2]"]
-    assert "like jobs[0] (id 'a' on line 4)" in lines[0]
-    assert "like jobs[1] (id 'b' on line 5)" in lines[1]
-    assert all(line.startswith("jobs.yaml:6:5: ") for line in lines)
-    assert all(" with interval 1h " in line for line in lines)
-
-
-def test_good_file_and_repo_file_have_no_warnings() -> None:
-    assert load(GOOD).warnings == ()
-    repo = Path(__file__).resolve().parents[1] / "jobs.yaml"
-    assert load_jobs_file(repo).warnings == ()
-
-
-def test_latest_pointer_clashes_is_a_pure_function_of_the_specs() -> None:
-    def spec(job_id: str, tickers: list[str], **kw: object) -> JobSpec:
-        return JobSpec.model_validate(
-            {"id": job_id, "tickers": tickers, "schedule": "@daily", **kw}
-        )
-
-    jobs = [
-        spec("a", ["AAPL", "MSFT"]),
-        spec("b", ["MSFT", "AAPL", "X"], window="10d"),
-        spec("c", ["AAPL"], start="2020-01-01", end="2020-12-31"),
-    ]
-    # without a date, a fixed end is assumed not to be past yet
-    assert latest_pointer_clashes(jobs) == [
-        LatestClash(0, 1, ("MSFT", "AAPL")),
-        LatestClash(0, 2, ("AAPL",)),
-        LatestClash(1, 2, ("AAPL",)),
-    ]
-    assert latest_pointer_clashes(jobs, today=TODAY) == [LatestClash(0, 1, ("MSFT", "AAPL"))]
-    assert latest_pointer_clashes([]) == []
-
-
-def test_clash_detection_stays_fast_for_big_files() -> None:
-    """Jobs are compared window against window: many jobs sharing a window, or many
-    backfills next to a rolling job, must not cost a comparison per pair of jobs."""
-    tickers = [f"T{i}" for i in range(500)]
-    jobs = [
-        JobSpec.model_validate({"id": f"j{i}", "tickers": tickers, "schedule": "@daily"})
-        for i in range(300)
-    ]
-    jobs += [
-        JobSpec.model_validate(
-            {
-                "id": f"back{i}",
-                "tickers": tickers,
-                "schedule": "@daily",
-                "start": date(2020, 1, 1) + timedelta(days=i),
-                "end": date(2020, 1, 1) + timedelta(days=i),
-            }
-        )
-        for i in range(300)
-    ]
-    t0 = time.perf_counter()
-    assert latest_pointer_clashes(jobs, today=TODAY) == []
-    assert time.perf_counter() - t0 < 2

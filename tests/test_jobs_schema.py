@@ -18,7 +18,7 @@ import jsonschema
 import pytest
 import yaml
 
-from stocksched.config import ConfigError, load_jobs_file
+from stocksched.jobs import JobsFileError, jobs_file_json_schema, load_jobs_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_FILE = ROOT / "jobs.schema.json"
@@ -135,5 +135,22 @@ def test_schema_rejects_a_bad_file_that_validate_also_rejects(
     assert any(where in e for e in errors), errors
     path = tmp_path / "jobs.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigError):
+    with pytest.raises(JobsFileError):
         load_jobs_file(path)
+
+
+def test_json_schema_describes_the_file_as_written() -> None:
+    schema = jobs_file_json_schema()
+    json.dumps(schema)  # serialisable for `stocksched schema`
+    assert schema["required"] == ["jobs"] and schema["additionalProperties"] is False
+    job = schema["properties"]["jobs"]["items"]
+    assert job["required"] == ["id"] and job["additionalProperties"] is False
+    props = job["properties"]
+    window = props["window"]["anyOf"][0]
+    assert {"type": "string", "pattern": window["anyOf"][0]["pattern"]} == window["anyOf"][0]
+    pattern = re.compile(window["anyOf"][0]["pattern"])
+    assert pattern.match("30d") and pattern.match("1h30m") and not pattern.match("30x")
+    assert set(props["interval"]["enum"]) >= {"1m", "1h", "1d", "3mo"}
+    assert props["catchup"]["default"] == "1h"
+    defaults = schema["properties"]["defaults"]
+    assert "id" not in defaults["properties"] and "timezone" in defaults["properties"]
