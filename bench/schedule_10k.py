@@ -35,6 +35,8 @@ import argparse
 import json
 import logging
 import math
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -233,7 +235,7 @@ def child_stocksched(args: argparse.Namespace) -> dict[str, Any]:
                 tl.out["metrics_bytes"] = len(c.metrics.render())
                 tl.out["metrics_render_s"] = time.perf_counter() - t
             finally:
-                daemon.request_stop()
+                os.kill(os.getpid(), signal.SIGTERM)  # what stops a daemon: its handler
 
         threading.Thread(target=measure, name="bench", daemon=True).start()
         rc = daemon.run()

@@ -20,18 +20,12 @@ from typing import Any
 import prometheus_client
 
 from stocksched import __version__
-from stocksched.api import (
-    Access,
-    ApiConfigError,
-    ApiServer,
-    ApiStartError,
-    create_app,
-    load_token,
-)
 from stocksched.clock import Clock, SystemClock, iso_utc
 from stocksched.coordination import LeaseManager, ReplicaHeartbeat, list_replicas
 from stocksched.executor import JobExecutor
+from stocksched.exitcodes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from stocksched.facade import SchedulerServingApp
+from stocksched.http import Access, ApiConfigError, ApiServer, ApiStartError, create_app, load_token
 from stocksched.metrics import Metrics
 from stocksched.notify import SystemdNotifier
 from stocksched.outbox import StorageHealth
@@ -48,10 +42,6 @@ from stocksched.storage.butler import DataIOButler
 from stocksched.watch import JobsWatcher
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_CONFIG = 1
-EXIT_USAGE = 2
 
 
 def state_dir(settings: Settings) -> Path | None:
@@ -173,9 +163,6 @@ class Daemon:
         else:
             self._stop.set()
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     def request_reload(self) -> None:
         self._reload.set()
 
@@ -240,14 +227,14 @@ class Daemon:
                 self.api.start()
             except ApiStartError as exc:
                 log.error("not starting: %s", exc)
-                return EXIT_CONFIG
+                return EXIT_FAIL
         if not self._first_load():
             if self.api is not None:
                 self.api.stop()
             if self._refused:
                 return EXIT_USAGE
             if not self._stop.is_set():
-                return EXIT_CONFIG
+                return EXIT_FAIL
             self.notifier.stopping("stopped while waiting for Redis")
             return EXIT_OK
         # Runs of ours that a crash left behind: with a stable replica id they are ours

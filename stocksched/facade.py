@@ -18,37 +18,31 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    Field,
-    PlainSerializer,
-    ValidationError,
-    WithJsonSchema,
-)
+from pydantic import ValidationError
 
-from stocksched.clock import Clock, iso_utc, to_utc
+from stocksched.clock import Clock, iso_utc
 from stocksched.metrics import JOB_STATES, Metrics
-from stocksched.model import JobStatus, RunResult, ScheduledJob
+from stocksched.model import JobStatus, ScheduledJob
 from stocksched.registry import JobRegistry, UnknownJobError
-from stocksched.reload import JobsReloader, ReloadStatus
+from stocksched.reload import JobsReloader
 from stocksched.scheduler import JobBusyError, JobScheduler
 from stocksched.storage.adapter import RedisAdapter, StorageError
+from stocksched.views import (
+    ConfigView,
+    JobView,
+    PauseView,
+    ReloadView,
+    RunSummaryView,
+    RunView,
+    StatusView,
+    StorageView,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "JobBusyError",
-    "JobNotFoundError",
-    "JobView",
-    "PauseView",
-    "RunView",
-    "SchedulerServingApp",
-    "StatusView",
-    "TriggerView",
-]
+__all__ = ["JobBusyError", "JobNotFoundError", "SchedulerServingApp"]
 
 # The scheduler thread wakes at least every ``max_sleep`` seconds; three missed wake-ups
 # mean it is stuck, not merely idle.
@@ -67,176 +61,6 @@ class JobNotFoundError(UnknownJobError):
 
     def __str__(self) -> str:
         return f"no job {self.job_id!r} in the current config"
-
-
-# -- views (also the API's response models) ------------------------------------------
-
-# Every time in a view is UTC with an explicit offset ("2026-03-02T10:05:00+00:00"), whatever
-# zone it came in (the scheduler's next fire time is in the job's zone): normalised when the
-# view is built, written with "+00:00" (pydantic would write "Z") when it is serialised.
-UtcDatetime = Annotated[
-    datetime,
-    AfterValidator(to_utc),
-    PlainSerializer(iso_utc, return_type=str, when_used="json"),
-    WithJsonSchema({"type": "string", "format": "date-time"}),
-]
-
-
-class RunSummaryView(BaseModel):
-    """The last run of a job, as stored on its record."""
-
-    run_id: str
-    status: str = Field(description="success, partial_success or failed")
-    trigger: str = Field(description="schedule or manual")
-    finished_at: UtcDatetime | None = None
-    duration_s: float = 0.0
-    fetched: int = Field(0, description="tickers fetched and stored")
-    failed: int = Field(0, description="tickers that failed")
-    reason: str = ""
-
-
-class JobView(BaseModel):
-    """A job's spec from jobs.yaml and its runtime state."""
-
-    job_id: str
-    name: str
-    status: str = Field(description="pending, running, completed, failed or paused")
-    running: bool = Field(description="a run of this job is in progress in this daemon")
-    enabled: bool = Field(description="enabled in jobs.yaml (the original design's is_active)")
-    paused: bool = Field(description="paused through the API (persisted in Redis)")
-    active: bool = Field(description="enabled and not paused: scheduled runs happen")
-    schedule: str
-    timezone: str
-    source: str
-    interval: str
-    tickers: list[str]
-    last_run: UtcDatetime | None = None
-    next_run: UtcDatetime | None = Field(None, description="next scheduled slot; null if inactive")
-    last_result: RunSummaryView | None = None
-    spec: dict[str, Any] = Field(description="the job as written in jobs.yaml, defaults merged")
-    spec_hash: str
-    created_at: UtcDatetime
-    updated_at: UtcDatetime
-
-
-class RunView(BaseModel):
-    """One entry of a job's run history."""
-
-    run_id: str
-    job_id: str
-    trigger: str
-    status: str = Field(
-        description="success, partial_success, failed, or missed/skipped/interrupted for "
-        "slots that did not run"
-    )
-    scheduled_for: UtcDatetime | None = None
-    started_at: UtcDatetime
-    finished_at: UtcDatetime
-    duration_s: float
-    fetched: list[str]
-    failed: list[str]
-    errors: dict[str, str] = Field(description="error message per failed ticker")
-    rows_stored: int
-    reason: str = ""
-    warnings: dict[str, str] = Field(
-        default_factory=dict,
-        description="data-quality warning per ticker whose bars were partly dropped "
-        "before storing (bad prices, inconsistent ranges, bars outside the window)",
-    )
-
-    @classmethod
-    def of(cls, r: RunResult) -> RunView:
-        return cls(
-            run_id=r.run_id,
-            job_id=r.job_id,
-            trigger=str(r.trigger),
-            status=str(r.status),
-            scheduled_for=r.scheduled_for,
-            started_at=r.started_at,
-            finished_at=r.finished_at,
-            duration_s=round(r.duration_s, 3),
-            fetched=list(r.fetched_stocks),
-            failed=list(r.failed_stocks),
-            errors=dict(r.errors),
-            rows_stored=r.rows_stored,
-            reason=r.reason,
-            warnings=dict(r.warnings),
-        )
-
-
-class ReloadView(BaseModel):
-    """The last load or reload of jobs.yaml."""
-
-    at: UtcDatetime | None = None
-    ok: bool
-    errors: list[str] = Field(description="FILE:LINE:COL: path: message, when invalid")
-    sha256: str = ""
-    added: int = 0
-    changed: int = 0
-    removed: int = 0
-    unchanged: int = 0
-
-    @classmethod
-    def of(cls, s: ReloadStatus) -> ReloadView:
-        d = s.diff
-        return cls(
-            at=s.at,
-            ok=s.ok,
-            errors=list(s.errors),
-            sha256=s.sha256,
-            added=len(d.added) if d else 0,
-            changed=len(d.changed) if d else 0,
-            removed=len(d.removed) if d else 0,
-            unchanged=len(d.unchanged) if d else 0,
-        )
-
-
-class ConfigView(BaseModel):
-    path: str
-    sha256: str | None = Field(None, description="hash of the config in effect")
-    jobs: int = Field(description="jobs in the config in effect")
-
-
-class StorageView(BaseModel):
-    """Redis as the daemon last saw it."""
-
-    up: bool = Field(description="the last Redis operation succeeded")
-    since: UtcDatetime = Field(description="when Redis last went up or down (or daemon start)")
-    reason: str = Field("", description="while down: the operation that failed, and why")
-
-
-class StatusView(BaseModel):
-    """The daemon at a glance."""
-
-    running: bool = Field(description="the scheduler thread is alive")
-    version: str
-    started_at: UtcDatetime
-    uptime_s: float
-    jobs_total: int
-    jobs_by_state: dict[str, int] = Field(
-        description="the original design's states: pending, running, completed, failed, paused"
-    )
-    config: ConfigView
-    last_reload: ReloadView
-    storage: StorageView
-    replicas: list[dict[str, Any]] | None = Field(
-        None, description="live replicas sharing this Redis; null while Redis is unavailable"
-    )
-
-
-class TriggerView(BaseModel):
-    job_id: str
-    run_id: str
-    message: str
-
-
-class PauseView(BaseModel):
-    job_id: str
-    paused: bool
-    enabled: bool
-    active: bool
-    message: str
-    job: JobView
 
 
 # -- the facade ----------------------------------------------------------------------

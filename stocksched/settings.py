@@ -35,7 +35,7 @@ class HttpSettings(BaseModel):
     # must then be given the token (`authorization: credentials_file:` in its scrape config).
     protect_metrics: bool = False
     # Open HTTP connections at most, lowered at startup to stay below the file-descriptor
-    # limit; past it the connection idle the longest is closed (stocksched.httpserver).
+    # limit; past it the connection idle the longest is closed (stocksched.http.connections).
     max_connections: int = Field(default=512, ge=1, le=100_000)
     # Seconds a connection may wait without a complete request (after connecting or after
     # its previous response) before it is closed.

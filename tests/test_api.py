@@ -22,7 +22,10 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from stocksched import __version__
-from stocksched.api import (
+from stocksched.clock import Clock
+from stocksched.daemon import Components
+from stocksched.facade import SchedulerServingApp
+from stocksched.http import (
     Access,
     ApiConfigError,
     ApiServer,
@@ -31,9 +34,6 @@ from stocksched.api import (
     create_app,
     load_token,
 )
-from stocksched.clock import Clock
-from stocksched.daemon import Components
-from stocksched.facade import SchedulerServingApp
 from stocksched.settings import Settings
 from stocksched.sources.base import PermanentFetchError
 from stocksched.sources.demo import DemoFetcher
@@ -401,6 +401,23 @@ def test_pause_and_resume(stack: Stack) -> None:
     assert 'stocksched_job_paused{job="alpha"} 0.0' in stack.http.get("/metrics").text
 
 
+def test_pause_and_resume_are_the_names_and_stop_and_start_their_aliases(stack: Stack) -> None:
+    paused = stack.http.post("/scheduler/jobs/alpha/pause")
+    assert paused.status_code == 200 and paused.json()["paused"] is True
+    assert stack.http.post("/scheduler/jobs/alpha/stop").json()["message"] == "already paused"
+    resumed = stack.http.post("/scheduler/jobs/alpha/resume")
+    assert resumed.status_code == 200 and resumed.json()["paused"] is False
+    assert (
+        stack.http.post("/scheduler/jobs/alpha/start")
+        .json()["message"]
+        .startswith("was not paused; next run at ")
+    )
+    assert stack.http.post("/scheduler/jobs/alpha/stop").json()["paused"] is True
+    assert stack.http.post("/scheduler/jobs/alpha/resume").json()["message"].startswith("resumed")
+    assert_error(stack.http.post("/scheduler/jobs/nope/pause"), 404, "nope")
+    assert_error(stack.http.post("/scheduler/jobs/nope/resume"), 404, "nope")
+
+
 def test_resume_leaves_a_job_disabled_in_jobs_yaml_disabled(stack: Stack) -> None:
     body = stack.http.post("/scheduler/jobs/off/start").json()
     assert body["enabled"] is False and body["active"] is False and body["paused"] is False
@@ -448,7 +465,7 @@ def secured(tmp_path: Path) -> Iterator[Stack]:
     s.close()
 
 
-@pytest.mark.parametrize("path", ["trigger", "stop", "start"])
+@pytest.mark.parametrize("path", ["trigger", "pause", "resume", "stop", "start"])
 @pytest.mark.parametrize(
     ("headers", "needle"),
     [
@@ -793,9 +810,17 @@ def test_openapi_documents_the_read_only_contract(stack: Stack) -> None:
         ("GET", "/scheduler/jobs/{job_id}"),
         ("GET", "/scheduler/jobs/{job_id}/runs"),
         ("POST", "/scheduler/jobs/{job_id}/trigger"),
+        ("POST", "/scheduler/jobs/{job_id}/pause"),
+        ("POST", "/scheduler/jobs/{job_id}/resume"),
         ("POST", "/scheduler/jobs/{job_id}/stop"),
         ("POST", "/scheduler/jobs/{job_id}/start"),
     }
+    for name, alias in (("pause", "stop"), ("resume", "start")):
+        documented = spec["paths"][f"/scheduler/jobs/{{job_id}}/{name}"]["post"]
+        old = spec["paths"][f"/scheduler/jobs/{{job_id}}/{alias}"]["post"]
+        assert not documented.get("deprecated") and old["deprecated"] is True
+        assert old["summary"].startswith(f"Alias of /{name}")
+        assert documented["security"] == old["security"] == [{"HTTPBearer": []}]
     trigger = spec["paths"]["/scheduler/jobs/{job_id}/trigger"]["post"]
     assert {"202", "401", "404", "409", "413"} <= set(trigger["responses"])
     assert trigger["security"] == [{"HTTPBearer": []}]

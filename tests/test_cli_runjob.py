@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from stocksched.cli import NOT_PERSISTED
+from stocksched.cli.runjob import NOT_PERSISTED
 from stocksched.storage import keys
 from tests.daemons import Launch, assert_no_leftovers, find, history, record, wait_for, wait_ready
 from tests.helpers import DEMO_JOBS, run_cli

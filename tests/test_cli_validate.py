@@ -18,6 +18,8 @@ import pandas as pd
 import pytest
 
 from stocksched import cli
+from stocksched.cli.validate import next_fires
+from stocksched.exitcodes import EXIT_PIPE
 from stocksched.jobs import load_jobs_file
 from stocksched.sources import DemoFetcher, PermanentFetchError
 from tests.helpers import DEMO_JOBS, run_cli
@@ -379,18 +381,18 @@ def test_next_fires_jumps_over_weekends_and_holidays() -> None:
     calendars = MarketCalendars()
     noon = _spec("0 12 * * *")
     friday = datetime(2025, 12, 19, 18, 0, tzinfo=ny)
-    fires = cli.next_fires(noon, friday, 5, calendars)
+    fires = next_fires(noon, friday, 5, calendars)
     # Weekend 20-21, Christmas 25 and the weekend 27-28 are closed.
     assert [t.astimezone(ny).day for t in fires] == [22, 23, 24, 26, 29]
     # Every minute, from a Saturday: the first is Monday's first minute, found at once.
     saturday = datetime(2025, 12, 20, 10, 0, tzinfo=ny)
-    every_minute = cli.next_fires(_spec("* * * * *"), saturday, 2, calendars)
+    every_minute = next_fires(_spec("* * * * *"), saturday, 2, calendars)
     assert [t.astimezone(ny) for t in every_minute] == [
         datetime(2025, 12, 22, 0, 0, tzinfo=ny),
         datetime(2025, 12, 22, 0, 1, tzinfo=ny),
     ]
     # A schedule that never meets an open day shows nothing, and ends.
-    assert cli.next_fires(_spec("0 12 * * 6"), saturday, 3, calendars) == []
+    assert next_fires(_spec("0 12 * * 6"), saturday, 3, calendars) == []
 
 
 def _spec(schedule: str) -> Any:
@@ -435,5 +437,5 @@ def test_validate_into_a_pipe_closed_early_exits_quietly(tmp_path: Path) -> None
     err = proc.stderr.read().decode()
     code = proc.wait(timeout=60)
     assert first.decode().startswith(f"{REPO_JOBS}: OK")
-    assert code == cli.EXIT_PIPE == 141
+    assert code == EXIT_PIPE == 141
     assert err == ""

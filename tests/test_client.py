@@ -8,19 +8,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
-from stocksched.api import Access, ApiServer
 from stocksched.cli import main
-from stocksched.client import (
-    daemon_url,
-    fmt_duration,
-    fmt_time,
-    format_runs,
-    format_status,
-    table,
-    url_from_listen,
-)
+from stocksched.cli.output import fmt_duration, fmt_time, format_runs, format_status, table
+from stocksched.cli.remote import ApiClient, daemon_url, url_from_listen
+from stocksched.http import Access, ApiServer
 from tests.conftest import free_port
 from tests.test_api import TOKEN, Stack
 
@@ -543,3 +537,16 @@ def test_bare_host_port_reaches_the_daemon(
     monkeypatch.setenv("STOCKSCHED_URL", address)
     code, out, _ = run(capsys, "jobs", "--json")
     assert code == 0 and len(json.loads(out)) == 5
+
+
+def test_the_client_pauses_and_resumes_through_the_documented_paths() -> None:
+    seen: list[tuple[str, str]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path))
+        return httpx.Response(200, json={})
+
+    client = ApiClient("http://daemon", transport=httpx.MockTransport(answer))
+    client.pause("a")
+    client.resume("a")
+    assert seen == [("POST", "/scheduler/jobs/a/pause"), ("POST", "/scheduler/jobs/a/resume")]

@@ -17,7 +17,6 @@ import redis
 
 from stocksched import metrics as metrics_module
 from stocksched.executor import JobExecutor
-from stocksched.facade import RunView
 from stocksched.jobs.spec import JobSpec
 from stocksched.metrics import Metrics
 from stocksched.model import RunResult, RunStatus, Trigger
@@ -30,6 +29,7 @@ from stocksched.sources.yahoo import YFinanceFetcher
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter
 from stocksched.storage.butler import DataIOButler
+from stocksched.views import RunView
 from tests.fakes import FakeClock
 from tests.helpers import make_spec
 from tests.yahoo_fake import AAPL, FakeYahoo, Reply, bar, history_back_to, installed_fake

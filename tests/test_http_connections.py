@@ -36,8 +36,8 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from stocksched.api import ApiServer
-from stocksched.httpserver import (
+from stocksched.http import ApiServer
+from stocksched.http.connections import (
     ACCEPT_ERROR_MESSAGE,
     ACCEPT_HEADROOM,
     ConnectionGuard,
@@ -249,7 +249,7 @@ def test_with_every_connection_busy_a_new_one_is_closed_at_once(
         for s in busy:
             s.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
         time.sleep(0.2)
-        with caplog.at_level(logging.INFO, "stocksched.httpserver"):
+        with caplog.at_level(logging.INFO, "stocksched.http.connections"):
             for _ in range(3):
                 with _connect(server.port) as extra:
                     assert _closed_within(extra, 1) is not None
@@ -275,7 +275,7 @@ def test_accept_failures_are_logged_once_per_episode(caplog: pytest.LogCaptureFi
     emfile = OSError(errno.EMFILE, "Too many open files")
     context = {"message": ACCEPT_ERROR_MESSAGE, "exception": emfile}
     try:
-        with caplog.at_level(logging.INFO, "stocksched.httpserver"):
+        with caplog.at_level(logging.INFO, "stocksched.http.connections"):
             for _ in range(2):  # two episodes
                 for _ in range(2048):
                     guard.handle_loop_exception(loop, context)

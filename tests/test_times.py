@@ -14,9 +14,9 @@ from zoneinfo import ZoneInfo
 import pytest
 import redis
 
-from stocksched.client import fmt_time, format_jobs, format_runs
+from stocksched.cli.output import fmt_time, format_jobs, format_runs
 from stocksched.clock import iso_utc, to_utc
-from stocksched.facade import JobView, RunView
+from stocksched.views import JobView, RunView
 from tests.fakes import FakeClock
 from tests.helpers import Rig, make_spec
 

@@ -27,6 +27,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from stocksched.secretfile import read_secret_file
+
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
@@ -252,7 +254,7 @@ def connect(url: str | None, password_file: Path | None = None) -> redis.Redis:
     if password_file is not None:
         if urlsplit(spec).password:
             raise ValueError("give the Redis password in the URL or in a password file, not both")
-        password = _read_password(password_file)
+        password = read_secret_file(password_file, "Redis password")
     return redis.Redis.from_url(
         spec,
         decode_responses=True,
@@ -266,17 +268,6 @@ def connect(url: str | None, password_file: Path | None = None) -> redis.Redis:
         ),
         password=password,
     )
-
-
-def _read_password(path: Path) -> str:
-    """The password in ``path``, minus the trailing newline ``echo`` and editors leave."""
-    try:
-        password = path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ValueError(f"cannot read Redis password file {path}: {exc.strerror}") from exc
-    if not password:
-        raise ValueError(f"Redis password file {path} is empty")
-    return password
 
 
 def is_embedded(client: redis.Redis) -> bool:

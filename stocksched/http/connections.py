@@ -116,10 +116,6 @@ class ConnectionGuard:
         """For uvicorn's own keep-alive timer (whole seconds): never before ours fires."""
         return max(1, math.ceil(self.idle_timeout))
 
-    @property
-    def open_connections(self) -> int:
-        return len(self._open)
-
     def admit(self, conn: GuardedH11Protocol) -> bool:
         """Take a new connection, making room by closing the longest-idle one if needed."""
         self._end_accept_episode()

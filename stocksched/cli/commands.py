@@ -1,0 +1,60 @@
+"""The ``stocksched`` command: parse, dispatch, and turn what escapes into an exit code.
+
+Exit codes: ``stocksched.exitcodes`` (141, stdout closed early, prints nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+
+from stocksched.cli.parser import build_parser, settings_from_args
+from stocksched.cli.runjob import cmd_run, cmd_run_job
+from stocksched.cli.validate import cmd_schema, cmd_validate
+from stocksched.exitcodes import EXIT_INTERRUPTED, EXIT_PIPE, EXIT_USAGE
+from stocksched.settings import SettingsError
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from stocksched.cli.remote_commands import run_command  # httpx: only for these commands
+
+    return run_command(args, lambda: settings_from_args(args))
+
+
+COMMANDS = {
+    "validate": cmd_validate,
+    "run": cmd_run,
+    "run-job": cmd_run_job,
+    "schema": cmd_schema,
+    **{name: cmd_client for name in ("status", "jobs", "runs", "trigger", "pause", "resume")},
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        try:
+            return COMMANDS[args.command](args)
+        finally:
+            sys.stdout.flush()  # a reader gone early shows here, not at interpreter exit
+    except SettingsError as exc:
+        print(f"stocksched: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `stocksched validate jobs.yaml | head`
+        _stdout_to_devnull()
+        return EXIT_PIPE
+
+
+def _stdout_to_devnull() -> None:
+    """The Python docs' recipe: what is still buffered for the closed pipe goes nowhere."""
+    with contextlib.suppress(OSError, ValueError):  # ValueError: no file descriptor (in-process)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def entrypoint() -> None:
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The ``stocksched`` command line: every subcommand, its flags, and settings from flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from stocksched import __version__
+from stocksched.settings import Settings, load_settings, resolve_config_path
+
+MAX_COUNT = 100  # validate --count: fire times per job
+
+
+def _add_settings_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="settings file (default: $STOCKSCHED_CONFIG or config/stocksched.yaml)",
+    )
+    p.add_argument("--jobs", metavar="PATH", help="jobs file (env STOCKSCHED_JOBS)")
+    p.add_argument(
+        "--redis-url", metavar="URL", help="redis://... or memory:// (env STOCKSCHED_REDIS_URL)"
+    )
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", choices=["text", "json"])
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= n <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_COUNT}, got {n}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stocksched",
+        description="Declarative market-data scheduler: jobs.yaml -> Redis.",
+        epilog="Exit codes: 0 ok, 1 invalid config / failed run, 2 usage error, "
+        "3 partial success (run-job), 4 job already running (run-job), "
+        "141 output pipe closed early (e.g. | head).",
+    )
+    parser.add_argument("--version", action="version", version=f"stocksched {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_local_commands(sub)
+    sub.add_parser("schema", help="print the JSON Schema of jobs.yaml")
+    _add_client_commands(sub)
+    return parser
+
+
+def _add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands that work without a daemon: run (is one), validate, run-job."""
+    run = sub.add_parser("run", help="run the daemon until SIGTERM/SIGINT")
+    _add_settings_flags(run)
+    run.add_argument("--pool-size", type=int, metavar="N")
+    run.add_argument("--shutdown-grace", type=float, metavar="SECONDS")
+    run.add_argument(
+        "--listen", metavar="HOST:PORT", help="HTTP API address (env STOCKSCHED_LISTEN)"
+    )
+
+    val = sub.add_parser(
+        "validate",
+        help="check jobs files and show each job's next fire times",
+        description="Validate jobs files. Exit 0: all valid; 1: at least one file is invalid, "
+        "missing or unreadable (each error printed as FILE:LINE:COL: path: "
+        "message); 2: usage error.",
+    )
+    val.add_argument("files", nargs="+", metavar="FILE")
+    val.add_argument("--format", choices=["text", "json"], default="text")
+    val.add_argument(
+        "--count",
+        type=_count,
+        default=3,
+        metavar="N",
+        help=f"fire times to show per job, 1 to {MAX_COUNT} (default 3)",
+    )
+
+    rj = sub.add_parser(
+        "run-job",
+        help="run one job once, now, in the foreground",
+        description="Run one job now, claimed like a manual trigger: it holds the job's run "
+        "lease (a daemon's scheduled or triggered run then waits or skips) and ends at the "
+        "job's timeout. Exit 0 success, 3 partial success, 1 failed, 2 unknown job, "
+        "4 the job is already running (on a daemon or another run-job; nothing is run), "
+        "130 interrupted (Ctrl-C or SIGTERM: the run is cancelled and recorded).",
+    )
+    _add_settings_flags(rj)
+    rj.add_argument("job_id", metavar="JOB_ID")
+    rj.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _add_client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--url",
+        metavar="URL",
+        help="daemon address, e.g. http://127.0.0.1:9731 (env STOCKSCHED_URL; "
+        "default: from the settings' http.listen)",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="API token for POSTs (env STOCKSCHED_TOKEN_FILE, or http.token_file)",
+    )
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="settings file (default: $STOCKSCHED_CONFIG or config/stocksched.yaml)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+
+def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """HTTP clients of a running daemon (see stocksched.cli.remote_commands)."""
+    st = sub.add_parser("status", help="show the running daemon's status")
+    _add_client_flags(st)
+    jobs = sub.add_parser("jobs", help="list jobs with their state, last and next run")
+    _add_client_flags(jobs)
+    runs = sub.add_parser("runs", help="show a job's run history, newest first")
+    _add_client_flags(runs)
+    runs.add_argument("job_id", metavar="JOB_ID")
+    runs.add_argument("--limit", type=int, default=20, metavar="N", help="entries (default 20)")
+    trig = sub.add_parser(
+        "trigger",
+        help="run a job now, outside its schedule",
+        description="Start a run now. With --wait, wait for it and exit like run-job: "
+        "0 success, 3 partial success, 1 failed or timed out.",
+    )
+    _add_client_flags(trig)
+    trig.add_argument("job_id", metavar="JOB_ID")
+    trig.add_argument("--wait", action="store_true", help="wait until the run has finished")
+    trig.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="with --wait: give up after this long (default 300)",
+    )
+    for name, text in (
+        ("pause", "pause a job's schedule (kept across restarts)"),
+        ("resume", "resume a paused job"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _add_client_flags(p)
+        p.add_argument("job_id", metavar="JOB_ID")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """The settings file, the environment and the flags this command was given."""
+    overrides: dict[str, Any] = {
+        "jobs": getattr(args, "jobs", None),
+        "redis_url": getattr(args, "redis_url", None),
+        "log_level": getattr(args, "log_level", None),
+        "log_format": getattr(args, "log_format", None),
+        "pool_size": getattr(args, "pool_size", None),
+        "shutdown_grace": getattr(args, "shutdown_grace", None),
+        "http.listen": getattr(args, "listen", None),
+    }
+    path = resolve_config_path(getattr(args, "config", None), os.environ)
+    return load_settings(path, os.environ, overrides)
