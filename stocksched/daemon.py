@@ -29,13 +29,12 @@ from stocksched.api import (
     load_token,
 )
 from stocksched.clock import Clock, SystemClock, iso_utc
-from stocksched.coordination import LeaseManager, ReplicaHeartbeat, list_replicas
+from stocksched.coordination import ReplicaHeartbeat
 from stocksched.executor import JobExecutor
 from stocksched.facade import SchedulerServingApp
 from stocksched.metrics import Metrics
 from stocksched.notify import SystemdNotifier
 from stocksched.outbox import StorageHealth
-from stocksched.ratelimit import build_rate_limiter
 from stocksched.registry import JobRegistry
 from stocksched.reload import ConfigReloader, ConfigWatcher
 from stocksched.scheduler import JobScheduler
@@ -45,6 +44,9 @@ from stocksched.sources.base import Fetcher
 from stocksched.statesync import StateSync
 from stocksched.storage.adapter import RedisAdapter, StorageError, connect, is_embedded
 from stocksched.storage.butler import DataIOButler
+from stocksched.storage.leases import LeaseManager
+from stocksched.storage.ratelimit import build_rate_limiter
+from stocksched.storage.replicas import list_replicas
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class Components:
             cache = base / "yfinance" if base is not None else None
             if cache is not None:
                 cache.mkdir(parents=True, exist_ok=True)
-            limiter = build_rate_limiter(self.client, settings.max_requests_per_second)
+            limiter = build_rate_limiter(self.adapter, settings.max_requests_per_second)
             session = new_session(limiter=limiter)
             configure_yfinance(cache, session=session)
             fetchers = build_fetchers(session=session)
@@ -107,9 +109,9 @@ class Components:
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         )
         lease_ms = int(settings.lease_ttl * 1000)
-        self.leases = LeaseManager(self.client, self.replica_id, lease_ms, clock=self.clock)
+        self.leases = LeaseManager(self.adapter, self.replica_id, lease_ms, clock=self.clock)
         self.heartbeat = ReplicaHeartbeat(
-            self.client,
+            self.adapter,
             self.replica_id,
             {"version": __version__, "hostname": socket.gethostname(), "pid": os.getpid()},
             settings.replica_ttl,
@@ -139,7 +141,7 @@ class Components:
 
     def replicas(self) -> list[dict[str, Any]] | None:
         try:
-            found = list_replicas(self.client)
+            found = list_replicas(self.adapter)
         except StorageError as exc:
             self.health.failed("list replicas", exc)
             return None  # status still answers during an outage, and says Redis is down

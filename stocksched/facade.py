@@ -35,7 +35,7 @@ from stocksched.model import JobStatus, RunResult, ScheduledJob
 from stocksched.registry import JobRegistry, UnknownJobError
 from stocksched.reload import ConfigReloader, ReloadStatus
 from stocksched.scheduler import JobBusyError, JobScheduler
-from stocksched.storage.adapter import RedisAdapter, StorageError
+from stocksched.storage.adapter import AbstractDatabaseAdapter, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ class SchedulerServingApp:
         registry: JobRegistry,
         scheduler: JobScheduler,
         reloader: ConfigReloader,
-        adapter: RedisAdapter,
+        adapter: AbstractDatabaseAdapter,
         metrics: Metrics,
         clock: Clock,
         version: str,
