@@ -18,6 +18,8 @@ from typing import Any
 
 from stocksched.clock import Clock, SystemClock
 from stocksched.model import iso
+from stocksched.outbox import OutageLog
+from stocksched.periodic import Periodic
 from stocksched.storage.adapter import RedisAdapter, StorageError
 from stocksched.storage.leases import Lease, LeaseManager
 from stocksched.storage.replicas import ReplicaRecords
@@ -37,24 +39,6 @@ def rerun_run_id(run_id: str) -> str:
     if sep and n.isdigit() and ":" in base:
         return f"{base}-r{int(n) + 1}"
     return f"{run_id}-r1"
-
-
-class _OutageLog:
-    """Logs a Redis outage once when it starts and once when it ends, not per attempt."""
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-        self._down = False
-
-    def failed(self, exc: StorageError) -> None:
-        if not self._down:
-            self._down = True
-            log.error("%s: redis unreachable, will keep retrying: %s", self._what, exc)
-
-    def ok(self) -> None:
-        if self._down:
-            self._down = False
-            log.info("%s: redis reachable again", self._what)
 
 
 LostCallback = Callable[[Lease, str], None]
@@ -84,9 +68,14 @@ class LeaseKeeper:
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._held: dict[Lease, float] = {}  # lease -> monotonic time of its last extension
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._outage = _OutageLog("lease keeper")
+        self._periodic = Periodic(
+            "lease-keeper",
+            self._interval,
+            self.tick,
+            failed="lease keeper step failed; continuing",
+            logger=log,
+        )
+        self._outage = OutageLog("lease keeper", log)
 
     def add(self, lease: Lease) -> None:
         with self._lock:
@@ -150,22 +139,10 @@ class LeaseKeeper:
             )
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                self.tick()
-            except Exception:  # the keeper must outlive any surprise
-                log.exception("lease keeper step failed; continuing")
+        self._periodic.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._periodic.stop(timeout)
 
 
 class ReplicaHeartbeat:
@@ -188,9 +165,14 @@ class ReplicaHeartbeat:
         self._ttl_ms = int(ttl_s * 1000)
         self._clock = clock or SystemClock()
         self._started_at = self._clock.now()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._outage = _OutageLog(f"replica heartbeat {replica_id}")
+        self._periodic = Periodic(
+            "replica-heartbeat",
+            self._ttl_ms / 3000,
+            self._beat_logged,
+            failed="replica heartbeat step failed; continuing",
+            logger=log,
+        )
+        self._outage = OutageLog(f"replica heartbeat {replica_id}", log)
 
     def beat(self) -> None:
         """Announce this replica for another ``ttl_s``; raises StorageError."""
@@ -211,10 +193,8 @@ class ReplicaHeartbeat:
 
     def start(self) -> None:
         """Beat now (best effort) and then every ``ttl_s / 3`` on a background thread."""
-        self._stop.clear()
         self._beat_logged()
-        self._thread = threading.Thread(target=self._loop, name="replica-heartbeat", daemon=True)
-        self._thread.start()
+        self._periodic.start()
 
     def _beat_logged(self) -> None:
         try:
@@ -224,20 +204,13 @@ class ReplicaHeartbeat:
         else:
             self._outage.ok()
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self._ttl_ms / 3000):
-            self._beat_logged()
-
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._periodic.alive
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop beating and withdraw at once (others need not wait out the ttl)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self._periodic.stop(timeout)
         try:
             self._records.withdraw(self.replica_id)
         except StorageError as exc:
