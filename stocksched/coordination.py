@@ -50,7 +50,7 @@ class LeaseKeeper:
     A lease that cannot be extended -- the key vanished or another token holds it, or
     Redis stayed unreachable until the lease must have expired -- is dropped and
     reported to ``on_lost(lease, reason)``, so the run it covered can be flagged.
-    ``discard`` a lease before releasing or finishing it: one released while still
+    ``discard`` a lease before finishing it (``LeaseManager.finish``): one finished while still
     held here would be reported lost by the next extension.
     """
 
@@ -121,7 +121,7 @@ class LeaseKeeper:
     def _report(self, lease: Lease, reason: str) -> None:
         with self._lock:
             if self._held.pop(lease, None) is None:
-                return  # released meanwhile: nothing was lost
+                return  # finished meanwhile: nothing was lost
         log.error(
             "lease lost job=%s run_id=%s: %s",
             lease.job_id,
