@@ -61,12 +61,12 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from stocksched.executor import JobExecutor
     from stocksched.jobs.spec import JobSpec
     from stocksched.metrics import Metrics
-    from stocksched.ratelimit import build_rate_limiter
     from stocksched.settings import Settings
     from stocksched.sources import build_fetchers, configure_yfinance
     from stocksched.storage import keys
     from stocksched.storage.adapter import RedisAdapter, connect
     from stocksched.storage.butler import DataIOButler
+    from stocksched.storage.ratelimit import build_rate_limiter
 
     names = tickers(args.tickers)
     settings = Settings(
@@ -75,7 +75,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         max_requests_per_second=args.rate if args.limit else None,
     )
     client = connect(settings.redis_url, None)
-    limiter = build_rate_limiter(client, settings.max_requests_per_second)
+    limiter = build_rate_limiter(RedisAdapter(client), settings.max_requests_per_second)
     session = local_session(args.port, limiter=limiter)
     with tempfile.TemporaryDirectory(prefix="bench-yf-") as cache:
         configure_yfinance(Path(cache), session=session)

@@ -21,7 +21,7 @@ import prometheus_client
 
 from stocksched import __version__
 from stocksched.clock import Clock, SystemClock, iso_utc
-from stocksched.coordination import LeaseManager, ReplicaHeartbeat, list_replicas
+from stocksched.coordination import ReplicaHeartbeat
 from stocksched.executor import JobExecutor
 from stocksched.exitcodes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from stocksched.facade import SchedulerServingApp
@@ -29,7 +29,6 @@ from stocksched.http import Access, ApiConfigError, ApiServer, ApiStartError, cr
 from stocksched.metrics import Metrics
 from stocksched.notify import SystemdNotifier
 from stocksched.outbox import StorageHealth
-from stocksched.ratelimit import build_rate_limiter
 from stocksched.registry import JobRegistry
 from stocksched.reload import JobsReloader
 from stocksched.scheduler import JobScheduler
@@ -39,6 +38,9 @@ from stocksched.sources.base import Fetcher
 from stocksched.statesync import StateSync
 from stocksched.storage.adapter import RedisAdapter, StorageError, connect, is_embedded
 from stocksched.storage.butler import DataIOButler
+from stocksched.storage.leases import LeaseManager
+from stocksched.storage.ratelimit import build_rate_limiter
+from stocksched.storage.replicas import list_replicas
 from stocksched.watch import JobsWatcher
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ class Components:
             cache = base / "yfinance" if base is not None else None
             if cache is not None:
                 cache.mkdir(parents=True, exist_ok=True)
-            limiter = build_rate_limiter(self.client, settings.max_requests_per_second)
+            limiter = build_rate_limiter(self.adapter, settings.max_requests_per_second)
             session = new_session(limiter=limiter)
             configure_yfinance(cache, session=session)
             fetchers = build_fetchers(session=session)
@@ -98,9 +100,9 @@ class Components:
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         )
         lease_ms = int(settings.lease_ttl * 1000)
-        self.leases = LeaseManager(self.client, self.replica_id, lease_ms, clock=self.clock)
+        self.leases = LeaseManager(self.adapter, self.replica_id, lease_ms, clock=self.clock)
         self.heartbeat = ReplicaHeartbeat(
-            self.client,
+            self.adapter,
             self.replica_id,
             {"version": __version__, "hostname": socket.gethostname(), "pid": os.getpid()},
             settings.replica_ttl,
@@ -130,7 +132,7 @@ class Components:
 
     def replicas(self) -> list[dict[str, Any]] | None:
         try:
-            found = list_replicas(self.client)
+            found = list_replicas(self.adapter)
         except StorageError as exc:
             self.health.failed("list replicas", exc)
             return None  # status still answers during an outage, and says Redis is down

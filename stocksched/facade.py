@@ -28,7 +28,7 @@ from stocksched.model import JobStatus, ScheduledJob
 from stocksched.registry import JobRegistry, UnknownJobError
 from stocksched.reload import JobsReloader
 from stocksched.scheduler import JobBusyError, JobScheduler
-from stocksched.storage.adapter import RedisAdapter, StorageError
+from stocksched.storage.adapter import AbstractDatabaseAdapter, StorageError
 from stocksched.views import (
     ConfigView,
     JobView,
@@ -75,7 +75,7 @@ class SchedulerServingApp:
         registry: JobRegistry,
         scheduler: JobScheduler,
         reloader: JobsReloader,
-        adapter: RedisAdapter,
+        adapter: AbstractDatabaseAdapter,
         metrics: Metrics,
         clock: Clock,
         version: str,

@@ -24,6 +24,29 @@ MAX_PENDING = 100_000  # beyond this the oldest writes are dropped, loudly
 OOM_MARK = "OOM command not allowed"  # Redis's answer to a write beyond maxmemory
 
 
+class OutageLog:
+    """Logs a Redis outage of one background task once when it starts and once when it ends.
+
+    Not per attempt; for a task whose failures need no other bookkeeping (the lease keeper,
+    the replica heartbeat). ``StorageHealth`` is the daemon-wide one (state, metrics).
+    """
+
+    def __init__(self, what: str, logger: logging.Logger | None = None) -> None:
+        self._what = what
+        self._log = logger or log  # the task's own logger, so its records keep their name
+        self._down = False
+
+    def failed(self, exc: StorageError) -> None:
+        if not self._down:
+            self._down = True
+            self._log.error("%s: redis unreachable, will keep retrying: %s", self._what, exc)
+
+    def ok(self) -> None:
+        if self._down:
+            self._down = False
+            self._log.info("%s: redis reachable again", self._what)
+
+
 @dataclass(frozen=True)
 class StorageState:
     """Redis as this daemon last saw it: up or down, since when, and why it is down."""

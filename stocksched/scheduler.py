@@ -42,14 +42,7 @@ from typing import NamedTuple
 
 from stocksched.calendars import MarketCalendars
 from stocksched.clock import Clock, iso_utc
-from stocksched.coordination import (
-    ClaimOutcome,
-    InflightRun,
-    Lease,
-    LeaseKeeper,
-    LeaseManager,
-    rerun_run_id,
-)
+from stocksched.coordination import LeaseKeeper, rerun_run_id
 from stocksched.executor import JobExecutor, manual_run_id, repeat_run_id, scheduled_run_id
 from stocksched.jobs.spec import JobSpec
 from stocksched.metrics import Metrics
@@ -58,6 +51,8 @@ from stocksched.outbox import Outbox, StorageHealth
 from stocksched.registry import JobRegistry, UnknownJobError
 from stocksched.storage.adapter import StorageError
 from stocksched.storage.fence import FenceLostError
+from stocksched.storage.inflight import InflightRun
+from stocksched.storage.leases import ClaimOutcome, Lease, LeaseManager
 
 log = logging.getLogger(__name__)
 

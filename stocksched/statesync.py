@@ -22,7 +22,7 @@ from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
 from stocksched.reload import JobsReloader
 from stocksched.scheduler import JobScheduler
-from stocksched.storage.adapter import RedisAdapter, StorageError
+from stocksched.storage.adapter import AbstractDatabaseAdapter, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class StateSync:
         reloader: JobsReloader,
         heartbeat: ReplicaHeartbeat,
         health: StorageHealth,
-        adapter: RedisAdapter,
+        adapter: AbstractDatabaseAdapter,
         *,
         allow_evicting: bool = False,
         every_s: float = SYNC_EVERY_S,

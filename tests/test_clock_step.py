@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 import redis
 
-from stocksched.coordination import LeaseManager
 from stocksched.executor import JobExecutor, scheduled_run_id
 from stocksched.model import RunResult, RunStatus
 from stocksched.registry import JobRegistry
@@ -34,6 +33,7 @@ from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.storage.adapter import RedisAdapter
 from stocksched.storage.butler import DataIOButler
+from stocksched.storage.leases import LeaseManager
 from tests.fakes import FakeClock
 from tests.helpers import make_spec
 
@@ -53,7 +53,7 @@ class Node:
             JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock),
             clock,
             pool_size=2,
-            leases=LeaseManager(client, owner, clock=clock),
+            leases=LeaseManager(RedisAdapter(client), owner, clock=clock),
         )
 
     def load(self, *specs: Any) -> None:

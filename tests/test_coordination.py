@@ -19,20 +19,15 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from stocksched.coordination import (
-    ClaimOutcome,
-    InflightRun,
-    Lease,
-    LeaseKeeper,
-    LeaseManager,
-    ReplicaHeartbeat,
-    list_replicas,
-    rerun_run_id,
-)
+from stocksched.coordination import LeaseKeeper, ReplicaHeartbeat, rerun_run_id
 from stocksched.model import Trigger
 from stocksched.storage import keys
-from stocksched.storage.adapter import StorageError, connect
+from stocksched.storage.adapter import RedisAdapter, StorageError, connect
+from stocksched.storage.inflight import InflightRun
+from stocksched.storage.leases import ClaimOutcome, Lease
+from stocksched.storage.replicas import list_replicas
 from tests.conftest import RedisServer, free_port
+from tests.leases import LeaseManagerForTests
 
 SLOT = datetime(2025, 3, 10, 14, 30, tzinfo=UTC)
 T0 = datetime(2025, 3, 10, 14, 30, 1, tzinfo=UTC)
@@ -54,8 +49,8 @@ def wait_until(pred: Callable[[], object], timeout: float = 3.0) -> None:
 
 
 def test_claim_gives_lease_and_a_finished_slot_never_runs_again(any_redis: redis.Redis) -> None:
-    a = LeaseManager(any_redis, "replica-a")
-    b = LeaseManager(any_redis, "replica-b")
+    a = LeaseManagerForTests(any_redis, "replica-a")
+    b = LeaseManagerForTests(any_redis, "replica-b")
     lease = a.claim("job", run_id("job"), scheduled_for=SLOT, started_at=T0)
     assert lease is not None and lease.replica_id == "replica-a"
     assert b.try_claim("job", run_id("job")).outcome == ClaimOutcome.SLOT_TAKEN
@@ -68,8 +63,8 @@ def test_claim_gives_lease_and_a_finished_slot_never_runs_again(any_redis: redis
 
 
 def test_job_busy_gives_the_slot_to_one_replica_which_can_queue_it(any_redis: redis.Redis) -> None:
-    a = LeaseManager(any_redis, "replica-a")
-    b = LeaseManager(any_redis, "replica-b")
+    a = LeaseManagerForTests(any_redis, "replica-a")
+    b = LeaseManagerForTests(any_redis, "replica-b")
     first = a.claim("job", run_id("job", 0))
     assert first is not None
     busy = b.try_claim("job", run_id("job", 1))
@@ -86,8 +81,8 @@ def test_job_busy_gives_the_slot_to_one_replica_which_can_queue_it(any_redis: re
 
 
 def test_manual_trigger_and_scheduled_run_never_overlap(any_redis: redis.Redis) -> None:
-    a = LeaseManager(any_redis, "replica-a")
-    b = LeaseManager(any_redis, "replica-b")
+    a = LeaseManagerForTests(any_redis, "replica-a")
+    b = LeaseManagerForTests(any_redis, "replica-b")
     manual = a.claim("job", "job:m1741617000000-ab12", trigger=Trigger.MANUAL)
     assert manual is not None
     assert b.try_claim("job", run_id("job")).outcome == ClaimOutcome.JOB_BUSY
@@ -101,7 +96,7 @@ def test_claim_is_exclusive_across_threads(
     won: list[list[int]] = [[] for _ in range(threads)]
 
     def race(t: int) -> None:
-        mgr = LeaseManager(redis_server.client(), f"thread-{t}")
+        mgr = LeaseManagerForTests(redis_server.client(), f"thread-{t}")
         barrier.wait()
         won[t] = [i for i in range(slots) if mgr.claim(f"job{i}", run_id(f"job{i}", i))]
 
@@ -115,7 +110,7 @@ def test_claim_is_exclusive_across_threads(
 
 
 def _race_process(url: str, go: Any, out: Any, slots: int) -> None:
-    mgr = LeaseManager(
+    mgr = LeaseManagerForTests(
         redis.Redis.from_url(url, decode_responses=True),
         f"proc-{multiprocessing.current_process().pid}",
     )
@@ -143,8 +138,8 @@ def test_claim_is_exclusive_across_three_processes(
 
 
 def test_slots_that_will_not_run_are_recorded_by_one_replica(any_redis: redis.Redis) -> None:
-    a = LeaseManager(any_redis, "replica-a")
-    b = LeaseManager(any_redis, "replica-b")
+    a = LeaseManagerForTests(any_redis, "replica-a")
+    b = LeaseManagerForTests(any_redis, "replica-b")
     ids = [run_id("job", n) for n in range(5)]
     assert a.claim_slots(ids[:3]) == [True, True, True]
     assert b.claim_slots(ids) == [False, False, False, True, True]
@@ -154,8 +149,8 @@ def test_slots_that_will_not_run_are_recorded_by_one_replica(any_redis: redis.Re
 
 
 def test_queued_slot_waits_for_the_other_replicas_run(any_redis: redis.Redis) -> None:
-    a = LeaseManager(any_redis, "replica-a")
-    b = LeaseManager(any_redis, "replica-b")
+    a = LeaseManagerForTests(any_redis, "replica-a")
+    b = LeaseManagerForTests(any_redis, "replica-b")
     first = a.claim("job", run_id("job", 0))
     assert first is not None
     assert b.try_claim("job", run_id("job", 1)).outcome == ClaimOutcome.JOB_BUSY
@@ -172,8 +167,8 @@ def test_queued_slot_waits_for_the_other_replicas_run(any_redis: redis.Redis) ->
 
 
 def test_only_the_owner_can_extend_or_release(any_redis: redis.Redis) -> None:
-    a = LeaseManager(any_redis, "replica-a", lease_ms=5000)
-    b = LeaseManager(any_redis, "replica-b", lease_ms=5000)
+    a = LeaseManagerForTests(any_redis, "replica-a", lease_ms=5000)
+    b = LeaseManagerForTests(any_redis, "replica-b", lease_ms=5000)
     lease = a.claim("job", run_id("job"))
     assert lease is not None
     forged = Lease("job", lease.run_id, "replica-b/0000", lease.lease_ms)
@@ -190,7 +185,7 @@ def test_only_the_owner_can_extend_or_release(any_redis: redis.Redis) -> None:
 
 
 def test_finish_drops_record_and_lease_together(any_redis: redis.Redis) -> None:
-    a = LeaseManager(any_redis, "replica-a", lease_ms=100)
+    a = LeaseManagerForTests(any_redis, "replica-a", lease_ms=100)
     lease = a.claim("job", run_id("job", 0))
     assert lease is not None
     assert a.finish(lease)
@@ -209,7 +204,7 @@ def test_finish_drops_record_and_lease_together(any_redis: redis.Redis) -> None:
 
 def test_a_stale_lease_cannot_release_the_next_run_of_the_same_job(any_redis: redis.Redis) -> None:
     """Same replica, same job: the lease token, not the replica id, decides ownership."""
-    a = LeaseManager(any_redis, "replica-a")
+    a = LeaseManagerForTests(any_redis, "replica-a")
     old = a.claim("job", run_id("job", 0))
     assert old is not None
     any_redis.delete(keys.running_key("job"))  # the old lease expired mid-run
@@ -223,8 +218,8 @@ def test_a_stale_lease_cannot_release_the_next_run_of_the_same_job(any_redis: re
 
 
 def test_a_run_whose_lease_expired_is_found_interrupted_once(any_redis: redis.Redis) -> None:
-    a = LeaseManager(any_redis, "replica-a", lease_ms=300)
-    b = LeaseManager(any_redis, "replica-b")
+    a = LeaseManagerForTests(any_redis, "replica-a", lease_ms=300)
+    b = LeaseManagerForTests(any_redis, "replica-b")
     lease = a.claim("job", run_id("job"), scheduled_for=SLOT, started_at=T0)
     assert lease is not None
     assert b.find_interrupted() == []  # heartbeat still going: not a crash
@@ -241,7 +236,7 @@ def test_a_run_whose_lease_expired_is_found_interrupted_once(any_redis: redis.Re
 def test_two_replicas_scanning_together_record_each_crash_once(
     real_redis: redis.Redis, redis_server: RedisServer
 ) -> None:
-    dead = LeaseManager(real_redis, "dead", lease_ms=100)
+    dead = LeaseManagerForTests(real_redis, "dead", lease_ms=100)
     for i in range(20):
         assert dead.claim(f"job{i}", run_id(f"job{i}"))
     time.sleep(0.2)
@@ -249,7 +244,7 @@ def test_two_replicas_scanning_together_record_each_crash_once(
     found: list[list[InflightRun]] = [[], []]
 
     def scan(n: int) -> None:
-        mgr = LeaseManager(redis_server.client(), f"scanner-{n}")
+        mgr = LeaseManagerForTests(redis_server.client(), f"scanner-{n}")
         barrier.wait()
         found[n] = mgr.find_interrupted()
 
@@ -263,7 +258,7 @@ def test_two_replicas_scanning_together_record_each_crash_once(
 
 
 def test_finished_runs_and_live_runs_are_not_interrupted(any_redis: redis.Redis) -> None:
-    a = LeaseManager(any_redis, "replica-a", lease_ms=200)
+    a = LeaseManagerForTests(any_redis, "replica-a", lease_ms=200)
     done = a.claim("done", run_id("done"))
     live = a.claim("live", run_id("live"))
     assert done is not None and live is not None
@@ -274,7 +269,7 @@ def test_finished_runs_and_live_runs_are_not_interrupted(any_redis: redis.Redis)
     keeper.start()
     try:
         time.sleep(0.35)
-        assert LeaseManager(any_redis, "replica-b").find_interrupted() == []
+        assert LeaseManagerForTests(any_redis, "replica-b").find_interrupted() == []
     finally:
         keeper.stop()
     assert a.finish_inflight("live", live.run_id)
@@ -283,11 +278,11 @@ def test_finished_runs_and_live_runs_are_not_interrupted(any_redis: redis.Redis)
 def test_crashed_run_is_found_while_the_next_run_of_the_job_is_going(
     any_redis: redis.Redis,
 ) -> None:
-    a = LeaseManager(any_redis, "replica-a", lease_ms=100)
+    a = LeaseManagerForTests(any_redis, "replica-a", lease_ms=100)
     crashed = a.claim("job", run_id("job", 0))
     assert crashed is not None
     time.sleep(0.15)
-    b = LeaseManager(any_redis, "replica-b")
+    b = LeaseManagerForTests(any_redis, "replica-b")
     nxt = b.claim("job", run_id("job", 1))  # the job is free again: the next slot runs
     assert nxt is not None
     assert [r.run_id for r in b.find_interrupted()] == [crashed.run_id]
@@ -297,12 +292,12 @@ def test_crashed_run_is_found_while_the_next_run_of_the_job_is_going(
 def test_restart_with_a_stable_replica_id_finds_its_own_crash_at_once(
     any_redis: redis.Redis,
 ) -> None:
-    before = LeaseManager(any_redis, "replica-a")  # 30 s lease: would take long to expire
-    other = LeaseManager(any_redis, "replica-b")
+    before = LeaseManagerForTests(any_redis, "replica-a")  # 30 s lease: would take long to expire
+    other = LeaseManagerForTests(any_redis, "replica-b")
     crashed = before.claim("job", run_id("job", 0))
     alive = other.claim("other", run_id("other", 0))
     assert crashed is not None and alive is not None
-    after = LeaseManager(any_redis, "replica-a")  # same id, new process
+    after = LeaseManagerForTests(any_redis, "replica-a")  # same id, new process
     found = after.find_interrupted(dead_replica="replica-a")
     assert [r.run_id for r in found] == [crashed.run_id]
     assert after.running_run_id("job") is None  # the dead run's lease is gone too
@@ -313,7 +308,7 @@ def test_restart_with_a_stable_replica_id_finds_its_own_crash_at_once(
 def test_damaged_inflight_record_still_reports_the_run(fake_redis: redis.Redis) -> None:
     fake_redis.hset(keys.inflight_key("job"), run_id("job"), "{not json")
     fake_redis.sadd(keys.inflight_index_key(), "job")
-    found = LeaseManager(fake_redis, "replica-a").find_interrupted()
+    found = LeaseManagerForTests(fake_redis, "replica-a").find_interrupted()
     assert [r.run_id for r in found] == [run_id("job")]
 
 
@@ -334,7 +329,7 @@ def test_rerun_ids_are_deterministic(given: str, expected: str) -> None:
 
 
 def test_keeper_holds_a_lease_past_its_ttl_and_reports_theft(real_redis: redis.Redis) -> None:
-    mgr = LeaseManager(real_redis, "replica-a", lease_ms=400)
+    mgr = LeaseManagerForTests(real_redis, "replica-a", lease_ms=400)
     lost: list[tuple[Lease, str]] = []
     keeper = LeaseKeeper(mgr, lambda lease, why: lost.append((lease, why)))
     lease = mgr.claim("job", run_id("job"))
@@ -360,7 +355,7 @@ def test_keeper_reports_loss_only_once_redis_was_down_for_the_whole_lease() -> N
         retry=Retry(NoBackoff(), 0),
     )
     now = [100.0]
-    mgr = LeaseManager(dead, "replica-a", lease_ms=1000)
+    mgr = LeaseManagerForTests(dead, "replica-a", lease_ms=1000)
     lost: list[Lease] = []
     keeper = LeaseKeeper(mgr, lambda lease, why: lost.append(lease), monotonic=lambda: now[0])
     lease = Lease("job", run_id("job"), "replica-a/1", 1000)
@@ -372,7 +367,7 @@ def test_keeper_reports_loss_only_once_redis_was_down_for_the_whole_lease() -> N
 
 
 def test_released_lease_is_not_reported_lost(fake_redis: redis.Redis) -> None:
-    mgr = LeaseManager(fake_redis, "replica-a")
+    mgr = LeaseManagerForTests(fake_redis, "replica-a")
     lost: list[Lease] = []
     keeper = LeaseKeeper(mgr, lambda lease, why: lost.append(lease))
     lease = mgr.claim("job", run_id("job"))
@@ -387,20 +382,20 @@ def test_released_lease_is_not_reported_lost(fake_redis: redis.Redis) -> None:
 
 
 def test_live_replicas_are_listed_and_a_dead_one_drops_out(any_redis: redis.Redis) -> None:
-    live = ReplicaHeartbeat(any_redis, "replica-a", {"version": "1"}, ttl_s=0.5)
-    dying = ReplicaHeartbeat(any_redis, "replica-b", {"version": "1"}, ttl_s=0.5)
+    live = ReplicaHeartbeat(RedisAdapter(any_redis), "replica-a", {"version": "1"}, ttl_s=0.5)
+    dying = ReplicaHeartbeat(RedisAdapter(any_redis), "replica-b", {"version": "1"}, ttl_s=0.5)
     live.start()
     dying.beat()  # then the process dies without stop()
     try:
-        listed = list_replicas(any_redis)
+        listed = list_replicas(RedisAdapter(any_redis))
         assert [r["replica_id"] for r in listed] == ["replica-a", "replica-b"]
         assert listed[0]["version"] == "1" and listed[0]["last_beat"]
         time.sleep(0.65)
-        assert [r["replica_id"] for r in list_replicas(any_redis)] == ["replica-a"]
+        assert [r["replica_id"] for r in list_replicas(RedisAdapter(any_redis))] == ["replica-a"]
         assert any_redis.zcard(keys.replica_index_key()) == 1  # the dead one was pruned
     finally:
         live.stop()
-    assert list_replicas(any_redis) == []
+    assert list_replicas(RedisAdapter(any_redis)) == []
     assert not any_redis.exists(keys.replica_key("replica-a"))
 
 
@@ -411,8 +406,8 @@ def test_redis_down_raises_storage_error_quickly_and_recovers(
     real_redis: redis.Redis, redis_server: RedisServer
 ) -> None:
     client = connect(redis_server.url)
-    mgr = LeaseManager(client, "replica-a")
-    beat = ReplicaHeartbeat(client, "replica-a", {}, ttl_s=0.3)
+    mgr = LeaseManagerForTests(client, "replica-a")
+    beat = ReplicaHeartbeat(RedisAdapter(client), "replica-a", {}, ttl_s=0.3)
     beat.start()
     redis_server.stop()
     try:
@@ -427,6 +422,8 @@ def test_redis_down_raises_storage_error_quickly_and_recovers(
         redis_server.start()
     try:
         assert mgr.claim("job", run_id("job")) is not None  # scripts reload after a restart
-        wait_until(lambda: [r["replica_id"] for r in list_replicas(client)] == ["replica-a"])
+        wait_until(
+            lambda: [r["replica_id"] for r in list_replicas(RedisAdapter(client))] == ["replica-a"]
+        )
     finally:
         beat.stop()

@@ -16,14 +16,14 @@ import pandas as pd
 import pytest
 import redis
 
-from stocksched import coordination
-from stocksched.coordination import ClaimOutcome, LeaseManager
 from stocksched.model import RunResult, RunStatus, Trigger
 from stocksched.registry import JobRegistry
 from stocksched.storage import keys
+from stocksched.storage import leases as lease_scripts
 from stocksched.storage.adapter import RedisAdapter, connect
 from stocksched.storage.butler import DataIOButler
 from stocksched.storage.fence import FenceLostError
+from stocksched.storage.leases import ClaimOutcome, LeaseManager
 from tests.fakes import FakeClock
 from tests.helpers import make_spec
 from tests.servers import RedisServer
@@ -57,13 +57,13 @@ def result(status: RunStatus = RunStatus.SUCCESS) -> RunResult:
 def setup(client: redis.Redis) -> tuple[JobRegistry, LeaseManager]:
     registry = JobRegistry(RedisAdapter(client), FakeClock(SLOT))
     registry.reconcile([make_spec("j", tickers=["AAA"])])
-    return registry, LeaseManager(client, "replica-a", 2000)
+    return registry, LeaseManager(RedisAdapter(client), "replica-a", 2000)
 
 
 def take_over(client: redis.Redis) -> None:
     """What another replica does once the lease expired: its own run now holds the job."""
     client.delete(keys.running_key("j"))
-    other = LeaseManager(client, "replica-b", 2000)
+    other = LeaseManager(RedisAdapter(client), "replica-b", 2000)
     assert other.try_claim("j", RUN + "-r1", scheduled_for=SLOT).outcome == ClaimOutcome.CLAIMED
 
 
@@ -121,7 +121,7 @@ def test_the_fenced_final_write_ends_the_run_and_a_retry_of_it_is_a_no_op(
 def test_a_claim_retried_by_its_owner_is_claimed_not_slot_taken(any_redis: redis.Redis) -> None:
     """The script run twice with one token, as redis-py resends it after a timeout."""
     setup(any_redis)
-    script = any_redis.register_script(coordination._CLAIM)
+    script = any_redis.register_script(lease_scripts._CLAIM)
     keys_ = [
         keys.slot_key(RUN),
         keys.running_key("j"),
@@ -144,7 +144,7 @@ def test_a_claim_through_a_redis_stall_longer_than_the_socket_timeout_holds_no_p
     client = connect(redis_server.url + "?socket_timeout=0.3")
     registry = JobRegistry(RedisAdapter(client), FakeClock(SLOT))
     registry.reconcile([make_spec("j", tickers=["AAA"])])
-    leases = LeaseManager(client, "replica-a", 2000)
+    leases = LeaseManager(RedisAdapter(client), "replica-a", 2000)
     stall = threading.Thread(target=lambda: real_redis.execute_command("DEBUG", "SLEEP", "0.5"))
     stall.start()
     time.sleep(0.05)  # the claim queues behind the sleep and times out client-side

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from stocksched.coordination import LeaseManager, ReplicaHeartbeat
+from stocksched.coordination import ReplicaHeartbeat
 from stocksched.executor import JobExecutor, scheduled_run_id
 from stocksched.metrics import Metrics
 from stocksched.model import JobStatus, RunStatus
@@ -27,6 +27,7 @@ from stocksched.statesync import StateSync
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, StorageError
 from stocksched.storage.butler import DataIOButler
+from stocksched.storage.leases import LeaseManager
 from tests.fakes import FakeClock
 from tests.helpers import Rig, make_spec
 
@@ -84,11 +85,11 @@ class Replica:
             clock,
             metrics=self.metrics,
             health=self.health,
-            leases=LeaseManager(client, name),
+            leases=LeaseManager(RedisAdapter(client), name),
         )
         # No jobs file: the tests reconcile directly, so the lost-state check stays idle.
         reloader = JobsReloader(Path("no-jobs-file.yaml"), self.registry, self.scheduler, clock)
-        heartbeat = ReplicaHeartbeat(client, name, {}, clock=clock)
+        heartbeat = ReplicaHeartbeat(RedisAdapter(client), name, {}, clock=clock)
         self.sync = StateSync(
             self.registry, self.scheduler, reloader, heartbeat, self.health, adapter
         )

@@ -11,9 +11,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fakeredis
 import pytest
@@ -24,22 +25,22 @@ from redis.retry import Retry
 
 from stocksched.ratelimit import (
     NullRateLimiter,
+    RateLimiter,
     RateLimitError,
     RateLimiterUnavailable,
     RateLimitTimeout,
-    RedisRateLimiter,
     acquire_in_scope,
-    build_rate_limiter,
-    rate_limited,
     request_scope,
 )
 from stocksched.retry import RetryPolicy
 from stocksched.sources import TransientFetchError, YFinanceFetcher
 from stocksched.storage import keys
-from stocksched.storage.adapter import connect
+from stocksched.storage.adapter import RedisAdapter, connect
+from stocksched.storage.ratelimit import RedisRateLimiter, build_rate_limiter
 from tests.conftest import RedisServer, free_port
 from tests.yahoo_fake import FakeYahoo, installed_fake
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 RATE = 20.0
 SPAN_S = 1.5
@@ -49,9 +50,10 @@ SPAN_S = 1.5
 WORKER = """
 import json, sys, threading, time
 import redis
-from stocksched.ratelimit import RedisRateLimiter
+from stocksched.storage.adapter import RedisAdapter
+from stocksched.storage.ratelimit import RedisRateLimiter
 url, rate, key = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-limiter = RedisRateLimiter(redis.Redis.from_url(url), rate, key=key)
+limiter = RedisRateLimiter(RedisAdapter(redis.Redis.from_url(url)), rate, key=key)
 print("ready", flush=True)
 start, stop = map(float, sys.stdin.readline().split())
 stamps, lock = [], threading.Lock()
@@ -126,7 +128,9 @@ def test_threads_and_a_second_process_share_one_budget(
         stop = start + SPAN_S
         child.stdin.write(f"{start} {stop}\n")
         child.stdin.flush()
-        mine = grab(RedisRateLimiter(real_redis, RATE, key=key), start, stop, n_threads=3)
+        mine = grab(
+            RedisRateLimiter(RedisAdapter(real_redis), RATE, key=key), start, stop, n_threads=3
+        )
         theirs = json.loads(child.stdout.readline())
     finally:
         child.wait(timeout=30)
@@ -137,7 +141,7 @@ def test_threads_and_a_second_process_share_one_budget(
 
 def test_threads_share_one_budget_on_the_embedded_store(fake_redis: redis.Redis) -> None:
     start = time.time() + 0.05
-    stamps = grab(RedisRateLimiter(fake_redis, RATE), start, start + 1.0, n_threads=4)
+    stamps = grab(RedisRateLimiter(RedisAdapter(fake_redis), RATE), start, start + 1.0, n_threads=4)
 
     assert_rate_holds(stamps, RATE, 1.0)
 
@@ -146,7 +150,7 @@ def test_threads_share_one_budget_on_the_embedded_store(fake_redis: redis.Redis)
 
 
 def test_burst_is_granted_at_once_then_slots_are_spaced(any_redis: redis.Redis) -> None:
-    limiter = RedisRateLimiter(any_redis, rate_per_s=10, burst=3)
+    limiter = RedisRateLimiter(RedisAdapter(any_redis), rate_per_s=10, burst=3)
     t0 = time.monotonic()
     for _ in range(3):
         assert limiter.acquire()
@@ -161,7 +165,7 @@ def test_burst_is_granted_at_once_then_slots_are_spaced(any_redis: redis.Redis) 
 def test_a_short_timeout_returns_false_at_once_and_books_nothing(
     any_redis: redis.Redis,
 ) -> None:
-    limiter = RedisRateLimiter(any_redis, rate_per_s=5)  # 200 ms per slot
+    limiter = RedisRateLimiter(RedisAdapter(any_redis), rate_per_s=5)  # 200 ms per slot
     assert limiter.acquire()
     t0 = time.monotonic()
 
@@ -173,7 +177,7 @@ def test_a_short_timeout_returns_false_at_once_and_books_nothing(
 
 
 def test_cancel_wakes_a_waiting_caller(any_redis: redis.Redis) -> None:
-    limiter = RedisRateLimiter(any_redis, rate_per_s=0.5)  # 2 s per slot
+    limiter = RedisRateLimiter(RedisAdapter(any_redis), rate_per_s=0.5)  # 2 s per slot
     assert limiter.acquire()
     cancel = threading.Event()
     threading.Timer(0.05, cancel.set).start()
@@ -185,7 +189,7 @@ def test_cancel_wakes_a_waiting_caller(any_redis: redis.Redis) -> None:
 
 
 def test_the_key_expires_and_follows_the_servers_clock(any_redis: redis.Redis) -> None:
-    limiter = RedisRateLimiter(any_redis, rate_per_s=4)  # 250 ms per slot
+    limiter = RedisRateLimiter(RedisAdapter(any_redis), rate_per_s=4)  # 250 ms per slot
     assert limiter.acquire()
 
     seconds, micros = any_redis.time()
@@ -198,8 +202,8 @@ def test_the_key_expires_and_follows_the_servers_clock(any_redis: redis.Redis) -
 
 
 def test_limiters_with_different_keys_do_not_share(fake_redis: redis.Redis) -> None:
-    a = RedisRateLimiter(fake_redis, 1, key=keys.ratelimit_key("a"))
-    b = RedisRateLimiter(fake_redis, 1, key=keys.ratelimit_key("b"))
+    a = RedisRateLimiter(RedisAdapter(fake_redis), 1, key=keys.ratelimit_key("a"))
+    b = RedisRateLimiter(RedisAdapter(fake_redis), 1, key=keys.ratelimit_key("b"))
 
     assert a.acquire(timeout=0) and b.acquire(timeout=0)
     assert not a.acquire(timeout=0)
@@ -208,7 +212,7 @@ def test_limiters_with_different_keys_do_not_share(fake_redis: redis.Redis) -> N
 @pytest.mark.parametrize(("rate", "burst"), [(0, 1), (-1, 1), (1, 0)])
 def test_nonsense_settings_are_rejected(fake_redis: redis.Redis, rate: float, burst: int) -> None:
     with pytest.raises(ValueError):
-        RedisRateLimiter(fake_redis, rate, burst=burst)
+        RedisRateLimiter(RedisAdapter(fake_redis), rate, burst=burst)
 
 
 # ------------------------------------------------------------------ Redis unreachable
@@ -218,7 +222,7 @@ def test_unreachable_redis_raises_rate_limiter_unavailable() -> None:
     client = redis.Redis(
         host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0)
     )
-    limiter = RedisRateLimiter(client, RATE)
+    limiter = RedisRateLimiter(RedisAdapter(client), RATE)
 
     with pytest.raises(RateLimiterUnavailable, match="scheduler:ratelimit:yahoo"):
         limiter.acquire()
@@ -229,7 +233,7 @@ def test_limiter_recovers_when_redis_comes_back(tmp_path: Path) -> None:
     server = RedisServer(port=free_port(), dir=tmp_path)
     server.start()
     try:
-        limiter = RedisRateLimiter(connect(server.url), 100)
+        limiter = RedisRateLimiter(RedisAdapter(connect(server.url)), 100)
         assert limiter.acquire()
         server.stop()
         with pytest.raises(RateLimiterUnavailable):
@@ -243,9 +247,30 @@ def test_limiter_recovers_when_redis_comes_back(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ helpers for the executor
 
 
+def rate_limited(
+    fn: Callable[[], T],
+    limiter: RateLimiter,
+    *,
+    deadline: float | None = None,
+    cancel: threading.Event | None = None,
+) -> Callable[[], T]:
+    """``fn`` behind a slot: each call first acquires one from ``limiter`` (test-only).
+
+    For a source of one request per call; the product spends slots per HTTP request
+    (``acquire_in_scope`` in the session, inside the executor's ``request_scope``).
+    """
+
+    def attempt() -> T:
+        with request_scope(deadline, cancel):
+            acquire_in_scope(limiter)
+        return fn()
+
+    return attempt
+
+
 def test_no_limit_configured_gives_the_null_limiter(fake_redis: redis.Redis) -> None:
-    assert isinstance(build_rate_limiter(fake_redis, None), NullRateLimiter)
-    limiter = build_rate_limiter(fake_redis, 2.5)
+    assert isinstance(build_rate_limiter(RedisAdapter(fake_redis), None), NullRateLimiter)
+    limiter = build_rate_limiter(RedisAdapter(fake_redis), 2.5)
     assert isinstance(limiter, RedisRateLimiter)
     assert limiter.key == "scheduler:ratelimit:yahoo"
 
@@ -384,4 +409,4 @@ def test_embedded_store_runs_the_script() -> None:
     """The daemon's ``memory://`` store is fakeredis with Lua: TIME must work there."""
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=False)
 
-    assert RedisRateLimiter(client, 1000).acquire(timeout=0)
+    assert RedisRateLimiter(RedisAdapter(client), 1000).acquire(timeout=0)

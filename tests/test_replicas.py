@@ -31,7 +31,6 @@ from typing import TypeVar
 import pytest
 import redis
 
-from stocksched.coordination import LeaseManager
 from stocksched.executor import JobExecutor, scheduled_run_id
 from stocksched.model import RunResult, RunStatus, Trigger
 from stocksched.registry import JobRegistry
@@ -40,6 +39,7 @@ from stocksched.sources.demo import DemoFetcher
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter
 from stocksched.storage.butler import DataIOButler
+from stocksched.storage.leases import LeaseManager
 from tests.daemons import (
     Launch,
     Replica,
@@ -240,7 +240,7 @@ def test_restart_with_the_same_replica_id_after_a_crash_follows_the_catchup_rule
     registry = JobRegistry(adapter, clock)
     registry.reconcile([spec])
     clock.set(SLOT)
-    crashed = LeaseManager(fake_redis, "replica-a").try_claim(
+    crashed = LeaseManager(RedisAdapter(fake_redis), "replica-a").try_claim(
         "slow", ORIG, scheduled_for=SLOT, started_at=SLOT
     )
     assert crashed.lease is not None
@@ -252,7 +252,7 @@ def test_restart_with_the_same_replica_id_after_a_crash_follows_the_catchup_rule
         registry,
         JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock),
         clock,
-        leases=LeaseManager(fake_redis, "replica-a"),
+        leases=LeaseManager(RedisAdapter(fake_redis), "replica-a"),
     )
     restarted.set_jobs(registry.list_jobs())
     assert restarted.recover_interrupted(dead_replica="replica-a") == 1

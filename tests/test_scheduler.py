@@ -158,8 +158,8 @@ def test_loop_thread_wakes_at_due_time_with_real_clock(fake_redis: redis.Redis) 
 def test_a_slot_won_by_another_replica_leaves_the_job_state_alone(
     fake_redis: redis.Redis,
 ) -> None:
-    from stocksched.coordination import LeaseManager
     from stocksched.executor import scheduled_run_id
+    from stocksched.storage.leases import LeaseManager
 
     clock = FakeClock(T0)
     adapter = RedisAdapter(fake_redis)
@@ -170,13 +170,13 @@ def test_a_slot_won_by_another_replica_leaves_the_job_state_alone(
         executor,
         clock,
         pool_size=1,
-        leases=LeaseManager(fake_redis, "replica-b", clock=clock),
+        leases=LeaseManager(RedisAdapter(fake_redis), "replica-b", clock=clock),
     )
     try:
         registry.reconcile([make_spec("a", tickers=["AAA"])])
         sched.set_jobs(registry.list_jobs())
         slot = datetime(2026, 3, 2, 10, 5, tzinfo=UTC)
-        other = LeaseManager(fake_redis, "replica-a", clock=clock)
+        other = LeaseManager(RedisAdapter(fake_redis), "replica-a", clock=clock)
         assert other.claim_slots([scheduled_run_id("a", slot)]) == [True]
         clock.set(slot)
         sched.tick()

@@ -1,4 +1,4 @@
-"""Storage layer: the adapter contract on fakeredis and a real redis-server, connect(),
+"""Storage layer: connect() (the adapter contract is tests/test_adapter_contract.py),
 and the butler's record format, ttl, latest pointer, atomicity and outage behaviour."""
 
 from __future__ import annotations
@@ -126,68 +126,6 @@ def butler(adapter: RedisAdapter) -> DataIOButler:
 @pytest.fixture
 def real_butler(real_redis: redis.Redis) -> DataIOButler:
     return DataIOButler(RedisAdapter(real_redis))
-
-
-# --- adapter contract (fakeredis and real server) -----------------------------------------
-
-
-class TestAdapterContract:
-    def test_save_then_get_returns_the_value(self, adapter: RedisAdapter) -> None:
-        adapter.save_data("k", '[{"Date": "2025-09-22"}] ü €')
-        assert adapter.get_data("k") == '[{"Date": "2025-09-22"}] ü €'
-
-    def test_missing_key_reads_as_none(self, adapter: RedisAdapter) -> None:
-        assert adapter.get_data("absent") is None
-        assert adapter.exists("absent") is False
-
-    def test_exists_and_delete(self, adapter: RedisAdapter) -> None:
-        adapter.save_data("k", "v")
-        assert adapter.exists("k") is True
-        assert adapter.delete_data("k") is True
-        assert adapter.exists("k") is False
-        assert adapter.delete_data("k") is False
-
-    def test_save_overwrites_value(self, adapter: RedisAdapter) -> None:
-        adapter.save_data("k", "old")
-        adapter.save_data("k", "new")
-        assert adapter.get_data("k") == "new"
-
-    def test_ttl_sets_an_expiry_and_a_later_save_without_ttl_clears_it(
-        self, adapter: RedisAdapter
-    ) -> None:
-        adapter.save_data("k", "v", ttl=timedelta(hours=1))
-        assert 0 < adapter.client.pttl("k") <= 3_600_000
-        adapter.save_data("k", "v2")
-        assert adapter.client.pttl("k") == -1  # persistent again
-
-    @pytest.mark.parametrize(
-        "ttl", [timedelta(0), timedelta(seconds=-5), timedelta(microseconds=10)]
-    )
-    def test_ttl_that_would_expire_at_once_is_refused(
-        self, adapter: RedisAdapter, ttl: timedelta
-    ) -> None:
-        with pytest.raises(ValueError, match="ttl"):
-            adapter.save_data("k", "v", ttl=ttl)
-        assert adapter.exists("k") is False
-
-    def test_redis_refusal_is_a_storage_error_naming_op_and_key(
-        self, adapter: RedisAdapter
-    ) -> None:
-        adapter.client.rpush("a-list", "x")
-        with pytest.raises(StorageError) as info:
-            adapter.get_data("a-list")
-        assert info.value.operation == "GET"
-        assert info.value.key == "a-list"
-        assert "GET" in str(info.value) and "a-list" in str(info.value)
-        assert "WRONGTYPE" in str(info.value)
-        assert "\n" not in str(info.value)
-        assert isinstance(info.value.__cause__, redis.ResponseError)
-
-    def test_ping(self, adapter: RedisAdapter) -> None:
-        assert adapter.ping() is True
-
-    def test_client_is_the_one_given(self, any_redis: redis.Redis) -> None:
-        assert RedisAdapter(any_redis).client is any_redis
 
 
 # --- connect() ----------------------------------------------------------------------------

@@ -24,9 +24,9 @@ from stocksched.exitcodes import EXIT_BUSY, EXIT_FAIL, EXIT_INTERRUPTED, EXIT_US
 from stocksched.jobs import JobsFileError, JobSpec, load_jobs_file
 
 if TYPE_CHECKING:
-    from stocksched.coordination import Lease
     from stocksched.daemon import Components
     from stocksched.model import RunResult
+    from stocksched.storage.leases import Lease
 
 log = logging.getLogger("stocksched")
 
@@ -81,8 +81,9 @@ def cmd_run_job(args: argparse.Namespace) -> int:
 
 
 def _run_claimed(c: Components, spec: JobSpec, as_json: bool) -> int:
-    from stocksched.coordination import Lease, LeaseKeeper
+    from stocksched.coordination import LeaseKeeper
     from stocksched.storage.adapter import StorageError
+    from stocksched.storage.leases import Lease
 
     try:
         claim = _claim(c, spec.id)
@@ -154,27 +155,10 @@ def _claim(c: Components, job_id: str) -> Lease | tuple[str, str]:
         )
         if lease is not None:
             return lease
-        holder = _running_holder(c, job_id)
+        holder = c.leases.holder(job_id)  # for the message only: the claim decides
         if holder is not None:
             return holder
     return holder or ("unknown", "unknown")
-
-
-def _running_holder(c: Components, job_id: str) -> tuple[str, str] | None:
-    """(replica id, run id) from the job's running lease, held on any replica; None if free.
-
-    The lease hash's ``owner`` is the token ``{replica_id}/{incarnation}.{random}``
-    (see ``coordination.Lease``). A read for the message only: ``claim`` decides.
-    """
-    from stocksched.storage import keys
-    from stocksched.storage.adapter import storage_errors
-
-    key = keys.running_key(job_id)
-    with storage_errors("HMGET", key):
-        owner, run_id = c.client.hmget(key, ["owner", "run_id"])
-    if owner is None and run_id is None:
-        return None
-    return str(owner or "?").rsplit("/", 1)[0], str(run_id or "?")
 
 
 def _mark_running(c: Components, job_id: str) -> None:

@@ -1,4 +1,9 @@
-"""Storage layer: Redis keys, the original design's adapter contract, and the bar-record butler."""
+"""Everything that talks to Redis: the connection layer and one class per Redis structure.
+
+See the README's module table; ``keys`` builds every key, ``adapter`` holds the
+contract (``AbstractDatabaseAdapter``), ``RedisAdapter``, ``StorageError`` and the one
+translation of redis-py's exceptions.
+"""
 
 from stocksched.storage.adapter import (
     AbstractDatabaseAdapter,

@@ -1,13 +1,19 @@
-"""The key-value contract the data layer stores through, and its Redis implementation.
+"""The connection layer: the store contract, its Redis implementation, the one error type.
 
-The original design's ``AbstractDatabaseAdapter`` is kept as the narrow contract (four
-operations on string values) so the butler and the tests do not depend on
-Redis specifics; ``RedisAdapter.client`` is the escape hatch for the registry,
-which needs streams and transactions.
+The original design's ``AbstractDatabaseAdapter`` is the contract every store satisfies
+-- the embedded in-process store (``memory://``, fakeredis) and a real Redis server
+alike, checked by one contract test suite run on both (tests/test_adapter_contract.py):
+string values under string keys with optional expiry, a readiness ping, and the
+server's memory policy. Consumers that need no more (readiness, the state sync) are
+typed against it. ``RedisAdapter`` implements it on a redis-py client; its ``client``
+is for the classes of this package that own a Redis structure (job records, bar
+records, leases, replicas, the rate limiter), which need scripts, streams and
+transactions. Nothing outside ``stocksched.storage`` imports redis.
 
-Every Redis failure leaves this module as ``StorageError`` whose message names
-the operation and the key, so callers can log one useful line and keep going
-(the original design's "log, continue") without importing redis exceptions.
+``storage_errors`` is the one place redis-py's exceptions are translated: every Redis
+failure leaves this package as ``StorageError`` whose message names the operation and
+the key, so callers can log one useful line and keep going (the original design's
+"log, continue") without importing redis exceptions.
 """
 
 from __future__ import annotations
@@ -116,7 +122,7 @@ class AbstractDatabaseAdapter(ABC):
     """The original design's storage contract: string values under string keys.
 
     Implementations raise ``StorageError`` for backend failures and never
-    return partial results.
+    return partial results (``ping`` alone answers False instead).
     """
 
     @abstractmethod
@@ -139,6 +145,15 @@ class AbstractDatabaseAdapter(ABC):
     def delete_data(self, key: str) -> bool:
         """Delete ``key``; True when it existed."""
 
+    @abstractmethod
+    def ping(self) -> bool:
+        """Whether the store answers now; False instead of raising, for readiness probes."""
+
+    @abstractmethod
+    def memory(self) -> RedisMemory | None:
+        """The store's eviction policy and memory use; None for a store that cannot evict
+        (the embedded one). Raises StorageError."""
+
 
 class RedisAdapter(AbstractDatabaseAdapter):
     """``AbstractDatabaseAdapter`` on a redis-py client (real server or embedded fakeredis)."""
@@ -148,7 +163,8 @@ class RedisAdapter(AbstractDatabaseAdapter):
 
     @property
     def client(self) -> redis.Redis:
-        """The underlying client (``decode_responses=True``), for streams and transactions."""
+        """The underlying client, for this package's structure classes (scripts, streams,
+        transactions); code outside ``stocksched.storage`` goes through those classes."""
         return self._client
 
     def save_data(self, key: str, value: str, ttl: timedelta | None = None) -> None:

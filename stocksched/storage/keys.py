@@ -109,7 +109,7 @@ def ratelimit_key(name: str) -> str:
     return f"{RATELIMIT_PREFIX}{name}"
 
 
-# -- coordination between replicas (stocksched.coordination) ----------------------
+# -- coordination between replicas (storage.leases, .inflight, .replicas) ----------
 
 SLOT_PREFIX = "scheduler:slot:"
 RUNNING_PREFIX = "scheduler:running:"
