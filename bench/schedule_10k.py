@@ -263,7 +263,7 @@ def child_apscheduler(args: argparse.Namespace) -> dict[str, Any]:
     start: list[float] = []
     missed: list[int] = []
 
-    class RecordingExecutor(ApsPool):
+    class RecordingExecutor(ApsPool):  # type: ignore[misc]  # APScheduler 3 is untyped
         def submit_job(self, job: Any, run_times: list[datetime]) -> None:
             now = time.time()
             dispatch.extend(now - rt.timestamp() for rt in run_times)

@@ -69,7 +69,8 @@ class RetryPolicy:
 
     def ceiling(self, attempt: int) -> float:
         """Upper bound of the jittered delay before retry ``attempt`` (0-based)."""
-        return min(self.max_backoff, self.backoff * 2 ** min(max(attempt, 0), _MAX_EXPONENT))
+        exponent: int = min(max(attempt, 0), _MAX_EXPONENT)
+        return float(min(self.max_backoff, self.backoff * 2**exponent))
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry ``attempt`` (0-based): full jitter, >= Retry-After."""

@@ -63,9 +63,9 @@ def test_success_stores_every_ticker_in_the_original_design_format(
     assert result.errors == {} and result.warnings == {}  # real bars pass the quality checks
     frame = butler.get_data("scheduled_stock_data", "AAPL", "2025-01-02", "2025-01-10")
     assert frame is not None and len(frame) == 6  # 9 Jan 2025: market closed
-    assert result.rows_stored == 6 + len(
-        butler.get_data("scheduled_stock_data", "BMW.DE", "2025-01-02", "2025-01-10")
-    )  # type: ignore[arg-type]
+    bmw = butler.get_data("scheduled_stock_data", "BMW.DE", "2025-01-02", "2025-01-10")
+    assert bmw is not None
+    assert result.rows_stored == 6 + len(bmw)
     assert fake_redis.get(keys.latest_key("scheduled_stock_data", "AAPL")) == keys.data_key(
         "scheduled_stock_data", "AAPL", "2025-01-02", "2025-01-10"
     )

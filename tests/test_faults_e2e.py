@@ -42,7 +42,7 @@ def slot_soon(jobs: Path, *replicas: Replica) -> datetime:
         for r in replicas:
             r.proc.send_signal(signal.SIGHUP)
         for r in replicas:
-            wait_for(lambda r=r, d=digest: r.has_config(d), alive=list(replicas))
+            wait_for(lambda r=r, d=digest: r.has_config(d), alive=list(replicas))  # type: ignore[misc]
         if datetime.now(UTC) < slot:
             return slot
     raise AssertionError("could not apply a schedule before its slot")
@@ -83,8 +83,8 @@ def test_a_replica_frozen_past_its_lease_writes_nothing_after_waking(
     assert by_run[run_id] == [RunStatus.INTERRUPTED], by_run
     assert by_run[f"{run_id}-r1"] == [RunStatus.SUCCESS], by_run
     assert record(real_redis, "slow")["last_result"]["run_id"] == f"{run_id}-r1"
-    for r in reps.values():
-        assert "Traceback" not in r.stop()
+    for rep in reps.values():
+        assert "Traceback" not in rep.stop()
 
 
 def test_a_redis_stall_past_the_socket_timeout_leaves_no_phantom_run(
@@ -208,8 +208,12 @@ def test_redis_out_of_memory_turns_readyz_503_and_is_logged_once(
     wait_ready(daemon)
 
     redis_config.config_set("maxmemory", 1)  # noeviction: every write is refused
-    status = wait_for(lambda: ready(daemon)[0] == 503 and ready(daemon), 10, alive=[daemon])
-    assert "out of memory" in status[1]
+
+    def refused() -> str | None:
+        code, body = ready(daemon)
+        return body if code == 503 else None
+
+    assert "out of memory" in wait_for(refused, 10, alive=[daemon])
     time.sleep(4)  # runs of `held` keep failing to write meanwhile
     redis_config.config_set("maxmemory", 0)
     wait_for(lambda: ready(daemon)[0] == 200, 10, alive=[daemon])

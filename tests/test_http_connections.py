@@ -271,7 +271,7 @@ def test_accept_failures_are_logged_once_per_episode(caplog: pytest.LogCaptureFi
     guard = ConnectionGuard(512, 5.0, soft_limit=1024)
     loop = asyncio.new_event_loop()
     other: list[dict[str, Any]] = []
-    loop.default_exception_handler = other.append  # type: ignore[method-assign]
+    loop.default_exception_handler = other.append  # type: ignore[method-assign,assignment]
     emfile = OSError(errno.EMFILE, "Too many open files")
     context = {"message": ACCEPT_ERROR_MESSAGE, "exception": emfile}
     try:
@@ -387,8 +387,9 @@ def test_daemon_under_1024_fds_answers_healthz_with_1100_idle_sockets_held(
         deadline = time.monotonic() + DAEMON_IDLE + 4
         while still_open and time.monotonic() < deadline:
             for key, _ in selector.select(timeout=0.2):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+                fileobj = key.fileobj
+                assert isinstance(fileobj, socket.socket)
+                sock = fileobj
                 with contextlib.suppress(ConnectionResetError):
                     if sock.recv(1024):
                         continue

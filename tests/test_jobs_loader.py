@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-import stocksched.jobs.loader as loader_module
 from stocksched.jobs import (
     MAX_FILE_BYTES,
     JobsFileError,
@@ -528,7 +527,7 @@ def test_fifo_swapped_in_after_the_stat_is_caught_on_the_descriptor(
             os.mkfifo(path)
         return real_open(p, flags, *args)
 
-    monkeypatch.setattr(loader_module.os, "open", swap_then_open)
+    monkeypatch.setattr("stocksched.jobs.loader.os.open", swap_then_open)
     result: list[list[str]] = []
 
     def load() -> None:

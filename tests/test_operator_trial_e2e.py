@@ -50,7 +50,7 @@ def apply(text: str, path: Path, *replicas: Replica) -> None:
     path.write_text(text)
     digest = sha256(text.encode()).hexdigest()
     for r in replicas:
-        wait_for(lambda r=r: r.has_config(digest), alive=list(replicas))
+        wait_for(lambda r=r: r.has_config(digest), alive=list(replicas))  # type: ignore[misc]
 
 
 def two_replicas(tmp_path: Path, launch: Launch, text: str) -> tuple[Replica, Replica]:

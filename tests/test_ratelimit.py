@@ -370,7 +370,7 @@ class GatedFakeYahoo(FakeYahoo):
         super().__init__()
         self.limiter = limiter
 
-    def request(self, method: Any, url: str, params: Any = None, **kwargs: Any) -> Any:
+    def request(self, method: Any, url: str, params: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
         acquire_in_scope(self.limiter)
         return super().request(method, url, params, **kwargs)
 

@@ -24,6 +24,7 @@ import yfinance as yf
 import yfinance.base
 import yfinance.cache
 from curl_cffi import requests as curl_requests
+from curl_cffi.const import CurlECode
 from yfinance.exceptions import YFPricesMissingError, YFRateLimitError, YFTzMissingError
 
 from stocksched.sources import (
@@ -343,7 +344,11 @@ class OperationalError(Exception):
         (http_error(401), HttpOutcome("u", 404, None), PermanentFetchError),
         (http_error(503), HttpOutcome("u", 404, None), TransientFetchError),
         (http_error(429), None, TransientFetchError),
-        (curl_requests.exceptions.ReadTimeout("timed out", 28), None, TransientFetchError),
+        (
+            curl_requests.exceptions.ReadTimeout("timed out", CurlECode.OPERATION_TIMEDOUT),
+            None,
+            TransientFetchError,
+        ),
         (OperationalError("database is locked"), None, TransientFetchError),
         (ValueError("bad json"), HttpOutcome("u", 200, None), TransientFetchError),
         (KeyError("chart"), HttpOutcome("u", 200, None), PermanentFetchError),

@@ -44,6 +44,7 @@ import yfinance as yf
 import yfinance.base
 import yfinance.cache
 from curl_cffi import requests as curl_requests
+from curl_cffi.const import CurlECode
 from curl_cffi.requests.headers import Headers
 from yfinance.data import SingletonMeta, YfData
 
@@ -490,7 +491,7 @@ class FakeYahoo(YahooSession):
 
     # -- answering
 
-    def request(self, method: Any, url: str, params: Any = None, **kwargs: Any) -> Any:
+    def request(self, method: Any, url: str, params: Any = None, **kwargs: Any) -> Any:  # type: ignore[override]
         parts = urlsplit(url)
         query = dict(params or {})
         kind, symbol = _route(parts.netloc, parts.path)
@@ -543,7 +544,7 @@ class FakeYahoo(YahooSession):
                 discard=False,
                 comment=None,
                 comment_url=None,
-                rest={"HttpOnly": None, "SameSite": "None"},
+                rest={"HttpOnly": None, "SameSite": "None"},  # type: ignore[dict-item]
                 rfc2109=False,
             )
         )
@@ -569,13 +570,13 @@ class FakeYahoo(YahooSession):
             raise curl_requests.exceptions.Timeout(
                 "Failed to perform, curl: (28) Operation timed out after 30002 milliseconds "
                 "with 0 bytes received.",
-                28,
+                CurlECode.OPERATION_TIMEDOUT,
             )
         if reply.kind == "connection_error":
             raise curl_requests.exceptions.ConnectionError(
                 "Failed to perform, curl: (7) Failed to connect to query2.finance.yahoo.com "
                 "port 443 after 3 ms: Couldn't connect to server.",
-                7,
+                CurlECode.COULDNT_CONNECT,
             )
         if reply.kind == "delisted" or symbol not in self.symbols:
             return _json_response(url, 404, DELISTED_BODY)

@@ -171,7 +171,7 @@ def _decode(data: bytes, name: str) -> str:
 _YAML_BASE: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _JobsLoader(_YAML_BASE):
+class _JobsLoader(_YAML_BASE):  # type: ignore[misc]  # a base chosen at import time
     """PyYAML's safe loader (libyaml when present) with YAML 1.2 style plain scalars."""
 
 

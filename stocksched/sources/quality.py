@@ -208,4 +208,4 @@ class _DateLabels:
 
     def __getitem__(self, position: int) -> str:
         ts = self._index[position]
-        return ts.strftime("%Y-%m-%d") if self._daily else ts.isoformat()
+        return str(ts.strftime("%Y-%m-%d") if self._daily else ts.isoformat())

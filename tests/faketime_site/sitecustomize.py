@@ -17,4 +17,4 @@ def _sleep(secs: float) -> None:
     select.select([], [], [], secs)
 
 
-time.sleep = _sleep
+time.sleep = _sleep  # type: ignore[assignment]
