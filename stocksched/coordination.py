@@ -19,26 +19,14 @@ from typing import Any
 from stocksched.clock import Clock, SystemClock
 from stocksched.model import iso
 from stocksched.outbox import OutageLog
-from stocksched.periodic import Periodic
 from stocksched.storage.adapter import RedisAdapter, StorageError
 from stocksched.storage.leases import Lease, LeaseManager
 from stocksched.storage.replicas import ReplicaRecords
+from stocksched.threads import Periodic
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REPLICA_TTL_S = 15.0
-
-
-def rerun_run_id(run_id: str) -> str:
-    """Deterministic id for re-running an interrupted run (its own id's slot stays claimed).
-
-    ``job:1700000000000`` -> ``job:1700000000000-r1`` -> ``...-r2``; deterministic so
-    that two replicas deciding to rerun the same run still claim one slot.
-    """
-    base, sep, n = run_id.rpartition("-r")
-    if sep and n.isdigit() and ":" in base:
-        return f"{base}-r{int(n) + 1}"
-    return f"{run_id}-r1"
 
 
 LostCallback = Callable[[Lease, str], None]

@@ -9,7 +9,6 @@ bad bars are dropped and named in the run's ``warnings``; a junk answer fails th
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from stocksched.metrics import Metrics
 from stocksched.model import RunResult, RunStatus, Trigger, run_status_for
 from stocksched.ratelimit import RateLimiterUnavailable, RateLimitTimeout, request_scope
 from stocksched.retry import RetryPolicy
+from stocksched.runids import manual_run_id
 from stocksched.sources.base import Fetcher, FetchError, PermanentFetchError
 from stocksched.sources.quality import check_bars
 from stocksched.storage.adapter import StorageError
@@ -36,26 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 0.2  # how soon a cancelled run (shutdown, lost lease) lets its job go
-
-
-def scheduled_run_id(job_id: str, slot: datetime) -> str:
-    """Deterministic id of a slot's run: the same on every replica and after restarts."""
-    return f"{job_id}:{int(slot.timestamp() * 1000)}"
-
-
-def repeat_run_id(job_id: str, slot: datetime, mark: datetime) -> str:
-    """Id of a slot run again after the wall clock stepped back behind ``mark``.
-
-    ``job:<slot ms>-b<mark ms>``: the plain id of that slot time is already claimed (it
-    ran, or was recorded, before the step), so the repeat needs its own. ``mark`` is the
-    latest slot the job had when the clock went back; it is the same on every replica
-    that saw the same runs, so they compute the same id and the slot claim picks one.
-    """
-    return f"{scheduled_run_id(job_id, slot)}-b{int(mark.timestamp() * 1000)}"
-
-
-def manual_run_id(job_id: str, now: datetime) -> str:
-    return f"{job_id}:m{int(now.timestamp() * 1000)}-{secrets.token_hex(2)}"
 
 
 @dataclass

@@ -33,6 +33,15 @@ JOURNAL_TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 NOISY_LOGGERS = ("yfinance", "peewee", "urllib3", "uvicorn.access", "watchfiles")
 
 
+def one_line(text: object) -> str:
+    """``text`` on one line, runs of whitespace collapsed to one space.
+
+    The one rule for text from elsewhere (an exception, a Redis reply, a reason) placed
+    where a newline would break what reads it: a log line, a systemd STATUS=, a table cell.
+    """
+    return " ".join(str(text).split())
+
+
 def record_time(record: logging.LogRecord) -> str:
     """When the record was made: UTC, milliseconds, explicit offset (``...T10:05:00.123+00:00``)."""
     return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")

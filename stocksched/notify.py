@@ -19,6 +19,8 @@ import socket
 import time
 from collections.abc import Mapping
 
+from stocksched.logs import one_line
+
 log = logging.getLogger(__name__)
 
 # A full receive queue would block sendto(); the scheduler loop sends WATCHDOG=1, so bound it.
@@ -32,11 +34,6 @@ def _address(socket_path: str) -> str | None:
     if socket_path.startswith("/"):
         return socket_path
     return None
-
-
-def _one_line(text: str) -> str:
-    """STATUS= ends at a newline: a second line would be parsed as another assignment."""
-    return " ".join(text.splitlines())
 
 
 class SystemdNotifier:
@@ -112,7 +109,7 @@ class SystemdNotifier:
             return False
         lines = list(assignments)
         if status is not None:
-            lines.append("STATUS=" + _one_line(status))
+            lines.append("STATUS=" + one_line(status))
         payload = "\n".join(lines).encode("utf-8")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:

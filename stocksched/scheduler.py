@@ -42,13 +42,14 @@ from typing import NamedTuple
 
 from stocksched.calendars import MarketCalendars
 from stocksched.clock import Clock, iso_utc
-from stocksched.coordination import LeaseKeeper, rerun_run_id
-from stocksched.executor import JobExecutor, manual_run_id, repeat_run_id, scheduled_run_id
+from stocksched.coordination import LeaseKeeper
+from stocksched.executor import JobExecutor
 from stocksched.jobs.spec import JobSpec
 from stocksched.metrics import Metrics
 from stocksched.model import JobStatus, RunResult, RunStatus, ScheduledJob, Trigger
 from stocksched.outbox import Outbox, StorageHealth
 from stocksched.registry import JobRegistry, UnknownJobError
+from stocksched.runids import manual_run_id, repeat_run_id, rerun_run_id, scheduled_run_id
 from stocksched.storage.adapter import StorageError
 from stocksched.storage.fence import FenceLostError
 from stocksched.storage.inflight import InflightRun

@@ -19,6 +19,7 @@ from pathlib import Path
 import watchfiles
 
 from stocksched.reload import JobsReloader
+from stocksched.threads import BackgroundThread
 
 # The logger of the reloader: log lines keep the name they had before the split.
 log = logging.getLogger("stocksched.reload")
@@ -151,7 +152,7 @@ class JobsWatcher:
         self._storage_retry_s = storage_retry_s
         self._rust_timeout_ms = rust_timeout_ms
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread = BackgroundThread("config-watcher", self._run)
         self._missing_reported = False
         self._last_setup_error = ""
         self._last_attempt = 0.0
@@ -159,24 +160,19 @@ class JobsWatcher:
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread.alive
 
     def start(self) -> None:
         if self.alive:
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="config-watcher", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop promptly: watchfiles checks the event every ``step`` ms; a reload in
         progress is let finish (it never waits for running jobs)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                log.warning("config watcher did not stop within %.1fs", timeout)
-            self._thread = None
+        self._thread.join(timeout)
 
     # -- the thread ----------------------------------------------------------------------
 

@@ -26,9 +26,10 @@ from typing import Any
 import pytest
 import redis
 
-from stocksched.executor import JobExecutor, scheduled_run_id
+from stocksched.executor import JobExecutor
 from stocksched.model import RunResult, RunStatus
 from stocksched.registry import JobRegistry
+from stocksched.runids import scheduled_run_id
 from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.storage.adapter import RedisAdapter
@@ -85,11 +86,11 @@ def repeat_run_id(job_id: str, slot: datetime | None, mark: datetime) -> str:
 
 
 def test_repeat_run_id_format() -> None:
-    from stocksched import executor
+    from stocksched import runids
 
     slot, mark = T0, T0 + timedelta(hours=1)
-    assert executor.repeat_run_id("j", slot, mark) == repeat_run_id("j", slot, mark)
-    assert executor.repeat_run_id("j", slot, mark) != scheduled_run_id("j", slot)
+    assert runids.repeat_run_id("j", slot, mark) == repeat_run_id("j", slot, mark)
+    assert runids.repeat_run_id("j", slot, mark) != scheduled_run_id("j", slot)
 
 
 def runs(node: Node, job_id: str) -> list[RunResult]:

@@ -19,8 +19,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from stocksched.coordination import LeaseKeeper, ReplicaHeartbeat, rerun_run_id
+from stocksched.coordination import LeaseKeeper, ReplicaHeartbeat
 from stocksched.model import Trigger
+from stocksched.runids import rerun_run_id
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, StorageError, connect
 from stocksched.storage.inflight import InflightRun

@@ -15,12 +15,13 @@ import pytest
 import redis
 
 from stocksched.coordination import ReplicaHeartbeat
-from stocksched.executor import JobExecutor, scheduled_run_id
+from stocksched.executor import JobExecutor
 from stocksched.metrics import Metrics
 from stocksched.model import JobStatus, RunStatus
 from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
 from stocksched.reload import JobsReloader
+from stocksched.runids import scheduled_run_id
 from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.statesync import StateSync

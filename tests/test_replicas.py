@@ -31,9 +31,10 @@ from typing import TypeVar
 import pytest
 import redis
 
-from stocksched.executor import JobExecutor, scheduled_run_id
+from stocksched.executor import JobExecutor
 from stocksched.model import RunResult, RunStatus, Trigger
 from stocksched.registry import JobRegistry
+from stocksched.runids import scheduled_run_id
 from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.storage import keys

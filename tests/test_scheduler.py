@@ -158,7 +158,7 @@ def test_loop_thread_wakes_at_due_time_with_real_clock(fake_redis: redis.Redis) 
 def test_a_slot_won_by_another_replica_leaves_the_job_state_alone(
     fake_redis: redis.Redis,
 ) -> None:
-    from stocksched.executor import scheduled_run_id
+    from stocksched.runids import scheduled_run_id
     from stocksched.storage.leases import LeaseManager
 
     clock = FakeClock(T0)

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from stocksched.logs import one_line
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
@@ -134,7 +136,7 @@ ERROR_WIDTH = 100
 
 def shorten(text: str, width: int) -> str:
     """``text`` on one line, cut to ``width`` characters with "..." when longer."""
-    flat = " ".join(str(text).split())
+    flat = one_line(text)
     return flat if len(flat) <= width else flat[: width - 3].rstrip() + "..."
 
 

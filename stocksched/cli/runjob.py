@@ -144,8 +144,8 @@ def _report(result: RunResult, *, persisted: bool, as_json: bool) -> str:
 
 def _claim(c: Components, job_id: str) -> Lease | tuple[str, str]:
     """The job's running lease for a new manual run, else (replica id, run id) holding it."""
-    from stocksched.executor import manual_run_id
     from stocksched.model import Trigger
+    from stocksched.runids import manual_run_id
 
     holder: tuple[str, str] | None = None
     for _ in range(3):  # the holder may finish between the claim and the read

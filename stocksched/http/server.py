@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 
 import uvicorn
 from fastapi import FastAPI
 
 from stocksched.http.connections import ConnectionGuard, GuardedServer
+from stocksched.threads import BackgroundThread
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class ApiServer:
         self._requested_port = port
         self._log_level = log_level.lower()
         self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._thread: BackgroundThread | None = None
         self._sock: socket.socket | None = None
         self._port = port
 
@@ -70,13 +70,12 @@ class ApiServer:
             loop="asyncio",  # the guard handles asyncio's accept errors
         )
         self._server = GuardedServer(config, self._guard)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, name="http", daemon=True
-        )
+        server, sock = self._server, self._sock
+        self._thread = BackgroundThread("http", lambda: server.run(sockets=[sock]))
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
+            if not self._thread.alive or time.monotonic() > deadline:
                 self.stop()
                 raise ApiStartError(f"HTTP API did not start on {self._host}:{self.port}")
             time.sleep(0.01)
@@ -110,11 +109,9 @@ class ApiServer:
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(timeout)
-            if self._thread.is_alive():
+            if self._thread.alive:  # in-flight requests past the grace: cut them
                 self._server.force_exit = True
                 self._thread.join(timeout)
-                if self._thread.is_alive():
-                    log.warning("HTTP API thread did not stop in time")
         if self._sock is not None:
             self._sock.close()
             self._sock = None

@@ -46,6 +46,7 @@ from yfinance.exceptions import (
     YFTickerMissingError,
 )
 
+from stocksched.logs import one_line
 from stocksched.ratelimit import (
     NullRateLimiter,
     RateLimiter,
@@ -316,8 +317,7 @@ def _classify_http_error(
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+    return one_line(exc) or type(exc).__name__
 
 
 def normalise_frame(ticker: str, frame: pd.DataFrame) -> pd.DataFrame:

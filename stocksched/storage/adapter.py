@@ -33,6 +33,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from stocksched.logs import one_line
 from stocksched.secretfile import read_secret_file
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ class StorageError(Exception):
     def __init__(self, operation: str, key: str, reason: str) -> None:
         self.operation = operation
         self.key = key
-        self.reason = " ".join(reason.split())  # one line, whatever redis-py said
+        self.reason = one_line(reason)  # whatever redis-py said
         super().__init__(f"redis {operation} {key!r} failed: {self.reason}")
 
 
