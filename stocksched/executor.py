@@ -47,6 +47,25 @@ class _TickerOutcome:
     warning: str = ""  # the data-quality warning: bars dropped before storing
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every ticker of one run shares: the job, its window, its limits, its fence."""
+
+    job: JobSpec
+    run_id: str
+    fetcher: Fetcher
+    policy: RetryPolicy
+    start: date
+    end: date
+    cancel: threading.Event
+    deadline: float | None
+    fence: Fence | None
+
+    def ctx(self, ticker: str) -> dict[str, str]:
+        """The log context of one ticker of this run."""
+        return {"job": self.job.id, "run_id": self.run_id, "ticker": ticker}
+
+
 class JobExecutor:
     def __init__(
         self,
@@ -74,36 +93,55 @@ class JobExecutor:
         fence: Fence | None = None,
     ) -> RunResult:
         started = self._clock.now()
-        run_id = run_id or manual_run_id(job.id, started)
-        cancel = cancel or threading.Event()
         start, end = job.window_dates(started.astimezone(job.zone).date())
-        fetcher = self._fetchers[job.source]
+        run = _Run(
+            job=job,
+            run_id=run_id or manual_run_id(job.id, started),
+            fetcher=self._fetchers[job.source],
+            policy=RetryPolicy(job.retries, job.retry_backoff),
+            start=start,
+            end=end,
+            cancel=cancel or threading.Event(),
+            deadline=time.monotonic() + timeout.total_seconds() if timeout else None,
+            fence=fence,
+        )
+        outcomes, timed_out, reason = self._run_tickers(run, timeout)
+        fetched = [o.ticker for o in outcomes if not o.error]
+        failed = [o.ticker for o in outcomes if o.error]
+        result = RunResult(
+            job_id=job.id,
+            run_id=run.run_id,
+            trigger=trigger,
+            scheduled_for=scheduled_for,
+            started_at=started,
+            finished_at=self._clock.now(),
+            status=RunStatus.FAILED if timed_out else run_status_for(fetched, failed),
+            fetched_stocks=fetched,
+            failed_stocks=failed,
+            errors={o.ticker: o.error for o in outcomes if o.error},
+            rows_stored=sum(o.rows for o in outcomes),
+            reason=reason,
+            warnings={o.ticker: o.warning for o in outcomes if o.warning},
+        )
+        self._observe(result)
+        _log_finished(result)
+        return result
+
+    def _run_tickers(
+        self, run: _Run, timeout: timedelta | None
+    ) -> tuple[list[_TickerOutcome], bool, str]:
+        """Every ticker's outcome in the job's order, whether the run timed out, and why
+        it ended early ("" when it did not)."""
+        job = run.job
         workers = max(1, min(self._concurrency, len(job.tickers)))
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"run-{job.id}")
-        deadline = time.monotonic() + timeout.total_seconds() if timeout else None
-        policy = RetryPolicy(job.retries, job.retry_backoff)
-        futures = {
-            pool.submit(
-                self._fetch_and_store,
-                job,
-                fetcher,
-                policy,
-                t,
-                start,
-                end,
-                run_id,
-                cancel,
-                deadline,
-                fence,
-            ): t
-            for t in job.tickers
-        }
-        done, pending = self._wait(set(futures), deadline, cancel)
+        futures = {pool.submit(self._fetch_and_store, run, t): t for t in job.tickers}
+        done, pending = self._wait(set(futures), run.deadline, run.cancel)
         # A timed-out or cancelled run frees its job now; stuck fetches finish (or not) on
         # their own threads and store nothing, because they see ``cancel``.
-        timed_out = bool(pending) and not cancel.is_set()
+        timed_out = bool(pending) and not run.cancel.is_set()
         if pending:
-            cancel.set()
+            run.cancel.set()
         pool.shutdown(wait=False, cancel_futures=True)
         outcomes = {futures[f]: f.result() for f in done}
         reason = ""
@@ -113,39 +151,7 @@ class JobExecutor:
             reason = f"timeout after {timeout}" if timed_out else "cancelled"
             for f in pending:
                 outcomes[futures[f]] = _TickerOutcome(futures[f], error=f"run ended: {reason}")
-        ordered = [outcomes[t] for t in job.tickers]
-        fetched = [o.ticker for o in ordered if not o.error]
-        failed = [o.ticker for o in ordered if o.error]
-        result = RunResult(
-            job_id=job.id,
-            run_id=run_id,
-            trigger=trigger,
-            scheduled_for=scheduled_for,
-            started_at=started,
-            finished_at=self._clock.now(),
-            status=RunStatus.FAILED if timed_out else run_status_for(fetched, failed),
-            fetched_stocks=fetched,
-            failed_stocks=failed,
-            errors={o.ticker: o.error for o in ordered if o.error},
-            rows_stored=sum(o.rows for o in ordered),
-            reason=reason,
-            warnings={o.ticker: o.warning for o in ordered if o.warning},
-        )
-        self._observe(result)
-        log.log(
-            logging.INFO if result.status == RunStatus.SUCCESS else logging.WARNING,
-            "run finished job=%s run_id=%s status=%s fetched=%d failed=%d rows=%d duration=%.2fs%s",
-            job.id,
-            run_id,
-            result.status,
-            len(fetched),
-            len(failed),
-            result.rows_stored,
-            result.duration_s,
-            f" reason={reason}" if reason else "",
-            extra={"job": job.id, "run_id": run_id},
-        )
-        return result
+        return [outcomes[t] for t in job.tickers], timed_out, reason
 
     @staticmethod
     def _wait(
@@ -165,111 +171,106 @@ class JobExecutor:
                 break
         return done, pending
 
-    def _fetch_and_store(
-        self,
-        job: JobSpec,
-        fetcher: Fetcher,
-        policy: RetryPolicy,
-        ticker: str,
-        start: date,
-        end: date,
-        run_id: str,
-        cancel: threading.Event,
-        deadline: float | None,
-        fence: Fence | None,
-    ) -> _TickerOutcome:
-        if cancel.is_set():
+    def _fetch_and_store(self, run: _Run, ticker: str) -> _TickerOutcome:
+        """One ticker: fetch (with retries), check, store; every failure becomes its outcome."""
+        if run.cancel.is_set():
             return _TickerOutcome(ticker, error="run cancelled before this ticker started")
-        ctx = {"job": job.id, "run_id": run_id, "ticker": ticker}
-        t0 = time.perf_counter()
         warning = ""
         try:
-            with request_scope(deadline=deadline, cancel=cancel):
-                frame = policy.call(
-                    lambda: fetcher.fetch_from_source(ticker, start, end, job.interval),
-                    deadline=deadline,
-                    cancel=cancel,
-                    on_retry=lambda n, exc, wait: log.info(
-                        "retry %d job=%s run_id=%s ticker=%s in %.2fs: %s",
-                        n,
-                        job.id,
-                        run_id,
-                        ticker,
-                        wait,
-                        exc,
-                        extra=ctx,
-                    ),
-                )
-            if self._metrics is not None:
-                self._metrics.fetch_duration.observe(time.perf_counter() - t0)
-            if cancel.is_set():
+            frame = self._fetch(run, ticker)
+            if run.cancel.is_set():
                 return _TickerOutcome(
                     ticker, error="run ended (timeout or shutdown) before this ticker was stored"
                 )
-            frame, warning = self._checked(job, ticker, frame, start, end, ctx)
-            self._butler.save_data(
-                data=frame,
-                prefix=job.prefix,
-                stock_id=ticker,
-                start_date=start.isoformat(),
-                end_date=end.isoformat(),
-                ttl=job.ttl,
-                intraday=job.interval in INTRADAY_INTERVALS,
-                interval=job.interval,
-                fence=fence,
+            frame, warning = self._checked(run, ticker, frame)
+            self._store(run, ticker, frame)
+        except Exception as exc:  # each failure is this ticker's outcome, never the run's
+            outcome = self._failure(run, ticker, exc, warning)
+        else:
+            outcome = _TickerOutcome(ticker, rows=len(frame), warning=warning)
+        return self._count(run.job, outcome)
+
+    def _fetch(self, run: _Run, ticker: str) -> pd.DataFrame:
+        job, ctx = run.job, run.ctx(ticker)
+        t0 = time.perf_counter()
+        with request_scope(deadline=run.deadline, cancel=run.cancel):
+            frame = run.policy.call(
+                lambda: run.fetcher.fetch_from_source(ticker, run.start, run.end, job.interval),
+                deadline=run.deadline,
+                cancel=run.cancel,
+                on_retry=lambda n, exc, wait: log.info(
+                    "retry %d job=%s run_id=%s ticker=%s in %.2fs: %s",
+                    n,
+                    job.id,
+                    run.run_id,
+                    ticker,
+                    wait,
+                    exc,
+                    extra=ctx,
+                ),
             )
-        except FenceLostError:
+        if self._metrics is not None:
+            self._metrics.fetch_duration.observe(time.perf_counter() - t0)
+        return frame
+
+    def _store(self, run: _Run, ticker: str, frame: pd.DataFrame) -> None:
+        job = run.job
+        self._butler.save_data(
+            data=frame,
+            prefix=job.prefix,
+            stock_id=ticker,
+            start_date=run.start.isoformat(),
+            end_date=run.end.isoformat(),
+            ttl=job.ttl,
+            intraday=job.interval in INTRADAY_INTERVALS,
+            interval=job.interval,
+            fence=run.fence,
+        )
+
+    @staticmethod
+    def _failure(run: _Run, ticker: str, exc: Exception, warning: str) -> _TickerOutcome:
+        """The outcome of a ticker that raised, logged once at the level its cause deserves."""
+        job_id, run_id, ctx = run.job.id, run.run_id, run.ctx(ticker)
+        if isinstance(exc, FenceLostError):
             # Another replica took the job over (this process stalled past its lease): this
             # run must write nothing more, so the rest of its tickers stop too.
-            cancel.set()
-            return self._count(
-                job, _TickerOutcome(ticker, error="not stored: this run lost its lease")
-            )
-        except (StorageError, RateLimiterUnavailable) as exc:
+            run.cancel.set()
+            return _TickerOutcome(ticker, error="not stored: this run lost its lease")
+        if isinstance(exc, StorageError | RateLimiterUnavailable):
             log.debug(
                 "ticker not stored job=%s run_id=%s ticker=%s: %s",
-                job.id,
+                job_id,
                 run_id,
                 ticker,
                 exc,
                 extra=ctx,
             )
-            return self._count(
-                job, _TickerOutcome(ticker, error=str(exc), storage_failed=True, warning=warning)
-            )
-        except (FetchError, RateLimitTimeout, ValueError) as exc:
+            return _TickerOutcome(ticker, error=str(exc), storage_failed=True, warning=warning)
+        if isinstance(exc, FetchError | RateLimitTimeout | ValueError):
             log.warning(
                 "ticker failed job=%s run_id=%s ticker=%s: %s",
-                job.id,
+                job_id,
                 run_id,
                 ticker,
                 exc,
                 extra=ctx,
             )
-            return self._count(job, _TickerOutcome(ticker, error=str(exc)))
-        except Exception as exc:  # an unexpected bug must not sink the other tickers
-            log.exception(
-                "ticker crashed job=%s run_id=%s ticker=%s", job.id, run_id, ticker, extra=ctx
-            )
-            return self._count(job, _TickerOutcome(ticker, error=f"{type(exc).__name__}: {exc}"))
-        return self._count(job, _TickerOutcome(ticker, rows=len(frame), warning=warning))
+            return _TickerOutcome(ticker, error=str(exc))
+        # an unexpected bug must not sink the other tickers
+        log.exception(
+            "ticker crashed job=%s run_id=%s ticker=%s", job_id, run_id, ticker, extra=ctx
+        )
+        return _TickerOutcome(ticker, error=f"{type(exc).__name__}: {exc}")
 
-    def _checked(
-        self,
-        job: JobSpec,
-        ticker: str,
-        frame: pd.DataFrame,
-        start: date,
-        end: date,
-        ctx: dict[str, str],
-    ) -> tuple[pd.DataFrame, str]:
+    def _checked(self, run: _Run, ticker: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         """The bars fit to store and the ticker's data-quality warning ("" if none).
 
         Dropped bars are counted per reason and logged in one WARNING; when nothing may
         be stored (over the cap, no good bar left) PermanentFetchError, logged by the
         caller as the ticker's failure.
         """
-        clean, report = check_bars(frame, start, end, job.interval)
+        job = run.job
+        clean, report = check_bars(frame, run.start, run.end, job.interval)
         if self._metrics is not None:
             for reason, count in report.by_reason.items():
                 self._metrics.bars_dropped.labels(job=job.id, reason=reason).inc(count)
@@ -279,10 +280,10 @@ class JobExecutor:
             log.warning(
                 "bars dropped job=%s run_id=%s ticker=%s: %s",
                 job.id,
-                ctx["run_id"],
+                run.run_id,
                 ticker,
                 report.warning,
-                extra=ctx,
+                extra=run.ctx(ticker),
             )
         return clean, report.warning
 
@@ -304,3 +305,20 @@ class JobExecutor:
         m.job_run_duration.labels(job=result.job_id).observe(result.duration_s)
         # Last-run and last-success gauges describe the job, whichever replica ran it: they
         # are set from the job records when /metrics is rendered (SchedulerServingApp).
+
+
+def _log_finished(result: RunResult) -> None:
+    """The run's one summary line: INFO when it fully succeeded, WARNING otherwise."""
+    log.log(
+        logging.INFO if result.status == RunStatus.SUCCESS else logging.WARNING,
+        "run finished job=%s run_id=%s status=%s fetched=%d failed=%d rows=%d duration=%.2fs%s",
+        result.job_id,
+        result.run_id,
+        result.status,
+        len(result.fetched_stocks),
+        len(result.failed_stocks),
+        result.rows_stored,
+        result.duration_s,
+        f" reason={result.reason}" if result.reason else "",
+        extra={"job": result.job_id, "run_id": result.run_id},
+    )

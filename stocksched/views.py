@@ -61,7 +61,7 @@ class JobView(BaseModel):
     name: str
     status: str = Field(description="pending, running, completed, failed or paused")
     running: bool = Field(description="a run of this job is in progress in this daemon")
-    enabled: bool = Field(description="enabled in jobs.yaml (the original design's is_active)")
+    enabled: bool = Field(description="enabled in jobs.yaml (false: never scheduled)")
     paused: bool = Field(description="paused through the API (persisted in Redis)")
     active: bool = Field(description="enabled and not paused: scheduled runs happen")
     schedule: str
