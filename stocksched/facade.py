@@ -269,7 +269,9 @@ class SchedulerServingApp:
         self._started_at = started_at
         self._replicas = replicas
         self._stuck_after_s = (
-            stuck_after_s if stuck_after_s is not None else STUCK_AFTER_SLEEPS * scheduler.max_sleep
+            stuck_after_s
+            if stuck_after_s is not None
+            else STUCK_AFTER_SLEEPS * scheduler.longest_sleep()
         )
 
     @property
@@ -427,7 +429,7 @@ class SchedulerServingApp:
             return True, "waiting for Redis"
         if not self._scheduler.alive:
             return False, "scheduler thread is not running"
-        age = self._clock.monotonic() - self._scheduler.last_loop_monotonic
+        age = self._scheduler.loop_age()
         if age > self._stuck_after_s:
             return False, (
                 f"scheduler loop last ran {age:.0f}s ago (stuck after {self._stuck_after_s:.0f}s)"

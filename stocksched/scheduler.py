@@ -70,6 +70,8 @@ MAX_MISSED_SCAN = 100_000
 # A wall clock falling this far behind the monotonic clock between two looks is a step
 # back; NTP slewing moves it by well under a millisecond per second.
 CLOCK_STEP_TOLERANCE_S = 1.0
+# The loop wakes at least this often (the daemon lowers it to its watchdog interval).
+MAX_SLEEP_S = 30.0
 
 
 class JobBusyError(RuntimeError):
@@ -141,28 +143,32 @@ class JobScheduler:
         executor: JobExecutor,
         clock: Clock,
         *,
+        metrics: Metrics,
+        health: StorageHealth,
+        leases: LeaseManager,
         pool_size: int = 4,
-        metrics: Metrics | None = None,
-        max_sleep: float = 30.0,
+        max_sleep: float = MAX_SLEEP_S,
         pool: Executor | None = None,
+        bookkeeping: Executor | None = None,
         calendars: MarketCalendars | None = None,
         on_loop: Callable[[], None] | None = None,
-        health: StorageHealth | None = None,
-        leases: LeaseManager | None = None,
     ) -> None:
         self._registry = registry
         self._executor = executor
         self._clock = clock
         self._metrics = metrics
-        self.max_sleep = max_sleep
+        self._max_sleep = max_sleep
         self._pool = pool or ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="job")
-        self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bookkeeping")
+        # One thread for Redis bookkeeping (history of slots not run, next_run), in order.
+        self._side = bookkeeping or ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="bookkeeping"
+        )
         self._calendars = calendars or MarketCalendars()
         self._on_loop = on_loop
-        self.health = health or StorageHealth(clock, metrics)
+        self.health = health
         self.outbox = Outbox(self.health, clock)
         self._leases = leases
-        self._keeper = LeaseKeeper(leases, self._on_lease_lost) if leases else None
+        self._keeper = LeaseKeeper(leases, self._on_lease_lost)
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
         self._jobs: dict[str, _JobState] = {}
@@ -176,7 +182,7 @@ class JobScheduler:
         self._dirty = False
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.last_loop_monotonic = clock.monotonic()
+        self._last_loop = clock.monotonic()
         self._wall_offset = self._read_wall_offset()
 
     # -- job set -----------------------------------------------------------------
@@ -233,8 +239,7 @@ class JobScheduler:
                 )
             for job_id in set(self._jobs) - seen:
                 del self._jobs[job_id]  # a run in progress finishes and is recorded
-                if self._metrics is not None:
-                    self._metrics.remove_job(job_id)
+                self._metrics.remove_job(job_id)
             self._dirty = True
             self._wake.notify_all()
 
@@ -379,11 +384,10 @@ class JobScheduler:
             self._push_entry(
                 state, slot, slot + jitter_offset(state.spec.id, slot, state.spec.jitter), False
             )
-        if self._metrics is not None:
-            job_id = state.spec.id
-            ts = state.next_run.timestamp() if state.active and state.next_run else 0
-            self._metrics.job_next_run.labels(job=job_id).set(ts)
-            self._metrics.job_paused.labels(job=job_id).set(0 if state.active else 1)
+        job_id = state.spec.id
+        ts = state.next_run.timestamp() if state.active and state.next_run else 0
+        self._metrics.job_next_run.labels(job=job_id).set(ts)
+        self._metrics.job_paused.labels(job=job_id).set(0 if state.active else 1)
 
     def _push_entry(
         self,
@@ -494,8 +498,7 @@ class JobScheduler:
             )
             self._persist_next_run(state)
             return
-        if self._metrics is not None:
-            self._metrics.schedule_lateness.observe(max(0.0, (now - slot).total_seconds()))
+        self._metrics.schedule_lateness.observe(max(0.0, (now - slot).total_seconds()))
         run_id = run_id or self._slot_run_id(state, spec.id, slot)
         self._note_slot(state, slot)
         handle = RunHandle(run_id, Trigger.SCHEDULE, slot, now)
@@ -509,8 +512,6 @@ class JobScheduler:
     def _record_not_run(
         self, spec: JobSpec, slots: list[datetime], now: datetime, status: RunStatus, reason: str
     ) -> None:
-        if self._metrics is not None and self._leases is None:
-            self._metrics.job_missed_runs.labels(job=spec.id).inc(len(slots))
         listed = slots[-MAX_MISSED_RECORDS:]
         state = self._jobs.get(spec.id)
         results = [
@@ -537,29 +538,26 @@ class JobScheduler:
 
     def _write_not_run(self, job_id: str, results: list[RunResult], count: int) -> None:
         """With several replicas, each slot is claimed first so only one records it."""
-        counted = 0
-        if self._leases is not None:
-            won = self._leases.claim_slots(
-                [r.run_id for r in results], slot_ttl_ms=self._slot_ttl_ms(job_id)
-            )
-            mine = [r for r, w in zip(results, won, strict=True) if w]
-            unlisted = count - len(won)  # slots beyond the listed ones go with the first
-            counted = len(mine) + (unlisted if won[0] else 0)
-            results = mine
+        won = self._leases.claim_slots(
+            [r.run_id for r in results], slot_ttl_ms=self._slot_ttl_ms(job_id)
+        )
+        results = [r for r, w in zip(results, won, strict=True) if w]
+        unlisted = count - len(won)  # slots beyond the listed ones go with the first
+        counted = len(results) + (unlisted if won[0] else 0)
         if results:
             self._registry.add_history_many(results)
             if results[0].status == RunStatus.MISSED:
                 log.warning(
                     "job=%s missed %d slot(s) from %s to %s: %s",
                     job_id,
-                    counted or len(results),
+                    counted,
                     iso_utc(results[0].scheduled_for),
                     iso_utc(results[-1].scheduled_for),
                     results[-1].reason,
                     extra={"job": job_id},
                 )
         # Counted only once written: the outbox retries this whole write after a failure.
-        if counted and self._metrics is not None:
+        if counted:
             self._metrics.job_missed_runs.labels(job=job_id).inc(counted)
 
     def _slot_ttl_ms(self, job_id: str) -> int:
@@ -570,8 +568,7 @@ class JobScheduler:
 
     def _submit(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> None:
         self._running[spec.id] = handle
-        if self._metrics is not None:
-            self._metrics.job_running.labels(job=spec.id).set(1)
+        self._metrics.job_running.labels(job=spec.id).set(1)
         handle.future = self._pool.submit(self._run, spec, handle, next_run)
 
     # -- worker side -----------------------------------------------------------------
@@ -626,7 +623,7 @@ class JobScheduler:
 
     def _claim(self, spec: JobSpec, handle: RunHandle) -> bool:
         """Win the slot and the job's running lease across replicas; False: do not run."""
-        if self._leases is None or handle.lease is not None:
+        if handle.lease is not None:
             return True
         try:
             res = self._leases.try_claim(
@@ -691,25 +688,22 @@ class JobScheduler:
                 return False
         assert lease is not None
         handle.lease = lease
-        if self._keeper is not None:
-            self._keeper.add(lease)
+        self._keeper.add(lease)
         return True
 
     def _write_unclaimed(self, result: RunResult) -> None:
-        assert self._leases is not None
         if self._leases.claim_slots([result.run_id])[0]:
             self._record(result)
 
     def _release(self, handle: RunHandle) -> None:
         """Give the running lease back once the result is stored (in outbox order)."""
         lease = handle.lease
-        if lease is None or self._leases is None:
+        if lease is None:
             return
         leases, keeper = self._leases, self._keeper
 
         def finish() -> None:
-            if keeper is not None:
-                keeper.discard(lease)
+            keeper.discard(lease)
             if handle.lease_done:  # the fenced record ended it, or it was lost
                 return
             if not leases.finish(lease):
@@ -730,8 +724,6 @@ class JobScheduler:
 
     def recover_interrupted(self, dead_replica: str | None = None) -> int:
         """Record runs whose lease heartbeat stopped as interrupted; rerun per catch-up."""
-        if self._leases is None:
-            return 0
         try:
             found = self._leases.find_interrupted(dead_replica=dead_replica)
         except StorageError as exc:
@@ -813,11 +805,10 @@ class JobScheduler:
         with self._lock:
             if self._running.get(spec.id) is handle:
                 del self._running[spec.id]
-            if self._metrics is not None:
-                if spec.id in self._jobs:
-                    self._metrics.job_running.labels(job=spec.id).set(0)
-                else:  # removed while running: the run's own metrics re-created its series
-                    self._metrics.remove_job(spec.id)
+            if spec.id in self._jobs:
+                self._metrics.job_running.labels(job=spec.id).set(0)
+            else:  # removed while running: the run's own metrics re-created its series
+                self._metrics.remove_job(spec.id)
             state = self._jobs.get(spec.id)
             if state is not None and handle.outcome is not None:
                 state.outcome = handle.outcome
@@ -895,22 +886,19 @@ class JobScheduler:
                 raise JobBusyError(job_id)
             now = self._clock.now()
             handle = RunHandle(manual_run_id(job_id, now), Trigger.MANUAL, None, now)
-        if self._leases is not None:  # Redis I/O outside the lock; StorageError propagates
-            handle.lease = self._leases.claim(
-                job_id, handle.run_id, trigger=Trigger.MANUAL, started_at=now
-            )
-            if handle.lease is None:
-                raise JobBusyError(job_id)  # running on another replica
+        # Redis I/O outside the lock; StorageError propagates
+        lease = self._leases.claim(job_id, handle.run_id, trigger=Trigger.MANUAL, started_at=now)
+        if lease is None:
+            raise JobBusyError(job_id)  # running on another replica
+        handle.lease = lease
         with self._lock:
             state = self._jobs.get(job_id)
             if state is None or job_id in self._running or self._stopping:
-                if handle.lease is not None and self._leases is not None:
-                    self._leases.finish(handle.lease)
+                self._leases.finish(lease)
                 if state is None:
                     raise UnknownJobError(job_id)
                 raise JobBusyError(job_id)
-            if handle.lease is not None and self._keeper is not None:
-                self._keeper.add(handle.lease)
+            self._keeper.add(lease)
             self._submit(state.spec, handle, state.next_run)
             return handle.run_id
 
@@ -969,10 +957,6 @@ class JobScheduler:
         self._arm(state, self._clock.now())
         self._wake.notify_all()
 
-    def set_on_loop(self, fn: Callable[[], None]) -> None:
-        """Called at every scheduler-loop iteration (the systemd watchdog pings from here)."""
-        self._on_loop = fn
-
     # -- introspection ----------------------------------------------------------------
 
     def is_running(self, job_id: str) -> bool:
@@ -1017,16 +1001,15 @@ class JobScheduler:
                     out[job_id] = s.outcome
             return out
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Block until no run is in progress (tests and run-job)."""
-        with self._wake:
-            return self._wake.wait_for(lambda: not self._running, timeout)
-
-    def flush_bookkeeping(self, timeout: float = 10) -> None:
-        """Wait for queued history writes (tests, shutdown)."""
-        self._side.submit(lambda: None).result(timeout)
-
     # -- thread lifecycle -------------------------------------------------------------
+
+    def loop_age(self) -> float:
+        """Seconds since the scheduler loop last came round."""
+        return self._clock.monotonic() - self._last_loop
+
+    def longest_sleep(self) -> float:
+        """Seconds the loop sleeps at most between two rounds, however idle."""
+        return self._max_sleep
 
     @property
     def started(self) -> bool:
@@ -1038,14 +1021,13 @@ class JobScheduler:
         return self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        if self._keeper is not None:
-            self._keeper.start()
+        self._keeper.start()
         self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
         while True:
-            self.last_loop_monotonic = self._clock.monotonic()
+            self._last_loop = self._clock.monotonic()
             if self._on_loop is not None:
                 self._on_loop()
             try:
@@ -1056,13 +1038,15 @@ class JobScheduler:
             retry_in = self.outbox.retry_in()
             if retry_in == 0:
                 self._side.submit(self.outbox.flush)
-                retry_in = self.max_sleep  # flush reschedules itself on failure
+                retry_in = self._max_sleep  # flush reschedules itself on failure
             with self._wake:
                 if self._stopping:
                     return
                 if self._dirty:
                     continue
-                timeout = min(self.max_sleep, retry_in if retry_in is not None else self.max_sleep)
+                timeout = min(
+                    self._max_sleep, retry_in if retry_in is not None else self._max_sleep
+                )
                 if next_due is not None:
                     timeout = min(timeout, (next_due - self._clock.now()).total_seconds())
                 if timeout > 0:
@@ -1087,6 +1071,6 @@ class JobScheduler:
         self._side.shutdown(wait=True)
         if not left:
             self.outbox.flush()
-        if self._keeper is not None and not left:
+        if not left:
             self._keeper.stop()  # abandoned runs keep their leases until the process exits
         return left

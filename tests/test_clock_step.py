@@ -26,16 +26,14 @@ from typing import Any
 import pytest
 import redis
 
-from stocksched.coordination import LeaseManager
 from stocksched.executor import JobExecutor, scheduled_run_id
 from stocksched.model import RunResult, RunStatus
 from stocksched.registry import JobRegistry
-from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.storage.adapter import RedisAdapter
 from stocksched.storage.butler import DataIOButler
 from tests.fakes import FakeClock
-from tests.helpers import make_spec
+from tests.helpers import make_scheduler, make_spec
 
 T0 = datetime(2026, 3, 2, 10, 29, tzinfo=UTC)
 EXECUTED = {RunStatus.SUCCESS, RunStatus.PARTIAL_SUCCESS, RunStatus.FAILED}
@@ -48,12 +46,13 @@ class Node:
     def __init__(self, client: redis.Redis, clock: FakeClock, owner: str) -> None:
         adapter = RedisAdapter(client)
         self.registry = JobRegistry(adapter, clock)
-        self.scheduler = JobScheduler(
+        self.scheduler = make_scheduler(
+            client,
             self.registry,
             JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock),
             clock,
             pool_size=2,
-            leases=LeaseManager(client, owner, clock=clock),
+            owner=owner,
         )
 
     def load(self, *specs: Any) -> None:

@@ -21,14 +21,13 @@ from stocksched.model import JobStatus, RunStatus
 from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
 from stocksched.reload import ConfigReloader
-from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.statesync import StateSync
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, StorageError
 from stocksched.storage.butler import DataIOButler
 from tests.fakes import FakeClock
-from tests.helpers import Rig, make_spec
+from tests.helpers import Rig, make_scheduler, make_spec
 
 T0 = datetime(2026, 3, 2, 10, 0, 1, tzinfo=UTC)
 EXECUTED = {RunStatus.SUCCESS, RunStatus.PARTIAL_SUCCESS, RunStatus.FAILED}
@@ -78,7 +77,8 @@ class Replica:
         executor = JobExecutor(
             {"demo": DemoFetcher()}, DataIOButler(adapter), clock, 2, self.metrics
         )
-        self.scheduler = JobScheduler(
+        self.scheduler = make_scheduler(
+            client,
             self.registry,
             executor,
             clock,

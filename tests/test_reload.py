@@ -29,12 +29,12 @@ from stocksched.metrics import Metrics
 from stocksched.model import RunStatus
 from stocksched.registry import JobRegistry
 from stocksched.reload import QUIET_MS, ConfigReloader, ConfigWatcher, WatchTargets
-from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, StorageError
 from stocksched.storage.butler import DataIOButler
 from tests.fakes import FakeClock
+from tests.helpers import make_scheduler
 
 T0 = datetime(2026, 3, 2, 10, 2, tzinfo=UTC)
 DEBOUNCE_MS = 40
@@ -98,8 +98,8 @@ class Rig:
         executor = JobExecutor(
             {"demo": self.fetcher}, DataIOButler(adapter), self.clock, 2, self.metrics
         )
-        self.scheduler = JobScheduler(
-            self.registry, executor, self.clock, pool_size=2, metrics=self.metrics
+        self.scheduler = make_scheduler(
+            client, self.registry, executor, self.clock, pool_size=2, metrics=self.metrics
         )
         self.reloader = ConfigReloader(
             path, self.registry, self.scheduler, self.clock, self.metrics
