@@ -206,7 +206,7 @@ def rebuild_scheduler(c: Any, **overrides: Any) -> Callable[[float], None]:
     bookkeeping thread of our own, and the reloader and watcher over it; returns a
     function that waits (up to a timeout) for the bookkeeping writes queued so far."""
     from stocksched.reload import ConfigReloader, ConfigWatcher
-    from stocksched.scheduler import MAX_SLEEP_S, JobScheduler
+    from stocksched.scheduling.scheduler import MAX_SLEEP_S, JobScheduler
 
     book = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bookkeeping")
     kw: dict[str, Any] = {

@@ -141,7 +141,7 @@ def child_stocksched(args: argparse.Namespace) -> dict[str, Any]:
     from stocksched.config import JobSpec
     from stocksched.daemon import Components, Daemon
     from stocksched.model import RunResult, RunStatus, Trigger
-    from stocksched.scheduler import RunHandle
+    from stocksched.scheduling.claims import RunHandle
     from stocksched.settings import HttpSettings, Settings
     from stocksched.sources.demo import DemoFetcher
 

@@ -38,7 +38,7 @@ from stocksched.outbox import StorageHealth
 from stocksched.ratelimit import build_rate_limiter
 from stocksched.registry import JobRegistry
 from stocksched.reload import ConfigReloader, ConfigWatcher
-from stocksched.scheduler import MAX_SLEEP_S, JobScheduler
+from stocksched.scheduling.scheduler import MAX_SLEEP_S, JobScheduler
 from stocksched.settings import Settings, SettingsError, split_listen, startup_summary
 from stocksched.sources import build_fetchers, configure_yfinance, new_session
 from stocksched.sources.base import Fetcher

@@ -34,7 +34,8 @@ from stocksched.metrics import JOB_STATES, Metrics
 from stocksched.model import JobStatus, RunResult, ScheduledJob
 from stocksched.registry import JobRegistry, UnknownJobError
 from stocksched.reload import ConfigReloader, ReloadStatus
-from stocksched.scheduler import JobBusyError, JobScheduler
+from stocksched.scheduling.claims import JobBusyError
+from stocksched.scheduling.scheduler import JobScheduler
 from stocksched.storage.adapter import RedisAdapter, StorageError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from stocksched.coordination import ReplicaHeartbeat
 from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
 from stocksched.reload import ConfigReloader
-from stocksched.scheduler import JobScheduler
+from stocksched.scheduling.scheduler import JobScheduler
 from stocksched.storage.adapter import RedisAdapter, StorageError
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from stocksched.executor import JobExecutor
 from stocksched.metrics import Metrics
 from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
-from stocksched.scheduler import JobScheduler
+from stocksched.scheduling.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.storage.adapter import RedisAdapter
 from stocksched.storage.butler import DataIOButler
@@ -46,8 +46,8 @@ class RigScheduler(JobScheduler):
     """The production scheduler, plus the waits tests need (they only observe it)."""
 
     def __init__(self, *args: Any, **kw: Any) -> None:
-        self._book = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bookkeeping")
-        super().__init__(*args, bookkeeping=self._book, **kw)
+        self._book_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bookkeeping")
+        super().__init__(*args, bookkeeping=self._book_pool, **kw)
 
     def wait_idle(self, timeout: float) -> bool:
         """Block until no run is in progress."""
@@ -60,7 +60,7 @@ class RigScheduler(JobScheduler):
 
     def flush_bookkeeping(self, timeout: float = 10) -> None:
         """Wait for queued history writes."""
-        self._book.submit(lambda: None).result(timeout)
+        self._book_pool.submit(lambda: None).result(timeout)
 
 
 def make_scheduler(

@@ -11,7 +11,7 @@ import redis
 from stocksched.executor import JobExecutor
 from stocksched.model import JobStatus, RunStatus
 from stocksched.registry import JobRegistry, UnknownJobError
-from stocksched.scheduler import JobBusyError
+from stocksched.scheduling.claims import JobBusyError
 from stocksched.sources.demo import DemoFetcher
 from stocksched.storage.adapter import RedisAdapter
 from stocksched.storage.butler import DataIOButler
