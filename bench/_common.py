@@ -13,10 +13,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -197,3 +199,33 @@ def proc_rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def rebuild_scheduler(c: Any, **overrides: Any) -> Callable[[float], None]:
+    """Rebuild ``Components``' scheduler (its arguments, plus ``overrides``) with a
+    bookkeeping thread of our own, and the reloader and watcher over it; returns a
+    function that waits (up to a timeout) for the bookkeeping writes queued so far."""
+    from stocksched.reload import JobsReloader
+    from stocksched.scheduling.scheduler import MAX_SLEEP_S, JobScheduler
+    from stocksched.watch import JobsWatcher
+
+    book = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bookkeeping")
+    kw: dict[str, Any] = {
+        "pool_size": c.settings.pool_size,
+        "metrics": c.metrics,
+        "health": c.health,
+        "leases": c.leases,
+        "max_sleep": c.watchdog.max_sleep(MAX_SLEEP_S),
+        "on_loop": c.watchdog.ping,
+        "bookkeeping": book,
+    }
+    kw.update(overrides)
+    executor = kw.pop("executor", c.executor)
+    c.scheduler = JobScheduler(c.registry, executor, c.clock, **kw)
+    c.reloader = JobsReloader(c.settings.jobs, c.registry, c.scheduler, c.clock, c.metrics)
+    c.watcher = JobsWatcher(c.reloader)
+
+    def flush(timeout: float) -> None:
+        book.submit(lambda: None).result(timeout)
+
+    return flush

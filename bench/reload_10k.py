@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from bench._common import (
     command_stats,
     describe_commands,
     private_redis,
+    rebuild_scheduler,
     writes_in,
 )
 from stocksched.daemon import Components
@@ -163,11 +165,11 @@ def breakdown(total: float, steps: dict[str, float]) -> str:
     return ", ".join(parts)
 
 
-def wait_settled(c: Components) -> None:
+def wait_settled(flush_bookkeeping: Callable[[float], None]) -> None:
     """Let the scheduler's background writes (next_run persistence) finish."""
-    c.scheduler.flush_bookkeeping(timeout=60)
+    flush_bookkeeping(60)
     time.sleep(0.3)
-    c.scheduler.flush_bookkeeping(timeout=60)
+    flush_bookkeeping(60)
 
 
 def main() -> None:
@@ -195,6 +197,7 @@ def main() -> None:
 
         settings = Settings(redis_url=server.url, jobs=path, state_dir=Path(d) / "state")
         c = Components(settings, fetchers={"demo": DemoFetcher()})
+        flush_bookkeeping = rebuild_scheduler(c)
         rc = server.client()
         steps = StepTimer(c)
         rc.config_resetstat()
@@ -202,7 +205,7 @@ def main() -> None:
         status = c.reloader.reload()
         initial_s = time.perf_counter() - t
         assert status.ok, status.errors
-        wait_settled(c)
+        wait_settled(flush_bookkeeping)
         stats = command_stats(rc)
         print(
             f"  initial load of {len(loaded.jobs)} jobs (parse + reconcile into empty Redis "
@@ -219,7 +222,7 @@ def main() -> None:
             if time.monotonic() > deadline:
                 sys.exit("config watcher did not start")
             time.sleep(0.05)
-        wait_settled(c)
+        wait_settled(flush_bookkeeping)
         steps.take()
 
         rows = []
@@ -245,7 +248,7 @@ def main() -> None:
             assert live_next == rec.next_run == expected, (live_next, rec.next_run, expected)
             diff = c.reloader.last.diff
             spent = steps.take()
-            wait_settled(c)
+            wait_settled(flush_bookkeeping)
             stats = command_stats(rc)
             calls = timer.after(t0)
             watch_s = calls[0][0] - t0 if calls else float("nan")
@@ -266,7 +269,7 @@ def main() -> None:
         rc.config_resetstat()
         editor_save(path, path.read_text(encoding="utf-8"))
         time.sleep(2.0)
-        wait_settled(c)
+        wait_settled(flush_bookkeeping)
         stats = command_stats(rc)
         applied_again = c.reloader.last is not before
         print(

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 
-from bench._common import free_port, percentile, private_redis
+from bench._common import free_port, percentile, private_redis, rebuild_scheduler
 
 SELF = psutil.Process()
 
@@ -143,11 +143,9 @@ def child_stocksched(args: argparse.Namespace) -> dict[str, Any]:
     from stocksched.daemon import Components, Daemon
     from stocksched.jobs.spec import JobSpec
     from stocksched.model import RunResult, RunStatus, Trigger
-    from stocksched.reload import JobsReloader
-    from stocksched.scheduler import JobScheduler, RunHandle
+    from stocksched.scheduling.claims import RunHandle
     from stocksched.settings import HttpSettings, Settings
     from stocksched.sources.demo import DemoFetcher
-    from stocksched.watch import JobsWatcher
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     tl = Timeline(args, t_start)
@@ -208,23 +206,17 @@ def child_stocksched(args: argparse.Namespace) -> dict[str, Any]:
         c = Components(settings, fetchers={"demo": StartNotingFetcher()})
         # Components' scheduler, rebuilt with the recording pool (same arguments otherwise).
         executor: Any = NoopExecutor() if args.job == "noop" else c.executor
-        c.scheduler = JobScheduler(
-            c.registry,
-            executor,
-            c.clock,
-            metrics=c.metrics,
-            health=c.health,
-            leases=c.leases,
+        flush_bookkeeping = rebuild_scheduler(
+            c,
+            executor=executor,
             pool=RecordingPool(max_workers=settings.pool_size, thread_name_prefix="job"),
         )
-        c.reloader = JobsReloader(settings.jobs, c.registry, c.scheduler, c.clock, c.metrics)
-        c.watcher = JobsWatcher(c.reloader)
         daemon = Daemon(c)
 
         def drained(deadline: float) -> None:
             while time.time() < deadline and (c.scheduler.running() or len(starts) < len(dispatch)):
                 time.sleep(0.05)
-            c.scheduler.flush_bookkeeping(timeout=30)
+            flush_bookkeeping(30)
 
         def measure() -> None:
             try:

@@ -31,7 +31,7 @@ from stocksched.notify import SystemdNotifier
 from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
 from stocksched.reload import JobsReloader
-from stocksched.scheduler import JobScheduler
+from stocksched.scheduling.scheduler import MAX_SLEEP_S, JobScheduler
 from stocksched.settings import Settings, SettingsError, split_listen, startup_summary
 from stocksched.sources import build_fetchers, configure_yfinance, new_session
 from stocksched.sources.base import Fetcher
@@ -59,6 +59,25 @@ def state_dir(settings: Settings) -> Path | None:
     return None
 
 
+class Watchdog:
+    """Pings systemd's watchdog from the scheduler loop, at most once per interval."""
+
+    def __init__(self, notifier: SystemdNotifier) -> None:
+        self._notifier = notifier
+        self._every = notifier.watchdog_interval()
+        self._last = 0.0
+
+    def max_sleep(self, default: float) -> float:
+        """The loop pings from each round, so it must wake at least once per interval."""
+        return default if self._every is None else min(default, self._every)
+
+    def ping(self) -> None:
+        now = time.monotonic()
+        if self._every is not None and now - self._last >= self._every:
+            self._last = now
+            self._notifier.watchdog()
+
+
 class Components:
     """Every collaborator, built from settings; shared by `run` and `run-job`."""
 
@@ -67,9 +86,14 @@ class Components:
         settings: Settings,
         clock: Clock | None = None,
         fetchers: dict[str, Fetcher] | None = None,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        self.notifier = notifier or SystemdNotifier()
+        self.watchdog = Watchdog(self.notifier)
+        # Set when Redis is reachable again: a restarted Redis may be empty, so reload.
+        self.reload_requested = threading.Event()
         # `_created` samples double every counter's series for little use; at 10,000 jobs
         # they cost a quarter of /metrics (process-wide switch, so it is set here, once).
         prometheus_client.disable_created_metrics()
@@ -95,7 +119,9 @@ class Components:
         self.executor = JobExecutor(
             self.fetchers, self.butler, self.clock, settings.ticker_concurrency, self.metrics
         )
-        self.health = StorageHealth(self.clock, self.metrics)
+        self.health = StorageHealth(
+            self.clock, self.metrics, on_recovered=self.reload_requested.set
+        )
         self.replica_id = settings.replica_id or (
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         )
@@ -115,6 +141,8 @@ class Components:
             metrics=self.metrics,
             health=self.health,
             leases=self.leases,
+            max_sleep=self.watchdog.max_sleep(MAX_SLEEP_S),
+            on_loop=self.watchdog.ping,
         )
         self.reloader = JobsReloader(
             settings.jobs, self.registry, self.scheduler, self.clock, self.metrics
@@ -143,36 +171,20 @@ class Components:
 class Daemon:
     """The process lifetime: wait for Redis and config, serve, reload on SIGHUP, drain."""
 
-    def __init__(self, components: Components, notifier: SystemdNotifier | None = None) -> None:
+    def __init__(self, components: Components) -> None:
         self.c = components
-        self.notifier = notifier or SystemdNotifier()
+        self.notifier = components.notifier
         self._stop = threading.Event()
-        self._reload = threading.Event()
+        self._reload = components.reload_requested
         self._refused = False  # Redis refused at startup (evicting policy): exit 2
         self._warned_evicting = False
         self.api: ApiServer | None = None
-        self._last_watchdog = 0.0
-        self._watchdog_every = self.notifier.watchdog_interval()
-        if self._watchdog_every is not None:
-            # The scheduler loop pings the watchdog itself, so it must wake often enough.
-            self.c.scheduler.max_sleep = min(self.c.scheduler.max_sleep, self._watchdog_every)
-        self.c.scheduler.set_on_loop(self._on_scheduler_loop)
-        self.c.health.on_recovered = self.request_reload  # a restarted Redis may be empty
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if signum == signal.SIGHUP:
             self._reload.set()
         else:
             self._stop.set()
-
-    def request_reload(self) -> None:
-        self._reload.set()
-
-    def _on_scheduler_loop(self) -> None:
-        now = time.monotonic()
-        if self._watchdog_every is not None and now - self._last_watchdog >= self._watchdog_every:
-            self._last_watchdog = now
-            self.notifier.watchdog()
 
     def _build_api(self) -> ApiServer | None:
         """Refuse bad HTTP settings before anything starts (raises ApiConfigError)."""

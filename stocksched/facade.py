@@ -27,7 +27,8 @@ from stocksched.metrics import JOB_STATES, Metrics
 from stocksched.model import JobStatus, ScheduledJob
 from stocksched.registry import JobRegistry, UnknownJobError
 from stocksched.reload import JobsReloader
-from stocksched.scheduler import JobBusyError, JobScheduler
+from stocksched.scheduling.claims import JobBusyError
+from stocksched.scheduling.scheduler import JobScheduler
 from stocksched.storage.adapter import AbstractDatabaseAdapter, StorageError
 from stocksched.views import (
     ConfigView,
@@ -93,7 +94,9 @@ class SchedulerServingApp:
         self._started_at = started_at
         self._replicas = replicas
         self._stuck_after_s = (
-            stuck_after_s if stuck_after_s is not None else STUCK_AFTER_SLEEPS * scheduler.max_sleep
+            stuck_after_s
+            if stuck_after_s is not None
+            else STUCK_AFTER_SLEEPS * scheduler.longest_sleep()
         )
 
     @property
@@ -251,7 +254,7 @@ class SchedulerServingApp:
             return True, "waiting for Redis"
         if not self._scheduler.alive:
             return False, "scheduler thread is not running"
-        age = self._clock.monotonic() - self._scheduler.last_loop_monotonic
+        age = self._scheduler.loop_age()
         if age > self._stuck_after_s:
             return False, (
                 f"scheduler loop last ran {age:.0f}s ago (stuck after {self._stuck_after_s:.0f}s)"

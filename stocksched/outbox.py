@@ -67,7 +67,7 @@ class StorageHealth:
     ) -> None:
         self._clock = clock
         self._metrics = metrics
-        self.on_recovered = on_recovered  # e.g. re-reconcile: a restarted Redis may be empty
+        self._on_recovered = on_recovered  # e.g. re-reconcile: a restarted Redis may be empty
         self._lock = threading.Lock()
         self._down_since: float | None = None
         self._state = StorageState(True, clock.now(), "")
@@ -96,8 +96,8 @@ class StorageHealth:
                 self._state = StorageState(True, self._clock.now(), "")
         if since is not None:
             log.warning("Redis reachable again after %.1fs", self._clock.monotonic() - since)
-            if self.on_recovered is not None:
-                self.on_recovered()
+            if self._on_recovered is not None:
+                self._on_recovered()
 
     def set_problem(self, reason: str | None) -> None:
         """Redis answers but is not fit to use (out of memory, evicting): readyz says why.

@@ -17,7 +17,7 @@ from stocksched.clock import Clock, iso_utc
 from stocksched.jobs import JobsFileError, LoadedJobs, load_jobs_file, read_jobs_bytes
 from stocksched.metrics import Metrics
 from stocksched.registry import JobRegistry, ReconcileDiff
-from stocksched.scheduler import JobScheduler
+from stocksched.scheduling.scheduler import JobScheduler
 from stocksched.storage.adapter import StorageError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from stocksched.coordination import ReplicaHeartbeat
 from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
 from stocksched.reload import JobsReloader
-from stocksched.scheduler import JobScheduler
+from stocksched.scheduling.scheduler import JobScheduler
 from stocksched.storage.adapter import AbstractDatabaseAdapter, StorageError
 
 log = logging.getLogger(__name__)

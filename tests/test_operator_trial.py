@@ -22,7 +22,6 @@ from stocksched.outbox import StorageHealth
 from stocksched.registry import JobRegistry
 from stocksched.reload import JobsReloader
 from stocksched.runids import scheduled_run_id
-from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.statesync import StateSync
 from stocksched.storage import keys
@@ -30,7 +29,7 @@ from stocksched.storage.adapter import RedisAdapter, StorageError
 from stocksched.storage.butler import DataIOButler
 from stocksched.storage.leases import LeaseManager
 from tests.fakes import FakeClock
-from tests.helpers import Rig, make_spec
+from tests.helpers import Rig, make_scheduler, make_spec
 
 T0 = datetime(2026, 3, 2, 10, 0, 1, tzinfo=UTC)
 EXECUTED = {RunStatus.SUCCESS, RunStatus.PARTIAL_SUCCESS, RunStatus.FAILED}
@@ -80,7 +79,8 @@ class Replica:
         executor = JobExecutor(
             {"demo": DemoFetcher()}, DataIOButler(adapter), clock, 2, self.metrics
         )
-        self.scheduler = JobScheduler(
+        self.scheduler = make_scheduler(
+            client,
             self.registry,
             executor,
             clock,

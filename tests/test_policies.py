@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from stocksched.model import RunStatus
-from stocksched.scheduler import jitter_offset
+from stocksched.scheduling.slots import jitter_offset
 from stocksched.storage import keys
 from tests.fakes import FakeClock
 from tests.helpers import Rig, make_spec

@@ -29,13 +29,13 @@ from stocksched.metrics import Metrics
 from stocksched.model import RunStatus
 from stocksched.registry import JobRegistry
 from stocksched.reload import JobsReloader
-from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, StorageError
 from stocksched.storage.butler import DataIOButler
 from stocksched.watch import QUIET_MS, JobsWatcher, WatchTargets
 from tests.fakes import FakeClock
+from tests.helpers import make_scheduler
 
 T0 = datetime(2026, 3, 2, 10, 2, tzinfo=UTC)
 DEBOUNCE_MS = 40
@@ -99,8 +99,8 @@ class Rig:
         executor = JobExecutor(
             {"demo": self.fetcher}, DataIOButler(adapter), self.clock, 2, self.metrics
         )
-        self.scheduler = JobScheduler(
-            self.registry, executor, self.clock, pool_size=2, metrics=self.metrics
+        self.scheduler = make_scheduler(
+            client, self.registry, executor, self.clock, pool_size=2, metrics=self.metrics
         )
         self.reloader = JobsReloader(path, self.registry, self.scheduler, self.clock, self.metrics)
         self.watcher: JobsWatcher | None = None

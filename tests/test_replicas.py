@@ -35,7 +35,6 @@ from stocksched.executor import JobExecutor
 from stocksched.model import RunResult, RunStatus, Trigger
 from stocksched.registry import JobRegistry
 from stocksched.runids import scheduled_run_id
-from stocksched.scheduler import JobScheduler
 from stocksched.sources.demo import DemoFetcher
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter
@@ -52,7 +51,7 @@ from tests.daemons import (
     wait_ready,
 )
 from tests.fakes import FakeClock
-from tests.helpers import make_spec
+from tests.helpers import make_scheduler, make_spec
 
 T = TypeVar("T")
 
@@ -249,7 +248,8 @@ def test_restart_with_the_same_replica_id_after_a_crash_follows_the_catchup_rule
         registry.start_run("slow", spec.next_fire(SLOT))
     # ... the process dies here; it comes back ``down_for`` later with the same replica id.
     clock.set(SLOT + down_for)
-    restarted = JobScheduler(
+    restarted = make_scheduler(
+        fake_redis,
         registry,
         JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock),
         clock,

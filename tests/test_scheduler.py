@@ -11,12 +11,12 @@ import redis
 from stocksched.executor import JobExecutor
 from stocksched.model import JobStatus, RunStatus
 from stocksched.registry import JobRegistry, UnknownJobError
-from stocksched.scheduler import JobBusyError, JobScheduler
+from stocksched.scheduling.claims import JobBusyError
 from stocksched.sources.demo import DemoFetcher
 from stocksched.storage.adapter import RedisAdapter
 from stocksched.storage.butler import DataIOButler
 from tests.fakes import FakeClock
-from tests.helpers import Rig, make_spec
+from tests.helpers import Rig, make_scheduler, make_spec
 
 T0 = datetime(2026, 3, 2, 10, 2, tzinfo=UTC)
 
@@ -138,7 +138,7 @@ def test_loop_thread_wakes_at_due_time_with_real_clock(fake_redis: redis.Redis) 
     clock = SystemClock()
     registry = JobRegistry(adapter, clock)
     executor = JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock)
-    sched = JobScheduler(registry, executor, clock, pool_size=2)
+    sched = make_scheduler(fake_redis, registry, executor, clock, pool_size=2)
     registry.reconcile([make_spec("a", schedule="@every 1s", tickers=["AAA"])])
     sched.set_jobs(registry.list_jobs())
     sched.start()
@@ -165,13 +165,7 @@ def test_a_slot_won_by_another_replica_leaves_the_job_state_alone(
     adapter = RedisAdapter(fake_redis)
     registry = JobRegistry(adapter, clock)
     executor = JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock)
-    sched = JobScheduler(
-        registry,
-        executor,
-        clock,
-        pool_size=1,
-        leases=LeaseManager(RedisAdapter(fake_redis), "replica-b", clock=clock),
-    )
+    sched = make_scheduler(fake_redis, registry, executor, clock, pool_size=1, owner="replica-b")
     try:
         registry.reconcile([make_spec("a", tickers=["AAA"])])
         sched.set_jobs(registry.list_jobs())

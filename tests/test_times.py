@@ -124,14 +124,16 @@ def test_scheduler_log_messages_print_slots_in_utc(
     first.load(spec)  # persisted next_run = 10:10 UTC (05:10 in New York)
     first.scheduler.stop(1)
     restarted = Rig(fake_redis, FakeClock(T0 + timedelta(minutes=33)))  # up again at 10:35
-    caplog.set_level(logging.INFO, logger="stocksched.scheduler")
+    caplog.set_level(logging.INFO, logger="stocksched.scheduling")
     try:
         restarted.load(spec)
         restarted.scheduler.tick()
         restarted.settle()
     finally:
         restarted.scheduler.stop(1)
-    messages = [r.getMessage() for r in caplog.records if r.name == "stocksched.scheduler"]
+    messages = [
+        r.getMessage() for r in caplog.records if r.name.startswith("stocksched.scheduling.")
+    ]
     assert "catching up job=a slot=2026-03-02T10:30:00+00:00 (missed while down)" in messages
     missed = "job=a missed 2 slot(s) from 2026-03-02T10:10:00+00:00 to 2026-03-02T10:20:00+00:00"
     assert any(m.startswith(missed) for m in messages), messages

@@ -1,0 +1,263 @@
+"""A run's life on the worker threads: claim, execute, record, release.
+
+``Runs`` has the slot and the job's running lease claimed across replicas (``claims``),
+marks the job running, executes it, records the result fenced by the lease (the same
+write ends it), and cancels a run whose lease was lost. It also records, as interrupted,
+the runs whose lease heartbeat stopped, and reruns their slot per catch-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Executor
+from datetime import datetime, timedelta
+
+from stocksched.clock import Clock, iso_utc
+from stocksched.executor import JobExecutor
+from stocksched.jobs.spec import JobSpec
+from stocksched.metrics import Metrics
+from stocksched.model import JobStatus, RunResult, RunStatus, Trigger
+from stocksched.registry import JobRegistry, UnknownJobError
+from stocksched.runids import rerun_run_id
+from stocksched.scheduling.bookkeeping import Bookkeeping
+from stocksched.scheduling.claims import Claims, RunHandle
+from stocksched.scheduling.slots import JobState
+from stocksched.scheduling.timetable import Timetable
+from stocksched.storage.adapter import StorageError
+from stocksched.storage.fence import FenceLostError
+from stocksched.storage.inflight import InflightRun
+from stocksched.storage.leases import Lease, LeaseManager
+
+log = logging.getLogger(__name__)
+
+
+class Runs:
+    """The runs in progress, on the worker pool; shares the scheduler's lock (``cond``)."""
+
+    def __init__(
+        self,
+        registry: JobRegistry,
+        executor: JobExecutor,
+        clock: Clock,
+        leases: LeaseManager,
+        book: Bookkeeping,
+        table: Timetable,
+        cond: threading.Condition,
+        pool: Executor,
+        metrics: Metrics,
+    ) -> None:
+        self._registry = registry
+        self._executor = executor
+        self._clock = clock
+        self._leases = leases
+        self._book = book
+        self._table = table
+        self._cond = cond
+        self._pool = pool
+        self._metrics = metrics
+        self.claims = Claims(leases, table, cond, clock, book, self._on_lease_lost)
+        self.running: dict[str, RunHandle] = {}
+        self.stopping = False  # draining: start nothing new
+
+    # -- starting (under the lock) -------------------------------------------------------
+
+    def dispatch(
+        self, state: JobState, slot: datetime, now: datetime, run_id: str | None = None
+    ) -> None:
+        """Start the due slot, unless the timetable passes it over."""
+        spec = state.spec
+        run_id = self._table.dispatch(state, slot, now, spec.id in self.running, run_id)
+        if run_id is not None:
+            handle = RunHandle(run_id, Trigger.SCHEDULE, slot, now)
+            self.submit(spec, handle, state.next_run)
+
+    def submit(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> None:
+        self.running[spec.id] = handle
+        self._metrics.job_running.labels(job=spec.id).set(1)
+        handle.future = self._pool.submit(self._run, spec, handle, next_run)
+
+    # -- the worker side -----------------------------------------------------------------
+
+    def _run(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> RunResult | None:
+        try:
+            if not self.claims.claim(spec, handle):
+                return None
+            assert handle.lease is not None
+            fence = handle.lease.fence()
+            if handle.trigger == Trigger.SCHEDULE:
+                self._book.safe(
+                    "mark running",
+                    spec.id,
+                    lambda: self._registry.start_run(spec.id, next_run, fence),
+                )
+            else:
+                self._book.safe(
+                    "mark running", spec.id, lambda: self._registry.mark_running(spec.id, fence)
+                )
+            result = self._executor.execute_job(
+                spec,
+                run_id=handle.run_id,
+                trigger=handle.trigger,
+                scheduled_for=handle.scheduled_for,
+                cancel=handle.cancel,
+                timeout=spec.timeout,
+                fence=fence,
+            )
+            if handle.cancel_reason:
+                result.reason = "; ".join(x for x in (result.reason, handle.cancel_reason) if x)
+            handle.outcome = (
+                JobStatus.FAILED if result.status == RunStatus.FAILED else JobStatus.COMPLETED
+            )
+            self._book.outbox.run("record run", lambda: self._record_own(result, handle))
+            return result
+        except FenceLostError:
+            _log_fence_lost(spec.id, handle.run_id, "before it started")
+            handle.lease_done = True
+            return None
+        except Exception:
+            log.exception(
+                "run crashed job=%s run_id=%s",
+                spec.id,
+                handle.run_id,
+                extra={"job": spec.id, "run_id": handle.run_id},
+            )
+            handle.outcome = JobStatus.FAILED
+            return None
+        finally:
+            self.claims.release(handle)
+            self._finish(spec, handle)
+
+    def _on_lease_lost(self, lease: Lease, reason: str) -> None:
+        with self._cond:
+            handle = self.running.get(lease.job_id)
+            if handle is not None and handle.run_id == lease.run_id:
+                handle.cancel_reason = f"lease lost: {reason}"
+                handle.cancel.set()  # never twice at once: another replica may take over
+
+    def _finish(self, spec: JobSpec, handle: RunHandle) -> None:
+        with self._cond:
+            if self.running.get(spec.id) is handle:
+                del self.running[spec.id]
+            if spec.id in self._table.jobs:
+                self._metrics.job_running.labels(job=spec.id).set(0)
+            else:  # removed while running: the run's own metrics re-created its series
+                self._metrics.remove_job(spec.id)
+            state = self._table.jobs.get(spec.id)
+            if state is not None and handle.outcome is not None:
+                state.outcome = handle.outcome
+            if state is not None and state.queued is not None:
+                self._run_queued(state)
+            self._cond.notify_all()
+
+    def _run_queued(self, state: JobState) -> None:
+        """The run a queued slot waited for is over: start it, or say why not."""
+        assert state.queued is not None
+        slot, state.queued = state.queued, None
+        if state.active and not self.stopping:
+            self.dispatch(state, slot, self._clock.now())
+        elif self.stopping:  # bookkeeping is closing down: say so in the log
+            log.warning(
+                "queued slot dropped at shutdown job=%s slot=%s",
+                state.spec.id,
+                iso_utc(slot),
+                extra={"job": state.spec.id},
+            )
+        else:  # never silently: a dropped queued slot is in the history
+            self._table.record_not_run(
+                state.spec,
+                [slot],
+                self._clock.now(),
+                RunStatus.SKIPPED,
+                "job paused while the slot was queued",
+            )
+
+    def _record_own(self, result: RunResult, handle: RunHandle) -> None:
+        """Record a run of ours, fenced by its lease; the same write ends the lease."""
+        if handle.lease is None:
+            self._book.record(result)
+            return
+        try:
+            self._registry.record_run(result, handle.lease.fence())
+        except UnknownJobError:
+            self._registry.add_history(result)  # the lease is released after this
+            return
+        except FenceLostError:
+            _log_fence_lost(result.job_id, result.run_id, "before its result was recorded")
+        handle.lease_done = True
+
+    # -- crash recovery ------------------------------------------------------------------
+
+    def recover_interrupted(self, dead_replica: str | None = None) -> int:
+        """Record runs whose lease heartbeat stopped as interrupted; rerun per catch-up."""
+        try:
+            found = self._leases.find_interrupted(dead_replica=dead_replica)
+        except StorageError as exc:
+            self._book.health.failed("scan for interrupted runs", exc)
+            return 0
+        now = self._clock.now()
+        for run in found:
+            self._interrupted(run, now)
+        return len(found)
+
+    def _interrupted(self, run: InflightRun, now: datetime) -> None:
+        owner = run.owner.rsplit("/", 1)[0] or "unknown"
+        log.warning(
+            "run interrupted job=%s run_id=%s (replica %s stopped renewing its lease)",
+            run.job_id,
+            run.run_id,
+            owner,
+            extra={"job": run.job_id, "run_id": run.run_id},
+        )
+        result = RunResult(
+            job_id=run.job_id,
+            run_id=run.run_id,
+            trigger=run.trigger,
+            scheduled_for=run.scheduled_for,
+            started_at=run.started_at,
+            finished_at=now,
+            status=RunStatus.INTERRUPTED,
+            reason=f"replica {owner} stopped renewing its lease mid-run",
+        )
+        self._book.outbox.run("record interrupted run", lambda: self._book.record(result))
+        with self._cond:
+            self._rerun(run, now)
+
+    def _rerun(self, run: InflightRun, now: datetime) -> None:
+        state = self._table.jobs.get(run.job_id)
+        slot = run.scheduled_for
+        if state is None or not state.active or slot is None or run.trigger != Trigger.SCHEDULE:
+            return
+        if run.job_id in self.running:
+            log.info(
+                "not rerunning interrupted slot job=%s slot=%s: the job is running",
+                run.job_id,
+                iso_utc(slot),
+                extra={"job": run.job_id},
+            )
+            return
+        spec = state.spec
+        if (
+            spec.catchup > timedelta(0)
+            and now - slot <= spec.catchup
+            and spec.next_fire(slot) > now
+        ):
+            log.info(
+                "rerunning interrupted slot job=%s slot=%s",
+                spec.id,
+                iso_utc(slot),
+                extra={"job": spec.id},
+            )
+            self._table.rerun(state, slot, now, rerun_run_id(run.run_id))
+            self._cond.notify_all()
+
+
+def _log_fence_lost(job_id: str, run_id: str, when: str) -> None:
+    log.error(
+        "lease lost job=%s run_id=%s %s: nothing more of this run is stored (another "
+        "replica recorded it as interrupted; this process was stalled past its lease)",
+        job_id,
+        run_id,
+        when,
+        extra={"job": job_id, "run_id": run_id},
+    )
