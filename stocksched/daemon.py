@@ -36,7 +36,7 @@ from stocksched.settings import Settings, SettingsError, split_listen, startup_s
 from stocksched.sources import build_fetchers, configure_yfinance, new_session
 from stocksched.sources.base import Fetcher
 from stocksched.statesync import StateSync
-from stocksched.storage.adapter import RedisAdapter, StorageError, connect, is_embedded
+from stocksched.storage.adapter import RedisAdapter, StorageError, connect
 from stocksched.storage.butler import DataIOButler
 from stocksched.storage.leases import LeaseManager
 from stocksched.storage.ratelimit import build_rate_limiter
@@ -57,6 +57,25 @@ def state_dir(settings: Settings) -> Path | None:
     if os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=
         return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
     return None
+
+
+def _connect(settings: Settings) -> RedisAdapter:
+    try:
+        return RedisAdapter(connect(settings.redis_url, settings.redis_password_file))
+    except ValueError as exc:  # bad URL scheme, unreadable password file: settings errors
+        raise SettingsError(f"redis_url: {exc}") from None
+
+
+def _yahoo_fetchers(settings: Settings, adapter: RedisAdapter) -> dict[str, Fetcher]:
+    """The production sources: one Yahoo session, rate limited across replicas, cached."""
+    base = state_dir(settings)
+    cache = base / "yfinance" if base is not None else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    limiter = build_rate_limiter(adapter, settings.max_requests_per_second)
+    session = new_session(limiter=limiter)
+    configure_yfinance(cache, session=session)
+    return build_fetchers(session=session)
 
 
 class Watchdog:
@@ -98,23 +117,12 @@ class Components:
         # they cost a quarter of /metrics (process-wide switch, so it is set here, once).
         prometheus_client.disable_created_metrics()
         self.metrics = Metrics(__version__)
-        try:
-            self.client = connect(settings.redis_url, settings.redis_password_file)
-        except ValueError as exc:  # bad URL scheme, unreadable password file: settings errors
-            raise SettingsError(f"redis_url: {exc}") from None
-        self.embedded = is_embedded(self.client)
-        self.adapter = RedisAdapter(self.client)
+        self.adapter = _connect(settings)
+        self.embedded = self.adapter.embedded
         self.butler = DataIOButler(self.adapter)
-        if fetchers is None:
-            base = state_dir(settings)
-            cache = base / "yfinance" if base is not None else None
-            if cache is not None:
-                cache.mkdir(parents=True, exist_ok=True)
-            limiter = build_rate_limiter(self.adapter, settings.max_requests_per_second)
-            session = new_session(limiter=limiter)
-            configure_yfinance(cache, session=session)
-            fetchers = build_fetchers(session=session)
-        self.fetchers = fetchers
+        self.fetchers = (
+            fetchers if fetchers is not None else _yahoo_fetchers(settings, self.adapter)
+        )
         self.registry = JobRegistry(self.adapter, self.clock, settings.run_history)
         self.executor = JobExecutor(
             self.fetchers, self.butler, self.clock, settings.ticker_concurrency, self.metrics
@@ -122,6 +130,11 @@ class Components:
         self.health = StorageHealth(
             self.clock, self.metrics, on_recovered=self.reload_requested.set
         )
+        self._build_replica(settings)
+        self._build_scheduling(settings)
+
+    def _build_replica(self, settings: Settings) -> None:
+        """This replica's identity, its run leases and its heartbeat."""
         self.replica_id = settings.replica_id or (
             f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         )
@@ -133,6 +146,9 @@ class Components:
             {"version": __version__, "hostname": socket.gethostname(), "pid": os.getpid()},
             settings.replica_ttl,
         )
+
+    def _build_scheduling(self, settings: Settings) -> None:
+        """The scheduler, and what feeds it: the jobs file's reloader, watcher and state sync."""
         self.scheduler = JobScheduler(
             self.registry,
             self.executor,

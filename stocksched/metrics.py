@@ -32,6 +32,12 @@ class Metrics:
     def __init__(self, version: str, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
+        self._define_job_series(r)
+        self._define_run_series(r)
+        self._define_daemon_series(r, version)
+
+    def _define_job_series(self, r: CollectorRegistry) -> None:
+        """Per job: runs, their duration, last/next times, running and paused."""
         self.job_runs = Counter(
             "stocksched_job_runs",
             "Finished job runs by result status and trigger.",
@@ -75,6 +81,10 @@ class Metrics:
             ["job"],
             registry=r,
         )
+
+    def _define_run_series(self, r: CollectorRegistry) -> None:
+        """What slots and runs do: missed slots, ticker fetches, bars stored and dropped,
+        fetch time, lateness."""
         self.job_missed_runs = Counter(
             "stocksched_job_missed_runs",
             "Slots that did not run (downtime beyond catch-up, overlap skips, closed market).",
@@ -108,6 +118,9 @@ class Metrics:
             buckets=LATENESS_BUCKETS,
             registry=r,
         )
+
+    def _define_daemon_series(self, r: CollectorRegistry, version: str) -> None:
+        """The daemon itself: reloads, jobs by state, Redis errors, build info."""
         self.config_reloads = Counter(
             "stocksched_config_reloads", "Config reload attempts by result.", ["result"], registry=r
         )

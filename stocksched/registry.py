@@ -106,7 +106,7 @@ class JobRegistry:
                 diff.records[job_id] = self._create(spec, h, now, known(job_id) if known else None)
                 diff.added.append(job_id)
             elif rec.spec_hash != h:
-                diff.records[job_id] = self._update(job_id, self._respecer(spec, h))
+                diff.records[job_id] = self._records.update(job_id, self._respecer(spec, h))
                 diff.changed.append(job_id)
             else:
                 diff.records[job_id] = rec
@@ -139,7 +139,7 @@ class JobRegistry:
             job = replace(job, paused=paused, next_run=next_run or job.next_run)
         if not self._records.create(job):
             # Lost a race: bring the other replica's record to this spec.
-            return self._update(spec.id, lambda j: self._respec(j, spec, h))
+            return self._records.update(spec.id, lambda j: self._respec(j, spec, h))
         return job
 
     def _restored(self, job_id: str, fresh: ScheduledJob) -> ScheduledJob:
@@ -185,32 +185,20 @@ class JobRegistry:
 
     # -- runtime updates ---------------------------------------------------------
 
-    def _update(
-        self,
-        job_id: str,
-        mutate: Mutator,
-        *,
-        history: RunResult | None = None,
-        paused: bool | None = None,
-        fence: Fence | None = None,
-        final: bool = False,
-    ) -> ScheduledJob:
-        return self._records.update(
-            job_id, mutate, history=history, paused=paused, fence=fence, final=final
-        )
-
     def start_run(
         self, job_id: str, next_run: datetime | None, fence: Fence | None = None
     ) -> ScheduledJob:
-        return self._update(
+        return self._records.update(
             job_id, lambda j: replace(j, status=JobStatus.RUNNING, next_run=next_run), fence=fence
         )
 
     def mark_running(self, job_id: str, fence: Fence | None = None) -> ScheduledJob:
-        return self._update(job_id, lambda j: replace(j, status=JobStatus.RUNNING), fence=fence)
+        return self._records.update(
+            job_id, lambda j: replace(j, status=JobStatus.RUNNING), fence=fence
+        )
 
     def set_next_run(self, job_id: str, next_run: datetime | None) -> ScheduledJob:
-        return self._update(
+        return self._records.update(
             job_id, lambda j: None if j.next_run == next_run else replace(j, next_run=next_run)
         )
 
@@ -240,7 +228,7 @@ class JobRegistry:
                 last_result=result.summary(),
             )
 
-        return self._update(
+        return self._records.update(
             result.job_id, mutate, history=result, fence=fence, final=fence is not None
         )
 
@@ -258,7 +246,7 @@ class JobRegistry:
         a set that lost the id.
         """
 
-        return self._update(
+        return self._records.update(
             job_id,
             lambda j: None if j.paused == paused else replace(j, paused=paused),
             paused=paused,

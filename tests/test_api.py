@@ -155,7 +155,7 @@ class Stack:
         return self.wait_run(job_id, resp.json()["run_id"])
 
     def redis_down(self, down: bool = True) -> None:
-        server = self.c.client.connection_pool.connection_kwargs["server"]
+        server = self.c.adapter.client.connection_pool.connection_kwargs["server"]
         server.connected = not down
 
 

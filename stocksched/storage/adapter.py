@@ -168,6 +168,11 @@ class RedisAdapter(AbstractDatabaseAdapter):
         transactions); code outside ``stocksched.storage`` goes through those classes."""
         return self._client
 
+    @property
+    def embedded(self) -> bool:
+        """Whether this is the in-process store (data lost at exit; no server to reach)."""
+        return is_embedded(self._client)
+
     def save_data(self, key: str, value: str, ttl: timedelta | None = None) -> None:
         px = ttl_to_ms(ttl)
         with storage_errors("SET", key):
