@@ -72,8 +72,8 @@ class JobExecutor:
         fetchers: Mapping[str, Fetcher],
         butler: DataIOButler,
         clock: Clock,
-        ticker_concurrency: int = 4,
-        metrics: Metrics | None = None,
+        ticker_concurrency: int,
+        metrics: Metrics,
     ) -> None:
         self._fetchers = fetchers
         self._butler = butler
@@ -209,8 +209,7 @@ class JobExecutor:
                     extra=ctx,
                 ),
             )
-        if self._metrics is not None:
-            self._metrics.fetch_duration.observe(time.perf_counter() - t0)
+        self._metrics.fetch_duration.observe(time.perf_counter() - t0)
         return frame
 
     def _store(self, run: _Run, ticker: str, frame: pd.DataFrame) -> None:
@@ -271,9 +270,8 @@ class JobExecutor:
         """
         job = run.job
         clean, report = check_bars(frame, run.start, run.end, job.interval)
-        if self._metrics is not None:
-            for reason, count in report.by_reason.items():
-                self._metrics.bars_dropped.labels(job=job.id, reason=reason).inc(count)
+        for reason, count in report.by_reason.items():
+            self._metrics.bars_dropped.labels(job=job.id, reason=reason).inc(count)
         if report.failure:
             raise PermanentFetchError(ticker, report.failure)
         if report.warning:
@@ -288,17 +286,14 @@ class JobExecutor:
         return clean, report.warning
 
     def _count(self, job: JobSpec, outcome: _TickerOutcome) -> _TickerOutcome:
-        if self._metrics is not None:
-            result = "failure" if outcome.error else "success"
-            self._metrics.ticker_fetches.labels(job=job.id, result=result).inc()
-            if outcome.rows:
-                self._metrics.rows_stored.labels(job=job.id).inc(outcome.rows)
+        result = "failure" if outcome.error else "success"
+        self._metrics.ticker_fetches.labels(job=job.id, result=result).inc()
+        if outcome.rows:
+            self._metrics.rows_stored.labels(job=job.id).inc(outcome.rows)
         return outcome
 
     def _observe(self, result: RunResult) -> None:
         m = self._metrics
-        if m is None:
-            return
         m.job_runs.labels(
             job=result.job_id, status=str(result.status), trigger=str(result.trigger)
         ).inc()

@@ -27,6 +27,7 @@ import pytest
 import redis
 
 from stocksched.executor import JobExecutor
+from stocksched.metrics import Metrics
 from stocksched.model import RunResult, RunStatus
 from stocksched.registry import JobRegistry
 from stocksched.runids import scheduled_run_id
@@ -50,7 +51,7 @@ class Node:
         self.scheduler = make_scheduler(
             client,
             self.registry,
-            JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock),
+            JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock, 4, Metrics("test")),
             clock,
             pool_size=2,
             owner=owner,

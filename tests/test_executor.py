@@ -42,7 +42,9 @@ def executor(
     client: redis.Redis, fake: FakeYahoo, metrics: Metrics | None = None
 ) -> tuple[JobExecutor, DataIOButler]:
     butler = DataIOButler(RedisAdapter(client))
-    ex = JobExecutor({"yahoo": YFinanceFetcher(session=fake)}, butler, FakeClock(NOW), 4, metrics)
+    ex = JobExecutor(
+        {"yahoo": YFinanceFetcher(session=fake)}, butler, FakeClock(NOW), 4, metrics or Metrics("t")
+    )
     return ex, butler
 
 

@@ -32,6 +32,7 @@ import pytest
 import redis
 
 from stocksched.executor import JobExecutor
+from stocksched.metrics import Metrics
 from stocksched.model import RunResult, RunStatus, Trigger
 from stocksched.registry import JobRegistry
 from stocksched.runids import scheduled_run_id
@@ -251,7 +252,7 @@ def test_restart_with_the_same_replica_id_after_a_crash_follows_the_catchup_rule
     restarted = make_scheduler(
         fake_redis,
         registry,
-        JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock),
+        JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock, 4, Metrics("test")),
         clock,
         leases=LeaseManager(RedisAdapter(fake_redis), "replica-a"),
     )

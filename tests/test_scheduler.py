@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from stocksched.executor import JobExecutor
+from stocksched.metrics import Metrics
 from stocksched.model import JobStatus, RunStatus
 from stocksched.registry import JobRegistry, UnknownJobError
 from stocksched.scheduling.claims import JobBusyError
@@ -137,7 +138,9 @@ def test_loop_thread_wakes_at_due_time_with_real_clock(fake_redis: redis.Redis) 
     adapter = RedisAdapter(fake_redis)
     clock = SystemClock()
     registry = JobRegistry(adapter, clock)
-    executor = JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock)
+    executor = JobExecutor(
+        {"demo": DemoFetcher()}, DataIOButler(adapter), clock, 4, Metrics("test")
+    )
     sched = make_scheduler(fake_redis, registry, executor, clock, pool_size=2)
     registry.reconcile([make_spec("a", schedule="@every 1s", tickers=["AAA"])])
     sched.set_jobs(registry.list_jobs())
@@ -164,7 +167,9 @@ def test_a_slot_won_by_another_replica_leaves_the_job_state_alone(
     clock = FakeClock(T0)
     adapter = RedisAdapter(fake_redis)
     registry = JobRegistry(adapter, clock)
-    executor = JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock)
+    executor = JobExecutor(
+        {"demo": DemoFetcher()}, DataIOButler(adapter), clock, 4, Metrics("test")
+    )
     sched = make_scheduler(fake_redis, registry, executor, clock, pool_size=1, owner="replica-b")
     try:
         registry.reconcile([make_spec("a", tickers=["AAA"])])

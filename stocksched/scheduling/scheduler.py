@@ -29,6 +29,7 @@ from stocksched.scheduling.claims import JobBusyError, RunHandle
 from stocksched.scheduling.runs import Runs
 from stocksched.scheduling.timetable import Timetable
 from stocksched.storage.leases import LeaseManager
+from stocksched.threads import BackgroundThread
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,8 @@ class JobScheduler:
             metrics,
         )
         self._pause_epoch = 0
-        self._thread: threading.Thread | None = None
+        self._thread = BackgroundThread("scheduler", self._loop)
+        self._started = False
         self._last_loop = clock.monotonic()
 
     def set_jobs(self, records: Iterable[ScheduledJob]) -> None:
@@ -229,15 +231,15 @@ class JobScheduler:
     @property
     def started(self) -> bool:
         """``start`` was called (the daemon got past its first config load)."""
-        return self._thread is not None
+        return self._started
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread.alive
 
     def start(self) -> None:
         self._runs.claims.keeper.start()
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        self._started = True
         self._thread.start()
 
     def _loop(self) -> None:
@@ -270,8 +272,7 @@ class JobScheduler:
         with self._wake:
             self._runs.stopping = True
             self._wake.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._thread.join(5)
         futures = [h.future for h in self.running().values() if h.future is not None]
         wait_futures(futures, timeout=grace)
         for handle in self.running().values():  # grace over: end runs, keep what they did
