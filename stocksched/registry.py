@@ -55,6 +55,7 @@ class JobRegistry:
     def __init__(self, adapter: RedisAdapter, clock: Clock, history_limit: int = 1000) -> None:
         self._records = JobRecords(adapter, history_limit)
         self._clock = clock
+        self._hash_cache: dict[int, tuple[JobSpec, str]] = {}  # id(spec) -> (spec, hash)
 
     # -- reads -----------------------------------------------------------------
 
@@ -95,36 +96,75 @@ class JobRegistry:
         same transaction, so no reader ever sees a paused job unpaused.
         """
         wanted = {s.id: s for s in specs}
+        hashes = self._hashes_of(wanted.values())
         indexed = self.job_ids()
-        current = self._records.get_many(sorted(set(wanted) | indexed))
+        current = self._records.get_many(
+            sorted(wanted), {i: (hashes[i], s) for i, s in wanted.items()}
+        )
         now = self._clock.now()
         diff = ReconcileDiff()
+        records: dict[str, ScheduledJob] = {}
         for job_id, spec in wanted.items():
-            h = spec_hash(spec)
+            h = hashes[job_id]
             rec = current.get(job_id)
             if rec is None:
-                diff.records[job_id] = self._create(spec, h, now, known(job_id) if known else None)
                 diff.added.append(job_id)
             elif rec.spec_hash != h:
-                diff.records[job_id] = self._records.update(job_id, self._respecer(spec, h))
+                records[job_id] = self._records.update(job_id, self._respecer(spec, h))
                 diff.changed.append(job_id)
             else:
-                diff.records[job_id] = rec
+                records[job_id] = rec
                 if job_id not in indexed:  # repair a record that lost its index entry
                     self._records.index(job_id)
                 diff.unchanged.append(job_id)
+        records.update(self._create_many([wanted[i] for i in diff.added], hashes, now, known))
         for job_id in sorted(indexed - set(wanted)):
             self._records.delete(job_id)  # its last record is kept a day (``_restored``)
             diff.removed.append(job_id)
+        diff.records = {i: records[i] for i in wanted}
         self._records.repair_projections(diff.records)
         return diff
 
-    def _create(
+    def _hashes_of(self, specs: Iterable[JobSpec]) -> dict[str, str]:
+        """``spec_hash`` per job id, computed once per spec object (kept for the next call)."""
+        kept = self._hash_cache
+        self._hash_cache = {}
+        out = {}
+        for spec in specs:
+            entry = kept.get(id(spec))
+            if entry is None or entry[0] is not spec:
+                entry = (spec, spec_hash(spec))
+            self._hash_cache[id(spec)] = entry
+            out[spec.id] = entry[1]
+        return out
+
+    def _create_many(
+        self,
+        specs: list[JobSpec],
+        hashes: dict[str, str],
+        now: datetime,
+        known: KnownRuntime | None,
+    ) -> dict[str, ScheduledJob]:
+        """New records for ``specs``: tombstones read in one MGET, written in batches."""
+        tombstones = self._records.removed_many([s.id for s in specs])
+        jobs = [
+            self._fresh(s, hashes[s.id], now, tombstones.get(s.id), known(s.id) if known else None)
+            for s in specs
+        ]
+        out = {}
+        for spec, job, created in zip(specs, jobs, self._records.create_many(jobs), strict=True):
+            if not created:  # lost a race: bring the other replica's record to this spec
+                job = self._records.update(spec.id, self._respecer(spec, hashes[spec.id]))
+            out[spec.id] = job
+        return out
+
+    def _fresh(
         self,
         spec: JobSpec,
         h: str,
         now: datetime,
-        known: tuple[bool, datetime | None] | None = None,
+        tombstone: str | None,
+        known: tuple[bool, datetime | None] | None,
     ) -> ScheduledJob:
         fresh = ScheduledJob(
             spec=spec,
@@ -133,38 +173,11 @@ class JobRegistry:
             updated_at=now,
             next_run=spec.next_fire(now) if spec.enabled else None,
         )
-        job = self._restored(spec.id, fresh)
+        job = _restored(spec.id, fresh, tombstone)
         if known is not None:
             paused, next_run = known
             job = replace(job, paused=paused, next_run=next_run or job.next_run)
-        if not self._records.create(job):
-            # Lost a race: bring the other replica's record to this spec.
-            return self._records.update(spec.id, lambda j: self._respec(j, spec, h))
         return job
-
-    def _restored(self, job_id: str, fresh: ScheduledJob) -> ScheduledJob:
-        """``fresh`` with the runtime state of the job's tombstone, if it was removed lately.
-
-        Kept: paused, created_at, last_run, last_success, last_result, status (a run the
-        removal cut short is not running any more); the spec and next_run are the new ones.
-        """
-        raw = self._records.removed(job_id)
-        if not raw:
-            return fresh
-        try:
-            old = ScheduledJob.from_json(raw)
-        except Exception:  # a tombstone written by another version: start afresh
-            log.warning("unreadable tombstone of job %s; not restoring its state", job_id)
-            return fresh
-        return replace(
-            fresh,
-            paused=old.paused,
-            created_at=old.created_at,
-            last_run=old.last_run,
-            last_success=old.last_success,
-            last_result=old.last_result,
-            status=JobStatus.PENDING if old.status == JobStatus.RUNNING else old.status,
-        )
 
     def _respecer(self, spec: JobSpec, h: str) -> Mutator:
         return lambda j: self._respec(j, spec, h)
@@ -251,3 +264,28 @@ class JobRegistry:
             lambda j: None if j.paused == paused else replace(j, paused=paused),
             paused=paused,
         )
+
+
+def _restored(job_id: str, fresh: ScheduledJob, raw: str | None) -> ScheduledJob:
+    """``fresh`` with the runtime state of the job's tombstone ``raw``, if it was removed
+    lately.
+
+    Kept: paused, created_at, last_run, last_success, last_result, status (a run the
+    removal cut short is not running any more); the spec and next_run are the new ones.
+    """
+    if not raw:
+        return fresh
+    try:
+        old = ScheduledJob.from_json(raw)
+    except Exception:  # a tombstone written by another version: start afresh
+        log.warning("unreadable tombstone of job %s; not restoring its state", job_id)
+        return fresh
+    return replace(
+        fresh,
+        paused=old.paused,
+        created_at=old.created_at,
+        last_run=old.last_run,
+        last_success=old.last_success,
+        last_result=old.last_result,
+        status=JobStatus.PENDING if old.status == JobStatus.RUNNING else old.status,
+    )

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from stocksched.clock import Clock, iso_utc
 from stocksched.jobs import JobsFileError, LoadedJobs, load_jobs_file, read_jobs_bytes
+from stocksched.jobs.reuse import JobsFileCache
 from stocksched.metrics import Metrics
 from stocksched.registry import JobRegistry, ReconcileDiff
 from stocksched.scheduling.scheduler import JobScheduler
@@ -114,6 +115,9 @@ class JobsReloader:
         self.last = ReloadStatus()
         # Content whose outcome is final (applied, or invalid): seeing it again changes nothing.
         self._settled: str | None = None
+        # The last clean load's validated jobs by their text: a save that changes one job
+        # parses and validates that job only (stocksched.jobs.reuse).
+        self.file_cache = JobsFileCache()
 
     def reload(self, force: bool = True) -> ReloadStatus:
         """Validate the whole file first; apply its diff only if it is entirely valid.
@@ -143,7 +147,7 @@ class JobsReloader:
         try:
             if isinstance(data, JobsFileError):
                 raise data
-            loaded = load_jobs_file(self.path, data=data)
+            loaded = load_jobs_file(self.path, data=data, cache=self.file_cache)
         except JobsFileError as exc:
             for line in exc.errors:
                 log.error(

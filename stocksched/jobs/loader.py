@@ -24,9 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from stocksched.jobs.check import FileChecker
-from stocksched.jobs.spec import JobSpec, show_value
+from stocksched.jobs.clashes import latest_pointer_clashes
+from stocksched.jobs.reuse import JobsFileCache, SplitFile, split_jobs
+from stocksched.jobs.spec import DEFAULTABLE_FIELDS, JobSpec, merge_defaults, show_value
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
 
@@ -54,16 +57,23 @@ class LoadedJobs:
 
 
 def load_jobs_file(
-    path: str | Path, *, today: date | None = None, data: bytes | None = None
+    path: str | Path,
+    *,
+    today: date | None = None,
+    data: bytes | None = None,
+    cache: JobsFileCache | None = None,
 ) -> LoadedJobs:
     """Load and validate; raise JobsFileError listing every error as FILE:LINE:COL: path: msg.
 
     ``today`` (default: today in UTC) is what absolute start dates are checked against.
     ``data``: the file's bytes already read with ``read_jobs_bytes`` (the reloader reads
-    once, with a time limit, and hashes and validates the same bytes).
+    once, with a time limit, and hashes and validates the same bytes). ``cache``: the
+    last clean load of the same file; jobs whose text did not change are not parsed or
+    validated again (``stocksched.jobs.reuse``), the result is the same.
     """
     p = Path(path)
-    return _load_bytes(read_jobs_bytes(p) if data is None else data, str(path), p, today)
+    raw = read_jobs_bytes(p) if data is None else data
+    return _load_bytes(raw, str(path), p, today or datetime.now(UTC).date(), cache)
 
 
 _FILE_KINDS = (
@@ -126,10 +136,22 @@ def _too_big(name: str, size: int) -> str:
     return f"{name}: file is {size} bytes; the limit is {MAX_FILE_BYTES} bytes (5 MB)"
 
 
-def _load_bytes(data: bytes, name: str, path: Path, today: date | None) -> LoadedJobs:
+def _load_bytes(
+    data: bytes, name: str, path: Path, today: date, cache: JobsFileCache | None
+) -> LoadedJobs:
     if len(data) > MAX_FILE_BYTES:
         raise JobsFileError([_too_big(name, len(data))])
     text = _decode(data, name)
+    split = split_jobs(text) if cache is not None else None
+    if cache is not None and split is not None and cache.matches(split, today):
+        specs = _reuse(split, cache, today)
+        if specs is not None:
+            cache.fast_loads += 1
+            sha = hashlib.sha256(data).hexdigest()
+            return LoadedJobs(path=path, sha256=sha, jobs=tuple(specs))
+    if cache is not None:
+        cache.forget()  # refilled below only if this file loads cleanly
+        cache.full_loads += 1
     root, doc, duplicates = _parse_yaml(text, name)
     if not isinstance(doc, dict):
         mark = root.start_mark
@@ -139,11 +161,14 @@ def _load_bytes(data: bytes, name: str, path: Path, today: date | None) -> Loade
                 f"the top level must be a mapping with a 'jobs' list, got {show_value(doc)}"
             ]
         )
-    checker = FileChecker(name, root, today or datetime.now(UTC).date())
+    checker = FileChecker(name, root, today)
     checker.errors.extend(duplicates)
     jobs = checker.check(doc)
     if checker.errors:
         raise JobsFileError(checker.formatted())
+    if cache is not None and split is not None and _chunks_align(root, split):
+        defaults = {k: v for k, v in (doc.get("defaults") or {}).items() if k in DEFAULTABLE_FIELDS}
+        cache.remember(split, today, defaults, jobs)
     return LoadedJobs(
         path=path,
         sha256=hashlib.sha256(data).hexdigest(),
@@ -249,3 +274,77 @@ def _duplicate_keys(node: yaml.Node) -> Iterator[tuple[int, int, str]]:
                 stack.append(value)
         elif isinstance(n, yaml.SequenceNode):
             stack.extend(n.value)
+
+
+# ---------------------------------------------------------------- the fast path (reuse)
+
+FRESH_LIMIT = 200  # more new or changed jobs than this: one full parse is cheaper
+
+
+def _reuse(split: SplitFile, cache: JobsFileCache, today: date) -> list[JobSpec] | None:
+    """The file's specs from the cache plus its new chunks, or None to take the full path."""
+    specs: list[JobSpec] = []
+    fresh = 0
+    for _line, text in split.chunks:
+        spec = cache.specs.get(text)
+        if spec is None:
+            fresh += 1
+            spec = _one_job(text, cache.defaults, today) if fresh <= FRESH_LIMIT else None
+            if spec is None:
+                return None
+        specs.append(spec)
+    if len({s.id for s in specs}) != len(specs) or latest_pointer_clashes(specs, today):
+        return None  # the full path reports these with their positions
+    cache.remember(split, today, cache.defaults, specs)
+    return specs
+
+
+def _one_job(text: str, defaults: dict[str, Any], today: date) -> JobSpec | None:
+    """One job item parsed on its own and validated, or None if anything is wrong."""
+    loader = _JobsLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None or next(_duplicate_keys(node), None) is not None:
+            return None
+        doc = loader.construct_document(node)
+    except yaml.YAMLError:
+        return None
+    finally:
+        loader.dispose()
+    if not (isinstance(doc, list) and len(doc) == 1 and isinstance(doc[0], dict)):
+        return None
+    try:
+        return JobSpec.model_validate(merge_defaults(defaults, doc[0]), context={"today": today})
+    except ValidationError:
+        return None
+
+
+def _chunks_align(root: yaml.Node, split: SplitFile) -> bool:
+    """Whether job ``i`` of the parsed file is chunk ``i``'s text alone (no aliases)."""
+    jobs_node = next(
+        (v for k, v in root.value if isinstance(k, yaml.ScalarNode) and k.value == "jobs"), None
+    )
+    if not isinstance(jobs_node, yaml.SequenceNode) or len(jobs_node.value) != len(split.chunks):
+        return False
+    bounds = [line for line, _ in split.chunks[1:]] + [1 << 62]
+    for item, (first, _), end in zip(jobs_node.value, split.chunks, bounds, strict=True):
+        if not first <= item.start_mark.line < end:
+            return False
+    return not _has_alias(root)
+
+
+def _has_alias(root: yaml.Node) -> bool:
+    """An alias shares its anchor's node: seen twice in a walk of the tree."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            return True
+        seen.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            for key, value in n.value:
+                stack.extend((key, value))
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+    return False

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 import redis
 
+from stocksched.jobs.spec import JobSpec
 from stocksched.model import JobStatus, RunResult, ScheduledJob
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, storage_errors
@@ -82,15 +83,20 @@ class JobRecords:
         with storage_errors("SMEMBERS", keys.job_index_key()):
             return {str(m) for m in self._r.smembers(keys.job_index_key())}
 
-    def get_many(self, ids: Sequence[str]) -> dict[str, ScheduledJob | None]:
+    def get_many(
+        self, ids: Sequence[str], specs: Mapping[str, tuple[str, JobSpec]] | None = None
+    ) -> dict[str, ScheduledJob | None]:
+        """Records by id (None: no record), in one MGET.
+
+        ``specs``: (spec hash, validated spec) per id; a record with that hash gets that
+        spec object instead of validating its stored copy again (the hash says it is equal).
+        """
         if not ids:
             return {}
         with storage_errors("MGET", keys.JOB_PREFIX + "*"):
             raws = self._r.mget([keys.job_key(i) for i in ids])
-        return {
-            i: ScheduledJob.from_json(str(raw)) if raw else None
-            for i, raw in zip(ids, raws, strict=True)
-        }
+        known = specs or {}
+        return {i: _decode(raw, known.get(i)) for i, raw in zip(ids, raws, strict=True)}
 
     def index_present(self) -> bool:
         with storage_errors("EXISTS", keys.job_index_key()):
@@ -117,6 +123,14 @@ class JobRecords:
             entries = self._r.xrevrange(keys.runs_key(job_id), count=limit)
         return [RunResult.from_fields(job_id, dict(f)) for _id, f in entries]
 
+    def removed_many(self, ids: Sequence[str]) -> dict[str, str]:
+        """The raw tombstones of the jobs in ``ids`` that have one, in one MGET."""
+        if not ids:
+            return {}
+        with storage_errors("MGET", keys.removed_job_key("*")):
+            raws = self._r.mget([keys.removed_job_key(i) for i in ids])
+        return {i: str(raw) for i, raw in zip(ids, raws, strict=True) if raw}
+
     def removed(self, job_id: str) -> str | None:
         """The raw tombstone of a job removed within ``keys.REMOVED_TTL_S``, if any."""
         key = keys.removed_job_key(job_id)
@@ -136,19 +150,24 @@ class JobRecords:
 
         The tombstone goes in the same transaction.
         """
-        job_id = job.job_id
-        with (
-            storage_errors("MULTI create", keys.job_key(job_id)),
-            self._r.pipeline(transaction=True) as pipe,
-        ):
-            # NX: a replica that created it first keeps its created_at.
-            pipe.set(keys.job_key(job_id), job.to_json(), nx=True)
-            pipe.sadd(keys.job_index_key(), job_id)
-            pipe.hsetnx(keys.job_runtime_key(), job_id, JobRuntime.of(job).to_json())
-            if job.paused:
-                pipe.sadd(keys.paused_index_key(), job_id)
-            pipe.delete(keys.removed_job_key(job_id))
-            return bool(pipe.execute()[0])
+        return self.create_many([job])[0]
+
+    def create_many(self, jobs: Sequence[ScheduledJob], batch: int = 500) -> list[bool]:
+        """``create`` for each job, ``batch`` jobs per MULTI/EXEC; one bool per job."""
+        created: list[bool] = []
+        for start in range(0, len(jobs), batch):
+            part = jobs[start : start + batch]
+            with (
+                storage_errors("MULTI create", keys.job_key(part[0].job_id)),
+                self._r.pipeline(transaction=True) as pipe,
+            ):
+                at = []
+                for job in part:
+                    at.append(len(pipe.command_stack))
+                    _queue_create(pipe, job)
+                replies = pipe.execute()
+            created += [bool(replies[i]) for i in at]
+        return created
 
     def delete(self, job_id: str) -> None:
         """Drop the record, its index entry and projections; the record becomes a tombstone.
@@ -287,6 +306,27 @@ class JobRecords:
             maxlen=self._history_limit,
             approximate=True,
         )
+
+
+def _decode(raw: object, known: tuple[str, JobSpec] | None) -> ScheduledJob | None:
+    if not raw:
+        return None
+    d = json.loads(str(raw))
+    if known is not None and d.get("spec_hash") == known[0]:
+        d["spec"] = known[1]  # model_validate returns a JobSpec instance as it is
+    return ScheduledJob.from_dict(d)
+
+
+def _queue_create(pipe: redis.client.Pipeline, job: ScheduledJob) -> None:
+    """A new record's writes; its SET NX first (a replica that created it first keeps its
+    created_at), the tombstone dropped in the same transaction."""
+    job_id = job.job_id
+    pipe.set(keys.job_key(job_id), job.to_json(), nx=True)
+    pipe.sadd(keys.job_index_key(), job_id)
+    pipe.hsetnx(keys.job_runtime_key(), job_id, JobRuntime.of(job).to_json())
+    if job.paused:
+        pipe.sadd(keys.paused_index_key(), job_id)
+    pipe.delete(keys.removed_job_key(job_id))
 
 
 def _index_paused(pipe: redis.client.Pipeline, job_id: str, paused: bool) -> None:
