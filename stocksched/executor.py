@@ -293,11 +293,9 @@ class JobExecutor:
         return outcome
 
     def _observe(self, result: RunResult) -> None:
-        m = self._metrics
-        m.job_runs.labels(
-            job=result.job_id, status=str(result.status), trigger=str(result.trigger)
-        ).inc()
-        m.job_run_duration.labels(job=result.job_id).observe(result.duration_s)
+        self._metrics.observe_run(
+            result.job_id, str(result.status), str(result.trigger), result.duration_s
+        )
         # Last-run and last-success gauges describe the job, whichever replica ran it: they
         # are set from the job records when /metrics is rendered (SchedulerServingApp).
 

@@ -295,8 +295,7 @@ def stored(client: redis.Redis, ticker: str) -> pd.DataFrame | None:
 
 
 def dropped(metrics: Metrics, job: str, reason: str) -> float:
-    value: float = metrics.bars_dropped.labels(job=job, reason=reason)._value.get()
-    return value
+    return metrics.bars_dropped.labels(job=job, reason=reason).get() or 0.0
 
 
 def test_bars_outside_the_window_are_not_stored(
@@ -341,7 +340,7 @@ def test_a_huge_reply_fails_that_ticker_and_stores_nothing(
     assert stored(any_redis, "BMW.DE") is not None  # the other ticker is unaffected
     # A permanent failure: asked once, not retried.
     assert len(fake_yahoo.chart_requests("AAPL", history_only=True)) == 1
-    assert metrics.ticker_fetches.labels(job="tech", result="failure")._value.get() == 1
+    assert metrics.ticker_fetches.labels(job="tech", result="failure").get() == 1
 
 
 BAD = [

@@ -51,6 +51,7 @@ _GAUGES = {
     "stocksched_job_last_run_timestamp_seconds",
     "stocksched_job_last_success_timestamp_seconds",
     "stocksched_job_next_run_timestamp_seconds",
+    "stocksched_job_last_run_duration_seconds",  # per job (issue 11.4)
     "stocksched_job_running",
     "stocksched_job_paused",
     "stocksched_config_last_reload_successful",
@@ -59,7 +60,7 @@ _GAUGES = {
     "stocksched_build_info",
 }
 _HISTOGRAMS = {
-    "stocksched_job_run_duration_seconds",
+    "stocksched_job_run_duration_seconds",  # all jobs together since issue 11.4 (no job label)
     "stocksched_fetch_duration_seconds",
     "stocksched_schedule_lateness_seconds",
 }
@@ -397,6 +398,7 @@ def test_dashboard_uses_only_exported_metrics() -> None:
     assert {
         "stocksched_job_runs_total",
         "stocksched_job_run_duration_seconds_bucket",
+        "stocksched_job_last_run_duration_seconds",
         "stocksched_job_last_success_timestamp_seconds",
         "stocksched_schedule_lateness_seconds_bucket",
         "stocksched_config_last_reload_successful",

@@ -73,10 +73,8 @@ def test_success_stores_every_ticker_in_the_original_design_format(
     )
     lines = [r for r in caplog.records if r.getMessage().startswith("run finished")]
     assert len(lines) == 1 and "job=tech run_id=tech:1 status=success" in lines[0].getMessage()
-    assert metrics.ticker_fetches.labels(job="tech", result="success")._value.get() == 2
-    assert (
-        metrics.job_runs.labels(job="tech", status="success", trigger="schedule")._value.get() == 1
-    )
+    assert metrics.ticker_fetches.labels(job="tech", result="success").get() == 2
+    assert metrics.job_runs.labels(job="tech", status="success", trigger="schedule").get() == 1
 
 
 def test_one_bad_ticker_gives_partial_success(

@@ -54,7 +54,7 @@ def test_catch_up_after_three_hour_downtime(
         missed = [s for s, st in got if st == RunStatus.MISSED]
         assert runs == ([slots[-1]] if ran else [])
         assert len(missed) == (17 if ran else 18)
-        assert restarted.metrics.job_missed_runs.labels(job="a")._value.get() == len(missed)
+        assert restarted.metrics.job_missed_runs.labels(job="a").get() == len(missed)
         assert restarted.scheduler.next_runs()["a"] == T0.replace(hour=13, minute=10)
         job = restarted.registry.get_job("a")
         assert job is not None and job.next_run == T0.replace(hour=13, minute=10)

@@ -85,7 +85,7 @@ def test_slot_while_running_is_skipped_and_recorded(fake_redis: redis.Redis) -> 
         r.settle()
         runs = r.registry.get_runs("a")
         assert sorted(run.status for run in runs) == [RunStatus.SKIPPED, RunStatus.SUCCESS]
-        assert r.metrics.job_missed_runs.labels(job="a")._value.get() == 1
+        assert r.metrics.job_missed_runs.labels(job="a").get() == 1
     finally:
         r.scheduler.stop(1)
 
