@@ -64,13 +64,17 @@ def test_validate_imports_no_source_store_or_server_library() -> None:
 def test_daemon_on_real_redis_with_demo_jobs_never_imports_yfinance_or_fakeredis(
     redis_server: RedisServer, real_redis: redis.Redis, demo_jobs: Path
 ) -> None:
-    """The daemon's own wiring (Components), a demo run, then the sources it never used."""
+    """The daemon's wiring (Components, the HTTP server) imports neither pandas nor a source
+    library; a demo run then imports pandas, and still neither yfinance nor fakeredis."""
     code = (
         "import sys\n"
         "from stocksched.daemon import Components\n"
         "from stocksched.jobs import load_jobs_file\n"
         "from stocksched.settings import Settings\n"
         "c = Components(Settings(redis_url=sys.argv[1], jobs=sys.argv[2]))\n"
+        "import stocksched.http.server\n"
+        "early = [m for m in ('pandas', 'numpy', 'yfinance', 'fakeredis') if m in sys.modules]\n"
+        "assert not early, f'imported before the first run: {early}'\n"
         "spec = load_jobs_file(sys.argv[2]).jobs[0]\n"
         "assert spec.source == 'demo'\n"
         "result = c.executor.execute_job(spec, run_id='r1')\n"
@@ -80,6 +84,7 @@ def test_daemon_on_real_redis_with_demo_jobs_never_imports_yfinance_or_fakeredis
     assert not loaded["yfinance"]
     assert not loaded["curl_cffi"]
     assert not loaded["fakeredis"]
+    assert loaded["pandas"]
 
 
 def test_embedded_store_imports_fakeredis() -> None:
