@@ -1,8 +1,7 @@
 """stocksched: a declarative market-data scheduler (jobs.yaml -> Redis)."""
 
-from importlib.metadata import PackageNotFoundError, version
+# A static string, not importlib.metadata (which costs tens of ms on every command):
+# pyproject.toml takes the distribution's version from stocksched/_version.py.
+from stocksched._version import __version__
 
-try:
-    __version__ = version("stocksched")
-except PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.0.0"
+__all__ = ["__version__"]

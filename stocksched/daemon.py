@@ -33,7 +33,7 @@ from stocksched.registry import JobRegistry
 from stocksched.reload import JobsReloader
 from stocksched.scheduling.scheduler import MAX_SLEEP_S, JobScheduler
 from stocksched.settings import Settings, SettingsError, split_listen, startup_summary
-from stocksched.sources import build_fetchers, configure_yfinance, new_session
+from stocksched.sources import lazy_fetchers, yahoo_fetcher
 from stocksched.sources.base import Fetcher
 from stocksched.statesync import StateSync
 from stocksched.storage.adapter import RedisAdapter, StorageError, connect
@@ -73,9 +73,8 @@ def _yahoo_fetchers(settings: Settings, adapter: RedisAdapter) -> dict[str, Fetc
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
     limiter = build_rate_limiter(adapter, settings.max_requests_per_second)
-    session = new_session(limiter=limiter)
-    configure_yfinance(cache, session=session)
-    return build_fetchers(session=session)
+    # yfinance and curl_cffi are imported by the first Yahoo fetch, not at start.
+    return lazy_fetchers(lambda: yahoo_fetcher(cache, limiter))
 
 
 class Watchdog:

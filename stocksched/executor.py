@@ -25,7 +25,6 @@ from stocksched.ratelimit import RateLimiterUnavailable, RateLimitTimeout, reque
 from stocksched.retry import RetryPolicy
 from stocksched.runids import manual_run_id
 from stocksched.sources.base import Fetcher, FetchError, PermanentFetchError
-from stocksched.sources.quality import check_bars
 from stocksched.storage.adapter import StorageError
 from stocksched.storage.butler import DataIOButler
 from stocksched.storage.fence import Fence, FenceLostError
@@ -269,6 +268,8 @@ class JobExecutor:
         caller as the ticker's failure.
         """
         job = run.job
+        from stocksched.sources.quality import check_bars  # numpy/pandas: on the first run
+
         clean, report = check_bars(frame, run.start, run.end, job.interval)
         for reason, count in report.by_reason.items():
             self._metrics.bars_dropped.labels(job=job.id, reason=reason).inc(count)

@@ -12,7 +12,6 @@ import sys
 from collections.abc import Sequence
 
 from stocksched.cli.parser import build_parser, settings_from_args
-from stocksched.cli.runjob import cmd_run, cmd_run_job
 from stocksched.cli.validate import cmd_schema, cmd_validate
 from stocksched.exitcodes import EXIT_INTERRUPTED, EXIT_PIPE, EXIT_USAGE
 from stocksched.settings import SettingsError
@@ -22,6 +21,18 @@ def cmd_client(args: argparse.Namespace) -> int:
     from stocksched.cli.remote_commands import run_command  # httpx: only for these commands
 
     return run_command(args, lambda: settings_from_args(args))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from stocksched.cli.runjob import cmd_run as run  # the daemon's imports: only for run
+
+    return run(args)
+
+
+def cmd_run_job(args: argparse.Namespace) -> int:
+    from stocksched.cli.runjob import cmd_run_job as run_job
+
+    return run_job(args)
 
 
 COMMANDS = {

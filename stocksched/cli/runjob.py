@@ -115,7 +115,9 @@ def _run_claimed(c: Components, spec: JobSpec, as_json: bool) -> int:
             result = c.executor.execute_job(
                 spec, run_id=lease.run_id, cancel=cancel, timeout=spec.timeout
             )
-        result.reason = "; ".join(x for x in (result.reason, *why) if x)
+        # "cancelled" (tickers left when the run ended) is what ``why`` says, with its cause.
+        plain = "" if why and result.reason == "cancelled" else result.reason
+        result.reason = "; ".join(x for x in (plain, *why) if x)
         recorded = _record(c, result)
         keeper.discard(lease)
         if recorded:

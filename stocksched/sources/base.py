@@ -7,9 +7,10 @@ and records a ``PermanentFetchError`` as the ticker's final error for the run.
 from __future__ import annotations
 
 from datetime import date
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Column order of every frame a source returns (yfinance ``history()`` without adjustment
 #: columns), so storage and consumers see one schema whatever the source.

@@ -11,10 +11,12 @@ import hashlib
 import math
 import time
 from datetime import date
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from stocksched.sources.base import BAR_COLUMNS, PermanentFetchError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEMO_TIMEZONE = "America/New_York"
 
@@ -76,6 +78,8 @@ class DemoFetcher:
         self._latency_s = latency_s
 
     def fetch_from_source(self, ticker: str, start: date, end: date, interval: str) -> pd.DataFrame:
+        import pandas as pd  # imported by the first run, not at start
+
         if interval != "1d":
             raise PermanentFetchError(ticker, f"demo source serves only 1d bars, not {interval}")
         if self._latency_s > 0:

@@ -19,6 +19,7 @@ the key, so callers can log one useful line and keep going (the original design'
 from __future__ import annotations
 
 import logging
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +29,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import fakeredis
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -263,6 +263,8 @@ def connect(url: str | None, password_file: Path | None = None) -> redis.Redis:
     if spec in EMBEDDED_URLS:
         if password_file is not None:
             logger.debug("password file ignored for the embedded store")
+        import fakeredis  # 16 MiB with lupa: imported only for the embedded store
+
         return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
     scheme = urlsplit(spec).scheme.lower()
     if scheme == "memory":
@@ -294,4 +296,7 @@ def connect(url: str | None, password_file: Path | None = None) -> redis.Redis:
 
 def is_embedded(client: redis.Redis) -> bool:
     """Whether ``client`` is the in-process store (data lost at exit; no server to reach)."""
+    fakeredis = sys.modules.get("fakeredis")  # not imported: no client can be one of its
+    if fakeredis is None:
+        return False
     return isinstance(client, fakeredis.FakeRedis | fakeredis.FakeStrictRedis)

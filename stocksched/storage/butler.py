@@ -24,14 +24,16 @@ import logging
 import math
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import redis
 
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, StorageError, storage_errors, ttl_to_ms
 from stocksched.storage.fence import Fence
+
+if TYPE_CHECKING:  # pandas is imported by the first frame stored or read, not at start
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +288,8 @@ def encode_frame(data: pd.DataFrame, intraday: bool | None = None) -> str:
 
 
 def _checked_index(data: pd.DataFrame) -> pd.DatetimeIndex:
+    import pandas as pd
+
     if len(data.index) == 0:
         raise ValueError("refusing to store an empty frame (it would replace real data with none)")
     if not isinstance(data.index, pd.DatetimeIndex):
@@ -310,7 +314,10 @@ def _encode_dates(index: pd.DatetimeIndex, intraday: bool) -> list[str]:
 
 def _encode_column(column: pd.Series) -> list[Any]:
     """Python natives for one column: floats exact, missing values as None, Volume integral."""
-    values = [None if _is_missing(v) else v for v in column.tolist()]
+    import pandas as pd
+
+    na, nat = pd.NA, pd.NaT
+    values = [None if _is_missing(v, na, nat) else v for v in column.tolist()]
     if column.name == VOLUME_COLUMN and all(
         v is None or (isinstance(v, float) and v.is_integer()) for v in values
     ):
@@ -318,11 +325,11 @@ def _encode_column(column: pd.Series) -> list[Any]:
     return values
 
 
-def _is_missing(value: Any) -> bool:
+def _is_missing(value: Any, na: Any, nat: Any) -> bool:
     return (
         value is None
-        or value is pd.NA
-        or value is pd.NaT
+        or value is na
+        or value is nat
         or (isinstance(value, float) and math.isnan(value))
     )
 
@@ -332,6 +339,8 @@ def _is_missing(value: Any) -> bool:
 
 def decode_frame(raw: str, tz: str | None = None) -> pd.DataFrame:
     """The DataFrame for one stored record list (see ``DataIOButler.get_data``)."""
+    import pandas as pd
+
     records = json.loads(raw)
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise ValueError("not a JSON list of objects")
@@ -344,6 +353,8 @@ def decode_frame(raw: str, tz: str | None = None) -> pd.DataFrame:
 
 
 def _decode_dates(dates: Sequence[Any], tz: str | None) -> pd.DatetimeIndex:
+    import pandas as pd
+
     if not all(isinstance(d, str) for d in dates):
         raise ValueError("a Date field is not a string")
     if all(len(d) == 10 for d in dates):
@@ -360,6 +371,8 @@ def _decode_dates(dates: Sequence[Any], tz: str | None) -> pd.DatetimeIndex:
 
 def _decode_column(values: list[Any]) -> pd.Series:
     """Dtype from the JSON types: ints -> int64, numbers (or nulls) -> float64, bools -> bool."""
+    import pandas as pd
+
     present = [v for v in values if v is not None]
     has_null = len(present) != len(values)
     if present and all(isinstance(v, bool) for v in present):

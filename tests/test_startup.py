@@ -1,0 +1,116 @@
+"""Start-up imports only what the work needs (issue 11, goals 5 and 6): no timings here.
+
+Each check runs in a fresh interpreter (a subprocess) and reads its ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import redis
+
+import stocksched
+from tests.servers import RedisServer
+
+REPO = Path(__file__).resolve().parent.parent
+HEAVY = ("yfinance", "curl_cffi", "fakeredis", "pandas", "numpy", "fastapi", "uvicorn")
+
+
+def loaded_after(code: str, *args: str) -> dict[str, bool]:
+    """Which of ``HEAVY`` a fresh interpreter has imported after running ``code``."""
+    probe = (
+        code + f"\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=60,
+        check=True,
+    ).stdout
+    result: dict[str, bool] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def test_version_is_the_installed_distributions() -> None:
+    assert stocksched.__version__ == version("stocksched")
+
+
+def test_version_is_written_once_and_read_by_pyproject() -> None:
+    from stocksched._version import __version__
+
+    text = (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'dynamic = ["version"]' in text
+    assert 'version = {attr = "stocksched._version.__version__"}' in text
+    assert stocksched.__version__ == __version__
+
+
+def test_validate_imports_no_source_store_or_server_library() -> None:
+    loaded = loaded_after(
+        "import sys\nfrom stocksched.cli import main\nassert main(['validate', sys.argv[1]]) == 0",
+        str(REPO / "jobs.yaml"),
+    )
+    assert loaded == dict.fromkeys(HEAVY, False)
+
+
+def test_daemon_on_real_redis_with_demo_jobs_never_imports_yfinance_or_fakeredis(
+    redis_server: RedisServer, real_redis: redis.Redis, demo_jobs: Path
+) -> None:
+    """The daemon's wiring (Components, the HTTP server) imports neither pandas nor a source
+    library; a demo run then imports pandas, and still neither yfinance nor fakeredis."""
+    code = (
+        "import sys\n"
+        "from stocksched.daemon import Components\n"
+        "from stocksched.jobs import load_jobs_file\n"
+        "from stocksched.settings import Settings\n"
+        "c = Components(Settings(redis_url=sys.argv[1], jobs=sys.argv[2]))\n"
+        "import stocksched.http.server\n"
+        "early = [m for m in ('pandas', 'numpy', 'yfinance', 'fakeredis') if m in sys.modules]\n"
+        "assert not early, f'imported before the first run: {early}'\n"
+        "spec = load_jobs_file(sys.argv[2]).jobs[0]\n"
+        "assert spec.source == 'demo'\n"
+        "result = c.executor.execute_job(spec, run_id='r1')\n"
+        "assert result.status.value == 'success', result\n"
+    )
+    loaded = loaded_after(code, redis_server.url, str(demo_jobs))
+    assert not loaded["yfinance"]
+    assert not loaded["curl_cffi"]
+    assert not loaded["fakeredis"]
+    assert loaded["pandas"]
+
+
+def test_embedded_store_imports_fakeredis() -> None:
+    code = (
+        "from stocksched.storage.adapter import connect, is_embedded\n"
+        "assert is_embedded(connect('memory://'))\n"
+    )
+    assert loaded_after(code)["fakeredis"]
+
+
+def test_yahoo_fetcher_is_built_on_its_first_fetch() -> None:
+    from datetime import date
+
+    from stocksched.sources import DemoFetcher, Fetcher, LazyFetcher, lazy_fetchers
+
+    built: list[Fetcher] = []
+
+    def build() -> Fetcher:
+        built.append(DemoFetcher())
+        return built[-1]
+
+    yahoo = lazy_fetchers(build)["yahoo"]
+    assert isinstance(yahoo, LazyFetcher)
+    assert not yahoo.built and not built
+    for _ in range(2):
+        frame = yahoo.fetch_from_source("DEMO", date(2026, 3, 2), date(2026, 3, 6), "1d")
+        assert len(frame) == 5
+    assert yahoo.built and len(built) == 1
+    assert yahoo.fetcher() is built[0]
