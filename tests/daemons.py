@@ -30,6 +30,18 @@ from tests.servers import RedisServer, free_port
 T = TypeVar("T")
 
 
+# A job that never comes due during a test: for tests about the daemon, not its runs.
+HOURLY_DEMO_JOBS = """\
+version: 1
+jobs:
+  - id: demo
+    tickers: [AAA]
+    schedule: "@every 1h"
+    source: demo
+    window: 5d
+"""
+
+
 # -- daemons ----------------------------------------------------------------------------
 
 

@@ -15,20 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import Launch, Replica, wait_ready
+from tests.daemons import HOURLY_DEMO_JOBS, Launch, Replica, wait_ready
 
 pytestmark = pytest.mark.slow
 
 TOKEN = "exposed-token-123"
-JOBS = """\
-version: 1
-jobs:
-  - id: demo
-    tickers: [AAA]
-    schedule: "@every 1h"
-    source: demo
-    window: 5d
-"""
 
 
 def get(replica: Replica, path: str, token: str | None = None) -> int:
@@ -48,7 +39,7 @@ def cli(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_reads_need_the_token_on_a_non_loopback_bind(tmp_path: Path, launch: Launch) -> None:
-    (tmp_path / "jobs.yaml").write_text(JOBS)
+    (tmp_path / "jobs.yaml").write_text(HOURLY_DEMO_JOBS)
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     settings = tmp_path / "stocksched.yaml"
@@ -77,7 +68,7 @@ def test_reads_need_the_token_on_a_non_loopback_bind(tmp_path: Path, launch: Lau
 
 
 def test_protect_metrics_needs_the_token_for_metrics(tmp_path: Path, launch: Launch) -> None:
-    (tmp_path / "jobs.yaml").write_text(JOBS)
+    (tmp_path / "jobs.yaml").write_text(HOURLY_DEMO_JOBS)
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     daemon = launch(

@@ -17,20 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.daemons import Launch, Replica, wait_for, wait_ready
+from tests.daemons import HOURLY_DEMO_JOBS, Launch, Replica, wait_for, wait_ready
 from tests.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.slow
-
-JOBS = """\
-version: 1
-jobs:
-  - id: demo
-    tickers: [AAA]
-    schedule: "@every 1h"
-    source: demo
-    window: 5d
-"""
 
 
 def waiting_reason(replica: Replica) -> str | None:
@@ -58,7 +48,7 @@ def probe(replica: Replica, path: str) -> tuple[int, dict[str, Any]] | None:
 def test_probes_answer_while_redis_is_down_and_ready_once_it_comes_up(
     tmp_path: Path, launch: Launch
 ) -> None:
-    (tmp_path / "jobs.yaml").write_text(JOBS)
+    (tmp_path / "jobs.yaml").write_text(HOURLY_DEMO_JOBS)
     port = free_port()  # nothing listens here yet
     daemon = launch("a", redis_url=f"redis://127.0.0.1:{port}/0")
 
@@ -82,7 +72,7 @@ def test_probes_answer_while_redis_is_down_and_ready_once_it_comes_up(
 def test_readyz_names_a_refused_password(
     tmp_path: Path, launch: Launch, redis_server: RedisServer
 ) -> None:
-    (tmp_path / "jobs.yaml").write_text(JOBS)
+    (tmp_path / "jobs.yaml").write_text(HOURLY_DEMO_JOBS)
     secret = tmp_path / "redis-password"
     secret.write_text("wrong password\n")
     admin = redis_server.client()
