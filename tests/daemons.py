@@ -102,6 +102,7 @@ def launch(tmp_path: Path, redis_server: RedisServer) -> Iterator[Launch]:
         config: Path | None = None,
         redis_url: str | None = None,
         listen_host: str = "127.0.0.1",
+        preexec_fn: Callable[[], None] | None = None,
     ) -> Replica:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSCHED_")}
         full_env["HOME"] = str(tmp_path / "home")
@@ -130,6 +131,7 @@ def launch(tmp_path: Path, redis_server: RedisServer) -> Iterator[Launch]:
                 env=full_env,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                preexec_fn=preexec_fn,  # e.g. resource limits, set in the child only
             )
         replica = Replica(name, proc, port, log_path)
         started.append(replica)

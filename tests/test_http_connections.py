@@ -25,8 +25,6 @@ import resource
 import selectors
 import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from fastapi import FastAPI
 
 from stocksched.http import ApiServer
@@ -44,8 +43,7 @@ from stocksched.http.connections import (
     connection_cap,
 )
 from stocksched.settings import Settings, load_settings
-from tests.daemons import Replica, wait_ready
-from tests.servers import RedisServer, free_port
+from tests.daemons import Launch, Replica, wait_ready
 from tests.test_deploy import UNIT, _unit_settings
 from tests.test_reload import jobs_yaml
 
@@ -301,47 +299,14 @@ def _limit_fds() -> None:
 
 
 @pytest.fixture
-def daemon_1024(tmp_path: Path, redis_server: RedisServer) -> Iterator[Replica]:
+def daemon_1024(tmp_path: Path, real_redis: redis.Redis, launch: Launch) -> Replica:
     """`stocksched run` with RLIMIT_NOFILE 1024 (systemd's default) on the private Redis."""
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
-        redis_server.start()
     (tmp_path / "jobs.yaml").write_text(jobs_yaml(("a", "0 3 * * *")))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSCHED_")}
-    env |= {
-        "HOME": str(tmp_path),
-        "STOCKSCHED_STATE_DIR": str(tmp_path / "state"),
-        "STOCKSCHED_HTTP_IDLE_TIMEOUT": str(DAEMON_IDLE),
-    }
-    port = free_port()
-    log_path = tmp_path / "daemon.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stocksched",
-                "run",
-                "--jobs",
-                str(tmp_path / "jobs.yaml"),
-                "--redis-url",
-                redis_server.url,
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_limit_fds,
-        )
-    daemon = Replica("d", proc, port, log_path)
-    try:
-        wait_ready(daemon)
-        yield daemon
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
+    daemon = launch(
+        "d", env={"STOCKSCHED_HTTP_IDLE_TIMEOUT": str(DAEMON_IDLE)}, preexec_fn=_limit_fds
+    )
+    wait_ready(daemon)
+    return daemon
 
 
 @pytest.fixture
