@@ -33,7 +33,7 @@ from stocksched.registry import JobRegistry
 from stocksched.reload import JobsReloader
 from stocksched.scheduling.scheduler import MAX_SLEEP_S, JobScheduler
 from stocksched.settings import Settings, SettingsError, split_listen, startup_summary
-from stocksched.sources import lazy_fetchers, yahoo_fetcher
+from stocksched.sources import lazy_fetchers, warm_up, yahoo_fetcher
 from stocksched.sources.base import Fetcher
 from stocksched.statesync import StateSync
 from stocksched.storage.adapter import RedisAdapter, StorageError, connect
@@ -124,7 +124,12 @@ class Components:
         )
         self.registry = JobRegistry(self.adapter, self.clock, settings.run_history)
         self.executor = JobExecutor(
-            self.fetchers, self.butler, self.clock, settings.ticker_concurrency, self.metrics
+            self.fetchers,
+            self.butler,
+            self.clock,
+            settings.ticker_concurrency,
+            self.metrics,
+            parallel_runs=settings.pool_size,
         )
         self.health = StorageHealth(
             self.clock, self.metrics, on_recovered=self.reload_requested.set
@@ -275,8 +280,16 @@ class Daemon:
         line = self.status_line()
         log.info("stocksched %s running: %s", __version__, line)
         self.notifier.ready(line)
+        threading.Thread(target=self._warm_up, name="warm-up", daemon=True).start()
         self._main_loop()
         return self._shutdown()
+
+    def _warm_up(self) -> None:
+        loaded = self.c.reloader.current
+        try:
+            warm_up(self.c.fetchers, {s.source for s in loaded.jobs} if loaded else ())
+        except Exception:  # the first run then builds it, and reports what fails
+            log.exception("warming up for the first runs failed; continuing")
 
     def _main_loop(self) -> None:
         """Until stopped: reloads, state other replicas changed, crash scans, STATUS=."""

@@ -132,12 +132,36 @@ class RunResult:
         }
 
 
+#: The record's runtime fields: stored apart from the spec JSON (``state_fields``), so a
+#: run updates them without rewriting the spec.
+RUNTIME_FIELDS = ("status", "next_run", "last_run", "last_success", "last_result")
+
+
+def with_state(record: dict[str, Any], state: dict[str, str]) -> dict[str, Any]:
+    """``record`` (a stored record dict) with the runtime fields of ``state`` laid over it.
+
+    ``state`` is what ``state_fields`` (or a run's scripts) wrote; a field it lacks is
+    taken from the JSON (a record written by an older version still holds them there).
+    """
+    if not state:
+        return record
+    merged = dict(record)
+    for name in RUNTIME_FIELDS:
+        if name in state:
+            merged[name] = state[name] or None
+    if isinstance(merged.get("last_result"), str):
+        merged["last_result"] = json.loads(merged["last_result"])
+    return merged
+
+
 @dataclass
 class ScheduledJob:
     """One job's Redis record: its spec from jobs.yaml plus runtime state.
 
     ``to_dict`` keeps the original design's field names (stock_ids, schedule_time, is_active,
-    start_date, end_date) so readers of the original design recognise the record.
+    start_date, end_date) so readers of the original design recognise the record. Stored,
+    the record is two keys: ``record_json`` (everything but the runtime fields) and
+    ``state_fields`` (the runtime fields, a hash a run updates in place).
     """
 
     spec: JobSpec
@@ -196,6 +220,23 @@ class ScheduledJob:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    def record_json(self) -> str:
+        """The stored record: ``to_dict`` without the runtime fields (``state_fields``)."""
+        d = self.to_dict()
+        for name in RUNTIME_FIELDS:
+            del d[name]
+        return json.dumps(d, sort_keys=True)
+
+    def state_fields(self) -> dict[str, str]:
+        """The runtime fields as stored in the job's state hash ("" for none)."""
+        return {
+            "status": str(self.status),
+            "next_run": iso(self.next_run),
+            "last_run": iso(self.last_run),
+            "last_success": iso(self.last_success),
+            "last_result": json.dumps(self.last_result) if self.last_result is not None else "",
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ScheduledJob:

@@ -9,6 +9,7 @@ decides what to write; ``JobRecords`` owns the keys and talks to Redis.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from stocksched.jobs.spec import JobSpec
 from stocksched.model import JobStatus, RunResult, RunStatus, ScheduledJob
 from stocksched.storage.adapter import RedisAdapter
 from stocksched.storage.fence import Fence
+from stocksched.storage.history import RunHistory
 from stocksched.storage.jobs import JobRecords, JobRuntime, Mutator, UnknownJobError
 
 __all__ = ["JobRegistry", "JobRuntime", "ReconcileDiff", "UnknownJobError", "spec_hash"]
@@ -53,7 +55,8 @@ class ReconcileDiff:
 
 class JobRegistry:
     def __init__(self, adapter: RedisAdapter, clock: Clock, history_limit: int = 1000) -> None:
-        self._records = JobRecords(adapter, history_limit)
+        self._history = RunHistory(adapter, history_limit)
+        self._records = JobRecords(adapter, self._history)
         self._clock = clock
         self._hash_cache: dict[int, tuple[JobSpec, str]] = {}  # id(spec) -> (spec, hash)
 
@@ -82,7 +85,7 @@ class JobRegistry:
 
     def get_runs(self, job_id: str, limit: int = 20) -> list[RunResult]:
         """Run history, newest first."""
-        return self._records.runs(job_id, limit)
+        return self._history.runs(job_id, limit)
 
     # -- reconcile -------------------------------------------------------------
 
@@ -198,32 +201,31 @@ class JobRegistry:
 
     # -- runtime updates ---------------------------------------------------------
 
-    def start_run(
-        self, job_id: str, next_run: datetime | None, fence: Fence | None = None
-    ) -> ScheduledJob:
-        return self._records.update(
-            job_id, lambda j: replace(j, status=JobStatus.RUNNING, next_run=next_run), fence=fence
-        )
+    def mark_running(self, job_id: str) -> ScheduledJob:
+        """For a run outside the scheduler (``stocksched run-job``): scheduled runs are
+        marked running by their claim (``LeaseManager.try_claim``)."""
+        return self._records.update(job_id, lambda j: replace(j, status=JobStatus.RUNNING))
 
-    def mark_running(self, job_id: str, fence: Fence | None = None) -> ScheduledJob:
-        return self._records.update(
-            job_id, lambda j: replace(j, status=JobStatus.RUNNING), fence=fence
-        )
+    def clear_running(self, job_id: str) -> None:
+        """Undo a claim's mark of a run that did not start after all (pending again)."""
+        with contextlib.suppress(UnknownJobError):  # removed: its tombstone says pending
+            self._records.update(
+                job_id,
+                lambda j: (
+                    replace(j, status=JobStatus.PENDING) if j.status == JobStatus.RUNNING else None
+                ),
+            )
 
     def set_next_run(self, job_id: str, next_run: datetime | None) -> ScheduledJob:
         return self._records.update(
             job_id, lambda j: None if j.next_run == next_run else replace(j, next_run=next_run)
         )
 
-    def record_run(self, result: RunResult, fence: Fence | None = None) -> ScheduledJob:
-        """Store the outcome on the record and append it to the history, in one EXEC.
-
-        With ``fence`` (the run's own lease) the same EXEC ends the run: lease released,
-        in-flight record dropped, slot marked done; a run that lost its lease records
-        nothing (FenceLostError), since another replica recorded it as interrupted.
-        """
-        failed = result.status in (RunStatus.FAILED, RunStatus.INTERRUPTED)
-        status = JobStatus.FAILED if failed else JobStatus.COMPLETED
+    def record_run(self, result: RunResult) -> ScheduledJob:
+        """Store the outcome of a run that holds no lease (interrupted, unclaimed) on the
+        record and append it to the history, in one EXEC."""
+        status = _job_status(result)
+        ok = status == JobStatus.COMPLETED
 
         def mutate(j: ScheduledJob) -> ScheduledJob | None:
             if (
@@ -232,7 +234,6 @@ class JobRegistry:
                 and j.last_run >= result.started_at
             ):
                 return None  # a newer run already finished: history only (late crash report)
-            ok = not failed
             return replace(
                 j,
                 status=status,
@@ -241,16 +242,25 @@ class JobRegistry:
                 last_result=result.summary(),
             )
 
-        return self._records.update(
-            result.job_id, mutate, history=result, fence=fence, final=fence is not None
-        )
+        return self._records.update(result.job_id, mutate, history=result)
+
+    def record_own_run(self, result: RunResult, fence: Fence) -> bool:
+        """Store a run's outcome fenced by its lease; the same script ends the lease.
+
+        One round trip: runtime fields, history entry, lease released, in-flight record
+        dropped, slot marked done. False: the job left the config meanwhile (history
+        only). FenceLostError: the lease was lost, nothing written (another replica
+        recorded the run as interrupted).
+        """
+        status = _job_status(result)
+        return self._history.record_fenced(result, fence, status, status == JobStatus.COMPLETED)
 
     def add_history(self, result: RunResult) -> None:
         """History entry without touching the record (missed, skipped, interrupted slots)."""
-        self._records.add_history([result])
+        self._history.add([result])
 
     def add_history_many(self, results: Sequence[RunResult]) -> None:
-        self._records.add_history(results)
+        self._history.add(results)
 
     def set_paused(self, job_id: str, paused: bool) -> ScheduledJob:
         """The API's stop/start: a runtime override kept across reloads and restarts.
@@ -264,6 +274,12 @@ class JobRegistry:
             lambda j: None if j.paused == paused else replace(j, paused=paused),
             paused=paused,
         )
+
+
+def _job_status(result: RunResult) -> JobStatus:
+    """The original design's rule: a failed or interrupted run leaves the job failed."""
+    failed = result.status in (RunStatus.FAILED, RunStatus.INTERRUPTED)
+    return JobStatus.FAILED if failed else JobStatus.COMPLETED
 
 
 def _restored(job_id: str, fresh: ScheduledJob, raw: str | None) -> ScheduledJob:

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 import redis
 
-from stocksched.model import RunResult, ScheduledJob
+from stocksched.model import RunResult, ScheduledJob, with_state
 from stocksched.storage import keys
 from tests.servers import RedisServer, free_port
 
@@ -178,10 +178,12 @@ def history(client: redis.Redis, job_id: str) -> list[RunResult]:
 
 
 def record(client: redis.Redis, job_id: str) -> dict[str, Any]:
-    """The job record; it must always parse as a whole (never half-written)."""
+    """The job record as the README's layout describes it: the JSON with the runtime
+    fields of its state hash laid over; it must always parse (never half-written)."""
     raw = client.get(keys.job_key(job_id))
     assert raw is not None, f"no record for {job_id}"
-    data: dict[str, Any] = json.loads(str(raw))
+    state: dict[str, str] = client.hgetall(keys.job_state_key(job_id))
+    data: dict[str, Any] = with_state(json.loads(str(raw)), state)
     ScheduledJob.from_dict(data)  # and it is a valid record, not just JSON
     return data
 

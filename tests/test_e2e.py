@@ -92,8 +92,10 @@ def test_run_stores_bars_and_history_then_exits_cleanly_on_sigterm(
         assert bars and set(bars[0]) >= {"Date", "Open", "High", "Low", "Close", "Volume"}
         assert 0 < real_redis.ttl(latest) <= 3600
         record = json.loads(real_redis.get(keys.job_key("demo-fast")) or "{}")
-        assert record["last_run"] and record["next_run"]
-        assert record["status"] in {"running", "completed"}
+        assert record["stock_ids"] == ["AAA", "BBB"] and record["spec"]["id"] == "demo-fast"
+        state = real_redis.hgetall(keys.job_state_key("demo-fast"))  # the runtime fields
+        assert state["last_run"] and state["next_run"]
+        assert state["status"] in {"running", "completed"}
         entry = real_redis.xrevrange(keys.runs_key("demo-fast"), count=1)[0][1]
         assert entry["status"] == "success" and entry["trigger"] == "schedule"
     finally:

@@ -16,14 +16,13 @@ import pandas as pd
 import pytest
 import redis
 
-from stocksched.model import RunResult, RunStatus, Trigger
+from stocksched.model import JobStatus, RunResult, RunStatus, Trigger
 from stocksched.registry import JobRegistry
-from stocksched.storage import keys
-from stocksched.storage import leases as lease_scripts
+from stocksched.storage import keys, scripts
 from stocksched.storage.adapter import RedisAdapter, connect
 from stocksched.storage.butler import DataIOButler
 from stocksched.storage.fence import FenceLostError
-from stocksched.storage.leases import ClaimOutcome, LeaseManager
+from stocksched.storage.leases import ClaimOutcome, LeaseManager, MarkRunning
 from tests.fakes import FakeClock
 from tests.helpers import make_spec
 from tests.servers import RedisServer
@@ -69,14 +68,16 @@ def take_over(client: redis.Redis) -> None:
 
 def test_a_run_that_lost_its_lease_records_nothing(any_redis: redis.Redis) -> None:
     registry, leases = setup(any_redis)
-    lease = leases.claim("j", RUN, scheduled_for=SLOT, started_at=SLOT)
+    lease = leases.claim(
+        "j", RUN, scheduled_for=SLOT, started_at=SLOT, mark=MarkRunning(SLOT + timedelta(days=1))
+    )
     assert lease is not None
-    registry.start_run("j", SLOT + timedelta(days=1), lease.fence())
     take_over(any_redis)
     before = registry.get_job("j")
+    assert before is not None and before.status == JobStatus.RUNNING
 
     with pytest.raises(FenceLostError):
-        registry.record_run(result(), lease.fence())
+        registry.record_own_run(result(), lease.fence())
 
     assert registry.get_runs("j") == []
     assert registry.get_job("j") == before
@@ -107,11 +108,13 @@ def test_the_fenced_final_write_ends_the_run_and_a_retry_of_it_is_a_no_op(
     lease = leases.claim("j", RUN, scheduled_for=SLOT, started_at=SLOT)
     assert lease is not None
 
-    first = registry.record_run(result(), lease.fence())
-    again = registry.record_run(result(), lease.fence())  # resent after a timeout
+    assert registry.record_own_run(result(), lease.fence())
+    first = registry.get_job("j")
+    assert registry.record_own_run(result(), lease.fence())  # resent after a timeout
 
     assert [r.run_id for r in registry.get_runs("j")] == [RUN]
-    assert again == first
+    assert first is not None and first.last_run == result().finished_at
+    assert registry.get_job("j") == first
     assert any_redis.exists(keys.running_key("j")) == 0
     assert any_redis.hgetall(keys.inflight_key("j")) == {}
     assert "j" not in any_redis.smembers(keys.inflight_index_key())
@@ -121,15 +124,18 @@ def test_the_fenced_final_write_ends_the_run_and_a_retry_of_it_is_a_no_op(
 def test_a_claim_retried_by_its_owner_is_claimed_not_slot_taken(any_redis: redis.Redis) -> None:
     """The script run twice with one token, as redis-py resends it after a timeout."""
     setup(any_redis)
-    script = any_redis.register_script(lease_scripts._CLAIM)
+    script = any_redis.register_script(scripts.CLAIM)
     keys_ = [
         keys.slot_key(RUN),
         keys.running_key("j"),
         keys.inflight_key("j"),
         keys.inflight_index_key(),
         keys.paused_index_key(),
+        keys.job_key("j"),
+        keys.job_state_key("j"),
+        keys.job_runtime_key(),
     ]
-    args = ["replica-a/x.1", RUN, 2000, 86_400_000, "{}", "j", "1", "1"]
+    args = ["replica-a/x.1", RUN, 2000, 86_400_000, "{}", "j", "1", "1", "next", ""]
     assert script(keys=keys_, args=args)[0] == "claimed"
     assert script(keys=keys_, args=args)[0] == "claimed"
     other = ["replica-b/y.2", *args[1:]]
@@ -156,5 +162,5 @@ def test_a_claim_through_a_redis_stall_longer_than_the_socket_timeout_holds_no_p
 
     assert res.outcome == ClaimOutcome.CLAIMED and res.lease is not None
     assert real_redis.hget(keys.running_key("j"), "owner") == res.lease.token
-    assert registry.record_run(result(), res.lease.fence()).last_run is not None
+    assert registry.record_own_run(result(), res.lease.fence())
     assert real_redis.exists(keys.running_key("j")) == 0  # no lease left for nobody to renew

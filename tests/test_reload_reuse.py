@@ -108,7 +108,9 @@ def test_one_changed_job_is_one_write_and_an_identical_file_none(
         status = rig.reloader.reload()
         assert status.ok and status.diff is not None and status.diff.changed == ["job-03"]
         assert rig.reloader.file_cache.fast_loads == 1
-        assert _writes(real_redis) == 1
+        # One record, in one EXEC: its spec JSON and, as the schedule moved, its next_run.
+        assert _writes(real_redis) == 2
+        assert int(real_redis.info("commandstats")["cmdstat_exec"]["calls"]) == 1
         rec = rig.registry.get_job("job-03")
         assert rec is not None and rec.spec.schedule == "9 9 * * *"
         assert rig.scheduler.next_runs()["job-03"] == rec.next_run

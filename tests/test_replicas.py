@@ -40,7 +40,7 @@ from stocksched.sources.demo import DemoFetcher
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter
 from stocksched.storage.butler import DataIOButler
-from stocksched.storage.leases import LeaseManager
+from stocksched.storage.leases import LeaseManager, MarkRunning
 from tests.daemons import (
     Launch,
     Replica,
@@ -241,12 +241,11 @@ def test_restart_with_the_same_replica_id_after_a_crash_follows_the_catchup_rule
     registry = JobRegistry(adapter, clock)
     registry.reconcile([spec])
     clock.set(SLOT)
+    mark = MarkRunning(spec.next_fire(SLOT)) if marked_running else None
     crashed = LeaseManager(RedisAdapter(fake_redis), "replica-a").try_claim(
-        "slow", ORIG, scheduled_for=SLOT, started_at=SLOT
+        "slow", ORIG, scheduled_for=SLOT, started_at=SLOT, mark=mark
     )
     assert crashed.lease is not None
-    if marked_running:
-        registry.start_run("slow", spec.next_fire(SLOT))
     # ... the process dies here; it comes back ``down_for`` later with the same replica id.
     clock.set(SLOT + down_for)
     restarted = make_scheduler(

@@ -18,7 +18,7 @@ from stocksched.model import JobStatus, RunResult, RunStatus, Trigger
 from stocksched.scheduling.bookkeeping import Bookkeeping
 from stocksched.scheduling.timetable import Timetable
 from stocksched.storage.adapter import StorageError
-from stocksched.storage.leases import ClaimOutcome, Lease, LeaseManager
+from stocksched.storage.leases import ClaimOutcome, Lease, LeaseManager, MarkRunning
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +62,30 @@ class Claims:
 
     def claim_manual(self, job_id: str, now: datetime, run_id: str) -> RunHandle:
         """Take the job's running lease for a manual run (Redis I/O: call without the lock)."""
-        lease = self._leases.claim(job_id, run_id, trigger=Trigger.MANUAL, started_at=now)
+        lease = self._leases.claim(
+            job_id,
+            run_id,
+            trigger=Trigger.MANUAL,
+            started_at=now,
+            mark=MarkRunning.keeping_next_run(),
+        )
         if lease is None:
             raise JobBusyError(job_id)  # running on another replica
         return RunHandle(run_id, Trigger.MANUAL, None, now, lease=lease)
 
     def give_back(self, handle: RunHandle) -> None:
-        """A manual claim not started after all: end its lease."""
+        """A manual claim not started after all: end its lease (the caller un-marks the
+        job running)."""
         assert handle.lease is not None
         self._leases.finish(handle.lease)
 
-    def claim(self, spec: JobSpec, handle: RunHandle) -> bool:
-        """Win the slot and the job's running lease across replicas; False: do not run."""
+    def claim(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> bool:
+        """Win the slot and the job's running lease across replicas; False: do not run.
+
+        The same round trip marks the job running with ``next_run``, its next slot.
+        """
         if handle.lease is not None:
-            return True
+            return True  # a manual run: claimed (and marked running) by ``claim_manual``
         try:
             res = self._leases.try_claim(
                 spec.id,
@@ -84,6 +94,7 @@ class Claims:
                 scheduled_for=handle.scheduled_for,
                 started_at=handle.started_at,
                 slot_ttl_ms=self._table.slot_ttl_ms(spec.id),
+                mark=MarkRunning(next_run),
             )
         except StorageError as exc:
             self._unclaimed(spec, handle, exc)
@@ -106,7 +117,7 @@ class Claims:
             return False
         lease = res.lease
         if res.outcome == ClaimOutcome.JOB_BUSY:
-            lease = self._wait_busy(spec, handle, res.busy_with)
+            lease = self._wait_busy(spec, handle, res.busy_with, next_run)
             if lease is None:
                 return False
         assert lease is not None
@@ -135,7 +146,9 @@ class Claims:
 
         self._book.outbox.run("record unclaimed run", write)
 
-    def _wait_busy(self, spec: JobSpec, handle: RunHandle, busy_with: str | None) -> Lease | None:
+    def _wait_busy(
+        self, spec: JobSpec, handle: RunHandle, busy_with: str | None, next_run: datetime | None
+    ) -> Lease | None:
         """The job runs on another replica: queue behind it (``overlap: queue``) or skip."""
         lease = None
         if spec.overlap == "queue" and handle.scheduled_for is not None:
@@ -146,6 +159,7 @@ class Claims:
                 timeout_s=(spec.timeout or timedelta(hours=1)).total_seconds()
                 + self._leases.lease_ms / 1000,
                 scheduled_for=handle.scheduled_for,
+                mark=MarkRunning(next_run),
             )
         if lease is None and handle.scheduled_for is not None:
             with self._cond:

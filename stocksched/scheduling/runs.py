@@ -18,7 +18,7 @@ from stocksched.executor import JobExecutor
 from stocksched.jobs.spec import JobSpec
 from stocksched.metrics import Metrics
 from stocksched.model import JobStatus, RunResult, RunStatus, Trigger
-from stocksched.registry import JobRegistry, UnknownJobError
+from stocksched.registry import JobRegistry
 from stocksched.runids import rerun_run_id
 from stocksched.scheduling.bookkeeping import Bookkeeping
 from stocksched.scheduling.claims import Claims, RunHandle
@@ -81,20 +81,10 @@ class Runs:
 
     def _run(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> RunResult | None:
         try:
-            if not self.claims.claim(spec, handle):
+            if not self.claims.claim(spec, handle, next_run):
                 return None
             assert handle.lease is not None
             fence = handle.lease.fence()
-            if handle.trigger == Trigger.SCHEDULE:
-                self._book.safe(
-                    "mark running",
-                    spec.id,
-                    lambda: self._registry.start_run(spec.id, next_run, fence),
-                )
-            else:
-                self._book.safe(
-                    "mark running", spec.id, lambda: self._registry.mark_running(spec.id, fence)
-                )
             result = self._executor.execute_job(
                 spec,
                 run_id=handle.run_id,
@@ -178,10 +168,13 @@ class Runs:
             self._book.record(result)
             return
         try:
-            self._registry.record_run(result, handle.lease.fence())
-        except UnknownJobError:
-            self._registry.add_history(result)  # the lease is released after this
-            return
+            if not self._registry.record_own_run(result, handle.lease.fence()):
+                log.info(
+                    "job %s left the config mid-run; run %s kept in its history",
+                    result.job_id,
+                    result.run_id,
+                    extra={"job": result.job_id, "run_id": result.run_id},
+                )
         except FenceLostError:
             _log_fence_lost(result.job_id, result.run_id, "before its result was recorded")
         handle.lease_done = True

@@ -119,6 +119,7 @@ class JobScheduler:
                 self._check_idle(job_id)
             except (UnknownJobError, JobBusyError):
                 self._runs.claims.give_back(handle)
+                self._registry.clear_running(job_id)
                 raise
             state = self._table.jobs[job_id]
             self._runs.claims.start_manual(handle)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,6 +90,20 @@ class LazyFetcher:
 
     def fetch_from_source(self, ticker: str, start: date, end: date, interval: str) -> pd.DataFrame:
         return self.fetcher().fetch_from_source(ticker, start, end, interval)
+
+
+def warm_up(fetchers: Mapping[str, Fetcher], sources: Iterable[str]) -> None:
+    """Import and build now what the first run of ``sources`` would (pandas, numpy, the
+    data-quality checks, a ``LazyFetcher`` such as Yahoo's with yfinance), so the first
+    slot after start does not pay ~0.3 s or more of it; for a thread of its own once the
+    daemon is ready. Only the configured sources: yfinance stays unimported without a
+    Yahoo job."""
+    import stocksched.sources.quality  # noqa: F401  # pandas and numpy with it
+
+    for name in sorted(set(sources)):
+        fetcher = fetchers.get(name)
+        if isinstance(fetcher, LazyFetcher):
+            fetcher.fetcher()
 
 
 def yahoo_fetcher(

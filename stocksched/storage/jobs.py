@@ -2,16 +2,20 @@
 
 One class, ``JobRecords``, owns every key of a job's observed state:
 
-- ``scheduler:job:{id}`` (JSON ScheduledJob) and ``scheduler:job_index`` (set of ids);
+- ``scheduler:job:{id}`` (JSON ScheduledJob but its runtime fields), ``scheduler:job_state:{id}``
+  (hash of the runtime fields: status, next_run, last_run, last_success, last_result)
+  and ``scheduler:job_index`` (set of ids);
 - ``scheduler:paused`` (set) and ``scheduler:job_runtime`` (hash id -> JobRuntime JSON),
   projections of the records written in the same transaction as each record update;
 - ``scheduler:removed:{id}``, a removed job's last record, kept a day;
 - ``scheduler:runs:{id}``, the capped run-history stream.
 
-Every record update is one optimistic transaction (WATCH/MULTI/EXEC), so a record is
-never half-written; a fenced update (stocksched.storage.fence) lands only while the run
-still holds its lease. What to write -- the diff against jobs.yaml, the runtime
-transitions -- is the domain's (``stocksched.registry.JobRegistry``).
+Every record update is one optimistic transaction (WATCH/MULTI/EXEC) or one script, so a
+record is never half-written; a fenced update (stocksched.storage.fence) lands only while
+the run still holds its lease. A run's own result is one script (``record_fenced``):
+runtime fields, history entry and the end of its lease in one round trip. What to
+write -- the diff against jobs.yaml, the runtime transitions -- is the domain's
+(``stocksched.registry.JobRegistry``).
 """
 
 from __future__ import annotations
@@ -25,10 +29,16 @@ from datetime import datetime
 import redis
 
 from stocksched.jobs.spec import JobSpec
-from stocksched.model import JobStatus, RunResult, ScheduledJob
-from stocksched.storage import keys
+from stocksched.model import (
+    RUNTIME_FIELDS,
+    JobStatus,
+    RunResult,
+    ScheduledJob,
+    with_state,
+)
+from stocksched.storage import keys, scripts
 from stocksched.storage.adapter import RedisAdapter, storage_errors
-from stocksched.storage.fence import Fence, FenceLostError
+from stocksched.storage.history import RunHistory
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +78,21 @@ def _ts(dt: datetime | None) -> float | None:
 class JobRecords:
     """The job keys of one Redis; every method raises StorageError when Redis fails."""
 
-    def __init__(self, adapter: RedisAdapter, history_limit: int = 1000) -> None:
+    def __init__(self, adapter: RedisAdapter, history: RunHistory) -> None:
         self._r = adapter.client
-        self._history_limit = history_limit
+        self._history = history
+        self._create = self._r.register_script(scripts.CREATE)
+        self._read_states = self._r.register_script(scripts.READ_STATES)
 
     # -- reads -----------------------------------------------------------------
 
     def get(self, job_id: str) -> ScheduledJob | None:
-        with storage_errors("GET", keys.job_key(job_id)):
-            raw = self._r.get(keys.job_key(job_id))
-        return ScheduledJob.from_json(str(raw)) if raw else None
+        key = keys.job_key(job_id)
+        with storage_errors("GET/HMGET", key), self._r.pipeline(transaction=False) as pipe:
+            pipe.get(key)
+            pipe.hmget(keys.job_state_key(job_id), list(RUNTIME_FIELDS))
+            raw, state = pipe.execute()
+        return _decode(raw, None, _state(state))
 
     def ids(self) -> set[str]:
         with storage_errors("SMEMBERS", keys.job_index_key()):
@@ -93,10 +108,19 @@ class JobRecords:
         """
         if not ids:
             return {}
-        with storage_errors("MGET", keys.JOB_PREFIX + "*"):
-            raws = self._r.mget([keys.job_key(i) for i in ids])
+        with (
+            storage_errors("MGET", keys.JOB_PREFIX + "*"),
+            self._r.pipeline(transaction=False) as pipe,
+        ):
+            pipe.mget([keys.job_key(i) for i in ids])
+            self._read_states(keys=[keys.job_state_key(i) for i in ids], client=pipe)
+            raws, flat = pipe.execute()
         known = specs or {}
-        return {i: _decode(raw, known.get(i)) for i, raw in zip(ids, raws, strict=True)}
+        n = len(RUNTIME_FIELDS)
+        return {
+            i: _decode(raw, known.get(i), _state(flat[k * n : k * n + n]))
+            for k, (i, raw) in enumerate(zip(ids, raws, strict=True))
+        }
 
     def index_present(self) -> bool:
         with storage_errors("EXISTS", keys.job_index_key()):
@@ -116,12 +140,6 @@ class JobRecords:
             except (ValueError, TypeError):
                 log.warning("unreadable runtime entry of job %s: %r", job_id, value)
         return out
-
-    def runs(self, job_id: str, limit: int) -> list[RunResult]:
-        """Run history, newest first."""
-        with storage_errors("XREVRANGE", keys.runs_key(job_id)):
-            entries = self._r.xrevrange(keys.runs_key(job_id), count=limit)
-        return [RunResult.from_fields(job_id, dict(f)) for _id, f in entries]
 
     def removed_many(self, ids: Sequence[str]) -> dict[str, str]:
         """The raw tombstones of the jobs in ``ids`` that have one, in one MGET."""
@@ -153,41 +171,64 @@ class JobRecords:
         return self.create_many([job])[0]
 
     def create_many(self, jobs: Sequence[ScheduledJob], batch: int = 500) -> list[bool]:
-        """``create`` for each job, ``batch`` jobs per MULTI/EXEC; one bool per job."""
+        """``create`` for each job, ``batch`` jobs per pipeline (one script each); one bool
+        per job, False where a record existed (another replica created it first)."""
         created: list[bool] = []
         for start in range(0, len(jobs), batch):
             part = jobs[start : start + batch]
             with (
-                storage_errors("MULTI create", keys.job_key(part[0].job_id)),
-                self._r.pipeline(transaction=True) as pipe,
+                storage_errors("EVALSHA create", keys.job_key(part[0].job_id)),
+                self._r.pipeline(transaction=False) as pipe,
             ):
-                at = []
                 for job in part:
-                    at.append(len(pipe.command_stack))
-                    _queue_create(pipe, job)
+                    self._queue_create(pipe, job)
                 replies = pipe.execute()
-            created += [bool(replies[i]) for i in at]
+            created += [bool(r) for r in replies]
         return created
+
+    def _queue_create(self, pipe: redis.client.Pipeline, job: ScheduledJob) -> None:
+        job_id = job.job_id
+        state = [x for kv in job.state_fields().items() for x in kv]
+        self._create(
+            keys=[
+                keys.job_key(job_id),
+                keys.job_state_key(job_id),
+                keys.job_index_key(),
+                keys.job_runtime_key(),
+                keys.paused_index_key(),
+                keys.removed_job_key(job_id),
+            ],
+            args=[
+                job_id,
+                job.record_json(),
+                "1" if job.paused else "0",
+                JobRuntime.of(job).to_json(),
+                *state,
+            ],
+            client=pipe,
+        )
 
     def delete(self, job_id: str) -> None:
         """Drop the record, its index entry and projections; the record becomes a tombstone.
 
         Stored market data and run history are kept.
         """
-        key = keys.job_key(job_id)
+        key, state_key = keys.job_key(job_id), keys.job_state_key(job_id)
 
         def txn(pipe: redis.client.Pipeline) -> None:
             raw = pipe.get(key)
+            state: dict[str, str] = pipe.hgetall(state_key)  # type: ignore[assignment]
             pipe.multi()
             if raw:
-                pipe.set(keys.removed_job_key(job_id), str(raw), ex=keys.REMOVED_TTL_S)
-            pipe.delete(key)
+                full = json.dumps(with_state(json.loads(str(raw)), state), sort_keys=True)
+                pipe.set(keys.removed_job_key(job_id), full, ex=keys.REMOVED_TTL_S)
+            pipe.delete(key, state_key)
             pipe.srem(keys.job_index_key(), job_id)
             pipe.srem(keys.paused_index_key(), job_id)
             pipe.hdel(keys.job_runtime_key(), job_id)
 
         with storage_errors("WATCH/MULTI delete", key):
-            self._r.transaction(txn, key)
+            self._r.transaction(txn, key, state_key)
 
     def repair_projections(self, records: dict[str, ScheduledJob]) -> None:
         """Bring the paused set and the runtime hash in line with the records they mirror.
@@ -229,45 +270,30 @@ class JobRecords:
         *,
         history: RunResult | None = None,
         paused: bool | None = None,
-        fence: Fence | None = None,
-        final: bool = False,
     ) -> ScheduledJob:
         """Read-modify-write one record atomically, projections included.
 
         ``history``: a run-history entry appended in the same EXEC; ``paused``: the paused
-        set is written to say so even when the record already does (a repair). With
-        ``fence`` the write lands only while the run holds its lease (FenceLostError
-        otherwise); ``final``: the run's last write, which also ends its lease, so a retry
-        after that write landed returns the record instead of failing.
+        set is written to say so even when the record already does (a repair). A run's
+        own result is ``record_fenced`` instead.
         """
-        key = keys.job_key(job_id)
+        key, state_key = keys.job_key(job_id), keys.job_state_key(job_id)
         result: list[ScheduledJob] = []
 
         def txn(pipe: redis.client.Pipeline) -> None:
-            if fence is not None and not fence.holds(pipe):
-                if not (final and fence.done(pipe)):
-                    raise FenceLostError(fence.job_id, fence.run_id)
-                stored = pipe.get(key)  # already recorded: nothing to write
-                if stored:
-                    result.append(ScheduledJob.from_json(str(stored)))
-                return
             raw = pipe.get(key)
-            if not raw:
+            state = _state(pipe.hmget(state_key, list(RUNTIME_FIELDS)))  # type: ignore[arg-type]
+            job = _decode(raw, None, state)
+            if job is None:
                 raise UnknownJobError(job_id)
-            job = ScheduledJob.from_json(str(raw))
             new = mutate(job)
-            alone = final and fence is not None and fence.alone_in_flight(pipe)
             pipe.multi()
-            self._queue_update(pipe, job, new, history, paused)
-            if final and fence is not None:
-                fence.finish(pipe, alone)
+            migrate = len(state) < len(RUNTIME_FIELDS)
+            self._queue_update(pipe, job, new, history, paused, migrate=migrate)
             result.append(new or job)
 
-        watched = (key, *fence.watched) if fence is not None else (key,)
         with storage_errors("WATCH/MULTI update", key):
-            self._r.transaction(txn, *watched)
-        if not result:
-            raise UnknownJobError(job_id)
+            self._r.transaction(txn, key, state_key)
         return result[-1]
 
     def _queue_update(
@@ -277,56 +303,44 @@ class JobRecords:
         new: ScheduledJob | None,
         history: RunResult | None,
         paused: bool | None,
+        *,
+        migrate: bool,
     ) -> None:
-        """Queue (inside MULTI) the new record with its projections, the entry, the index."""
+        """Queue (inside MULTI) the new record with its projections, the entry, the index.
+
+        Only the key whose part changed is written: the spec JSON or the state hash.
+        ``migrate``: the state hash is missing fields (a record of an older version, its
+        runtime fields in the JSON), so both are written whole.
+        """
+        if migrate and new is None:
+            new = job
         if new is not None:
-            pipe.set(keys.job_key(job.job_id), new.to_json())
+            if migrate or new.record_json() != job.record_json():
+                pipe.set(keys.job_key(job.job_id), new.record_json())
+            if migrate or new.state_fields() != job.state_fields():
+                state = new.state_fields()
+                pipe.hset(keys.job_state_key(job.job_id), mapping={k: state[k] for k in state})
             _project(pipe, job, new)
         if history is not None:
-            self._xadd(pipe, history)
+            self._history.queue(pipe, history)
         if paused is not None:
             _index_paused(pipe, job.job_id, paused)
 
-    def add_history(self, results: Sequence[RunResult]) -> None:
-        """History entries without touching the records, in one EXEC."""
-        if not results:
-            return
-        with (
-            storage_errors("XADD", keys.runs_key(results[0].job_id)),
-            self._r.pipeline(transaction=True) as pipe,
-        ):
-            for result in results:
-                self._xadd(pipe, result)
-            pipe.execute()
 
-    def _xadd(self, pipe: redis.client.Pipeline, result: RunResult) -> None:
-        pipe.xadd(
-            keys.runs_key(result.job_id),
-            result.to_fields(),
-            maxlen=self._history_limit,
-            approximate=True,
-        )
+def _state(values: Sequence[object]) -> dict[str, str]:
+    """The state hash's fields that are present, from an HMGET of ``RUNTIME_FIELDS``."""
+    return {n: str(v) for n, v in zip(RUNTIME_FIELDS, values, strict=True) if v is not None}
 
 
-def _decode(raw: object, known: tuple[str, JobSpec] | None) -> ScheduledJob | None:
+def _decode(
+    raw: object, known: tuple[str, JobSpec] | None, state: dict[str, str]
+) -> ScheduledJob | None:
     if not raw:
         return None
-    d = json.loads(str(raw))
+    d = with_state(json.loads(str(raw)), state)
     if known is not None and d.get("spec_hash") == known[0]:
         d["spec"] = known[1]  # model_validate returns a JobSpec instance as it is
     return ScheduledJob.from_dict(d)
-
-
-def _queue_create(pipe: redis.client.Pipeline, job: ScheduledJob) -> None:
-    """A new record's writes; its SET NX first (a replica that created it first keeps its
-    created_at), the tombstone dropped in the same transaction."""
-    job_id = job.job_id
-    pipe.set(keys.job_key(job_id), job.to_json(), nx=True)
-    pipe.sadd(keys.job_index_key(), job_id)
-    pipe.hsetnx(keys.job_runtime_key(), job_id, JobRuntime.of(job).to_json())
-    if job.paused:
-        pipe.sadd(keys.paused_index_key(), job_id)
-    pipe.delete(keys.removed_job_key(job_id))
 
 
 def _index_paused(pipe: redis.client.Pipeline, job_id: str, paused: bool) -> None:

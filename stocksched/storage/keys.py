@@ -17,6 +17,19 @@ def job_index_key() -> str:
     return JOB_INDEX
 
 
+JOB_STATE_PREFIX = "scheduler:job_state:"
+
+
+def job_state_key(job_id: str) -> str:
+    """Hash of one job's runtime fields: ``status``, ``next_run``, ``last_run``,
+    ``last_success`` (ISO 8601, "" for none) and ``last_result`` (JSON).
+
+    Next to the record so a run's two scripts update them without rewriting the spec
+    JSON; ``JobRecords`` reads the two keys as one ScheduledJob.
+    """
+    return f"{JOB_STATE_PREFIX}{job_id}"
+
+
 PAUSED_INDEX = "scheduler:paused"
 JOB_RUNTIME = "scheduler:job_runtime"
 

@@ -23,13 +23,14 @@ because each outlives a different thing:
 
 ``scheduler:inflight:{job_id}`` -- *a crash leaves evidence* (stocksched.storage.inflight).
 
-Claiming is one script: if the slot is taken nothing happens (``SLOT_TAKEN``);
+Claiming is one script (``scripts.CLAIM``): if the slot is taken nothing happens (``SLOT_TAKEN``);
 otherwise the slot becomes ours, and either the job is free and we also get the
 running lease and the in-flight record (``CLAIMED``), or another run holds the job
 (``JOB_BUSY``) and we own only the slot, so we alone record it as skipped, or queue
 it and take the lease later with ``lease_job`` / ``wait_lease_job``. Slots that will
 not run at all (missed while down, market closed) are claimed with ``claim_slots``
-before they are recorded, so several replicas write one history entry per slot.
+before they are recorded, so several replicas write one history entry per slot. A
+claim that wins may also mark the job running (``MarkRunning``), in the same script.
 
 Limits, stated rather than hidden: a lease is time-based, so a run whose process
 stalls (or whose Redis is unreachable) for longer than ``lease_ms`` loses it while
@@ -50,82 +51,14 @@ from datetime import datetime
 from enum import StrEnum
 
 from stocksched.clock import Clock, SystemClock
-from stocksched.model import Trigger
-from stocksched.storage import keys
+from stocksched.model import Trigger, iso
+from stocksched.storage import keys, scripts
 from stocksched.storage.adapter import RedisAdapter, storage_errors
 from stocksched.storage.fence import Fence
 from stocksched.storage.inflight import InflightRecords, InflightRun
 
 DEFAULT_LEASE_MS = 30_000
 DEFAULT_SLOT_TTL_MS = 86_400_000  # one day
-
-# KEYS: slot, running, inflight, inflight index, paused set
-# ARGV: token, run_id, lease_ms, slot_ttl_ms, record json, job_id, take_slot ("1"/"0"),
-#       honour_pause ("1"/"0")
-# A retry by the same owner (redis-py resends a script after a timeout) is a success.
-_CLAIM = """
-if redis.call('HGET', KEYS[2], 'owner') == ARGV[1] then
-  return {'claimed', ''}
-end
-if ARGV[8] == '1' and redis.call('SISMEMBER', KEYS[5], ARGV[6]) == 1 then
-  return {'paused', ''}
-end
-local slot = redis.call('GET', KEYS[1])
-if ARGV[7] == '1' and slot and slot ~= ARGV[1] then
-  return {'slot_taken', ''}
-end
-local holder = redis.call('HGET', KEYS[2], 'run_id')
-if ARGV[7] == '1' and not slot then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
-end
-if holder then
-  return {'job_busy', holder}
-end
-redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'run_id', ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('HSET', KEYS[3], ARGV[2], ARGV[5])
-redis.call('SADD', KEYS[4], ARGV[6])
-return {'claimed', ''}
-"""
-
-# KEYS: slot keys. ARGV: token, slot_ttl_ms, owner prefix ("{replica}/{incarnation}.")
-# Per key 1 when the slot is now ours (newly, or already by this process), else 0.
-_CLAIM_SLOTS = """
-local out = {}
-for i, key in ipairs(KEYS) do
-  local v = redis.call('GET', key)
-  if not v then
-    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
-    out[i] = 1
-  elseif string.sub(v, 1, string.len(ARGV[3])) == ARGV[3] then
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-end
-return out
-"""
-
-# KEYS: running. ARGV: token, lease_ms
-_EXTEND = """
-if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-# KEYS: inflight, inflight index, running. ARGV: run_id, job_id, token
-# The end of a run in one step: record gone and lease gone, never one without the other.
-_FINISH_RUN = """
-local n = redis.call('HDEL', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('SREM', KEYS[2], ARGV[2])
-end
-if redis.call('HGET', KEYS[3], 'owner') == ARGV[3] then
-  redis.call('DEL', KEYS[3])
-end
-return n
-"""
 
 
 class ClaimOutcome(StrEnum):
@@ -151,6 +84,24 @@ class Lease:
     def fence(self) -> Fence:
         """What the run's writes check: this lease still held (see stocksched.storage.fence)."""
         return Fence(self.job_id, self.run_id, self.token)
+
+
+@dataclass(frozen=True)
+class MarkRunning:
+    """What a claim also writes to the job's runtime fields when it wins: status running,
+    and for a scheduled slot its next slot (``moves_next_run``), in the same script, so a
+    run's start is one round trip."""
+
+    next_run: datetime | None = None
+    moves_next_run: bool = True
+
+    @classmethod
+    def keeping_next_run(cls) -> MarkRunning:
+        """For a manual run: next_run does not move."""
+        return cls(None, moves_next_run=False)
+
+    def args(self) -> list[str]:
+        return ["next" if self.moves_next_run else "keep", iso(self.next_run)]
 
 
 @dataclass(frozen=True)
@@ -182,10 +133,10 @@ class LeaseManager:
         self.lease_ms = lease_ms
         self.slot_ttl_ms = slot_ttl_ms
         self._clock = clock or SystemClock()
-        self._claim = client.register_script(_CLAIM)
-        self._claim_slots = client.register_script(_CLAIM_SLOTS)
-        self._extend = client.register_script(_EXTEND)
-        self._finish_run = client.register_script(_FINISH_RUN)
+        self._claim = client.register_script(scripts.CLAIM)
+        self._claim_slots = client.register_script(scripts.CLAIM_SLOTS)
+        self._extend = client.register_script(scripts.EXTEND)
+        self._finish_run = client.register_script(scripts.FINISH_RUN)
         self._inflight = InflightRecords(adapter, self._clock)
         # One per manager (per process): a restart with a stable replica id must not take
         # its crashed predecessor's slot claims for its own (see ``claim_slots``).
@@ -205,10 +156,12 @@ class LeaseManager:
         scheduled_for: datetime | None = None,
         started_at: datetime | None = None,
         slot_ttl_ms: int | None = None,
+        mark: MarkRunning | None = None,
     ) -> ClaimResult:
-        """Claim slot ``run_id`` and, if the job is free, its running lease and in-flight record."""
+        """Claim slot ``run_id`` and, if the job is free, its running lease and in-flight
+        record; with ``mark``, the job is marked running in the same step."""
         record = self._record(job_id, run_id, trigger, scheduled_for, started_at)
-        return self._run_claim(record, take_slot=True, slot_ttl_ms=slot_ttl_ms)
+        return self._run_claim(record, take_slot=True, slot_ttl_ms=slot_ttl_ms, mark=mark)
 
     def claim(
         self,
@@ -218,10 +171,16 @@ class LeaseManager:
         trigger: Trigger = Trigger.SCHEDULE,
         scheduled_for: datetime | None = None,
         started_at: datetime | None = None,
+        mark: MarkRunning | None = None,
     ) -> Lease | None:
         """The lease when this replica should run the slot now, else None."""
         return self.try_claim(
-            job_id, run_id, trigger=trigger, scheduled_for=scheduled_for, started_at=started_at
+            job_id,
+            run_id,
+            trigger=trigger,
+            scheduled_for=scheduled_for,
+            started_at=started_at,
+            mark=mark,
         ).lease
 
     def lease_job(
@@ -239,7 +198,7 @@ class LeaseManager:
         is free; None while another run still holds it.
         """
         record = self._record(job_id, run_id, trigger, scheduled_for, started_at)
-        return self._run_claim(record, take_slot=False, slot_ttl_ms=None).lease
+        return self._run_claim(record, take_slot=False, slot_ttl_ms=None, mark=None).lease
 
     def wait_lease_job(
         self,
@@ -251,6 +210,7 @@ class LeaseManager:
         poll_s: float = 0.25,
         trigger: Trigger = Trigger.SCHEDULE,
         scheduled_for: datetime | None = None,
+        mark: MarkRunning | None = None,
     ) -> Lease | None:
         """``lease_job`` retried until the job is free: a queued slot behind another replica.
 
@@ -260,7 +220,7 @@ class LeaseManager:
         deadline = time.monotonic() + timeout_s
         while True:
             record = self._record(job_id, run_id, trigger, scheduled_for, None)
-            res = self._run_claim(record, take_slot=False, slot_ttl_ms=None)
+            res = self._run_claim(record, take_slot=False, slot_ttl_ms=None, mark=mark)
             if res.outcome != ClaimOutcome.JOB_BUSY:
                 return res.lease  # None when the job was paused meanwhile
             left = deadline - time.monotonic()
@@ -302,7 +262,12 @@ class LeaseManager:
         return InflightRun(job_id, run_id, trigger, scheduled_for, started, self._new_token())
 
     def _run_claim(
-        self, record: InflightRun, *, take_slot: bool, slot_ttl_ms: int | None
+        self,
+        record: InflightRun,
+        *,
+        take_slot: bool,
+        slot_ttl_ms: int | None,
+        mark: MarkRunning | None,
     ) -> ClaimResult:
         job_id, run_id, token = record.job_id, record.run_id, record.owner
         with storage_errors("EVALSHA claim", keys.slot_key(run_id)):
@@ -313,6 +278,9 @@ class LeaseManager:
                     keys.inflight_key(job_id),
                     keys.inflight_index_key(),
                     keys.paused_index_key(),
+                    keys.job_key(job_id),
+                    keys.job_state_key(job_id),
+                    keys.job_runtime_key(),
                 ],
                 args=[
                     token,
@@ -324,6 +292,7 @@ class LeaseManager:
                     "1" if take_slot else "0",
                     # Scheduled runs only: an operator's manual trigger runs a paused job.
                     "1" if record.trigger == Trigger.SCHEDULE else "0",
+                    *(mark.args() if mark is not None else ["", ""]),
                 ],
             )
         result = ClaimOutcome(str(outcome))

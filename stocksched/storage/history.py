@@ -1,0 +1,98 @@
+"""The run history (``scheduler:runs:{id}``, a capped stream) and a run's own result.
+
+``RunHistory`` owns the stream: reads newest first, entries appended on their own or
+inside a record update (``queue``), and ``record_fenced``, the one script that ends a
+run: it writes the job's runtime fields (``keys.job_state_key``, owned by
+``jobs.JobRecords``) and their projection, appends the entry, and releases the run's
+lease, fenced by it -- a run's result is one round trip (issue 11).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import redis
+
+from stocksched.model import JobStatus, RunResult, iso
+from stocksched.storage import keys, scripts
+from stocksched.storage.adapter import RedisAdapter, storage_errors
+from stocksched.storage.fence import Fence, FenceLostError
+
+
+class RunHistory:
+    """The run-history streams of one Redis; every method raises StorageError when it fails."""
+
+    def __init__(self, adapter: RedisAdapter, history_limit: int = 1000) -> None:
+        self._r = adapter.client
+        self._history_limit = history_limit
+        self._record = self._r.register_script(scripts.RECORD)
+
+    def runs(self, job_id: str, limit: int) -> list[RunResult]:
+        """Run history, newest first."""
+        with storage_errors("XREVRANGE", keys.runs_key(job_id)):
+            entries = self._r.xrevrange(keys.runs_key(job_id), count=limit)
+        return [RunResult.from_fields(job_id, dict(f)) for _id, f in entries]
+
+    def add(self, results: Sequence[RunResult]) -> None:
+        """History entries without touching the records, in one EXEC."""
+        if not results:
+            return
+        with (
+            storage_errors("XADD", keys.runs_key(results[0].job_id)),
+            self._r.pipeline(transaction=True) as pipe,
+        ):
+            for result in results:
+                self.queue(pipe, result)
+            pipe.execute()
+
+    def queue(self, pipe: redis.client.Pipeline, result: RunResult) -> None:
+        """Queue one entry's XADD (inside a caller's MULTI)."""
+        pipe.xadd(
+            keys.runs_key(result.job_id),
+            result.to_fields(),
+            maxlen=self._history_limit,
+            approximate=True,
+        )
+
+    def record_fenced(
+        self, result: RunResult, fence: Fence, status: JobStatus, success: bool
+    ) -> bool:
+        """A run's result in one script (``scripts.RECORD``): the job's runtime fields,
+        its history entry, the end of its lease.
+
+        False: the job left the config (history only). A retry of a write that landed is
+        a success; a run that lost its lease writes nothing (FenceLostError).
+        """
+        job_id, finished = result.job_id, iso(result.finished_at)
+        ts = json.dumps(result.finished_at.timestamp())
+        entry = [x for kv in result.to_fields().items() for x in kv]
+        with storage_errors("EVALSHA record", keys.job_key(job_id)):
+            out = self._record(
+                keys=[
+                    fence.lease_key,
+                    fence.slot_key,
+                    fence.inflight_key,
+                    keys.inflight_index_key(),
+                    keys.job_key(job_id),
+                    keys.job_state_key(job_id),
+                    keys.job_runtime_key(),
+                    keys.runs_key(job_id),
+                ],
+                args=[
+                    fence.token,
+                    fence.run_id,
+                    job_id,
+                    str(status),
+                    finished,
+                    ts,
+                    finished if success else "",
+                    ts if success else "",
+                    json.dumps(result.summary()),
+                    self._history_limit,
+                    *entry,
+                ],
+            )
+        if out == "lost":
+            raise FenceLostError(fence.job_id, fence.run_id)
+        return bool(out != "unknown")

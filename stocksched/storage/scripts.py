@@ -1,0 +1,180 @@
+"""The Lua scripts of the run path: each is one atomic step, one round trip.
+
+A scheduled run costs Redis two round trips for its bookkeeping (issue 11): ``CLAIM``
+(slot claim, running lease, in-flight record, job marked running) before the body, and
+``RECORD`` (job's runtime fields, history entry, lease released, in-flight record
+dropped, slot marked done) after it, the latter fenced by the run's lease token. The
+keys are built in ``stocksched.storage.keys``; the callers are ``leases.LeaseManager``
+(claims) and ``jobs.JobRecords`` (records). Every script touches several keys, so this
+targets one Redis (or a primary with replicas), not Redis Cluster.
+
+A job's runtime fields live in its state hash (``keys.job_state_key``) next to the spec
+JSON; ``keys.job_runtime_key`` is their projection for the gauges, a JSON array
+``["status", last_run, last_success]`` of Unix seconds that the scripts rewrite in place.
+"""
+
+from __future__ import annotations
+
+# KEYS: slot, running, inflight, inflight index, paused set, job record, job state,
+#       runtime projection
+# ARGV: token, run_id, lease_ms, slot_ttl_ms, record json, job_id, take_slot ("1"/"0"),
+#       honour_pause ("1"/"0"), mark ("next": running with next_run ARGV[10]; "keep":
+#       running, next_run unchanged; "": do not mark), next_run (ISO, "" for none)
+# A retry by the same owner (redis-py resends a script after a timeout) is a success.
+CLAIM = """
+local function mark()
+  if ARGV[9] == '' or redis.call('EXISTS', KEYS[6]) == 0 then
+    return
+  end
+  if ARGV[9] == 'next' then
+    redis.call('HSET', KEYS[7], 'status', 'running', 'next_run', ARGV[10])
+  else
+    redis.call('HSET', KEYS[7], 'status', 'running')
+  end
+  local p = redis.call('HGET', KEYS[8], ARGV[6])
+  if p then
+    redis.call('HSET', KEYS[8], ARGV[6], (string.gsub(p, '^%["[^"]*"', '["running"', 1)))
+  end
+end
+if redis.call('HGET', KEYS[2], 'owner') == ARGV[1] then
+  mark()
+  return {'claimed', ''}
+end
+if ARGV[8] == '1' and redis.call('SISMEMBER', KEYS[5], ARGV[6]) == 1 then
+  return {'paused', ''}
+end
+local slot = redis.call('GET', KEYS[1])
+if ARGV[7] == '1' and slot and slot ~= ARGV[1] then
+  return {'slot_taken', ''}
+end
+local holder = redis.call('HGET', KEYS[2], 'run_id')
+if ARGV[7] == '1' and not slot then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
+end
+if holder then
+  return {'job_busy', holder}
+end
+redis.call('HSET', KEYS[2], 'owner', ARGV[1], 'run_id', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[5])
+redis.call('SADD', KEYS[4], ARGV[6])
+mark()
+return {'claimed', ''}
+"""
+
+# KEYS: slot keys. ARGV: token, slot_ttl_ms, owner prefix ("{replica}/{incarnation}.")
+# Per key 1 when the slot is now ours (newly, or already by this process), else 0.
+CLAIM_SLOTS = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('GET', key)
+  if not v then
+    redis.call('SET', key, ARGV[1], 'PX', ARGV[2])
+    out[i] = 1
+  elseif string.sub(v, 1, string.len(ARGV[3])) == ARGV[3] then
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+# KEYS: running. ARGV: token, lease_ms
+EXTEND = """
+if redis.call('HGET', KEYS[1], 'owner') == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS: inflight, inflight index, running. ARGV: run_id, job_id, token
+# The end of a run in one step: record gone and lease gone, never one without the other.
+FINISH_RUN = """
+local n = redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[2], ARGV[2])
+end
+if redis.call('HGET', KEYS[3], 'owner') == ARGV[3] then
+  redis.call('DEL', KEYS[3])
+end
+return n
+"""
+
+# KEYS: running, slot, inflight, inflight index, job record, job state, runtime
+#       projection, run history stream
+# ARGV: token, run_id, job_id, status, last_run (ISO), last_run (Unix s), last_success
+#       (ISO, "" when the run failed), last_success (Unix s, ""), last_result (JSON),
+#       history maxlen, then the history entry's field/value pairs
+# Returns 'recorded'; 'unknown' (the job left the config: history only); 'done' (this
+# write landed already: a retry after a timeout); 'lost' (the lease is not ours:
+# nothing written, another replica recorded the run as interrupted). 'done:' is
+# ``fence.DONE_PREFIX``.
+RECORD = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+  if redis.call('GET', KEYS[2]) == 'done:' .. ARGV[1] then
+    return 'done'
+  end
+  return 'lost'
+end
+local out = 'unknown'
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  local fields = {'status', ARGV[4], 'last_run', ARGV[5], 'last_result', ARGV[9]}
+  local success = ARGV[8]
+  if ARGV[7] ~= '' then
+    fields[#fields + 1] = 'last_success'
+    fields[#fields + 1] = ARGV[7]
+  else
+    local p = redis.call('HGET', KEYS[7], ARGV[3])
+    success = p and string.match(p, ',%s*([^,%s%]]+)%s*%]$')
+  end
+  redis.call('HSET', KEYS[6], unpack(fields))
+  if success then  -- a missing projection is rebuilt from the records at reconcile
+    local projected = '["' .. ARGV[4] .. '", ' .. ARGV[6] .. ', ' .. success .. ']'
+    redis.call('HSET', KEYS[7], ARGV[3], projected)
+  end
+  out = 'recorded'
+end
+redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[10], '*', unpack(ARGV, 11))
+redis.call('DEL', KEYS[1])
+redis.call('HDEL', KEYS[3], ARGV[2])
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  redis.call('SREM', KEYS[4], ARGV[3])
+end
+redis.call('SET', KEYS[2], 'done:' .. ARGV[1], 'KEEPTTL')
+return out
+"""
+
+# KEYS: job record, job state, job index, runtime projection, paused set, tombstone
+# ARGV: job_id, record json, paused ("1"/"0"), projection json, then the state's
+#       field/value pairs
+# 1 when the record is new (a replica that created it first keeps it, and its
+# created_at: 0); the tombstone goes in the same step.
+CREATE = """
+if not redis.call('SET', KEYS[1], ARGV[2], 'NX') then
+  return 0
+end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[2], unpack(ARGV, 5))
+redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[4], ARGV[1], ARGV[4])
+if ARGV[3] == '1' then
+  redis.call('SADD', KEYS[5], ARGV[1])
+end
+redis.call('DEL', KEYS[6])
+return 1
+"""
+
+# KEYS: job state hashes. Returns their runtime fields, five per key, in order (nil
+# where a field is missing), so 10,000 records' states cost one reply.
+READ_STATES = """
+local out = {}
+for _, key in ipairs(KEYS) do
+  local v = redis.call('HMGET', key, 'status', 'next_run', 'last_run', 'last_success',
+                       'last_result')
+  for j = 1, 5 do
+    out[#out + 1] = v[j]
+  end
+end
+return out
+"""

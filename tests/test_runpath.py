@@ -1,0 +1,292 @@
+"""A run's bookkeeping in Redis: two scripts, the job's runtime fields in their own hash.
+
+Issue 11: a scheduled run costs two Redis round trips for the scheduler's own bookkeeping
+(claim + mark running; record + history + release), each atomic and fenced by the run's
+lease; the runtime fields are updated without rewriting the spec JSON; every run shares
+one ticker pool. These run against a real redis-server: they are about script semantics.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, ClassVar
+
+import pandas as pd
+import pytest
+import redis
+
+from stocksched.executor import JobExecutor
+from stocksched.metrics import Metrics
+from stocksched.model import JobStatus, RunResult, RunStatus, Trigger
+from stocksched.registry import JobRegistry
+from stocksched.runids import scheduled_run_id
+from stocksched.sources.base import Fetcher, PermanentFetchError
+from stocksched.sources.demo import DemoFetcher
+from stocksched.storage import keys
+from stocksched.storage.adapter import RedisAdapter
+from stocksched.storage.butler import DataIOButler
+from stocksched.storage.jobs import JobRuntime
+from stocksched.storage.leases import LeaseManager, MarkRunning
+from tests.fakes import FakeClock
+from tests.helpers import make_scheduler, make_spec
+from tests.servers import RedisServer
+
+SLOT = datetime(2026, 3, 2, 10, 5, tzinfo=UTC)
+NEXT = SLOT + timedelta(minutes=5)
+
+
+class NoData:
+    """A source without data: the run touches Redis only for its own bookkeeping."""
+
+    def fetch_from_source(self, ticker: str, start: date, end: date, interval: str) -> pd.DataFrame:
+        raise PermanentFetchError(ticker, "no data")
+
+
+class CountingConnection(redis.Connection):
+    """Counts what goes over the wire: one ``send_packed_command`` is one round trip (a
+    pipeline sends all its commands at once), with the first command's name."""
+
+    sent: ClassVar[list[str]] = []
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        chunks = command if isinstance(command, list) else [command]
+        head = b"".join(bytes(c) for c in chunks[:2]).decode(errors="replace")
+        self.sent.append(head.split("\r\n")[2].lower())
+        super().send_packed_command(command, check_health)
+
+
+def test_a_scheduled_run_costs_two_redis_round_trips_for_its_bookkeeping(
+    redis_server: RedisServer, real_redis: redis.Redis
+) -> None:
+    pool = redis.ConnectionPool.from_url(
+        redis_server.url, decode_responses=True, connection_class=CountingConnection
+    )
+    client: redis.Redis = redis.Redis(connection_pool=pool)
+    clock = FakeClock(SLOT - timedelta(minutes=3))
+    adapter = RedisAdapter(client)
+    registry = JobRegistry(adapter, clock)
+    no_data: dict[str, Fetcher] = {"demo": NoData()}
+    executor = JobExecutor(no_data, DataIOButler(adapter), clock, 4, Metrics("t"))
+    sched = make_scheduler(client, registry, executor, clock, pool_size=1)
+    try:
+        registry.reconcile([make_spec("a", tickers=["AAA"])])
+        sched.set_jobs(registry.list_jobs())
+        clock.set(SLOT)
+        sched.tick()  # the first run loads the scripts; count a steady-state one
+        assert sched.wait_idle(5)
+        sched.flush_bookkeeping(5)
+        CountingConnection.sent.clear()
+        clock.set(NEXT)
+        sched.tick()
+        assert sched.wait_idle(5)
+        sched.flush_bookkeeping(5)
+        assert CountingConnection.sent == ["evalsha", "evalsha"]
+    finally:
+        sched.stop(1)
+        client.close()
+    job = registry.get_job("a")
+    assert job is not None and job.status == JobStatus.FAILED  # the only ticker failed
+    assert job.last_run is not None and job.next_run == NEXT + timedelta(minutes=5)
+    assert [r.run_id for r in registry.get_runs("a")] == [
+        scheduled_run_id("a", NEXT),
+        scheduled_run_id("a", SLOT),
+    ]
+
+
+def _claim(leases: LeaseManager, mark: MarkRunning | None = None) -> object:
+    return leases.try_claim(
+        "a", scheduled_run_id("a", SLOT), scheduled_for=SLOT, started_at=SLOT, mark=mark
+    )
+
+
+def _result(status: RunStatus, finished: datetime) -> RunResult:
+    return RunResult(
+        "a", scheduled_run_id("a", SLOT), Trigger.SCHEDULE, SLOT, SLOT, finished, status
+    )
+
+
+def _setup(client: redis.Redis) -> tuple[JobRegistry, LeaseManager]:
+    clock = FakeClock(SLOT - timedelta(minutes=1))
+    registry = JobRegistry(RedisAdapter(client), clock)
+    registry.reconcile([make_spec("a", tickers=["AAA"])])
+    return registry, LeaseManager(RedisAdapter(client), "replica-a", 2000, clock=clock)
+
+
+def test_the_claim_marks_the_job_running_with_its_next_slot_and_leaves_the_spec_alone(
+    real_redis: redis.Redis,
+) -> None:
+    registry, leases = _setup(real_redis)
+    spec_json = real_redis.get(keys.job_key("a"))
+
+    res = _claim(leases, MarkRunning(NEXT))
+
+    assert getattr(res, "lease", None) is not None
+    job = registry.get_job("a")
+    assert job is not None and job.status == JobStatus.RUNNING and job.next_run == NEXT
+    assert real_redis.get(keys.job_key("a")) == spec_json  # not rewritten
+    runtime = JobRuntime.from_json(str(real_redis.hget(keys.job_runtime_key(), "a")))
+    assert runtime.status == JobStatus.RUNNING  # the gauges' projection follows
+
+
+def test_a_claim_of_a_paused_job_marks_nothing(real_redis: redis.Redis) -> None:
+    registry, leases = _setup(real_redis)
+    registry.set_paused("a", True)
+    before = real_redis.hgetall(keys.job_state_key("a"))
+
+    res = _claim(leases, MarkRunning(NEXT))
+
+    assert getattr(res, "lease", None) is None
+    assert real_redis.hgetall(keys.job_state_key("a")) == before
+    assert real_redis.exists(keys.running_key("a")) == 0
+
+
+def test_a_failed_run_keeps_the_last_success_in_the_record_and_in_the_gauges(
+    real_redis: redis.Redis,
+) -> None:
+    registry, leases = _setup(real_redis)
+    first = _claim(leases, MarkRunning(NEXT))
+    ok_at = SLOT + timedelta(seconds=2)
+    assert registry.record_own_run(_result(RunStatus.SUCCESS, ok_at), first.lease.fence())  # type: ignore[attr-defined]
+    second = leases.try_claim(
+        "a", scheduled_run_id("a", NEXT), scheduled_for=NEXT, mark=MarkRunning(None)
+    )
+    failed_at = NEXT + timedelta(seconds=3)
+    failed = RunResult(
+        "a",
+        scheduled_run_id("a", NEXT),
+        Trigger.SCHEDULE,
+        NEXT,
+        NEXT,
+        failed_at,
+        RunStatus.FAILED,
+    )
+
+    assert second.lease is not None
+    assert registry.record_own_run(failed, second.lease.fence())
+
+    job = registry.get_job("a")
+    assert job is not None and job.status == JobStatus.FAILED
+    assert job.last_run == failed_at and job.last_success == ok_at
+    assert job.last_result is not None and job.last_result["status"] == "failed"
+    runtime = JobRuntime.from_json(str(real_redis.hget(keys.job_runtime_key(), "a")))
+    assert runtime == JobRuntime(JobStatus.FAILED, failed_at.timestamp(), ok_at.timestamp())
+    assert [r.status for r in registry.get_runs("a")] == [RunStatus.FAILED, RunStatus.SUCCESS]
+    assert real_redis.exists(keys.running_key("a")) == 0
+    assert leases.find_interrupted() == []
+
+
+def test_a_run_of_a_job_removed_mid_run_keeps_its_history_and_ends_its_lease(
+    real_redis: redis.Redis,
+) -> None:
+    registry, leases = _setup(real_redis)
+    claimed = _claim(leases, MarkRunning(NEXT))
+    registry.reconcile([])  # the job left jobs.yaml while it ran
+
+    recorded = registry.record_own_run(
+        _result(RunStatus.SUCCESS, SLOT + timedelta(seconds=1)),
+        claimed.lease.fence(),  # type: ignore[attr-defined]
+    )
+
+    assert recorded is False
+    assert [r.run_id for r in registry.get_runs("a")] == [scheduled_run_id("a", SLOT)]
+    assert real_redis.exists(keys.job_state_key("a")) == 0  # no orphan state written
+    assert real_redis.exists(keys.running_key("a")) == 0
+    assert leases.find_interrupted() == []
+
+
+def test_a_removed_and_re_added_job_gets_its_runtime_state_back(real_redis: redis.Redis) -> None:
+    registry, leases = _setup(real_redis)
+    claimed = _claim(leases, MarkRunning(NEXT))
+    done_at = SLOT + timedelta(seconds=1)
+    assert registry.record_own_run(_result(RunStatus.SUCCESS, done_at), claimed.lease.fence())  # type: ignore[attr-defined]
+
+    registry.reconcile([])
+    registry.reconcile([make_spec("a", tickers=["AAA"])])
+
+    job = registry.get_job("a")
+    assert job is not None and job.last_run == done_at and job.last_success == done_at
+    assert job.status == JobStatus.COMPLETED
+
+
+def test_a_record_written_by_an_older_version_reads_whole_and_is_migrated_on_write(
+    real_redis: redis.Redis,
+) -> None:
+    """Before issue 11 the runtime fields were in the JSON and there was no state hash."""
+    registry, _ = _setup(real_redis)
+    job = registry.get_job("a")
+    assert job is not None
+    old = json.loads(job.to_json())
+    old.update(status="completed", last_run=SLOT.isoformat(), last_success=SLOT.isoformat())
+    real_redis.set(keys.job_key("a"), json.dumps(old))
+    real_redis.delete(keys.job_state_key("a"))
+
+    read = registry.get_job("a")
+    assert read is not None and read.status == JobStatus.COMPLETED and read.last_run == SLOT
+
+    registry.set_next_run("a", NEXT)
+
+    stored = json.loads(str(real_redis.get(keys.job_key("a"))))
+    assert "last_run" not in stored and "status" not in stored  # now in the state hash
+    state = real_redis.hgetall(keys.job_state_key("a"))
+    assert state["last_run"] == SLOT.isoformat() and state["next_run"] == NEXT.isoformat()
+    again = registry.get_job("a")
+    assert again is not None and again.last_success == SLOT and again.next_run == NEXT
+
+
+def test_runs_share_one_ticker_pool_and_keep_their_own_concurrency(
+    fake_redis: redis.Redis,
+) -> None:
+    """Two runs of 6 tickers at concurrency 2: never more than 2 of one run at once, and
+    the threads are the shared pool's, not new ones per run."""
+    active: dict[str, int] = {}
+    peak: dict[str, int] = {}
+    lock = threading.Lock()
+
+    class Counting(DemoFetcher):
+        def fetch_from_source(
+            self, ticker: str, start: date, end: date, interval: str
+        ) -> pd.DataFrame:
+            job = ticker[0]
+            with lock:
+                active[job] = active.get(job, 0) + 1
+                peak[job] = max(peak.get(job, 0), active[job])
+            time.sleep(0.02)
+            with lock:
+                active[job] -= 1
+            return super().fetch_from_source(ticker, start, end, interval)
+
+    adapter = RedisAdapter(fake_redis)
+    clock = FakeClock(SLOT)
+    executor = JobExecutor(
+        {"demo": Counting()}, DataIOButler(adapter), clock, 2, Metrics("t"), parallel_runs=2
+    )
+    specs = [make_spec(j, tickers=[f"{j.upper()}{i}" for i in range(6)]) for j in ("x", "y")]
+    threads = [threading.Thread(target=executor.execute_job, args=(s,)) for s in specs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    results = [executor.execute_job(s) for s in specs]  # and again, one after the other
+
+    assert all(r.status == RunStatus.SUCCESS for r in results)
+    assert peak == {"X": 2, "Y": 2}
+    names = {t.name for t in threading.enumerate() if t.name.startswith("ticker")}
+    assert 1 <= len(names) <= 4, names
+    assert not [t for t in threading.enumerate() if t.name.startswith("run-")]
+
+
+@pytest.mark.parametrize("mark", [MarkRunning(NEXT), MarkRunning.keeping_next_run()])
+def test_a_scheduled_claim_moves_next_run_and_a_manual_one_keeps_it(
+    real_redis: redis.Redis, mark: MarkRunning
+) -> None:
+    registry, leases = _setup(real_redis)
+    before = registry.get_job("a")
+    assert before is not None
+    first = _claim(leases, mark)
+    assert getattr(first, "lease", None) is not None
+    job = registry.get_job("a")
+    assert job is not None and job.status == JobStatus.RUNNING
+    assert job.next_run == (NEXT if mark.moves_next_run else before.next_run)
