@@ -19,7 +19,7 @@ jobs loaded) and after it.
 The baseline in the same run: APScheduler 3.x ``BackgroundScheduler`` (memory store,
 thread pool of 10) holding the same triggers, its job function noting ``time.time()``.
 
-    python bench/run_10k.py [--jobs 10000] [--rate 20] [--window 60]
+    python bench/run_10k.py [--jobs 10000] [--rate 20] [--window 60] [--pool-size N]
 """
 
 from __future__ import annotations
@@ -124,8 +124,11 @@ def run_stocksched(args: argparse.Namespace) -> dict[str, Any]:
             "--log-level",
             "ERROR",
         ]
+        env = clean_env(cwd / "home")
+        if args.pool_size:
+            env["STOCKSCHED_POOL_SIZE"] = str(args.pool_size)
         log = (cwd / "daemon.log").open("w")
-        proc = subprocess.Popen(cmd, env=clean_env(cwd / "home"), cwd=cwd, stdout=log, stderr=log)
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=log)
         out: dict[str, Any] = {}
         try:
             while not ready(port):
@@ -271,6 +274,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=10_000)
     ap.add_argument("--rate", type=int, default=20, help="jobs due per second")
     ap.add_argument("--window", type=int, default=60, help="seconds")
+    ap.add_argument(
+        "--pool-size", type=int, default=0, help="the daemon's pool_size (default: its own, 4)"
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--lead", type=float, default=15.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -282,7 +288,8 @@ def main() -> None:
     due = args.rate * args.window
     print(
         f"run_10k: {args.jobs} jobs held, {args.rate} due per second for {args.window} s "
-        f"({due} runs); APScheduler {apscheduler.__version__}"
+        f"({due} runs); pool_size {args.pool_size or 'default'}; "
+        f"APScheduler {apscheduler.__version__}"
     )
     ours = run_stocksched(args)
     theirs = run_apscheduler(args)

@@ -290,3 +290,24 @@ def test_a_scheduled_claim_moves_next_run_and_a_manual_one_keeps_it(
     job = registry.get_job("a")
     assert job is not None and job.status == JobStatus.RUNNING
     assert job.next_run == (NEXT if mark.moves_next_run else before.next_run)
+
+
+def test_a_manual_claim_given_back_leaves_the_job_pending_not_running(
+    real_redis: redis.Redis,
+) -> None:
+    """``trigger`` claims (and marks running) before it re-checks the job; when the job
+    left the config or the daemon began to stop meanwhile, the claim is given back."""
+    registry, leases = _setup(real_redis)
+    lease = leases.claim(
+        "a", "a:manual:1", trigger=Trigger.MANUAL, mark=MarkRunning.keeping_next_run()
+    )
+    assert lease is not None
+    job = registry.get_job("a")
+    assert job is not None and job.status == JobStatus.RUNNING
+
+    leases.finish(lease)
+    registry.clear_running("a")
+
+    job = registry.get_job("a")
+    assert job is not None and job.status == JobStatus.PENDING
+    assert real_redis.exists(keys.running_key("a")) == 0
