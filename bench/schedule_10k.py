@@ -27,6 +27,7 @@ quiet window, CPU during the busy window (and redis-server's, for stocksched), a
 resident memory (after imports, with 10,000 jobs loaded, after the busy window).
 
     python bench/schedule_10k.py [--jobs 10000] [--window 60] [--idle 10] [--job noop|demo]
+                                 [--rate 20]
 """
 
 from __future__ import annotations
@@ -68,7 +69,13 @@ def rss_mb() -> float:
     return float(SELF.memory_info().rss) / 2**20
 
 
+RATE = 0  # --rate: only the first RATE * window jobs fall due in the window
+
+
 def slot_of(i: int, window_start: int, window: int) -> int:
+    """Job ``i``'s daily slot: in the window, or (beyond ``--rate``) twelve hours away."""
+    if RATE and i >= RATE * window:
+        return window_start + 12 * 3600 + i % 3600
     return window_start + i % window
 
 
@@ -312,6 +319,8 @@ def run_child(
         str(args.window),
         "--idle",
         str(args.idle),
+        "--rate",
+        str(args.rate),
         "--lead",
         str(lead),
         "--redis-url",
@@ -393,11 +402,19 @@ def main() -> None:
         help="stocksched's run body: nothing (as the APScheduler job), or a "
         "real one-ticker demo fetch stored in Redis",
     )
+    parser.add_argument(
+        "--rate",
+        type=int,
+        default=0,
+        help="jobs due per second (default: all jobs over the window); the rest are held",
+    )
     parser.add_argument("--child", choices=["stocksched", "apscheduler"])
     parser.add_argument("--lead", type=float, default=0.0)
     parser.add_argument("--redis-url", default="")
     parser.add_argument("--redis-pid", type=int, default=0)
     args = parser.parse_args()
+    global RATE
+    RATE = args.rate
     if args.child == "stocksched":
         print(json.dumps(child_stocksched(args)))
         return
@@ -406,8 +423,9 @@ def main() -> None:
         return
     import apscheduler
 
+    per_s = args.rate or args.jobs / args.window
     print(
-        f"schedule_10k: {args.jobs} cron jobs, {args.jobs / args.window:.0f} due per second "
+        f"schedule_10k: {args.jobs} cron jobs, {per_s:.0f} due per second "
         f"for {args.window} s; APScheduler {apscheduler.__version__}"
     )
     with private_redis() as server:
