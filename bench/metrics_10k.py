@@ -3,12 +3,17 @@
 In-process, no Redis: builds a ``Metrics`` the way the daemon fills it after every one of
 ``--jobs`` jobs ran once (a scheduled success with one ticker fetched and some bars stored,
 its next slot armed, its runtime gauges set from the job record as ``render_metrics`` does),
-then times ``Metrics.render()`` (process CPU, median of ``--repeat``) and measures the body.
+then times ``Metrics.render()`` (process CPU, median of ``--repeat``) and measures the body,
+both uncompressed (what curl without ``--compressed`` gets) and as served to a Prometheus
+scraper (``Accept-Encoding: gzip``, through ``stocksched.metrics.exposition``), with the CPU
+of the compression added to the scrape.
 
 Baseline in the same run: ``prometheus_client.generate_latest`` over a plain
 ``CollectorRegistry`` holding issue 11's starting layout (labelled ``Counter``/``Gauge``/
 ``Histogram`` children, the per-job histogram included) filled with the same runs. The memory
-figure is what ``tracemalloc`` sees allocated while filling each one.
+figure is what ``tracemalloc`` sees allocated while filling each one. The baseline's
+served size is what prometheus-client's own exposition (``make_wsgi_app`` and friends)
+sends a gzip scraper: ``gzip.compress`` at its default level 9.
 
     python bench/metrics_10k.py [--jobs 10000] [--repeat 5]
 """
@@ -16,6 +21,7 @@ figure is what ``tracemalloc`` sees allocated while filling each one.
 from __future__ import annotations
 
 import argparse
+import gzip
 import statistics
 import sys
 import time
@@ -28,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from stocksched.metrics import Metrics
+from stocksched.metrics import Metrics, exposition
 
 NOW = 1_760_000_000.0
 BASELINE = "baseline: generate_latest, plain registry, issue-11 layout"
@@ -127,17 +133,29 @@ def main() -> None:
             ours.set_job_runtime(job, NOW + i / 7, NOW + i / 7, running=False)
         return ours.render()
 
+    def served() -> bytes:  # the /metrics route's work for a Prometheus scrape
+        return exposition(scrape(), "gzip")[0]
+
     scrape_ms, _ = cpu_ms(scrape, args.repeat)
-    print(f"{args.jobs} jobs, each run once; CPU per render is the median of {args.repeat}")
-    print("| | CPU per render | body | lines | series memory |")
-    print("|---|---|---|---|---|")
-    for label, ms, body, mib in (
-        (BASELINE, base_ms, base_body, plain_mib),
-        ("stocksched Metrics.render()", ours_ms, ours_body, ours_mib),
+    served_ms, ours_gz = cpu_ms(served, args.repeat)
+    base_gz_ms, base_gz = cpu_ms(lambda: gzip.compress(generate_latest(plain)), args.repeat)
+    print(f"{args.jobs} jobs, each run once; CPU is the median of {args.repeat}")
+    print(
+        "| | CPU per render | body uncompressed | lines | served to Prometheus (gzip) "
+        "| CPU per gzip scrape | series memory |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for label, ms, body, gz, gz_ms, mib in (
+        (BASELINE, base_ms, base_body, base_gz, base_gz_ms, plain_mib),
+        ("stocksched Metrics.render()", ours_ms, ours_body, ours_gz, served_ms, ours_mib),
     ):
         lines = body.count(b"\n")
-        print(f"| {label} | {ms:.0f} ms | {len(body) / 1e6:.2f} MB | {lines} | {mib:.1f} MiB |")
+        print(
+            f"| {label} | {ms:.0f} ms | {len(body) / 1e6:.2f} MB | {lines} "
+            f"| {len(gz) / 1e6:.2f} MB | {gz_ms:.0f} ms | {mib:.1f} MiB |"
+        )
     print(f"stocksched scrape (set_job_runtime for every job, then render): {scrape_ms:.0f} ms")
+    print(f"stocksched gzip scrape (the same, then exposition(..., 'gzip')): {served_ms:.0f} ms")
 
 
 if __name__ == "__main__":

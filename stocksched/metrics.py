@@ -10,10 +10,19 @@ with 10,000 jobs the children cost 80 MiB and over a second of CPU per scrape. A
 each job's values and its rendered text lines, re-rendered only when a value changes; it is
 registered in ``registry`` as an ordinary collector (``collect`` yields the families), and
 ``render`` joins the cached lines after ``generate_latest`` of the other metrics.
+
+The body is served gzip-compressed to a scraper that sends ``Accept-Encoding: gzip``
+(Prometheus always does), as prometheus-client's own exposition does, but at zlib level 1
+(``GZIP_LEVEL``): with 10,000 jobs that all ran, about 15 ms of CPU turns a 6 MB body into
+0.4 MB on the wire, where prometheus-client's default level 9 would cost ten times the CPU
+for 12% less. Any other client (curl without ``--compressed``, a browser tab asking for no
+gzip) gets the same text uncompressed. Nothing is dropped or rounded: every series of the
+uncompressed body is in the compressed one (``exposition``).
 """
 
 from __future__ import annotations
 
+import gzip
 import threading
 from collections.abc import Iterator
 from typing import Literal
@@ -37,6 +46,35 @@ LATENESS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 JOB_STATES = ("pending", "running", "completed", "failed", "paused")
 #: Why bars were dropped before storing (stocksched.sources.quality.DROP_REASONS).
 DROP_REASONS = ("out_of_window", "bad_price", "inconsistent_range")
+
+
+#: zlib level of a gzip /metrics body: level 1 compresses this repetitive text ~16x.
+GZIP_LEVEL = 1
+
+
+def accepts_gzip(accept_encoding: str | None) -> bool:
+    """True if an ``Accept-Encoding`` header value allows gzip (``gzip;q=0`` refuses it)."""
+    for item in (accept_encoding or "").split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip", "*"):
+            continue
+        q = params.strip().lower()
+        if not q.startswith("q="):
+            return True
+        try:
+            return float(q[2:]) > 0
+        except ValueError:
+            return False
+    return False
+
+
+def exposition(body: bytes, accept_encoding: str | None) -> tuple[bytes, dict[str, str]]:
+    """The /metrics body and headers as served: gzip when the client accepts it."""
+    headers = {"Vary": "Accept-Encoding"}
+    if not accepts_gzip(accept_encoding):
+        return body, headers
+    headers["Content-Encoding"] = "gzip"
+    return gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0), headers
 
 
 def _escape(v: str) -> str:

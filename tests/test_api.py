@@ -7,6 +7,7 @@ uvicorn server on a free port (ApiServer).
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import subprocess
 import time
@@ -399,6 +400,38 @@ def test_pause_and_resume(stack: Stack) -> None:
     assert body["message"].startswith("resumed; next run at ")
     assert body["job"]["status"] == "pending" and body["job"]["next_run"]
     assert 'stocksched_job_paused{job="alpha"} 0.0' in stack.http.get("/metrics").text
+
+
+def _raw_metrics(stack: Stack, accept_encoding: str) -> httpx.Response:
+    """GET /metrics and keep the body exactly as sent (httpx would decompress it)."""
+    headers = {"Accept-Encoding": accept_encoding}
+    with stack.http.stream("GET", "/metrics", headers=headers) as resp:
+        resp._content = b"".join(resp.iter_raw())
+    return resp
+
+
+def test_a_scraper_asking_for_gzip_gets_the_same_exposition_compressed(stack: Stack) -> None:
+    stack.trigger_and_wait("alpha")
+    plain = _raw_metrics(stack, "identity")
+    assert "content-encoding" not in plain.headers
+    assert b'stocksched_job_runs_total{job="alpha"' in plain.content
+    # What Prometheus sends (scrape.go: acceptEncodingHeader).
+    zipped = _raw_metrics(stack, "gzip")
+    assert zipped.status_code == 200
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert zipped.headers["content-type"].startswith("text/plain; version=")
+    assert "accept-encoding" in zipped.headers["vary"].lower()
+    body = gzip.decompress(zipped.content)
+    assert len(zipped.content) < len(body)
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    runs = {
+        tuple(sorted(s.labels.items())): s.value for s in families["stocksched_job_runs"].samples
+    }
+    assert runs[(("job", "alpha"), ("status", "success"), ("trigger", "manual"))] == 1
+    assert "stocksched_job_last_run_timestamp_seconds" in families
+    refused = _raw_metrics(stack, "gzip;q=0, identity")
+    assert "content-encoding" not in refused.headers
+    assert refused.content.startswith(b"# HELP")
 
 
 def test_pause_and_resume_are_the_names_and_stop_and_start_their_aliases(stack: Stack) -> None:

@@ -3,6 +3,7 @@ promtool's lint (issue 11.4)."""
 
 from __future__ import annotations
 
+import gzip
 import shutil
 import subprocess
 
@@ -10,7 +11,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stocksched.metrics import Metrics
+from stocksched.metrics import Metrics, exposition
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -107,3 +108,47 @@ def test_promtool_check_metrics_passes() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout + result.stderr == b""
+
+
+@pytest.mark.parametrize(
+    ("header", "gzip_ok"),
+    [
+        ("gzip", True),  # Prometheus' scraper
+        ("gzip, deflate, br", True),  # a browser, curl --compressed
+        ("deflate, GZIP;q=0.5", True),
+        ("*", True),
+        ("gzip;q=0", False),
+        ("gzip;q=0.0, identity", False),
+        ("identity", False),
+        ("", False),
+        (None, False),  # curl without --compressed sends no header
+    ],
+)
+def test_gzip_is_served_only_when_the_client_accepts_it(header: str | None, gzip_ok: bool) -> None:
+    m = Metrics("test")
+    _ran(m, "a", 2.5, 1_760_000_000.25)
+    body = m.render()
+    served, headers = exposition(body, header)
+    assert headers["Vary"] == "Accept-Encoding"
+    if gzip_ok:
+        assert headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(served) == body
+    else:
+        assert "Content-Encoding" not in headers
+        assert served == body
+
+
+def test_the_served_gzip_body_of_many_jobs_is_small_and_promtool_clean() -> None:
+    m = Metrics("test")
+    for i in range(2000):
+        _ran(m, f"job-{i:04d}", i / 3, 1_760_000_000 + i / 7)
+    body = m.render()
+    served, _ = exposition(body, "gzip")
+    assert len(served) * 8 < len(body)  # the text repeats names and labels on every line
+    text = gzip.decompress(served)
+    assert _samples(text.decode()) == _samples(body.decode())
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not found; install the Debian package `prometheus`")
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
+    assert result.returncode == 0 and result.stdout + result.stderr == b"", result

@@ -114,3 +114,21 @@ def test_yahoo_fetcher_is_built_on_its_first_fetch() -> None:
         assert len(frame) == 5
     assert yahoo.built and len(built) == 1
     assert yahoo.fetcher() is built[0]
+
+
+def test_the_http_server_answers_once_started_and_never_imports_websockets() -> None:
+    """No route is a WebSocket: uvicorn must not import the websockets package (yfinance
+    installs it) at start, and ``start()`` returns only once requests are answered."""
+    code = (
+        "import sys, urllib.request\n"
+        "from fastapi import FastAPI\n"
+        "from stocksched.http.server import ApiServer\n"
+        "app = FastAPI()\n"
+        "app.get('/ping')(lambda: 'pong')\n"
+        "server = ApiServer(app, '127.0.0.1', 0, log_level='warning')\n"
+        "server.start()\n"
+        "assert urllib.request.urlopen(server.url + '/ping', timeout=5).read() == b'\"pong\"'\n"
+        "server.stop()\n"
+        "assert 'websockets' not in sys.modules, 'websockets imported'\n"
+    )
+    assert loaded_after(code)["uvicorn"]

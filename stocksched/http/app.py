@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -26,6 +26,7 @@ from stocksched.http.access import Access, bearer_check
 from stocksched.http.errors import add_error_handlers
 from stocksched.http.limits import BodyLimitMiddleware
 from stocksched.jobs.spec import JOB_ID_PATTERN
+from stocksched.metrics import exposition
 from stocksched.views import ErrorBody, JobView, PauseView, Probe, RunView, StatusView, TriggerView
 
 API_DESCRIPTION = """\
@@ -125,13 +126,14 @@ def _add_probe_routes(app: FastAPI, facade: SchedulerServingApp, metrics_auth: l
     @app.get(
         "/metrics",
         tags=["probes"],
-        summary="Prometheus metrics (text format)",
+        summary="Prometheus metrics (text format; gzip if the scraper accepts it)",
         response_class=Response,
         dependencies=metrics_auth,
         responses={200: {"content": {"text/plain": {}}}, **(_AUTH if metrics_auth else {})},
     )
-    def metrics() -> Response:
-        return Response(facade.render_metrics(), media_type=CONTENT_TYPE_LATEST)
+    def metrics(request: Request) -> Response:
+        body, headers = exposition(facade.render_metrics(), request.headers.get("accept-encoding"))
+        return Response(body, media_type=CONTENT_TYPE_LATEST, headers=headers)
 
 
 def _add_read_routes(app: FastAPI, facade: SchedulerServingApp, auth: list[Any]) -> None:

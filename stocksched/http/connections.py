@@ -36,6 +36,7 @@ import math
 import os
 import resource
 import socket
+import threading
 import time
 from typing import Any, ClassVar
 
@@ -280,9 +281,12 @@ class GuardedServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, guard: ConnectionGuard) -> None:
         super().__init__(config)
         self.guard = guard
+        self.listening = threading.Event()  # set once serving: ApiServer.start waits on it
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         asyncio.get_running_loop().set_exception_handler(self.guard.handle_loop_exception)
         if sockets is not None:
             sockets = [self.guard.listener(sock) for sock in sockets]
         await super().startup(sockets=sockets)
+        if self.started:
+            self.listening.set()

@@ -67,6 +67,7 @@ class ApiServer:
             timeout_graceful_shutdown=2,
             timeout_keep_alive=self._guard.keep_alive_seconds,
             http=self._guard.protocol_class,
+            ws="none",  # no WebSocket routes: never import the websockets package
             loop="asyncio",  # the guard handles asyncio's accept errors
         )
         self._server = GuardedServer(config, self._guard)
@@ -74,11 +75,10 @@ class ApiServer:
         self._thread = BackgroundThread("http", lambda: server.run(sockets=[sock]))
         self._thread.start()
         deadline = time.monotonic() + timeout
-        while not self._server.started:
+        while not self._server.listening.wait(0.05):  # set by the server thread's startup
             if not self._thread.alive or time.monotonic() > deadline:
                 self.stop()
                 raise ApiStartError(f"HTTP API did not start on {self._host}:{self.port}")
-            time.sleep(0.01)
         log.info("HTTP API listening on %s", self.url)
 
     def _bind(self) -> socket.socket:
