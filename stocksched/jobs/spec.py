@@ -353,11 +353,15 @@ class JobSpec(BaseModel):
 
         Dumped once per spec (it is frozen): the spec hash and the record both need it.
         """
-        return dict(self._json)
+        owner, data = self._json
+        if owner != id(self):  # carried over by ``model_copy``: another spec's dump
+            del self.__dict__["_json"]
+            owner, data = self._json
+        return dict(data)
 
     @cached_property
-    def _json(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+    def _json(self) -> tuple[int, dict[str, Any]]:
+        return id(self), self.model_dump(mode="json")
 
     def window_dates(self, today: date) -> tuple[date, date]:
         """(start, end) of the fetch window; ``today`` is in the job's time zone."""
