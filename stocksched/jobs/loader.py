@@ -152,7 +152,7 @@ def _load_bytes(
     if cache is not None:
         cache.forget()  # refilled below only if this file loads cleanly
         cache.full_loads += 1
-    root, doc, duplicates = _parse_yaml(text, name)
+    root, doc, duplicates, aliased = _parse_yaml(text, name)
     if not isinstance(doc, dict):
         mark = root.start_mark
         raise JobsFileError(
@@ -166,7 +166,7 @@ def _load_bytes(
     jobs = checker.check(doc)
     if checker.errors:
         raise JobsFileError(checker.formatted())
-    if cache is not None and split is not None and _chunks_align(root, split):
+    if cache is not None and split is not None and not aliased and _chunks_align(root, split):
         defaults = {k: v for k, v in (doc.get("defaults") or {}).items() if k in DEFAULTABLE_FIELDS}
         cache.remember(split, today, defaults, jobs)
     return LoadedJobs(
@@ -223,14 +223,15 @@ def _yaml12_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
 _JobsLoader.yaml_implicit_resolvers = _yaml12_resolvers()
 
 
-def _parse_yaml(text: str, name: str) -> tuple[yaml.Node, Any, list[tuple[int, int, str]]]:
-    """(root node, constructed document, duplicate-key errors as (line, col, message))."""
+def _parse_yaml(text: str, name: str) -> tuple[yaml.Node, Any, list[tuple[int, int, str]], bool]:
+    """(root node, constructed document, duplicate-key errors as (line, col, message),
+    whether any alias is used)."""
     loader = _JobsLoader(text)
     try:
         root = loader.get_single_node()
         if root is None:
             raise JobsFileError([f"{name}: file is empty; it needs at least 'jobs:'"])
-        duplicates = list(_duplicate_keys(root))
+        duplicates, aliased = _scan(root)
         doc = loader.construct_document(root)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -241,7 +242,7 @@ def _parse_yaml(text: str, name: str) -> tuple[yaml.Node, Any, list[tuple[int, i
         raise JobsFileError([f"{name}: invalid YAML: {exc}"]) from None
     finally:
         loader.dispose()
-    return root, doc, duplicates
+    return root, doc, duplicates, aliased
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
@@ -262,18 +263,44 @@ def _duplicate_keys(node: yaml.Node) -> Iterator[tuple[int, int, str]]:
             continue
         seen_nodes.add(id(n))
         if isinstance(n, yaml.MappingNode):
-            first: dict[str, int] = {}
-            for key, value in n.value:
-                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
-                    line = key.start_mark.line + 1
-                    if key.value in first:
-                        msg = f"duplicate key {key.value!r} (first on line {first[key.value]})"
-                        yield (line, key.start_mark.column + 1, msg)
-                    else:
-                        first[key.value] = line
-                stack.append(value)
+            yield from _mapping_duplicates(n)
+            stack.extend(value for _, value in n.value)
         elif isinstance(n, yaml.SequenceNode):
             stack.extend(n.value)
+
+
+def _mapping_duplicates(n: yaml.MappingNode) -> Iterator[tuple[int, int, str]]:
+    first: dict[str, int] = {}
+    for key, _ in n.value:
+        if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+            line = key.start_mark.line + 1
+            if key.value in first:
+                msg = f"duplicate key {key.value!r} (first on line {first[key.value]})"
+                yield (line, key.start_mark.column + 1, msg)
+            else:
+                first[key.value] = line
+
+
+def _scan(root: yaml.Node) -> tuple[list[tuple[int, int, str]], bool]:
+    """``_duplicate_keys`` and whether an alias is used (a node reached twice), in one
+    walk of the tree (keys included) instead of two."""
+    duplicates: list[tuple[int, int, str]] = []
+    seen: set[int] = set()
+    aliased = False
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            aliased = True
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            duplicates.extend(_mapping_duplicates(n))
+            for key, value in n.value:
+                stack.extend((key, value))
+        elif isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+    return duplicates, aliased
 
 
 # ---------------------------------------------------------------- the fast path (reuse)
@@ -320,7 +347,7 @@ def _one_job(text: str, defaults: dict[str, Any], today: date) -> JobSpec | None
 
 
 def _chunks_align(root: yaml.Node, split: SplitFile) -> bool:
-    """Whether job ``i`` of the parsed file is chunk ``i``'s text alone (no aliases)."""
+    """Whether job ``i`` of the parsed file starts in chunk ``i`` (aliases: see ``_scan``)."""
     jobs_node = next(
         (v for k, v in root.value if isinstance(k, yaml.ScalarNode) and k.value == "jobs"), None
     )
@@ -330,21 +357,4 @@ def _chunks_align(root: yaml.Node, split: SplitFile) -> bool:
     for item, (first, _), end in zip(jobs_node.value, split.chunks, bounds, strict=True):
         if not first <= item.start_mark.line < end:
             return False
-    return not _has_alias(root)
-
-
-def _has_alias(root: yaml.Node) -> bool:
-    """An alias shares its anchor's node: seen twice in a walk of the tree."""
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        n = stack.pop()
-        if id(n) in seen:
-            return True
-        seen.add(id(n))
-        if isinstance(n, yaml.MappingNode):
-            for key, value in n.value:
-                stack.extend((key, value))
-        elif isinstance(n, yaml.SequenceNode):
-            stack.extend(n.value)
-    return False
+    return True
