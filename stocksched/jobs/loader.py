@@ -197,7 +197,25 @@ _YAML_BASE: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _JobsLoader(_YAML_BASE):  # type: ignore[misc]  # a base chosen at import time
-    """PyYAML's safe loader (libyaml when present) with YAML 1.2 style plain scalars."""
+    """PyYAML's safe loader (libyaml when present) with YAML 1.2 style plain scalars.
+
+    A scalar's tag depends only on its text and style (no path resolvers are set), so
+    it is resolved once per distinct (text, style) in a file: keys like ``schedule:``
+    repeat once per job.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._tags: dict[tuple[str, tuple[bool, bool]], str] = {}
+
+    def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+        if kind is not yaml.ScalarNode or self.yaml_path_resolvers:
+            return str(super().resolve(kind, value, implicit))
+        key = (value, implicit)
+        tag = self._tags.get(key)
+        if tag is None:
+            tag = self._tags[key] = str(super().resolve(kind, value, implicit))
+        return tag
 
 
 def _yaml12_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
@@ -232,7 +250,7 @@ def _parse_yaml(text: str, name: str) -> tuple[yaml.Node, Any, list[tuple[int, i
         if root is None:
             raise JobsFileError([f"{name}: file is empty; it needs at least 'jobs:'"])
         duplicates, aliased = _scan(root)
-        doc = loader.construct_document(root)
+        doc = _construct(loader, root)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{mark.line + 1}:{mark.column + 1}: " if mark is not None else ""
@@ -243,6 +261,39 @@ def _parse_yaml(text: str, name: str) -> tuple[yaml.Node, Any, list[tuple[int, i
     finally:
         loader.dispose()
     return root, doc, duplicates, aliased
+
+
+_TAG = "tag:yaml.org,2002:"
+
+
+def _construct(loader: _JobsLoader, root: yaml.Node) -> Any:
+    """The document ``loader.construct_document(root)`` gives, built faster.
+
+    Plain strings, lists and mappings with string keys (all of a usual jobs file) are
+    built here; every other node (numbers, booleans, null, merge keys ``<<``, other
+    tags) by PyYAML's own constructor, so the result is the same.
+    """
+    try:
+        return _build(loader, root)
+    except RecursionError:  # absurdly deep nesting: PyYAML's constructor decides
+        return loader.construct_document(root)
+
+
+def _build(loader: _JobsLoader, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "str":
+        return node.value
+    if isinstance(node, yaml.SequenceNode) and node.tag == _TAG + "seq":
+        return [_build(loader, n) for n in node.value]
+    if (
+        isinstance(node, yaml.MappingNode)
+        and node.tag == _TAG + "map"
+        and all(
+            isinstance(k, yaml.ScalarNode) and k.tag == _TAG + "str" and k.value != "<<"
+            for k, _ in node.value
+        )
+    ):
+        return {k.value: _build(loader, v) for k, v in node.value}
+    return loader.construct_object(node, deep=True)
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
