@@ -17,7 +17,6 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ from stocksched.jobs.check import FileChecker
 from stocksched.jobs.clashes import latest_pointer_clashes
 from stocksched.jobs.reuse import JobsFileCache, SplitFile, split_jobs
 from stocksched.jobs.spec import DEFAULTABLE_FIELDS, JobSpec, merge_defaults, show_value
+from stocksched.jobs.yamltree import construct, duplicate_keys, scan
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
 
@@ -249,8 +249,8 @@ def _parse_yaml(text: str, name: str) -> tuple[yaml.Node, Any, list[tuple[int, i
         root = loader.get_single_node()
         if root is None:
             raise JobsFileError([f"{name}: file is empty; it needs at least 'jobs:'"])
-        duplicates, aliased = _scan(root)
-        doc = _construct(loader, root)
+        duplicates, aliased = scan(root)
+        doc = construct(loader, root)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{mark.line + 1}:{mark.column + 1}: " if mark is not None else ""
@@ -263,95 +263,12 @@ def _parse_yaml(text: str, name: str) -> tuple[yaml.Node, Any, list[tuple[int, i
     return root, doc, duplicates, aliased
 
 
-_TAG = "tag:yaml.org,2002:"
-
-
-def _construct(loader: _JobsLoader, root: yaml.Node) -> Any:
-    """The document ``loader.construct_document(root)`` gives, built faster.
-
-    Plain strings, lists and mappings with string keys (all of a usual jobs file) are
-    built here; every other node (numbers, booleans, null, merge keys ``<<``, other
-    tags) by PyYAML's own constructor, so the result is the same.
-    """
-    try:
-        return _build(loader, root)
-    except RecursionError:  # absurdly deep nesting: PyYAML's constructor decides
-        return loader.construct_document(root)
-
-
-def _build(loader: _JobsLoader, node: yaml.Node) -> Any:
-    if isinstance(node, yaml.ScalarNode) and node.tag == _TAG + "str":
-        return node.value
-    if isinstance(node, yaml.SequenceNode) and node.tag == _TAG + "seq":
-        return [_build(loader, n) for n in node.value]
-    if (
-        isinstance(node, yaml.MappingNode)
-        and node.tag == _TAG + "map"
-        and all(
-            isinstance(k, yaml.ScalarNode) and k.tag == _TAG + "str" and k.value != "<<"
-            for k, _ in node.value
-        )
-    ):
-        return {k.value: _build(loader, v) for k, v in node.value}
-    return loader.construct_object(node, deep=True)
-
-
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
     """PyYAML splits a message into context and problem; join them into one phrase."""
     if exc.context and exc.problem:
         sep = " " if exc.problem.startswith("but ") else ": "
         return f"{exc.context}{sep}{exc.problem}"
     return exc.problem or exc.context or "syntax error"
-
-
-def _duplicate_keys(node: yaml.Node) -> Iterator[tuple[int, int, str]]:
-    """YAML keeps the last of two equal keys silently; a jobs file should not."""
-    stack = [node]
-    seen_nodes: set[int] = set()
-    while stack:
-        n = stack.pop()
-        if id(n) in seen_nodes:  # aliases share nodes
-            continue
-        seen_nodes.add(id(n))
-        if isinstance(n, yaml.MappingNode):
-            yield from _mapping_duplicates(n)
-            stack.extend(value for _, value in n.value)
-        elif isinstance(n, yaml.SequenceNode):
-            stack.extend(n.value)
-
-
-def _mapping_duplicates(n: yaml.MappingNode) -> Iterator[tuple[int, int, str]]:
-    first: dict[str, int] = {}
-    for key, _ in n.value:
-        if isinstance(key, yaml.ScalarNode) and key.value != "<<":
-            line = key.start_mark.line + 1
-            if key.value in first:
-                msg = f"duplicate key {key.value!r} (first on line {first[key.value]})"
-                yield (line, key.start_mark.column + 1, msg)
-            else:
-                first[key.value] = line
-
-
-def _scan(root: yaml.Node) -> tuple[list[tuple[int, int, str]], bool]:
-    """``_duplicate_keys`` and whether an alias is used (a node reached twice), in one
-    walk of the tree (keys included) instead of two."""
-    duplicates: list[tuple[int, int, str]] = []
-    seen: set[int] = set()
-    aliased = False
-    stack = [root]
-    while stack:
-        n = stack.pop()
-        if id(n) in seen:
-            aliased = True
-            continue
-        seen.add(id(n))
-        if isinstance(n, yaml.MappingNode):
-            duplicates.extend(_mapping_duplicates(n))
-            for key, value in n.value:
-                stack.extend((key, value))
-        elif isinstance(n, yaml.SequenceNode):
-            stack.extend(n.value)
-    return duplicates, aliased
 
 
 # ---------------------------------------------------------------- the fast path (reuse)
@@ -382,7 +299,7 @@ def _one_job(text: str, defaults: dict[str, Any], today: date) -> JobSpec | None
     loader = _JobsLoader(text)
     try:
         node = loader.get_single_node()
-        if node is None or next(_duplicate_keys(node), None) is not None:
+        if node is None or next(duplicate_keys(node), None) is not None:
             return None
         doc = loader.construct_document(node)
     except yaml.YAMLError:
@@ -398,7 +315,7 @@ def _one_job(text: str, defaults: dict[str, Any], today: date) -> JobSpec | None
 
 
 def _chunks_align(root: yaml.Node, split: SplitFile) -> bool:
-    """Whether job ``i`` of the parsed file starts in chunk ``i`` (aliases: see ``_scan``)."""
+    """Whether job ``i`` of the parsed file starts in chunk ``i`` (aliases: ``scan``)."""
     jobs_node = next(
         (v for k, v in root.value if isinstance(k, yaml.ScalarNode) and k.value == "jobs"), None
     )
