@@ -10,7 +10,8 @@ measures:
 - save-to-live: from the rename to the moment the reloader has applied the new config,
   checked against the scheduler (``next_runs()``) and the Redis record of that job;
 - how that splits: watcher latency (rename -> the watcher calls ``reload``, which
-  includes its 200 ms debounce) and the reload itself (parse + validate + reconcile +
+  includes its quiet period: ``SETTLE_MS`` for an atomic replacement like this one) and
+  the reload itself (parse + validate + reconcile +
   scheduler update);
 - Redis commands the save caused (``CONFIG RESETSTAT`` before, ``INFO commandstats``
   after the scheduler's background writes have drained).
@@ -118,10 +119,10 @@ class ReloadTimer:
         c.reloader.reload = self  # type: ignore[method-assign]
         self._lock = threading.Lock()
 
-    def __call__(self, force: bool = True) -> ReloadStatus:
+    def __call__(self, force: bool = True, *, tentative: bool = False) -> ReloadStatus:
         start = time.perf_counter()
         try:
-            return self._inner(force)
+            return self._inner(force, tentative=tentative)
         finally:
             with self._lock:
                 self.calls.append((start, time.perf_counter(), force))

@@ -13,9 +13,10 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from types import MappingProxyType
 
 from stocksched.clock import Clock
 from stocksched.jobs.spec import JobSpec
@@ -89,6 +90,9 @@ class JobRegistry:
 
     # -- reconcile -------------------------------------------------------------
 
+    # The last reconcile's records (replaced, never mutated): see ``_trusted``.
+    _last: Mapping[str, ScheduledJob] = MappingProxyType({})
+
     def reconcile(
         self, specs: Iterable[JobSpec], known: KnownRuntime | None = None
     ) -> ReconcileDiff:
@@ -96,13 +100,23 @@ class JobRegistry:
 
         ``known(job_id)``: (paused, next_run) this process still holds for a job whose
         record is missing (Redis lost it); the record is re-created with them, in the
-        same transaction, so no reader ever sees a paused job unpaused.
+        same transaction, so no reader ever sees a paused job unpaused. With ``known``,
+        records the last reconcile returned are reused where nothing says they moved
+        (``_trusted``); the rest are read in one MGET.
         """
         wanted = {s.id: s for s in specs}
         hashes = self._hashes_of(wanted.values())
+        last, self._last = self._last, MappingProxyType({})  # kept again only on success
         indexed = self.job_ids()
-        current = self._records.get_many(
-            sorted(wanted), {i: (hashes[i], s) for i, s in wanted.items()}
+        trusted = (
+            _trusted(last, hashes, indexed, self.paused_ids(), known) if known and last else {}
+        )
+        current: dict[str, ScheduledJob | None] = dict(trusted)
+        current.update(
+            self._records.get_many(
+                sorted(set(wanted) - set(trusted)),
+                {i: (hashes[i], s) for i, s in wanted.items() if i not in trusted},
+            )
         )
         now = self._clock.now()
         diff = ReconcileDiff()
@@ -126,6 +140,7 @@ class JobRegistry:
             diff.removed.append(job_id)
         diff.records = {i: records[i] for i in wanted}
         self._records.repair_projections(diff.records)
+        self._last = MappingProxyType(diff.records)
         return diff
 
     def _hashes_of(self, specs: Iterable[JobSpec]) -> dict[str, str]:
@@ -280,6 +295,32 @@ def _job_status(result: RunResult) -> JobStatus:
     """The original design's rule: a failed or interrupted run leaves the job failed."""
     failed = result.status in (RunStatus.FAILED, RunStatus.INTERRUPTED)
     return JobStatus.FAILED if failed else JobStatus.COMPLETED
+
+
+def _trusted(
+    last: Mapping[str, ScheduledJob],
+    hashes: dict[str, str],
+    indexed: set[str],
+    paused: set[str],
+    known: KnownRuntime,
+) -> dict[str, ScheduledJob]:
+    """The last reconcile's records that need no read: same spec hash, still in the job
+    index, paused as the paused set and this process's scheduler say.
+
+    The scheduler then keeps these jobs as they are (``Timetable.set_jobs``), so only the
+    spec and the pause flag matter, and both are checked: a spec changed in the file, a
+    pause made through another replica (not followed here yet), a wiped Redis (no index)
+    all read the record again. Runtime fields of a reused record are the last
+    reconcile's; the scheduler does not look at them for a job it keeps.
+    """
+    out = {}
+    for job_id, rec in last.items():
+        if hashes.get(job_id) != rec.spec_hash or job_id not in indexed:
+            continue
+        held = known(job_id)
+        if held is not None and held[0] == rec.paused == (job_id in paused):
+            out[job_id] = rec
+    return out
 
 
 def _restored(job_id: str, fresh: ScheduledJob, raw: str | None) -> ScheduledJob:

@@ -38,6 +38,9 @@ class ReloadStatus:
     sha256: str = ""
     diff: ReconcileDiff | None = None
     retryable: bool = False
+    # An early try (``reload(tentative=True)``) found the file invalid: nothing was
+    # logged, counted or kept, and the watcher tries again after the full quiet period.
+    deferred: bool = False
 
 
 LOGGED_IDS = 10  # job ids named per kind of change in a reload's log line
@@ -119,11 +122,14 @@ class JobsReloader:
         # parses and validates that job only (stocksched.jobs.reuse).
         self.file_cache = JobsFileCache()
 
-    def reload(self, force: bool = True) -> ReloadStatus:
+    def reload(self, force: bool = True, *, tentative: bool = False) -> ReloadStatus:
         """Validate the whole file first; apply its diff only if it is entirely valid.
 
         ``force=False`` is the watcher's call: file events also fire for writes that leave
         the content as it was, and those must not log, count or touch Redis.
+        ``tentative``: the watcher's early try after an atomic replacement (``watch``); a
+        file that is not valid (yet) is then not reported: the status says ``deferred``
+        and ``last`` is left as it was.
         """
         if not self._lock.acquire(timeout=self.lock_wait_s):
             log.warning("a reload of %s is still in progress; not starting another", self.path)
@@ -138,17 +144,22 @@ class JobsReloader:
             if not force and digest is not None and digest == self._settled:
                 log.debug("config unchanged sha256=%s; nothing to do", digest[:12])
                 return self.last
-            return self._reload(digest, data)
+            return self._reload(digest, data, tentative)
         finally:
             self._lock.release()
 
-    def _reload(self, digest: str | None, data: bytes | JobsFileError) -> ReloadStatus:
+    def _reload(
+        self, digest: str | None, data: bytes | JobsFileError, tentative: bool = False
+    ) -> ReloadStatus:
         now = self._clock.now()
         try:
             if isinstance(data, JobsFileError):
                 raise data
             loaded = load_jobs_file(self.path, data=data, cache=self.file_cache)
         except JobsFileError as exc:
+            if tentative:
+                log.debug("config not valid yet (%s); waiting for the quiet period", exc.errors[0])
+                return ReloadStatus(now, False, list(exc.errors), digest or "", deferred=True)
             for line in exc.errors:
                 log.error(
                     "config invalid%s: %s",

@@ -4,7 +4,9 @@
   and the paused set, in one transaction). Slot claims check the paused set atomically,
   so no replica ever starts a scheduled run of a paused job; this poll brings each
   replica's own view (its heap, ``/scheduler/jobs``, ``stocksched_job_paused``) in line
-  within ``every_s``, and on a resume arms the job with the usual catch-up.
+  within ``every_s``, and on a resume arms the job with the usual catch-up. This poll,
+  not a reload, is what follows pauses: a reload reads again only the records whose spec
+  or pause it has reason to doubt (``JobRegistry.reconcile``), and a save may never come.
 - Lost state. Redis can lose everything without a disconnect (``FLUSHALL``, a restart
   quick enough for the client's retries to hide it, a failover to an empty replica).
   Each round checks that the job index and this replica's own heartbeat key exist; when

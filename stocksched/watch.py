@@ -4,6 +4,18 @@
 Kubernetes replace files by renaming, which a watch on the old inode would never see)
 and the directories of every symlink on the way to the real file, so a ConfigMap's
 ``..data`` swap is seen too.
+
+When a change is applied depends on how the file was changed:
+
+- Replaced atomically (every event on the file's paths is an addition: a finished file
+  renamed or linked into place, as ``mv``, ``sed -i``, Ansible, editors' "safe write"
+  and a ConfigMap's ``..data`` swap do): applied ``SETTLE_MS`` (0.1 s) after the event,
+  if it is valid by then. Such a file cannot be half-written; one that is not valid is
+  not reported yet (it may be a file created empty and written afterwards) and waits
+  the full quiet period like an in-place write, after which its errors are reported.
+- Written in place, deleted and re-created, truncated (``>``, most editors, ``git
+  checkout``, ``cp``): applied once the file has been quiet for ``QUIET_MS`` (0.8 s), so
+  a file written in pieces up to 0.8 s apart is one reload of the final content.
 """
 
 from __future__ import annotations
@@ -104,7 +116,8 @@ def _identity(d: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
-QUIET_MS = 800  # a change is applied once the file has been quiet this long
+QUIET_MS = 800  # a change written in place is applied once the file was quiet this long
+SETTLE_MS = 100  # an atomic replacement is applied (if valid) once it was quiet this long
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:
@@ -121,10 +134,13 @@ class JobsWatcher:
 
     A change is applied only once the file has stopped changing: ``debounce_ms``
     (default ``QUIET_MS``, 0.8 s) after the last event that touched it, and only if its
-    inode, size and mtime did not move meanwhile. So a ``git checkout``, an editor's
-    temp-file-and-rename, or a file written in place in pieces up to 0.8 s apart (the
-    first half alone may be a valid file with fewer jobs) is one reload of the final
-    content. watchfiles' own ``step``/``debounce`` are no quiet period here: its batch
+    inode, size and mtime did not move meanwhile. So a ``git checkout`` or a file written
+    in place in pieces up to 0.8 s apart (the first half alone may be a valid file with
+    fewer jobs) is one reload of the final content. A change whose every event on the
+    file's paths was an addition (renamed or linked into place, never written there) is
+    tried after ``settle_ms`` (default ``SETTLE_MS``, 0.1 s) instead, and applied then only
+    if the whole file is valid (``reload(tentative=True)``); otherwise it waits the full
+    quiet period. watchfiles' own ``step``/``debounce`` are no quiet period here: its batch
     is a set, so a second write of the same file adds nothing and the batch is yielded
     ``step`` ms after the first write however long the writing goes on; the quiet period
     is therefore timed here, with watchfiles waking the thread every ``tick``. SIGHUP
@@ -138,16 +154,19 @@ class JobsWatcher:
         reloader: JobsReloader,
         debounce_ms: int = QUIET_MS,
         *,
+        settle_ms: int = SETTLE_MS,
         retry_s: float = 1.0,
         storage_retry_s: float = 10.0,
         rust_timeout_ms: int = 1000,
     ) -> None:
         self._reloader = reloader
         self._debounce_ms = max(1, debounce_ms)
-        self._step_ms = max(1, min(50, self._debounce_ms))
+        self._settle_ms = max(1, min(settle_ms, self._debounce_ms))
+        self._step_ms = max(1, min(50, self._settle_ms))
         # How often the thread wakes without events, to see whether the quiet period is over.
-        self._tick_ms = max(1, min(rust_timeout_ms, max(self._step_ms, self._debounce_ms // 4)))
-        self._pending: tuple[float, tuple[int, int, int] | None] | None = None
+        self._tick_ms = max(1, min(rust_timeout_ms, max(self._step_ms, self._settle_ms // 2)))
+        # (last event, file signature then, only additions so far) of a change not applied
+        self._pending: tuple[float, tuple[int, int, int] | None, bool] | None = None
         self._retry_s = retry_s
         self._storage_retry_s = storage_retry_s
         self._rust_timeout_ms = rust_timeout_ms
@@ -218,8 +237,7 @@ class JobsWatcher:
             raise_interrupt=False,
         ):
             self._last_setup_error = ""
-            if targets.affected_by(p for _, p in changes):
-                self._pending = (time.monotonic(), _signature(self._reloader.path))
+            self._note(targets, changes)
             if self._pending is not None:
                 self._reload_if_quiet()
             # The first yield means the watch is in place: anything changed before that
@@ -231,22 +249,53 @@ class JobsWatcher:
                 # What the path resolves to changed (a swap, a deleted directory), maybe
                 # before its event was delivered: the new watch reloads after the quiet period.
                 if self._pending is None:
-                    self._pending = (time.monotonic(), _signature(self._reloader.path))
+                    self._pending = (time.monotonic(), _signature(self._reloader.path), False)
                 return
 
+    def _note(self, targets: WatchTargets, changes: set[tuple[watchfiles.Change, str]]) -> None:
+        """Start (or restart) the quiet period if ``changes`` touch the file."""
+        ours = [c for c, p in changes if targets.affected_by((p,))]
+        if not ours:
+            return
+        added = all(c == watchfiles.Change.added for c in ours)
+        if self._pending is not None:
+            added = added and self._pending[2]
+        self._pending = (time.monotonic(), _signature(self._reloader.path), added)
+
     def _reload_if_quiet(self) -> None:
-        """Reload once no event came for the quiet period and the file did not move."""
+        """Reload once no event came for the quiet period and the file did not move.
+
+        Only additions (an atomic replacement): tried after the short settle, applied if
+        valid; else the full quiet period applies, counted from the same last event.
+        """
         assert self._pending is not None
-        since, sig = self._pending
+        since, sig, added = self._pending
         now = time.monotonic()
-        if (now - since) * 1000 < self._debounce_ms:
+        if (now - since) * 1000 < (self._settle_ms if added else self._debounce_ms):
             return
         current = _signature(self._reloader.path)
         if current != sig:  # changed without an event we saw: wait a full period more
-            self._pending = (now, current)
+            self._pending = (now, current, False)
             return
         self._pending = None
-        self._reload()
+        early = added and self._settle_ms < self._debounce_ms
+        if self._reload(tentative=early) and early:
+            self._pending = (since, sig, False)  # not valid (yet): wait the full period
+
+    def _reload(self, tentative: bool = False) -> bool:
+        """Ask for a reload; True if a tentative one was deferred (the file was invalid)."""
+        self._last_attempt = time.monotonic()
+        deferred = False
+        try:
+            if tentative:
+                deferred = self._reloader.reload(force=False, tentative=True).deferred
+            else:
+                self._reloader.reload(force=False)
+        except Exception:  # a bug in one reload must not end hot reload for good
+            log.exception("config reload crashed; still watching %s", self._reloader.path)
+        finally:  # counted once done: "compared once" means the content was read by then
+            self.reload_calls += 1
+        return deferred
 
     def _retry_due(self) -> bool:
         """A valid file that Redis refused is tried again now and then, not only on a save."""
@@ -254,15 +303,6 @@ class JobsWatcher:
             self._reloader.last.retryable
             and time.monotonic() - self._last_attempt >= self._storage_retry_s
         )
-
-    def _reload(self) -> None:
-        self._last_attempt = time.monotonic()
-        try:
-            self._reloader.reload(force=False)
-        except Exception:  # a bug in one reload must not end hot reload for good
-            log.exception("config reload crashed; still watching %s", self._reloader.path)
-        finally:  # counted once done: "compared once" means the content was read by then
-            self.reload_calls += 1
 
     def _report_setup_error(self, exc: Exception) -> None:
         """Log a failing watch once per distinct error, not once per retry."""

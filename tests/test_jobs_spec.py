@@ -91,3 +91,32 @@ def test_one_interval_table() -> None:
     assert set(INTRADAY_LIMIT_DAYS) <= set(get_args(Interval))
     assert frozenset(INTRADAY_LIMIT_DAYS) == INTRADAY_INTERVALS
     assert {"1m", "90m", "1h"} <= INTRADAY_INTERVALS and "1d" not in INTRADAY_INTERVALS
+
+
+def test_next_fire_answers_every_later_question_as_a_fresh_schedule_would() -> None:
+    """A schedule remembers its last answer; asking again for any later time (across the
+    DST changes of 2026 in New York, and with a copy of the job in another zone asking in
+    between) gives what a schedule that never answered before gives."""
+    from stocksched import schedule as schedule_module
+
+    for expr in ("30 1 * * *", "*/20 * * * *", "0 2 * * 0", "15 9 1,15 * *"):
+        ny = JobSpec.model_validate(
+            {"id": "a", "tickers": ["X"], "schedule": expr, "timezone": "America/New_York"}
+        )
+        tokyo = ny.model_copy(update={"timezone": "Asia/Tokyo"})
+        t = datetime(2026, 3, 7, 12, 0, tzinfo=UTC)
+        while t < datetime(2026, 11, 3, tzinfo=UTC):
+            fresh = schedule_module._parse_cron(expr, expr)  # a new object: nothing remembered
+            assert ny.next_fire(t) == fresh.next_after(t, ny.zone), (expr, t)
+            assert tokyo.next_fire(t) == fresh.next_after(t, tokyo.zone), (expr, t)
+            t += timedelta(minutes=53) if abs(t.month - 7) > 3 else timedelta(days=3, minutes=7)
+
+
+def test_to_json_of_a_copy_is_the_copys_own() -> None:
+    """``to_json`` is dumped once per spec; a ``model_copy`` with changes never reuses it."""
+    spec = load(GOOD).jobs[0]
+    assert spec.to_json()["timezone"] != "Asia/Tokyo"
+    moved = spec.model_copy(update={"timezone": "Asia/Tokyo"})
+    assert moved.to_json() == moved.model_dump(mode="json")
+    assert moved.to_json()["timezone"] == "Asia/Tokyo"
+    assert spec.to_json() == spec.model_dump(mode="json")

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -109,7 +110,7 @@ class Rig:
         results = [result] if result else ["success", "failure"]
         return sum(self.metrics.config_reloads.labels(result=r)._value.get() for r in results)
 
-    def watch(self, debounce_ms: int = DEBOUNCE_MS, **kw: float) -> JobsWatcher:
+    def watch(self, debounce_ms: int = DEBOUNCE_MS, **kw: Any) -> JobsWatcher:
         """Start a watcher and wait until its watch is in place (its first content check)."""
         self.watcher = JobsWatcher(self.reloader, debounce_ms, rust_timeout_ms=100, **kw)
         self.watcher.start()
@@ -243,6 +244,59 @@ def test_a_change_waits_for_the_quiet_period_but_sighup_does_not(rig: Rig) -> No
     assert set(rig.scheduler.next_runs()) == {"c"}
     time.sleep(QUIET_MS / 1000 + 0.5)
     assert rig.reloads() == before + 2
+
+
+def test_an_atomic_replacement_is_applied_without_the_in_place_quiet_period(rig: Rig) -> None:
+    """A file renamed into place cannot be half-written: it is applied after the short
+    settle, long before a quiet period of a minute would have allowed."""
+    loaded(rig, jobs_yaml(("a", "*/5 * * * *")))
+    rig.watch(60_000)
+    before = rig.reloads()
+    save_like_editor(rig.path, jobs_yaml(("a", "*/5 * * * *"), ("b", "0 * * * *")))
+    one_more_reload(rig, before, "success")
+    assert set(rig.scheduler.next_runs()) == {"a", "b"}
+
+
+def test_an_in_place_write_still_waits_for_the_quiet_period(rig: Rig) -> None:
+    loaded(rig, jobs_yaml(("a", "*/5 * * * *")))
+    rig.watch(60_000)
+    before = rig.reloads()
+    rig.path.write_text(jobs_yaml(("a", "*/5 * * * *"), ("b", "0 * * * *")), encoding="utf-8")
+    time.sleep(1.0)  # ten settle periods: an early reload would have happened by now
+    assert rig.reloads() == before
+    assert set(rig.scheduler.next_runs()) == {"a"}
+
+
+def test_an_invalid_file_renamed_into_place_is_not_reported_before_the_quiet_period(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The early try stays silent on an invalid file (it may be a file created empty and
+    written afterwards); a valid save within the quiet period is then the only reload."""
+    loaded(rig, jobs_yaml(("a", "*/5 * * * *")))
+    rig.watch(3000)
+    caplog.set_level(logging.INFO, logger="stocksched.reload")
+    before = rig.reloads()
+    save_like_editor(rig.path, "version: 1\njobs:\n  - id: [\n")
+    time.sleep(0.6)  # six settle periods, a fifth of the quiet period
+    save_like_editor(rig.path, jobs_yaml(("a", "*/5 * * * *"), ("b", "0 * * * *")))
+    one_more_reload(rig, before, "success")
+    assert rig.reloads("failure") == 0
+    assert "config invalid" not in caplog.text
+    assert set(rig.scheduler.next_runs()) == {"a", "b"}
+
+
+def test_an_invalid_file_renamed_into_place_is_reported_after_the_quiet_period(
+    rig: Rig,
+) -> None:
+    loaded(rig, jobs_yaml(("a", "*/5 * * * *")))
+    rig.watch(300)
+    before = rig.reloads()
+    save_like_editor(rig.path, BAD)
+    one_more_reload(rig, before, "failure")
+    assert any(":5:15: jobs[0].schedule" in e for e in rig.reloader.last.errors), (
+        rig.reloader.last.errors
+    )
+    assert set(rig.scheduler.next_runs()) == {"a"}
 
 
 def test_a_fifo_at_the_jobs_path_is_a_config_error_and_never_blocks(
@@ -643,11 +697,11 @@ def test_a_crashing_reload_does_not_stop_the_watcher(
     real_reload = rig.reloader.reload
     calls: list[bool] = []
 
-    def crash_once(force: bool = True) -> object:
+    def crash_once(force: bool = True, **kw: bool) -> object:
         calls.append(force)
         if len(calls) == 1:
             raise RuntimeError("boom")
-        return real_reload(force)
+        return real_reload(force, **kw)
 
     monkeypatch.setattr(rig.reloader, "reload", crash_once)
     save_like_editor(rig.path, jobs_yaml(("b", "0 * * * *")))

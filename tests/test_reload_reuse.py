@@ -139,3 +139,28 @@ def test_a_reconcile_after_redis_lost_everything_restores_every_record(
         assert rec is not None and rec.paused
     finally:
         rig.close()
+
+
+def test_a_reload_sees_a_pause_made_through_another_replica_before_the_sync_does(
+    real_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """Records of unchanged jobs are reused from the last reconcile, but not one whose
+    pause changed behind this replica's back: the reload reads it and follows the pause,
+    and the job changed in the file gets its new spec."""
+    rig = Rig(real_redis, tmp_path / "jobs.yaml")
+    try:
+        rig.path.write_text(jobs_yaml(*JOBS), encoding="utf-8")
+        assert rig.reloader.reload().ok
+        rig.registry.set_paused("job-07", True)  # another replica's API: no sync ran here
+        assert rig.scheduler.known_runtime("job-07") == (False, rig.scheduler.next_runs()["job-07"])
+        rig.path.write_text(jobs_yaml(*JOBS[:3], ("job-03", "9 9 * * *"), *JOBS[4:]))
+        status = rig.reloader.reload()
+        assert status.ok and status.diff is not None and status.diff.changed == ["job-03"]
+        held = rig.scheduler.known_runtime("job-07")
+        assert held is not None and held[0], "the reload did not follow the pause"
+        assert rig.registry.paused_ids() == {"job-07"}
+        rec = rig.registry.get_job("job-03")
+        assert rec is not None and rec.spec.schedule == "9 9 * * *"
+        assert rig.scheduler.next_runs()["job-03"] == rec.next_run
+    finally:
+        rig.close()

@@ -1,9 +1,10 @@
 """The jobs file (jobs.yaml): the job model, loading with positioned errors, the JSON Schema.
 
 ``spec`` (``JobSpec``, field types, the interval table), ``loader`` (bytes, YAML 1.2,
-``load_jobs_file``), ``check`` (every problem as ``FILE:LINE:COL: path: message``),
-``clashes`` (warnings), ``schema`` (``jobs_file_json_schema``). Not the daemon's settings
-(``stocksched.settings``, the file ``--config`` names).
+``load_jobs_file``; ``yamltree`` walks and builds its node tree), ``check`` (every
+problem as ``FILE:LINE:COL: path: message``), ``clashes`` (warnings), ``schema``
+(``jobs_file_json_schema``). Not the daemon's settings (``stocksched.settings``, the file
+``--config`` names).
 """
 
 from stocksched.jobs.clashes import LatestClash, latest_pointer_clashes

@@ -17,7 +17,6 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -30,6 +29,7 @@ from stocksched.jobs.check import FileChecker
 from stocksched.jobs.clashes import latest_pointer_clashes
 from stocksched.jobs.reuse import JobsFileCache, SplitFile, split_jobs
 from stocksched.jobs.spec import DEFAULTABLE_FIELDS, JobSpec, merge_defaults, show_value
+from stocksched.jobs.yamltree import construct, duplicate_keys, scan
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
 
@@ -152,7 +152,7 @@ def _load_bytes(
     if cache is not None:
         cache.forget()  # refilled below only if this file loads cleanly
         cache.full_loads += 1
-    root, doc, duplicates = _parse_yaml(text, name)
+    root, doc, duplicates, aliased = _parse_yaml(text, name)
     if not isinstance(doc, dict):
         mark = root.start_mark
         raise JobsFileError(
@@ -166,7 +166,7 @@ def _load_bytes(
     jobs = checker.check(doc)
     if checker.errors:
         raise JobsFileError(checker.formatted())
-    if cache is not None and split is not None and _chunks_align(root, split):
+    if cache is not None and split is not None and not aliased and _chunks_align(root, split):
         defaults = {k: v for k, v in (doc.get("defaults") or {}).items() if k in DEFAULTABLE_FIELDS}
         cache.remember(split, today, defaults, jobs)
     return LoadedJobs(
@@ -197,7 +197,25 @@ _YAML_BASE: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _JobsLoader(_YAML_BASE):  # type: ignore[misc]  # a base chosen at import time
-    """PyYAML's safe loader (libyaml when present) with YAML 1.2 style plain scalars."""
+    """PyYAML's safe loader (libyaml when present) with YAML 1.2 style plain scalars.
+
+    A scalar's tag depends only on its text and style (no path resolvers are set), so
+    it is resolved once per distinct (text, style) in a file: keys like ``schedule:``
+    repeat once per job.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._tags: dict[tuple[str, tuple[bool, bool]], str] = {}
+
+    def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+        if kind is not yaml.ScalarNode or self.yaml_path_resolvers:
+            return str(super().resolve(kind, value, implicit))
+        key = (value, implicit)
+        tag = self._tags.get(key)
+        if tag is None:
+            tag = self._tags[key] = str(super().resolve(kind, value, implicit))
+        return tag
 
 
 def _yaml12_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
@@ -223,15 +241,16 @@ def _yaml12_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
 _JobsLoader.yaml_implicit_resolvers = _yaml12_resolvers()
 
 
-def _parse_yaml(text: str, name: str) -> tuple[yaml.Node, Any, list[tuple[int, int, str]]]:
-    """(root node, constructed document, duplicate-key errors as (line, col, message))."""
+def _parse_yaml(text: str, name: str) -> tuple[yaml.Node, Any, list[tuple[int, int, str]], bool]:
+    """(root node, constructed document, duplicate-key errors as (line, col, message),
+    whether any alias is used)."""
     loader = _JobsLoader(text)
     try:
         root = loader.get_single_node()
         if root is None:
             raise JobsFileError([f"{name}: file is empty; it needs at least 'jobs:'"])
-        duplicates = list(_duplicate_keys(root))
-        doc = loader.construct_document(root)
+        duplicates, aliased = scan(root)
+        doc = construct(loader, root)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{mark.line + 1}:{mark.column + 1}: " if mark is not None else ""
@@ -241,7 +260,7 @@ def _parse_yaml(text: str, name: str) -> tuple[yaml.Node, Any, list[tuple[int, i
         raise JobsFileError([f"{name}: invalid YAML: {exc}"]) from None
     finally:
         loader.dispose()
-    return root, doc, duplicates
+    return root, doc, duplicates, aliased
 
 
 def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
@@ -250,30 +269,6 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
         sep = " " if exc.problem.startswith("but ") else ": "
         return f"{exc.context}{sep}{exc.problem}"
     return exc.problem or exc.context or "syntax error"
-
-
-def _duplicate_keys(node: yaml.Node) -> Iterator[tuple[int, int, str]]:
-    """YAML keeps the last of two equal keys silently; a jobs file should not."""
-    stack = [node]
-    seen_nodes: set[int] = set()
-    while stack:
-        n = stack.pop()
-        if id(n) in seen_nodes:  # aliases share nodes
-            continue
-        seen_nodes.add(id(n))
-        if isinstance(n, yaml.MappingNode):
-            first: dict[str, int] = {}
-            for key, value in n.value:
-                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
-                    line = key.start_mark.line + 1
-                    if key.value in first:
-                        msg = f"duplicate key {key.value!r} (first on line {first[key.value]})"
-                        yield (line, key.start_mark.column + 1, msg)
-                    else:
-                        first[key.value] = line
-                stack.append(value)
-        elif isinstance(n, yaml.SequenceNode):
-            stack.extend(n.value)
 
 
 # ---------------------------------------------------------------- the fast path (reuse)
@@ -304,7 +299,7 @@ def _one_job(text: str, defaults: dict[str, Any], today: date) -> JobSpec | None
     loader = _JobsLoader(text)
     try:
         node = loader.get_single_node()
-        if node is None or next(_duplicate_keys(node), None) is not None:
+        if node is None or next(duplicate_keys(node), None) is not None:
             return None
         doc = loader.construct_document(node)
     except yaml.YAMLError:
@@ -320,7 +315,7 @@ def _one_job(text: str, defaults: dict[str, Any], today: date) -> JobSpec | None
 
 
 def _chunks_align(root: yaml.Node, split: SplitFile) -> bool:
-    """Whether job ``i`` of the parsed file is chunk ``i``'s text alone (no aliases)."""
+    """Whether job ``i`` of the parsed file starts in chunk ``i`` (aliases: ``scan``)."""
     jobs_node = next(
         (v for k, v in root.value if isinstance(k, yaml.ScalarNode) and k.value == "jobs"), None
     )
@@ -330,21 +325,4 @@ def _chunks_align(root: yaml.Node, split: SplitFile) -> bool:
     for item, (first, _), end in zip(jobs_node.value, split.chunks, bounds, strict=True):
         if not first <= item.start_mark.line < end:
             return False
-    return not _has_alias(root)
-
-
-def _has_alias(root: yaml.Node) -> bool:
-    """An alias shares its anchor's node: seen twice in a walk of the tree."""
-    seen: set[int] = set()
-    stack = [root]
-    while stack:
-        n = stack.pop()
-        if id(n) in seen:
-            return True
-        seen.add(id(n))
-        if isinstance(n, yaml.MappingNode):
-            for key, value in n.value:
-                stack.extend((key, value))
-        elif isinstance(n, yaml.SequenceNode):
-            stack.extend(n.value)
-    return False
+    return True

@@ -25,8 +25,10 @@ from typing import Any
 
 from stocksched.jobs.spec import JobSpec
 
-_ITEM = re.compile(r"( *)- ")
 _OTHER_BREAKS = ("\r", "\x85", "\u2028", "\u2029")
+_ITEM = re.compile(r"( *)- ")
+_TOP_LEVEL = re.compile(r"^[^ #\n].*", re.M)  # a line that starts at column 0, not a comment
+_CONTENT = re.compile(r"^(?! *(?:#|$))", re.M)  # the start of a line not blank or a comment
 
 
 @dataclass(frozen=True)
@@ -37,54 +39,49 @@ class SplitFile:
     chunks: tuple[tuple[int, str], ...]
 
 
-def _is_comment_or_blank(line: str) -> bool:
-    stripped = line.lstrip(" ")
-    return not stripped or stripped.startswith("#")
-
-
-def _jobs_line(lines: list[str]) -> int | None:
-    """Index of the ``jobs:`` line, if it is the last top-level key; else None."""
+def _jobs_line(text: str) -> int | None:
+    """Offset just past the ``jobs:`` line if it is the last top-level key; else None."""
     at = None
-    for n, line in enumerate(lines):
-        if line[:1] not in ("", " ", "#"):
-            if at is not None and line.startswith("- "):
-                continue  # items at column 0
-            if at is not None:
-                return None  # a top-level line after jobs:
-            if line.split("#", 1)[0].rstrip() == "jobs:":
-                at = n
+    for m in _TOP_LEVEL.finditer(text):
+        line = m.group()
+        if at is not None and line.startswith("- "):
+            continue  # items at column 0
+        if at is not None:
+            return None  # a top-level line after jobs:
+        if line.split("#", 1)[0].rstrip() == "jobs:":
+            at = m.end()
     return at
 
 
 def split_jobs(text: str) -> SplitFile | None:
-    """The file cut into header and per-job chunks, or None when the layout is not plain."""
+    """The file cut into header and per-job chunks, or None when the layout is not plain.
+
+    Regular expressions over the whole text (a line-by-line loop took 0.1 s at 10,000
+    jobs): items are the lines at the first item's indent starting ``- ``; every other
+    line after ``jobs:`` must be deeper, blank or a comment. A job's chunk runs from its
+    item line to the next item line; the last one to the end of the file.
+    """
     if any(b in text for b in _OTHER_BREAKS) or "\t" in text:
         return None
-    lines = text.split("\n")
-    at = _jobs_line(lines)
-    if at is None:
+    at = _jobs_line(text)
+    if at is None or at >= len(text):
         return None
-    indent: str | None = None
-    chunks: list[tuple[int, list[str]]] = []
-    for n in range(at + 1, len(lines)):
-        line = lines[n]
-        m = _ITEM.match(line)
-        if indent is None and m is not None:
-            indent = m.group(1)
-        if m is not None and m.group(1) == indent:
-            chunks.append((n, [line]))
-        elif _is_comment_or_blank(line) and chunks:
-            chunks[-1][1].append(line)
-        elif _is_comment_or_blank(line):
-            continue
-        elif indent is None or not line.startswith(indent + " ") or not chunks:
-            return None
-        else:
-            chunks[-1][1].append(line)
-    if not chunks:
+    body = at + 1  # past the newline ending the jobs: line
+    first = _CONTENT.search(text, body)
+    item = _ITEM.match(text, first.start()) if first is not None else None
+    if item is None:
         return None
-    header = "\n".join(lines[: at + 1])
-    return SplitFile(header, tuple((n, "\n".join(body) + "\n") for n, body in chunks))
+    indent = item.group(1)
+    if re.compile(rf"^(?! *(?:#|$))(?!{indent}(?:- | ))", re.M).search(text, body) is not None:
+        return None  # a line neither an item, deeper, blank nor a comment
+    starts = [m.start() for m in re.compile(rf"^{indent}- ", re.M).finditer(text, body)]
+    line = text.count("\n", 0, starts[0])
+    chunks = []
+    for begin, end in zip(starts, [*starts[1:], None], strict=True):
+        chunks.append((line, text[begin:end] if end is not None else text[begin:] + "\n"))
+        if end is not None:
+            line += text.count("\n", begin, end)
+    return SplitFile(text[:at], tuple(chunks))
 
 
 @dataclass

@@ -27,7 +27,7 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime, timedelta
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -349,8 +349,19 @@ class JobSpec(BaseModel):
         return parse_schedule(self.schedule)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-able dict (durations as strings) that ``model_validate`` reads back."""
-        return self.model_dump(mode="json")
+        """JSON-able dict (durations as strings) that ``model_validate`` reads back.
+
+        Dumped once per spec (it is frozen): the spec hash and the record both need it.
+        """
+        owner, data = self._json
+        if owner != id(self):  # carried over by ``model_copy``: another spec's dump
+            del self.__dict__["_json"]
+            owner, data = self._json
+        return dict(data)
+
+    @cached_property
+    def _json(self) -> tuple[int, dict[str, Any]]:
+        return id(self), self.model_dump(mode="json")
 
     def window_dates(self, today: date) -> tuple[date, date]:
         """(start, end) of the fetch window; ``today`` is in the job's time zone."""
