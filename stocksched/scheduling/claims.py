@@ -33,7 +33,7 @@ class RunHandle:
     trigger: Trigger
     scheduled_for: datetime | None
     started_at: datetime
-    future: Future[RunResult | None] | None = None
+    future: Future[None] | None = None  # the claim and the body, on the worker pool
     cancel: threading.Event = field(default_factory=threading.Event)
     outcome: JobStatus | None = None  # None: nothing ran here (slot lost to another replica)
     lease: Lease | None = None  # the cross-replica running lease, once claimed

@@ -45,6 +45,7 @@ class Runs:
         table: Timetable,
         cond: threading.Condition,
         pool: Executor,
+        recorder: Executor,
         metrics: Metrics,
     ) -> None:
         self._registry = registry
@@ -55,6 +56,7 @@ class Runs:
         self._table = table
         self._cond = cond
         self._pool = pool
+        self._recorder = recorder  # one thread: results recorded in the order runs end
         self._metrics = metrics
         self.claims = Claims(leases, table, cond, clock, book, self._on_lease_lost)
         self.running: dict[str, RunHandle] = {}
@@ -79,12 +81,26 @@ class Runs:
 
     # -- the worker side -----------------------------------------------------------------
 
-    def _run(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> RunResult | None:
+    def _run(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> None:
+        """Claim and execute on this worker; the rest on the recorder thread, so the worker
+        is free for the next due run as soon as this one's body is over (a burst of due
+        runs starts sooner, issue 11)."""
+        result = None
+        try:
+            result = self._body(spec, handle, next_run)
+        finally:
+            try:
+                self._recorder.submit(self._conclude, spec, handle, result)
+            except RuntimeError:  # the recorder is shut down (drain over): conclude here
+                self._conclude(spec, handle, result)
+
+    def _body(
+        self, spec: JobSpec, handle: RunHandle, next_run: datetime | None
+    ) -> RunResult | None:
         try:
             if not self.claims.claim(spec, handle, next_run):
                 return None
             assert handle.lease is not None
-            fence = handle.lease.fence()
             result = self._executor.execute_job(
                 spec,
                 run_id=handle.run_id,
@@ -92,14 +108,13 @@ class Runs:
                 scheduled_for=handle.scheduled_for,
                 cancel=handle.cancel,
                 timeout=spec.timeout,
-                fence=fence,
+                fence=handle.lease.fence(),
             )
             if handle.cancel_reason:
                 result.reason = "; ".join(x for x in (result.reason, handle.cancel_reason) if x)
             handle.outcome = (
                 JobStatus.FAILED if result.status == RunStatus.FAILED else JobStatus.COMPLETED
             )
-            self._book.outbox.run("record run", lambda: self._record_own(result, handle))
             return result
         except FenceLostError:
             _log_fence_lost(spec.id, handle.run_id, "before it started")
@@ -114,6 +129,12 @@ class Runs:
             )
             handle.outcome = JobStatus.FAILED
             return None
+
+    def _conclude(self, spec: JobSpec, handle: RunHandle, result: RunResult | None) -> None:
+        """Record the result (fenced; the same script ends the lease), release, forget."""
+        try:
+            if result is not None:
+                self._book.outbox.run("record run", lambda: self._record_own(result, handle))
         finally:
             self.claims.release(handle)
             self._finish(spec, handle)

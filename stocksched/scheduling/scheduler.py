@@ -13,7 +13,6 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
 from datetime import datetime
 
 from stocksched.calendars import MarketCalendars
@@ -68,6 +67,7 @@ class JobScheduler:
         self._book = Bookkeeping(registry, leases, health, clock, metrics, side)
         self._table = Timetable(clock, metrics, calendars or MarketCalendars(), self._book)
         self._pool = pool or ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="job")
+        self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
         self._runs = Runs(
             registry,
             executor,
@@ -77,6 +77,7 @@ class JobScheduler:
             self._table,
             self._wake,
             self._pool,
+            self._recorder,
             metrics,
         )
         self._pause_epoch = 0
@@ -197,15 +198,10 @@ class JobScheduler:
 
     def next_due(self) -> tuple[str, datetime] | None:
         with self._lock:
-            due = [
-                (s.next_run, i)
-                for i, s in self._table.jobs.items()
-                if s.active and s.next_run is not None
-            ]
-        if not due:
-            return None
-        t, i = min(due)
-        return i, t
+            jobs = self._table.jobs.items()
+            due = [(s.next_run, i) for i, s in jobs if s.active and s.next_run is not None]
+        t, i = min(due, default=(None, ""))
+        return None if t is None else (i, t)
 
     def job_states(self) -> dict[str, JobStatus]:
         with self._lock:
@@ -274,15 +270,17 @@ class JobScheduler:
             self._runs.stopping = True
             self._wake.notify_all()
         self._thread.join(5)
-        futures = [h.future for h in self.running().values() if h.future is not None]
-        wait_futures(futures, timeout=grace)
+        with self._wake:  # runs end recorded (``Runs._finish`` notifies)
+            self._wake.wait_for(lambda: not self._runs.running, grace)
         for handle in self.running().values():  # grace over: end runs, keep what they did
             handle.cancel_reason = "daemon stopping: shutdown grace period over"
             handle.cancel.set()
-        wait_futures(futures, timeout=CANCEL_WAIT_S)
+        with self._wake:
+            self._wake.wait_for(lambda: not self._runs.running, CANCEL_WAIT_S)
         left = sorted(self.running())
         if isinstance(self._pool, ThreadPoolExecutor):
             self._pool.shutdown(wait=False, cancel_futures=True)
+        self._recorder.shutdown(wait=not left)
         self._book.close(flush=not left)
         if not left:
             self._runs.claims.keeper.stop()  # abandoned runs keep their leases until exit
