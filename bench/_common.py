@@ -6,6 +6,7 @@ ended by the same benchmark (context managers below), even when it fails.
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import socket
@@ -165,6 +166,42 @@ def describe_commands(stats: dict[str, int]) -> str:
         f"writes: {' '.join(w) or 'none'} | transactions: {' '.join(t) or 'none'} | "
         f"reads: {' '.join(r) or 'none'}"
     )
+
+
+def stocksched_command() -> list[str]:
+    """The installed console script (beside this interpreter), as users run it."""
+    script = Path(sys.executable).parent / "stocksched"
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-m", "stocksched"]
+
+
+def run_command(jobs: Path, redis_url: str, port: int, log_level: str) -> list[str]:
+    """``stocksched run`` on ``jobs`` and ``redis_url``, the API on 127.0.0.1:``port``."""
+    return [
+        *stocksched_command(),
+        "run",
+        "--jobs",
+        str(jobs),
+        "--redis-url",
+        redis_url,
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        log_level,
+    ]
+
+
+def ready(port: int) -> bool:
+    """Whether the daemon on ``port`` answers ``GET /readyz`` with 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        conn.request("GET", "/readyz")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
 
 
 def percentile(values: Sequence[float], p: float) -> float:

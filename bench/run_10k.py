@@ -25,10 +25,8 @@ thread pool of 10) holding the same triggers, its job function noting ``time.tim
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import logging
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +45,8 @@ from bench._common import (
     private_redis,
     proc_cpu_seconds,
     proc_rss_bytes,
+    ready,
+    run_command,
 )
 
 LEAD_S = 40.0  # spawn to the window: the daemon loads 10,000 jobs meanwhile
@@ -83,20 +83,6 @@ def jobs_yaml(args: argparse.Namespace, start: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ready(port: int) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-        conn.request("GET", "/readyz")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-
-
-def stocksched_cmd() -> list[str]:
-    exe = shutil.which("stocksched")
-    return [exe] if exe else [sys.executable, "-m", "stocksched"]
-
-
 def sleep_until(ts: float) -> None:
     while (left := ts - time.time()) > 0:
         time.sleep(min(left, 0.5))
@@ -112,18 +98,7 @@ def run_stocksched(args: argparse.Namespace) -> dict[str, Any]:
         start = int(t0 + LEAD_S)
         (cwd / "jobs.yaml").write_text(jobs_yaml(args, start))
         port = free_port()
-        cmd = [
-            *stocksched_cmd(),
-            "run",
-            "--jobs",
-            str(cwd / "jobs.yaml"),
-            "--redis-url",
-            server.url,
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "ERROR",
-        ]
+        cmd = run_command(cwd / "jobs.yaml", server.url, port, "ERROR")
         env = clean_env(cwd / "home")
         if args.pool_size:
             env["STOCKSCHED_POOL_SIZE"] = str(args.pool_size)

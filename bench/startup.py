@@ -26,7 +26,6 @@ stopped here.
 from __future__ import annotations
 
 import argparse
-import http.client
 import shutil
 import statistics
 import subprocess
@@ -37,7 +36,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, clean_env, free_port, private_redis, proc_rss_bytes
+from bench._common import (
+    REPO,
+    clean_env,
+    free_port,
+    private_redis,
+    proc_rss_bytes,
+    ready,
+    run_command,
+    stocksched_command,
+)
 
 EXAMPLE_JOBS = REPO / "jobs.yaml"
 POLL_S = 0.005
@@ -51,30 +59,12 @@ MARKERS = {
 }
 
 
-def stocksched_command() -> list[str]:
-    script = Path(sys.executable).parent / "stocksched"
-    if script.is_file():
-        return [str(script)]
-    return [sys.executable, "-m", "stocksched"]
-
-
 def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run(
         cmd, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     return time.perf_counter() - t0
-
-
-def ready(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-    try:
-        conn.request("GET", "/readyz")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
 
 
 def mapped(pid: int) -> list[str]:
@@ -88,18 +78,7 @@ def run_daemon(
 ) -> tuple[float, int, list[str]]:
     """Seconds from spawn to /readyz 200; RSS and mapped libraries 1 s later (if settle)."""
     port = free_port()
-    cmd = [
-        *stocksched_command(),
-        "run",
-        "--jobs",
-        str(cwd / "jobs.yaml"),
-        "--redis-url",
-        redis_url,
-        "--listen",
-        f"127.0.0.1:{port}",
-        "--log-level",
-        "WARNING",
-    ]
+    cmd = run_command(cwd / "jobs.yaml", redis_url, port, "WARNING")
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

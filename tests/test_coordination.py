@@ -73,11 +73,11 @@ def test_job_busy_gives_the_slot_to_one_replica_which_can_queue_it(any_redis: re
     assert busy.busy_with == run_id("job", 0)
     # b owns the slot now: nobody else records or runs it
     assert a.try_claim("job", run_id("job", 1)).outcome == ClaimOutcome.SLOT_TAKEN
-    assert b.lease_job("job", run_id("job", 1)) is None  # still held
+    assert b.wait_lease_job("job", run_id("job", 1), stop=threading.Event(), timeout_s=0) is None
     assert a.running_run_id("job") == run_id("job", 0)
     a.finish_inflight("job", first.run_id)
     a.release(first)
-    queued = b.lease_job("job", run_id("job", 1))
+    queued = b.wait_lease_job("job", run_id("job", 1), stop=threading.Event(), timeout_s=0)
     assert queued is not None and a.running_run_id("job") == run_id("job", 1)
 
 

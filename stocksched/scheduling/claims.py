@@ -18,7 +18,13 @@ from stocksched.model import JobStatus, RunResult, RunStatus, Trigger
 from stocksched.scheduling.bookkeeping import Bookkeeping
 from stocksched.scheduling.timetable import Timetable
 from stocksched.storage.adapter import StorageError
-from stocksched.storage.leases import ClaimOutcome, Lease, LeaseManager, MarkRunning
+from stocksched.storage.leases import (
+    ClaimOutcome,
+    ClaimResult,
+    Lease,
+    LeaseManager,
+    MarkRunning,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,38 +85,27 @@ class Claims:
         assert handle.lease is not None
         self._leases.finish(handle.lease)
 
-    def claim(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> bool:
+    def claim(
+        self,
+        spec: JobSpec,
+        handle: RunHandle,
+        next_run: datetime | None,
+        answer: ClaimResult | StorageError | None = None,
+    ) -> bool:
         """Win the slot and the job's running lease across replicas; False: do not run.
 
-        The same round trip marks the job running with ``next_run``, its next slot.
+        ``answer``: the claim the ``SlotClaimer`` made for this slot (which also marked the
+        job running with its next slot), or why it failed; None for a manual run.
         """
         if handle.lease is not None:
             return True  # a manual run: claimed (and marked running) by ``claim_manual``
-        try:
-            res = self._leases.try_claim(
-                spec.id,
-                handle.run_id,
-                trigger=handle.trigger,
-                scheduled_for=handle.scheduled_for,
-                started_at=handle.started_at,
-                slot_ttl_ms=self._table.slot_ttl_ms(spec.id),
-                mark=MarkRunning(next_run),
-            )
-        except StorageError as exc:
-            self._unclaimed(spec, handle, exc)
+        assert answer is not None, "a slot is claimed by the SlotClaimer"
+        if isinstance(answer, StorageError):
+            self._unclaimed(spec, handle, answer)
             return False
+        res = answer
         if res.outcome == ClaimOutcome.PAUSED:
-            log.info(
-                "slot not run: job=%s is paused (through another replica) slot=%s",
-                spec.id,
-                iso_utc(handle.scheduled_for),
-                extra={"job": spec.id, "run_id": handle.run_id},
-            )
-            with self._cond:
-                state = self._table.jobs.get(spec.id)
-                if state is not None:
-                    self._table.follow_pause(state, True, self._clock.now(), handle.scheduled_for)
-                    self._cond.notify_all()
+            self._paused_elsewhere(spec, handle)
             return False
         if res.outcome == ClaimOutcome.SLOT_TAKEN:
             log.debug("slot taken by another replica job=%s run_id=%s", spec.id, handle.run_id)
@@ -124,6 +119,19 @@ class Claims:
         handle.lease = lease
         self.keeper.add(lease)
         return True
+
+    def _paused_elsewhere(self, spec: JobSpec, handle: RunHandle) -> None:
+        log.info(
+            "slot not run: job=%s is paused (through another replica) slot=%s",
+            spec.id,
+            iso_utc(handle.scheduled_for),
+            extra={"job": spec.id, "run_id": handle.run_id},
+        )
+        with self._cond:
+            state = self._table.jobs.get(spec.id)
+            if state is not None:
+                self._table.follow_pause(state, True, self._clock.now(), handle.scheduled_for)
+                self._cond.notify_all()
 
     def _unclaimed(self, spec: JobSpec, handle: RunHandle, exc: StorageError) -> None:
         """Redis failed the claim: the run is recorded failed, by whoever claims it later."""

@@ -2,8 +2,8 @@
 
 ``Runs`` has the slot and the job's running lease claimed across replicas (``claims``),
 marks the job running, executes it, records the result fenced by the lease (the same
-write ends it), and cancels a run whose lease was lost. It also records, as interrupted,
-the runs whose lease heartbeat stopped, and reruns their slot per catch-up.
+write ends it), and cancels a run whose lease was lost. Runs whose lease heartbeat
+stopped are ``recovery.CrashRecovery``'s.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Executor
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from stocksched.clock import Clock, iso_utc
 from stocksched.executor import JobExecutor
@@ -19,15 +19,15 @@ from stocksched.jobs.spec import JobSpec
 from stocksched.metrics import Metrics
 from stocksched.model import JobStatus, RunResult, RunStatus, Trigger
 from stocksched.registry import JobRegistry
-from stocksched.runids import rerun_run_id
 from stocksched.scheduling.bookkeeping import Bookkeeping
+from stocksched.scheduling.claimer import SlotClaimer
 from stocksched.scheduling.claims import Claims, RunHandle
+from stocksched.scheduling.recovery import CrashRecovery
 from stocksched.scheduling.slots import JobState
 from stocksched.scheduling.timetable import Timetable
 from stocksched.storage.adapter import StorageError
 from stocksched.storage.fence import FenceLostError
-from stocksched.storage.inflight import InflightRun
-from stocksched.storage.leases import Lease, LeaseManager
+from stocksched.storage.leases import ClaimResult, Lease, LeaseManager
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ class Runs:
         self._recorder = recorder  # one thread: results recorded in the order runs end
         self._metrics = metrics
         self.claims = Claims(leases, table, cond, clock, book, self._on_lease_lost)
+        self.claimer = SlotClaimer(leases, table, self._start_claimed)
         self.running: dict[str, RunHandle] = {}
+        self.recovery = CrashRecovery(leases, book, table, cond, clock, self.running)
         self.stopping = False  # draining: start nothing new
 
     # -- starting (under the lock) -------------------------------------------------------
@@ -77,17 +79,41 @@ class Runs:
     def submit(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> None:
         self.running[spec.id] = handle
         self._metrics.job_running.labels(job=spec.id).set(1)
-        handle.future = self._pool.submit(self._run, spec, handle, next_run)
+        if handle.lease is None:  # a slot: claimed with the others due now, then run
+            self.claimer.put(spec, handle, next_run)
+        else:  # a manual run, claimed by the caller
+            handle.future = self._pool.submit(self._run, spec, handle, next_run, None)
+
+    def _start_claimed(
+        self,
+        spec: JobSpec,
+        handle: RunHandle,
+        next_run: datetime | None,
+        answer: ClaimResult | StorageError,
+    ) -> None:
+        """The ``SlotClaimer``'s hand-over: run on the pool with the claim's answer."""
+        try:
+            handle.future = self._pool.submit(self._run, spec, handle, next_run, answer)
+        except RuntimeError:  # the pool is shut down (drain over): give the claim back
+            if isinstance(answer, ClaimResult) and answer.lease is not None:
+                handle.lease = answer.lease
+            self._conclude(spec, handle, None)
 
     # -- the worker side -----------------------------------------------------------------
 
-    def _run(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> None:
+    def _run(
+        self,
+        spec: JobSpec,
+        handle: RunHandle,
+        next_run: datetime | None,
+        answer: ClaimResult | StorageError | None,
+    ) -> None:
         """Claim and execute on this worker; the rest on the recorder thread, so the worker
         is free for the next due run as soon as this one's body is over (a burst of due
         runs starts sooner, issue 11)."""
         result = None
         try:
-            result = self._body(spec, handle, next_run)
+            result = self._body(spec, handle, next_run, answer)
         finally:
             try:
                 self._recorder.submit(self._conclude, spec, handle, result)
@@ -95,10 +121,14 @@ class Runs:
                 self._conclude(spec, handle, result)
 
     def _body(
-        self, spec: JobSpec, handle: RunHandle, next_run: datetime | None
+        self,
+        spec: JobSpec,
+        handle: RunHandle,
+        next_run: datetime | None,
+        answer: ClaimResult | StorageError | None,
     ) -> RunResult | None:
         try:
-            if not self.claims.claim(spec, handle, next_run):
+            if not self.claims.claim(spec, handle, next_run, answer):
                 return None
             assert handle.lease is not None
             result = self._executor.execute_job(
@@ -199,71 +229,6 @@ class Runs:
         except FenceLostError:
             _log_fence_lost(result.job_id, result.run_id, "before its result was recorded")
         handle.lease_done = True
-
-    # -- crash recovery ------------------------------------------------------------------
-
-    def recover_interrupted(self, dead_replica: str | None = None) -> int:
-        """Record runs whose lease heartbeat stopped as interrupted; rerun per catch-up."""
-        try:
-            found = self._leases.find_interrupted(dead_replica=dead_replica)
-        except StorageError as exc:
-            self._book.health.failed("scan for interrupted runs", exc)
-            return 0
-        now = self._clock.now()
-        for run in found:
-            self._interrupted(run, now)
-        return len(found)
-
-    def _interrupted(self, run: InflightRun, now: datetime) -> None:
-        owner = run.owner.rsplit("/", 1)[0] or "unknown"
-        log.warning(
-            "run interrupted job=%s run_id=%s (replica %s stopped renewing its lease)",
-            run.job_id,
-            run.run_id,
-            owner,
-            extra={"job": run.job_id, "run_id": run.run_id},
-        )
-        result = RunResult(
-            job_id=run.job_id,
-            run_id=run.run_id,
-            trigger=run.trigger,
-            scheduled_for=run.scheduled_for,
-            started_at=run.started_at,
-            finished_at=now,
-            status=RunStatus.INTERRUPTED,
-            reason=f"replica {owner} stopped renewing its lease mid-run",
-        )
-        self._book.outbox.run("record interrupted run", lambda: self._book.record(result))
-        with self._cond:
-            self._rerun(run, now)
-
-    def _rerun(self, run: InflightRun, now: datetime) -> None:
-        state = self._table.jobs.get(run.job_id)
-        slot = run.scheduled_for
-        if state is None or not state.active or slot is None or run.trigger != Trigger.SCHEDULE:
-            return
-        if run.job_id in self.running:
-            log.info(
-                "not rerunning interrupted slot job=%s slot=%s: the job is running",
-                run.job_id,
-                iso_utc(slot),
-                extra={"job": run.job_id},
-            )
-            return
-        spec = state.spec
-        if (
-            spec.catchup > timedelta(0)
-            and now - slot <= spec.catchup
-            and spec.next_fire(slot) > now
-        ):
-            log.info(
-                "rerunning interrupted slot job=%s slot=%s",
-                spec.id,
-                iso_utc(slot),
-                extra={"job": spec.id},
-            )
-            self._table.rerun(state, slot, now, rerun_run_id(run.run_id))
-            self._cond.notify_all()
 
 
 def _log_fence_lost(job_id: str, run_id: str, when: str) -> None:

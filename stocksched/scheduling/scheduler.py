@@ -104,7 +104,7 @@ class JobScheduler:
 
     def recover_interrupted(self, dead_replica: str | None = None) -> int:
         """Record runs whose lease heartbeat stopped as interrupted; rerun per catch-up."""
-        return self._runs.recover_interrupted(dead_replica)
+        return self._runs.recovery.recover_interrupted(dead_replica)
 
     # -- operator actions --------------------------------------------------------------
 
@@ -278,6 +278,7 @@ class JobScheduler:
         with self._wake:
             self._wake.wait_for(lambda: not self._runs.running, CANCEL_WAIT_S)
         left = sorted(self.running())
+        self._runs.claimer.stop()
         if isinstance(self._pool, ThreadPoolExecutor):
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._recorder.shutdown(wait=not left)

@@ -27,7 +27,7 @@ Claiming is one script (``scripts.CLAIM``): if the slot is taken nothing happens
 otherwise the slot becomes ours, and either the job is free and we also get the
 running lease and the in-flight record (``CLAIMED``), or another run holds the job
 (``JOB_BUSY``) and we own only the slot, so we alone record it as skipped, or queue
-it and take the lease later with ``lease_job`` / ``wait_lease_job``. Slots that will
+it and take the lease later with ``wait_lease_job``. Slots that will
 not run at all (missed while down, market closed) are claimed with ``claim_slots``
 before they are recorded, so several replicas write one history entry per slot. A
 claim that wins may also mark the job running (``MarkRunning``), in the same script.
@@ -105,6 +105,19 @@ class MarkRunning:
 
 
 @dataclass(frozen=True)
+class ClaimRequest:
+    """One slot to claim in ``try_claim_many`` (as the arguments of ``try_claim``)."""
+
+    job_id: str
+    run_id: str
+    trigger: Trigger
+    scheduled_for: datetime | None
+    started_at: datetime | None
+    slot_ttl_ms: int | None
+    mark: MarkRunning | None
+
+
+@dataclass(frozen=True)
 class ClaimResult:
     outcome: ClaimOutcome
     lease: Lease | None = None
@@ -174,31 +187,8 @@ class LeaseManager:
         mark: MarkRunning | None = None,
     ) -> Lease | None:
         """The lease when this replica should run the slot now, else None."""
-        return self.try_claim(
-            job_id,
-            run_id,
-            trigger=trigger,
-            scheduled_for=scheduled_for,
-            started_at=started_at,
-            mark=mark,
-        ).lease
-
-    def lease_job(
-        self,
-        job_id: str,
-        run_id: str,
-        *,
-        trigger: Trigger = Trigger.SCHEDULE,
-        scheduled_for: datetime | None = None,
-        started_at: datetime | None = None,
-    ) -> Lease | None:
-        """Only the running lease (plus in-flight record), for a slot already claimed here.
-
-        For a queued slot (its ``try_claim`` said JOB_BUSY): call again when the job
-        is free; None while another run still holds it.
-        """
-        record = self._record(job_id, run_id, trigger, scheduled_for, started_at)
-        return self._run_claim(record, take_slot=False, slot_ttl_ms=None, mark=None).lease
+        kw = {"scheduled_for": scheduled_for, "started_at": started_at, "mark": mark}
+        return self.try_claim(job_id, run_id, trigger=trigger, **kw).lease  # type: ignore[arg-type]
 
     def wait_lease_job(
         self,
@@ -212,7 +202,9 @@ class LeaseManager:
         scheduled_for: datetime | None = None,
         mark: MarkRunning | None = None,
     ) -> Lease | None:
-        """``lease_job`` retried until the job is free: a queued slot behind another replica.
+        """Only the running lease (plus in-flight record) for a slot already claimed here
+        (its ``try_claim`` said JOB_BUSY), retried until the job is free: a queued slot
+        behind another replica.
 
         None when ``stop`` is set, ``timeout_s`` passes or the job is paused first;
         StorageError propagates.
@@ -269,35 +261,67 @@ class LeaseManager:
         slot_ttl_ms: int | None,
         mark: MarkRunning | None,
     ) -> ClaimResult:
-        job_id, run_id, token = record.job_id, record.run_id, record.owner
-        with storage_errors("EVALSHA claim", keys.slot_key(run_id)):
-            outcome, holder = self._claim(
-                keys=[
-                    keys.slot_key(run_id),
-                    keys.running_key(job_id),
-                    keys.inflight_key(job_id),
-                    keys.inflight_index_key(),
-                    keys.paused_index_key(),
-                    keys.job_key(job_id),
-                    keys.job_state_key(job_id),
-                    keys.job_runtime_key(),
-                ],
-                args=[
-                    token,
-                    run_id,
-                    self.lease_ms,
-                    slot_ttl_ms or self.slot_ttl_ms,
-                    record.to_json(),
-                    job_id,
-                    "1" if take_slot else "0",
-                    # Scheduled runs only: an operator's manual trigger runs a paused job.
-                    "1" if record.trigger == Trigger.SCHEDULE else "0",
-                    *(mark.args() if mark is not None else ["", ""]),
-                ],
-            )
+        with storage_errors("EVALSHA claim", keys.slot_key(record.run_id)):
+            reply = self._claim(**self._claim_call(record, take_slot, slot_ttl_ms, mark))
+        return self._claim_result(record, reply)
+
+    def try_claim_many(self, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
+        """``try_claim`` for each request in one round trip: a pipeline of claim scripts,
+        each atomic on its own (a burst of due slots claimed at once, issue 11)."""
+        if not requests:
+            return []
+        records = [
+            self._record(q.job_id, q.run_id, q.trigger, q.scheduled_for, q.started_at)
+            for q in requests
+        ]
+        calls = [
+            self._claim_call(r, True, q.slot_ttl_ms, q.mark)
+            for q, r in zip(requests, records, strict=True)
+        ]
+        with storage_errors("EVALSHA claim", keys.slot_key(requests[0].run_id)):
+            replies = scripts.evalsha_many(self._r, scripts.CLAIM, calls)
+        return [self._claim_result(r, reply) for r, reply in zip(records, replies, strict=True)]
+
+    def _claim_call(
+        self,
+        record: InflightRun,
+        take_slot: bool,
+        slot_ttl_ms: int | None,
+        mark: MarkRunning | None,
+    ) -> dict[str, list[str | int]]:
+        """The claim script's keys and arguments (``scripts.CLAIM``)."""
+        job_id, run_id = record.job_id, record.run_id
+        return {
+            "keys": [
+                keys.slot_key(run_id),
+                keys.running_key(job_id),
+                keys.inflight_key(job_id),
+                keys.inflight_index_key(),
+                keys.paused_index_key(),
+                keys.job_key(job_id),
+                keys.job_state_key(job_id),
+                keys.job_runtime_key(),
+            ],
+            "args": [
+                record.owner,
+                run_id,
+                self.lease_ms,
+                slot_ttl_ms or self.slot_ttl_ms,
+                record.to_json(),
+                job_id,
+                "1" if take_slot else "0",
+                # Scheduled runs only: an operator's manual trigger runs a paused job.
+                "1" if record.trigger == Trigger.SCHEDULE else "0",
+                *(mark.args() if mark is not None else ["", ""]),
+            ],
+        }
+
+    def _claim_result(self, record: InflightRun, reply: list[str]) -> ClaimResult:
+        outcome, holder = reply
         result = ClaimOutcome(str(outcome))
         if result == ClaimOutcome.CLAIMED:
-            return ClaimResult(result, lease=Lease(job_id, run_id, token, self.lease_ms))
+            lease = Lease(record.job_id, record.run_id, record.owner, self.lease_ms)
+            return ClaimResult(result, lease=lease)
         if result == ClaimOutcome.JOB_BUSY:
             return ClaimResult(result, busy_with=str(holder))
         return ClaimResult(result)

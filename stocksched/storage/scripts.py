@@ -15,6 +15,40 @@ JSON; ``keys.job_runtime_key`` is their projection for the gauges, a JSON array
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+#: One script call: its ``keys`` and ``args``.
+Call = dict[str, list[str | int]]
+
+
+def evalsha_many(client: redis.Redis, script: str, calls: list[Call]) -> list[Any]:
+    """``script`` once per call, in one pipeline, by its SHA.
+
+    redis-py's own script pipelining asks SCRIPT EXISTS first: a second round trip every
+    time. A Redis that lost its scripts (restarted, SCRIPT FLUSH) gets it loaded and the
+    batch resent, so every script of the batch must be safe to run twice (the claim is:
+    a claim resent by its owner is a success). Redis errors propagate (redis-py's).
+    """
+    sha = hashlib.sha1(script.encode()).hexdigest()
+    for attempt in (1, 2):
+        with client.pipeline(transaction=False) as pipe:
+            for c in calls:
+                pipe.evalsha(sha, len(c["keys"]), *c["keys"], *c["args"])
+            replies = pipe.execute(raise_on_error=False)
+        if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
+            client.script_load(script)
+            continue
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        break
+    return list(replies)
+
+
 # KEYS: slot, running, inflight, inflight index, paused set, job record, job state,
 #       runtime projection
 # ARGV: token, run_id, lease_ms, slot_ttl_ms, record json, job_id, take_slot ("1"/"0"),
