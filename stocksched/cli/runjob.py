@@ -81,26 +81,39 @@ def cmd_run_job(args: argparse.Namespace) -> int:
 
 
 def _run_claimed(c: Components, spec: JobSpec, as_json: bool) -> int:
-    from stocksched.coordination import LeaseKeeper
     from stocksched.storage.adapter import StorageError
     from stocksched.storage.leases import Lease
 
-    try:
-        claim = _claim(c, spec.id)
-    except StorageError as exc:
-        print(f"stocksched: cannot claim job {spec.id!r}: {exc}", file=sys.stderr)
-        return EXIT_FAIL
-    if not isinstance(claim, Lease):
-        replica, run_id = claim
-        print(
-            f"stocksched: job {spec.id!r} is already running: run {run_id} on replica "
-            f"{replica}; nothing was run",
-            file=sys.stderr,
-        )
-        return EXIT_BUSY
-    lease = claim
     cancel = threading.Event()
     why: list[str] = []  # why the run was cancelled early: lease lost, a signal
+    # Signals are taken over before the claim: one that comes once the lease is held
+    # (even before the body starts) cancels the run, which is still recorded.
+    with _signals_cancel(cancel, why):
+        try:
+            claim = _claim(c, spec.id)
+        except StorageError as exc:
+            print(f"stocksched: cannot claim job {spec.id!r}: {exc}", file=sys.stderr)
+            return EXIT_FAIL
+        if not isinstance(claim, Lease):
+            replica, run_id = claim
+            print(
+                f"stocksched: job {spec.id!r} is already running: run {run_id} on replica "
+                f"{replica}; nothing was run",
+                file=sys.stderr,
+            )
+            return EXIT_BUSY
+        result, recorded = _run_leased(c, spec, claim, cancel, why)
+    status = _report(result, persisted=not c.embedded, as_json=as_json)
+    if any(w.startswith("cancelled by") for w in why):
+        return EXIT_INTERRUPTED  # by the operator: recorded, but not a result to act on
+    return RUN_EXIT.get(status, EXIT_FAIL) if recorded else EXIT_FAIL
+
+
+def _run_leased(
+    c: Components, spec: JobSpec, lease: Lease, cancel: threading.Event, why: list[str]
+) -> tuple[RunResult, bool]:
+    """Run under ``lease`` (kept alive meanwhile), record; whether the record landed."""
+    from stocksched.coordination import LeaseKeeper
 
     def lost(_lease: Lease, reason: str) -> None:
         why.append(f"lease lost: {reason}")
@@ -111,10 +124,9 @@ def _run_claimed(c: Components, spec: JobSpec, as_json: bool) -> int:
     keeper.start()
     try:
         _mark_running(c, spec.id)
-        with _signals_cancel(cancel, why):
-            result = c.executor.execute_job(
-                spec, run_id=lease.run_id, cancel=cancel, timeout=spec.timeout
-            )
+        result = c.executor.execute_job(
+            spec, run_id=lease.run_id, cancel=cancel, timeout=spec.timeout
+        )
         # "cancelled" (tickers left when the run ended) is what ``why`` says, with its cause.
         plain = "" if why and result.reason == "cancelled" else result.reason
         result.reason = "; ".join(x for x in (plain, *why) if x)
@@ -124,10 +136,7 @@ def _run_claimed(c: Components, spec: JobSpec, as_json: bool) -> int:
             _finish(c, lease)
     finally:
         keeper.stop()
-    status = _report(result, persisted=not c.embedded, as_json=as_json)
-    if any(w.startswith("cancelled by") for w in why):
-        return EXIT_INTERRUPTED  # by the operator: recorded, but not a result to act on
-    return RUN_EXIT.get(status, EXIT_FAIL) if recorded else EXIT_FAIL
+    return result, recorded
 
 
 def _report(result: RunResult, *, persisted: bool, as_json: bool) -> str:
