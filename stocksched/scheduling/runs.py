@@ -197,6 +197,7 @@ class Runs:
         slot, state.queued = state.queued, None
         if state.active and not self.stopping:
             self.dispatch(state, slot, self._clock.now())
+            self.claimer.flush()
         elif self.stopping:  # bookkeeping is closing down: say so in the log
             log.warning(
                 "queued slot dropped at shutdown job=%s slot=%s",

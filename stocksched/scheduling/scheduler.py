@@ -1,7 +1,8 @@
 """JobScheduler: one thread that sleeps until the earliest next fire time, then dispatches.
 
-Due runs go to a bounded thread pool; a job never runs twice at once. The scheduler
-thread itself does no network I/O: Redis bookkeeping happens in worker threads.
+Due runs are claimed in batches by the ``SlotClaimer`` thread and run on a bounded
+thread pool; their results are recorded on one recorder thread; a job never runs twice
+at once. The scheduler thread itself does no network I/O.
 ``tick(now)`` is the whole decision step, so tests drive it with a fake clock and
 never sleep. The decisions are the ``Timetable``'s, a run's life is ``Runs``'; this
 class holds the thread, the lock, the operator actions, introspection and drain.
@@ -99,6 +100,7 @@ class JobScheduler:
             self._table.check_clock(now)
             for state, slot, run_id in self._table.due(now):
                 self._runs.dispatch(state, slot, now, run_id)
+            self._runs.claimer.flush()
             self._table.dirty = False
             return self._table.next_fire_at()
 
