@@ -285,9 +285,8 @@ class Daemon:
         return self._shutdown()
 
     def _warm_up(self) -> None:
-        loaded = self.c.reloader.current
         try:
-            warm_up(self.c.fetchers, {s.source for s in loaded.jobs} if loaded else ())
+            warm_up()
         except Exception:  # the first run then builds it, and reports what fails
             log.exception("warming up for the first runs failed; continuing")
 

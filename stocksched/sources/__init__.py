@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,18 +92,12 @@ class LazyFetcher:
         return self.fetcher().fetch_from_source(ticker, start, end, interval)
 
 
-def warm_up(fetchers: Mapping[str, Fetcher], sources: Iterable[str]) -> None:
-    """Import and build now what the first run of ``sources`` would (pandas, numpy, the
-    data-quality checks, a ``LazyFetcher`` such as Yahoo's with yfinance), so the first
-    slot after start does not pay ~0.3 s or more of it; for a thread of its own once the
-    daemon is ready. Only the configured sources: yfinance stays unimported without a
-    Yahoo job."""
+def warm_up() -> None:
+    """Import now what every run needs (pandas, numpy, the data-quality checks), so the
+    first slot after start does not pay ~0.3 s for it; for a thread of its own once the
+    daemon is ready. Yahoo's fetcher (yfinance, curl_cffi: ~27 MiB) stays lazy: a Yahoo
+    run waits on the network far longer than on that import."""
     import stocksched.sources.quality  # noqa: F401  # pandas and numpy with it
-
-    for name in sorted(set(sources)):
-        fetcher = fetchers.get(name)
-        if isinstance(fetcher, LazyFetcher):
-            fetcher.fetcher()
 
 
 def yahoo_fetcher(
