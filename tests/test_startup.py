@@ -15,6 +15,7 @@ from pathlib import Path
 import redis
 
 import stocksched
+from tests.daemons import Launch, wait_for, wait_ready
 from tests.servers import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,3 +133,31 @@ def test_the_http_server_answers_once_started_and_never_imports_websockets() -> 
         "assert 'websockets' not in sys.modules, 'websockets imported'\n"
     )
     assert loaded_after(code)["uvicorn"]
+
+
+def _mapped(pid: int, name: str) -> bool:
+    """Whether the process has a shared library of package ``name`` mapped."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return f"/{name}/" in maps or f"/{name}." in maps
+
+
+def test_the_ready_daemon_warms_up_pandas_for_its_first_run_but_leaves_yahoo_lazy(
+    tmp_path: Path, launch: Launch
+) -> None:
+    """A daemon with a Yahoo job not due for hours: once ready it imports pandas and numpy
+    in the background (the first slot must not wait ~0.3 s for them), but not yfinance and
+    curl_cffi (~27 MiB), which only a Yahoo run needs."""
+    (tmp_path / "jobs.yaml").write_text(
+        "jobs:\n"
+        "  - id: nightly\n"
+        "    tickers: [AAPL]\n"
+        '    schedule: "0 3 * * *"\n'
+        "    timezone: UTC\n"
+        "    window: 5d\n"
+    )
+    daemon = launch("warm")
+    wait_ready(daemon)
+    pid = daemon.proc.pid
+    wait_for(lambda: _mapped(pid, "numpy"), 30, alive=[daemon])
+    assert not _mapped(pid, "curl_cffi")
+    daemon.stop()

@@ -27,61 +27,47 @@ from stocksched.threads import BackgroundThread
 log = logging.getLogger(__name__)
 
 Due = tuple[JobSpec, RunHandle, datetime | None]  # the run, its handle, the job's next slot
-FLUSH = "flush"  # the scheduler's tick is over: claim what it queued
-STOP = "stop"
-GAP_S = 0.02  # a batch also closes after this long without a new slot
 #: Starts a claimed run on the pool: the run and its claim's answer (or why it failed).
 Start = Callable[[JobSpec, RunHandle, datetime | None, ClaimResult | StorageError], None]
 
 
 class SlotClaimer:
-    """One thread claiming queued due slots in batches; started by the first ``put``.
+    """One thread claiming due slots in batches; started by the first ``put``.
 
-    ``put`` and ``flush`` are called under the scheduler's lock."""
+    ``put`` and ``flush`` are called under the scheduler's lock. ``put`` only appends to
+    a list: waking this thread for every slot of a burst would hand it the GIL each time
+    and slow the dispatch of the rest; ``flush`` hands the batch over at the end of the
+    scheduler's tick.
+    """
 
     def __init__(self, leases: LeaseManager, table: Timetable, start: Start) -> None:
         self._leases = leases
         self._table = table
         self._start = start
-        self._queue: queue.SimpleQueue[Due | str] = queue.SimpleQueue()
+        self._pending: list[Due] = []
+        self._queue: queue.SimpleQueue[list[Due] | None] = queue.SimpleQueue()
         self._thread = BackgroundThread("claims", self._loop)
-        self._unflushed = False  # a slot was put since the last flush (scheduler's lock)
 
     def put(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> None:
-        self._thread.start()  # a no-op while it runs
-        self._unflushed = True
-        self._queue.put((spec, handle, next_run))
+        """Queue a due slot; it is claimed at the next ``flush``."""
+        self._pending.append((spec, handle, next_run))
 
     def flush(self) -> None:
         """The slots queued so far are all there are for now: claim them."""
-        if self._unflushed:
-            self._unflushed = False
-            self._queue.put(FLUSH)
+        if self._pending:
+            self._thread.start()  # a no-op while it runs
+            batch, self._pending = self._pending, []
+            self._queue.put(batch)
 
     def stop(self, timeout: float = 5.0) -> None:
         """End the thread once what is queued has been claimed and handed on."""
         if self._thread.alive:
-            self._queue.put(STOP)
+            self._queue.put(None)
             self._thread.join(timeout)
 
     def _loop(self) -> None:
-        """Batches close at a ``flush`` (the end of a scheduler tick) or after ``GAP_S``
-        without a new slot: while the scheduler thread dispatches a burst, this thread
-        waits instead of competing with it for the GIL."""
-        batch: list[Due] = []
-        while True:
-            try:
-                item = self._queue.get(timeout=GAP_S if batch else None)
-            except queue.Empty:
-                item = FLUSH
-            if isinstance(item, tuple):
-                batch.append(item)
-                continue
-            if batch:
-                self._claim(batch)
-                batch = []
-            if item == STOP:
-                return
+        while (batch := self._queue.get()) is not None:
+            self._claim(batch)
 
     def _claim(self, batch: list[Due]) -> None:
         requests = [
