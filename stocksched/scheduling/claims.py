@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -39,7 +38,6 @@ class RunHandle:
     trigger: Trigger
     scheduled_for: datetime | None
     started_at: datetime
-    future: Future[None] | None = None  # the claim and the body, on the worker pool
     cancel: threading.Event = field(default_factory=threading.Event)
     outcome: JobStatus | None = None  # None: nothing ran here (slot lost to another replica)
     lease: Lease | None = None  # the cross-replica running lease, once claimed

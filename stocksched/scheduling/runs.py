@@ -82,7 +82,7 @@ class Runs:
         if handle.lease is None:  # a slot: claimed with the others due now, then run
             self.claimer.put(spec, handle, next_run)
         else:  # a manual run, claimed by the caller
-            handle.future = self._pool.submit(self._run, spec, handle, next_run, None)
+            self._pool.submit(self._run, spec, handle, next_run, None)
 
     def _start_claimed(
         self,
@@ -93,10 +93,13 @@ class Runs:
     ) -> None:
         """The ``SlotClaimer``'s hand-over: run on the pool with the claim's answer."""
         try:
-            handle.future = self._pool.submit(self._run, spec, handle, next_run, answer)
+            self._pool.submit(self._run, spec, handle, next_run, answer)
         except RuntimeError:  # the pool is shut down (drain over): give the claim back
             if isinstance(answer, ClaimResult) and answer.lease is not None:
-                handle.lease = answer.lease
+                handle.lease = answer.lease  # the claim marked the job running: undo it
+                self._book.safe(
+                    "un-mark running", spec.id, lambda: self._registry.clear_running(spec.id)
+                )
             self._conclude(spec, handle, None)
 
     # -- the worker side -----------------------------------------------------------------

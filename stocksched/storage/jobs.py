@@ -11,9 +11,9 @@ One class, ``JobRecords``, owns every key of a job's observed state:
 - ``scheduler:runs:{id}``, the capped run-history stream.
 
 Every record update is one optimistic transaction (WATCH/MULTI/EXEC) or one script, so a
-record is never half-written; a fenced update (stocksched.storage.fence) lands only while
-the run still holds its lease. A run's own result is one script (``record_fenced``):
-runtime fields, history entry and the end of its lease in one round trip. What to
+record is never half-written. A run's own result is one script fenced by its lease
+(``history.RunHistory.record_fenced``): runtime fields, history entry and the end of its
+lease in one round trip. What to
 write -- the diff against jobs.yaml, the runtime transitions -- is the domain's
 (``stocksched.registry.JobRegistry``).
 """
