@@ -21,6 +21,10 @@ class MarketCalendars:
 
         return exchange_calendars.get_calendar(code)
 
+    def calendar(self, code: str) -> Any:
+        """The ``exchange_calendars`` calendar of ``code`` (e.g. XNYS)."""
+        return self._get(code)
+
     def is_session(self, code: str, day: date) -> bool:
         """True if ``code`` trades on ``day``; days outside the calendar's range count as open.
 

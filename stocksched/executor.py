@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from stocksched.calendars import MarketCalendars
 from stocksched.clock import Clock
-from stocksched.jobs.spec import INTRADAY_INTERVALS, JobSpec
+from stocksched.jobs.spec import JobSpec
 from stocksched.metrics import Metrics
 from stocksched.model import RunResult, RunStatus, Trigger, run_status_for
 from stocksched.ratelimit import RateLimiterUnavailable, RateLimitTimeout, request_scope
 from stocksched.retry import RetryPolicy
 from stocksched.runids import manual_run_id
+from stocksched.seriesupdate import SeriesUpdater, Target
 from stocksched.sources.base import Fetcher, FetchError, PermanentFetchError
 from stocksched.storage.adapter import StorageError
 from stocksched.storage.butler import DataIOButler
@@ -42,9 +44,18 @@ CANCEL_POLL_S = 0.2  # how soon a cancelled run (shutdown, lost lease) lets its 
 class _TickerOutcome:
     ticker: str
     rows: int = 0
+    fresh: bool = False  # nothing new to ask for: no request made
+    missing: int = 0  # exchange sessions missing from its stored series
     error: str = ""
     storage_failed: bool = False
     warning: str = ""  # the data-quality warning: bars dropped before storing
+
+
+class _Ended(Exception):
+    """The run ended (timeout, shutdown, lost lease) while this ticker was being fetched."""
+
+    def __init__(self, ticker: str) -> None:
+        super().__init__(ticker)
 
 
 class _Window:
@@ -107,12 +118,13 @@ class JobExecutor:
         metrics: Metrics,
         *,
         parallel_runs: int = 4,
+        calendars: MarketCalendars | None = None,
     ) -> None:
         """``ticker_concurrency`` tickers of one run at a time; ``parallel_runs``: how many
         runs the scheduler's pool may run at once, which sizes the one ticker pool all runs
         share (a pool per run cost a sixth of a short run's time, issue 11)."""
         self._fetchers = fetchers
-        self._butler = butler
+        self._updater = SeriesUpdater(butler.series, butler, calendars or MarketCalendars())
         self._clock = clock
         self._concurrency = ticker_concurrency
         self._metrics = metrics
@@ -161,6 +173,8 @@ class JobExecutor:
             rows_stored=sum(o.rows for o in outcomes),
             reason=reason,
             warnings={o.ticker: o.warning for o in outcomes if o.warning},
+            fresh_stocks=[o.ticker for o in outcomes if o.fresh and not o.error],
+            missing_sessions=sum(o.missing for o in outcomes),
         )
         self._observe(result)
         _log_finished(result)
@@ -214,30 +228,48 @@ class JobExecutor:
         return done, left
 
     def _fetch_and_store(self, run: _Run, ticker: str) -> _TickerOutcome:
-        """One ticker: fetch (with retries), check, store; every failure becomes its outcome."""
+        """One ticker: bring its series up to date (fetching what is missing, with retries
+        and quality checks); every failure becomes its outcome."""
         if run.cancel.is_set():
             return _TickerOutcome(ticker, error="run cancelled before this ticker started")
-        warning = ""
-        try:
-            frame = self._fetch(run, ticker)
+        warnings: list[str] = []
+
+        def fetch(start: date, end: date) -> pd.DataFrame:
+            frame = self._fetch(run, ticker, start, end)
             if run.cancel.is_set():
-                return _TickerOutcome(
-                    ticker, error="run ended (timeout or shutdown) before this ticker was stored"
-                )
-            frame, warning = self._checked(run, ticker, frame)
-            self._store(run, ticker, frame)
+                raise _Ended(ticker)
+            frame, warning = self._checked(run, ticker, frame, start, end)
+            if warning:
+                warnings.append(warning)
+            return frame
+
+        target = Target(run.job, ticker, run.start, run.end, self._clock.now(), run.fence)
+        try:
+            update = self._updater.update(target, fetch)
+        except _Ended:
+            return _TickerOutcome(
+                ticker, error="run ended (timeout or shutdown) before this ticker was stored"
+            )
         except Exception as exc:  # each failure is this ticker's outcome, never the run's
-            outcome = self._failure(run, ticker, exc, warning)
+            outcome = self._failure(run, ticker, exc, "; ".join(warnings))
         else:
-            outcome = _TickerOutcome(ticker, rows=len(frame), warning=warning)
+            if update.rebased:
+                self._rebased(run, ticker)
+            outcome = _TickerOutcome(
+                ticker,
+                rows=update.rows,
+                fresh=update.fresh,
+                missing=update.missing,
+                warning="; ".join(warnings),
+            )
         return self._count(run.job, outcome)
 
-    def _fetch(self, run: _Run, ticker: str) -> pd.DataFrame:
+    def _fetch(self, run: _Run, ticker: str, start: date, end: date) -> pd.DataFrame:
         job, ctx = run.job, run.ctx(ticker)
         t0 = time.perf_counter()
         with request_scope(deadline=run.deadline, cancel=run.cancel):
             frame = run.policy.call(
-                lambda: run.fetcher.fetch_from_source(ticker, run.start, run.end, job.interval),
+                lambda: run.fetcher.fetch_from_source(ticker, start, end, job.interval),
                 deadline=run.deadline,
                 cancel=run.cancel,
                 on_retry=lambda n, exc, wait: log.info(
@@ -254,18 +286,15 @@ class JobExecutor:
         self._metrics.fetch_duration.observe(time.perf_counter() - t0)
         return frame
 
-    def _store(self, run: _Run, ticker: str, frame: pd.DataFrame) -> None:
-        job = run.job
-        self._butler.save_data(
-            data=frame,
-            prefix=job.prefix,
-            stock_id=ticker,
-            start_date=run.start.isoformat(),
-            end_date=run.end.isoformat(),
-            ttl=job.ttl,
-            intraday=job.interval in INTRADAY_INTERVALS,
-            interval=job.interval,
-            fence=run.fence,
+    def _rebased(self, run: _Run, ticker: str) -> None:
+        self._metrics.series_rebased.labels(job=run.job.id).inc()
+        log.info(
+            "series re-fetched whole job=%s run_id=%s ticker=%s: a split or dividend "
+            "changed Yahoo's price basis",
+            run.job.id,
+            run.run_id,
+            ticker,
+            extra=run.ctx(ticker),
         )
 
     @staticmethod
@@ -303,7 +332,9 @@ class JobExecutor:
         )
         return _TickerOutcome(ticker, error=f"{type(exc).__name__}: {exc}")
 
-    def _checked(self, run: _Run, ticker: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    def _checked(
+        self, run: _Run, ticker: str, frame: pd.DataFrame, start: date, end: date
+    ) -> tuple[pd.DataFrame, str]:
         """The bars fit to store and the ticker's data-quality warning ("" if none).
 
         Dropped bars are counted per reason and logged in one WARNING; when nothing may
@@ -313,7 +344,7 @@ class JobExecutor:
         job = run.job
         from stocksched.sources.quality import check_bars  # numpy/pandas: on the first run
 
-        clean, report = check_bars(frame, run.start, run.end, job.interval)
+        clean, report = check_bars(frame, start, end, job.interval)
         for reason, count in report.by_reason.items():
             self._metrics.bars_dropped.labels(job=job.id, reason=reason).inc(count)
         if report.failure:
@@ -330,7 +361,7 @@ class JobExecutor:
         return clean, report.warning
 
     def _count(self, job: JobSpec, outcome: _TickerOutcome) -> _TickerOutcome:
-        result = "failure" if outcome.error else "success"
+        result = "failure" if outcome.error else "fresh" if outcome.fresh else "success"
         self._metrics.ticker_fetches.labels(job=job.id, result=result).inc()
         if outcome.rows:
             self._metrics.rows_stored.labels(job=job.id).inc(outcome.rows)
@@ -340,6 +371,7 @@ class JobExecutor:
         self._metrics.observe_run(
             result.job_id, str(result.status), str(result.trigger), result.duration_s
         )
+        self._metrics.missing_sessions.labels(job=result.job_id).set(result.missing_sessions)
         # Last-run and last-success gauges describe the job, whichever replica ran it: they
         # are set from the job records when /metrics is rendered (SchedulerServingApp).
 

@@ -251,12 +251,22 @@ class Metrics:
         )
         self.ticker_fetches = self._table(
             "stocksched_ticker_fetches",
-            "Ticker fetch-and-store attempts by result.",
+            "Ticker fetch-and-store attempts by result (fresh: nothing new to ask Yahoo for).",
             "counter",
             ("result",),
         )
         self.rows_stored = self._table(
             "stocksched_rows_stored", "Bars written to storage.", "counter"
+        )
+        self.missing_sessions = self._table(
+            "stocksched_missing_sessions",
+            "Exchange sessions missing from the job's stored series (all its tickers).",
+            "gauge",
+        )
+        self.series_rebased = self._table(
+            "stocksched_series_rebased",
+            "Series re-fetched whole because a split or dividend changed Yahoo's price basis.",
+            "counter",
         )
         self.bars_dropped = self._table(
             "stocksched_bars_dropped",

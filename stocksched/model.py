@@ -75,6 +75,11 @@ class RunResult:
     #: ("dropped 3 bars: 2 with a price <= 0 (2024-01-03, 2024-01-04), ..."); see
     #: ``stocksched.sources.quality``.
     warnings: dict[str, str] = field(default_factory=dict)
+    #: Fetched tickers whose series needed no request (no session closed since the last
+    #: fetch): up to date, at no cost to Yahoo's rate limit.
+    fresh_stocks: list[str] = field(default_factory=list)
+    #: Exchange sessions missing from the stored series of the run's tickers, after it.
+    missing_sessions: int = 0
 
     @property
     def duration_s(self) -> float:
@@ -96,6 +101,8 @@ class RunResult:
             "rows": str(self.rows_stored),
             "reason": self.reason,
             "warnings": json.dumps(self.warnings, sort_keys=True),
+            "fresh": json.dumps(self.fresh_stocks),
+            "missing": str(self.missing_sessions),
         }
 
     @classmethod
@@ -117,6 +124,8 @@ class RunResult:
             rows_stored=int(f.get("rows") or 0),
             reason=f.get("reason", ""),
             warnings=json.loads(f.get("warnings") or "{}"),  # absent from older entries
+            fresh_stocks=json.loads(f.get("fresh") or "[]"),
+            missing_sessions=int(f.get("missing") or 0),
         )
 
     def summary(self) -> dict[str, Any]:

@@ -102,6 +102,14 @@ class RunView(BaseModel):
         description="data-quality warning per ticker whose bars were partly dropped "
         "before storing (bad prices, inconsistent ranges, bars outside the window)",
     )
+    fresh: list[str] = Field(
+        default_factory=list,
+        description="fetched tickers that needed no request: no session of their exchange "
+        "had closed since their last fetch",
+    )
+    missing_sessions: int = Field(
+        default=0, description="exchange sessions missing from the tickers' stored series"
+    )
 
     @classmethod
     def of(cls, r: RunResult) -> RunView:
@@ -120,6 +128,8 @@ class RunView(BaseModel):
             rows_stored=r.rows_stored,
             reason=r.reason,
             warnings=dict(r.warnings),
+            fresh=list(r.fresh_stocks),
+            missing_sessions=r.missing_sessions,
         )
 
 

@@ -54,6 +54,7 @@ def frame(rows: list[tuple[str, float, float, float, float]], tz: str = NY) -> p
             "High": [r[2] for r in rows],
             "Low": [r[3] for r in rows],
             "Close": [r[4] for r in rows],
+            "Adj Close": [r[4] for r in rows],
             "Volume": pd.array([1000] * len(rows), dtype="int64"),
             "Dividends": 0.0,
             "Stock Splits": 0.0,
@@ -434,7 +435,7 @@ def test_demo_source_goes_through_the_same_checks(any_redis: redis.Redis) -> Non
     assert dropped(metrics, "demo", "inconsistent_range") == 1
     plain = JobExecutor({"demo": DemoFetcher()}, butler, FakeClock(NOW), 4, metrics)
     clean = plain.execute_job(
-        make_spec("plain", tickers=["AAA"], start="2025-01-06", end="2025-01-10")
+        make_spec("plain", tickers=["BBB"], start="2025-01-06", end="2025-01-10")
     )
     assert clean.warnings == {} and clean.rows_stored == 5  # real demo bars pass the checks
 

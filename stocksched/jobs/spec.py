@@ -180,7 +180,20 @@ class JobSpec(BaseModel):
     source: Literal["yahoo", "demo"] = Field(
         default="yahoo", description="yahoo, or demo (synthetic daily bars, offline)"
     )
-    ttl: Duration | None = Field(default=None, description="Expiry of the keys this job writes")
+    ttl: Duration | None = Field(
+        default=None, description="Expiry of the window keys this job writes (series keep)"
+    )
+    revise: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        strict=True,
+        description="Stored sessions fetched again each run, for Yahoo's late revisions",
+    )
+    windows: bool = Field(
+        default=True,
+        description="Also write the original design's window keys and latest pointer",
+    )
     catchup: Duration = Field(
         default=timedelta(hours=1),
         description="After downtime, run a slot missed less than this long ago; 0 disables",

@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import pandas as pd
 
-#: Column order of every frame a source returns (yfinance ``history()`` without adjustment
-#: columns), so storage and consumers see one schema whatever the source.
+#: Column order of every frame a source returns: yfinance's for ``history(auto_adjust=False,
+#: actions=True)``, so storage and consumers see one schema whatever the source.
 BAR_COLUMNS: tuple[str, ...] = (
     "Open",
     "High",
     "Low",
     "Close",
+    "Adj Close",
     "Volume",
     "Dividends",
     "Stock Splits",
@@ -56,9 +57,10 @@ class Fetcher(Protocol):
     ``start`` and ``end`` are both INCLUSIVE calendar dates, in the exchange's (the job's)
     local sense. The result is shaped like yfinance ``history()``: a DatetimeIndex named
     "Date", time-zone aware in the exchange's time zone, and the columns ``BAR_COLUMNS``
-    (Volume int64, the rest float64). A window without data raises
-    ``PermanentFetchError``; an empty frame is never returned. Implementations must be
-    safe to call from several threads at once.
+    (Volume int64, the rest float64). ``frame.attrs["exchange"]``, when the source knows
+    it, is the exchange's code as the source names it (Yahoo's ``exchangeName``, "NMS").
+    A window without data raises ``PermanentFetchError``; an empty frame is never
+    returned. Implementations must be safe to call from several threads at once.
     """
 
     def fetch_from_source(

@@ -95,6 +95,7 @@ class DemoFetcher:
                 "High": [r[1] for r in rows],
                 "Low": [r[2] for r in rows],
                 "Close": [r[3] for r in rows],
+                "Adj Close": [r[3] for r in rows],  # no dividends: equal to Close
                 "Volume": pd.array([r[4] for r in rows], dtype="int64"),
                 "Dividends": 0.0,
                 "Stock Splits": 0.0,

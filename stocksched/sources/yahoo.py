@@ -192,12 +192,12 @@ def _private_cache_dir() -> Path:
 class YFinanceFetcher:
     """Bars from Yahoo through ``yf.Ticker(...).history()`` (never ``yf.download``).
 
-    Prices are as Yahoo serves them (``auto_adjust=False``: split-adjusted, not
-    dividend-adjusted), so a stored window does not change retroactively when a later
-    dividend is paid; the Dividends and Stock Splits columns let consumers adjust.
-    yfinance's "Adj Close" and "Capital Gains" columns are dropped to keep one schema
-    (``BAR_COLUMNS``) for every source. Intraday frames get their index renamed from
-    yfinance's "Datetime" to "Date" for the same reason.
+    Prices are as Yahoo serves them (``auto_adjust=False``: OHLC split-adjusted, not
+    dividend-adjusted) with Yahoo's "Adj Close" beside them; the Dividends and Stock
+    Splits columns let consumers adjust. yfinance's "Capital Gains" column (funds only) is
+    dropped to keep one schema (``BAR_COLUMNS``) for every source. The frame's
+    ``attrs["exchange"]`` is Yahoo's ``exchangeName`` (e.g. "NMS"). Intraday frames get
+    their index renamed from yfinance's "Datetime" to "Date" for the same reason.
     """
 
     def __init__(self, session: curl_requests.Session | None = None, timeout: float = 30.0) -> None:
@@ -216,8 +216,9 @@ class YFinanceFetcher:
         _require_configured()
         if self._observer is not None:
             self._observer.forget_outcome()
+        source = yf.Ticker(ticker, session=self._session)
         try:
-            frame = yf.Ticker(ticker, session=self._session).history(
+            frame = source.history(
                 start=start,
                 end=end + timedelta(days=1),
                 interval=interval,
@@ -235,7 +236,23 @@ class YFinanceFetcher:
             raise classify_failure(ticker, exc, outcome, window) from exc
         if frame.empty:
             raise PermanentFetchError(ticker, f"no data for {start}..{end} ({interval})")
-        return normalise_frame(ticker, frame)
+        out = normalise_frame(ticker, frame)
+        exchange = _exchange_name(source)
+        if exchange:
+            out.attrs["exchange"] = str(exchange)
+        return out
+
+
+def _exchange_name(source: yf.Ticker) -> str | None:
+    """Yahoo's ``exchangeName`` from the chart answer ``history()`` just parsed.
+
+    Read from yfinance's raw metadata, not ``history_metadata``: that property may send
+    requests of its own (a 5-day history, intraday trading periods).
+    """
+    history = getattr(source, "_price_history", None)
+    meta = getattr(history, "_history_metadata", None)
+    name = meta.get("exchangeName") if isinstance(meta, dict) else None
+    return str(name) if name else None
 
 
 def _require_configured() -> None:
@@ -330,6 +347,9 @@ def normalise_frame(ticker: str, frame: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=frame.index.rename("Date"))
     for column in _PRICE_COLUMNS:
         out[column] = frame[column].astype("float64")
+    out["Adj Close"] = frame["Adj Close" if "Adj Close" in frame.columns else "Close"].astype(
+        "float64"
+    )
     out["Volume"] = frame["Volume"].fillna(0).astype("int64")
     for column in _ACTION_COLUMNS:
         source = frame[column] if column in frame.columns else 0.0

@@ -31,6 +31,7 @@ import redis
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, StorageError, storage_errors, ttl_to_ms
 from stocksched.storage.fence import Fence
+from stocksched.storage.series import SeriesStore
 
 if TYPE_CHECKING:  # pandas is imported by the first frame stored or read, not at start
     import pandas as pd
@@ -38,6 +39,16 @@ if TYPE_CHECKING:  # pandas is imported by the first frame stored or read, not a
 logger = logging.getLogger(__name__)
 
 DATE_FIELD = "Date"
+#: The columns of a window record, as they always were (the series keeps Adj Close too).
+WINDOW_COLUMNS: tuple[str, ...] = (
+    "Open",
+    "High",
+    "Low",
+    "Close",
+    "Volume",
+    "Dividends",
+    "Stock Splits",
+)
 VOLUME_COLUMN = "Volume"
 #: WATCH conflicts tolerated before a save gives up (each means another writer
 #: moved the same ticker's latest pointer in between; a handful is plenty).
@@ -69,6 +80,8 @@ class DataIOButler:
 
     def __init__(self, adapter: RedisAdapter) -> None:
         self._adapter = adapter
+        #: The bar series the windows are derived from (one per prefix, ticker, interval).
+        self.series = SeriesStore(adapter)
 
     def save_data(
         self,

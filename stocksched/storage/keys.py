@@ -114,6 +114,28 @@ def _series(prefix: str, ticker: str, interval: str) -> str:
     return f"{prefix}:{ticker}:{interval}"
 
 
+SERIES_PARTS = frozenset({"bars", "meta", "actions"})
+SERIES_INDEX = "scheduler:series_index"
+
+
+def series_key(prefix: str, ticker: str, interval: str, part: str) -> str:
+    """One part of the bar series of (prefix, ticker, interval): ``bars`` (sorted set of
+    chunks), ``meta`` (hash) or ``actions`` (hash), e.g.
+    ``scheduled_stock_data:{AAPL}:1d:bars`` (see ``storage.series``).
+
+    The ticker is the Redis Cluster hash tag: every key of one ticker's series lives in
+    one slot, so a series, its meta and its actions are updated by one script.
+    """
+    if part not in SERIES_PARTS:
+        raise ValueError(f"no series part {part!r}")
+    return f"{prefix}:{{{ticker}}}:{interval}:{part}"
+
+
+def series_index_key() -> str:
+    """Set of ``"prefix TICKER interval"``, one member per stored series."""
+    return SERIES_INDEX
+
+
 RATELIMIT_PREFIX = "scheduler:ratelimit:"
 
 

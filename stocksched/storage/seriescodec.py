@@ -1,0 +1,249 @@
+"""The bytes of one bar series: fixed-width binary bars in base64 chunks, actions beside them.
+
+A series (``storage.series``) is cut into chunks of a fixed time span per interval
+(``chunk_span_s``): a year of daily bars, a month of hourly ones, a day of minute bars.
+Each chunk is one string, the base64 of a packed array of bars sorted by time:
+
+    ts int64 (UTC epoch seconds of the bar's start), Open, High, Low, Close,
+    Adj Close float64, Volume int64                                  -- 56 bytes a bar
+
+Binary because it is exact (a float64 reads back bit for bit, NaN included) and small
+(75 bytes of base64 a bar, against ~140 for the window JSON); base64 because every
+client of the daemon decodes replies as text. Dividends and splits are rare, so they are
+not columns of every bar but entries of the series' actions hash (``ts`` -> ``div,split``).
+
+Merging is by timestamp: a bar given again replaces the stored one, so storing the same
+bars twice changes nothing and bars never duplicate.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from stocksched.sources.base import BAR_COLUMNS
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+#: Columns of a series frame: every source's (yfinance's ``history(auto_adjust=False,
+#: actions=True)`` order).
+SERIES_COLUMNS: tuple[str, ...] = BAR_COLUMNS
+PRICE_COLUMNS: tuple[str, ...] = ("Open", "High", "Low", "Close", "Adj Close")
+ACTION_COLUMNS: tuple[str, ...] = ("Dividends", "Stock Splits")
+BAR_BYTES = 56
+
+_DAY_S = 86400
+#: Chunk span per interval: about 250 daily bars, 150 hourly or 390 one-minute bars each,
+#: so a range read touches few strings and a run's write rewrites one or two.
+_SPANS_S: dict[str, int] = {
+    "1m": _DAY_S,
+    "2m": 2 * _DAY_S,
+    "5m": 7 * _DAY_S,
+    "15m": 14 * _DAY_S,
+    "30m": 28 * _DAY_S,
+    "60m": 28 * _DAY_S,
+    "90m": 28 * _DAY_S,
+    "1h": 28 * _DAY_S,
+    "1d": 365 * _DAY_S,
+    "5d": 5 * 365 * _DAY_S,
+    "1wk": 5 * 365 * _DAY_S,
+    "1mo": 20 * 365 * _DAY_S,
+    "3mo": 60 * 365 * _DAY_S,
+}
+
+
+def chunk_span_s(interval: str) -> int:
+    """Seconds of bars one chunk holds at ``interval``."""
+    try:
+        return _SPANS_S[interval]
+    except KeyError:
+        raise ValueError(f"no series layout for interval {interval!r}") from None
+
+
+def chunk_start(ts: int, interval: str) -> int:
+    """The start (epoch seconds, a multiple of the span) of the chunk holding ``ts``."""
+    span = chunk_span_s(interval)
+    return ts - ts % span
+
+
+def _dtype() -> np.dtype:
+    import numpy as np
+
+    return np.dtype(
+        [
+            ("ts", "<i8"),
+            ("open", "<f8"),
+            ("high", "<f8"),
+            ("low", "<f8"),
+            ("close", "<f8"),
+            ("adj", "<f8"),
+            ("volume", "<i8"),
+        ]
+    )
+
+
+_FIELDS = ("open", "high", "low", "close", "adj")
+
+
+@dataclass(frozen=True)
+class Bars:
+    """Bars sorted by ``ts`` (a numpy structured array) and their actions by ``ts``."""
+
+    rows: np.ndarray
+    actions: Mapping[int, tuple[float, float]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def first_ts(self) -> int:
+        return int(self.rows["ts"][0])
+
+    @property
+    def last_ts(self) -> int:
+        return int(self.rows["ts"][-1])
+
+
+def empty_rows() -> np.ndarray:
+    import numpy as np
+
+    return np.empty(0, dtype=_dtype())
+
+
+def bars_from_frame(frame: pd.DataFrame) -> Bars:
+    """The bars of a source frame (tz-aware index, ``SERIES_COLUMNS``; ``Adj Close`` may be
+    missing: then it equals ``Close``). Raises ValueError for a frame that cannot be
+    stored exactly (no tz-aware index, NaT, duplicate timestamps, a fractional Volume)."""
+    import numpy as np
+    import pandas as pd
+
+    index = frame.index
+    if not isinstance(index, pd.DatetimeIndex) or index.tz is None:
+        raise ValueError("bars need a time-zone-aware DatetimeIndex")
+    if index.hasnans:
+        raise ValueError("the index holds NaT")
+    ts = index.as_unit("s").asi8
+    rows = np.empty(len(frame), dtype=_dtype())
+    rows["ts"] = ts
+    for field, column in zip(_FIELDS, PRICE_COLUMNS, strict=True):
+        source = column if column in frame.columns else "Close"
+        rows[field] = frame[source].to_numpy(dtype="float64", na_value=np.nan)
+    volume = frame["Volume"].to_numpy(dtype="float64", na_value=0.0)
+    if not np.all(np.mod(volume, 1.0) == 0.0):
+        raise ValueError("Volume holds fractional values")
+    rows["volume"] = volume.astype("int64")
+    order = np.argsort(rows["ts"], kind="stable")
+    rows = rows[order]
+    if len(rows) > 1 and np.any(np.diff(rows["ts"]) == 0):
+        raise ValueError("two bars share one timestamp")
+    return Bars(rows, _actions_of(frame, ts))
+
+
+def _actions_of(frame: pd.DataFrame, ts: np.ndarray) -> dict[int, tuple[float, float]]:
+    import numpy as np
+
+    columns = [
+        frame[c].to_numpy(dtype="float64", na_value=0.0)
+        if c in frame.columns
+        else np.zeros(len(frame))
+        for c in ACTION_COLUMNS
+    ]
+    dividends, splits = columns
+    where = np.nonzero((dividends != 0.0) | (splits != 0.0))[0]
+    return {int(ts[i]): (float(dividends[i]), float(splits[i])) for i in where}
+
+
+def merge(old: np.ndarray, new: np.ndarray) -> np.ndarray:
+    """``old`` with ``new`` upserted by ``ts`` (a bar of ``new`` replaces ``old``'s), sorted."""
+    import numpy as np
+
+    if len(old) == 0:
+        return new
+    keep = old[~np.isin(old["ts"], new["ts"])]
+    both = np.concatenate([keep, new])
+    return both[np.argsort(both["ts"], kind="stable")]
+
+
+def split_chunks(rows: np.ndarray, interval: str) -> dict[int, np.ndarray]:
+    """``rows`` (sorted) cut at chunk boundaries: chunk start -> its rows."""
+    import numpy as np
+
+    if len(rows) == 0:
+        return {}
+    span = chunk_span_s(interval)
+    starts = rows["ts"] - rows["ts"] % span
+    cuts = np.nonzero(np.diff(starts))[0] + 1
+    return {int(part["ts"][0] - part["ts"][0] % span): part for part in np.split(rows, cuts)}
+
+
+def encode_chunk(rows: np.ndarray) -> str:
+    return base64.b64encode(rows.tobytes()).decode("ascii")
+
+
+def decode_chunks(blobs: Iterable[str | bytes]) -> np.ndarray:
+    """The rows of stored chunks, concatenated in the order given (chunk order = time)."""
+    import numpy as np
+
+    dtype = _dtype()
+    parts = []
+    for blob in blobs:
+        try:
+            raw = base64.b64decode(blob, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"a chunk is not base64: {exc}") from exc
+        if len(raw) % BAR_BYTES:
+            raise ValueError(f"a chunk of {len(raw)} bytes is not whole bars of {BAR_BYTES}")
+        parts.append(np.frombuffer(raw, dtype=dtype))
+    return np.concatenate(parts) if parts else empty_rows()
+
+
+def local_date(ts: int, tz: str) -> date:
+    """The exchange-local date of the bar starting at ``ts``."""
+    return datetime.fromtimestamp(ts, ZoneInfo(tz)).date()
+
+
+def encode_action(dividend: float, split: float) -> str:
+    return f"{dividend!r},{split!r}"
+
+
+def decode_actions(raw: Mapping[str | bytes, str | bytes]) -> dict[int, tuple[float, float]]:
+    """The actions hash as read from Redis: ts -> (dividend, split ratio)."""
+    out = {}
+    for key, value in raw.items():
+        text = value.decode() if isinstance(value, bytes) else value
+        dividend, _, split = text.partition(",")
+        out[int(key)] = (float(dividend), float(split or 0.0))
+    return out
+
+
+def frame_of(rows: np.ndarray, actions: Mapping[int, tuple[float, float]], tz: str) -> pd.DataFrame:
+    """The yfinance-shaped frame of ``rows``: ``Date`` index in ``tz``, ``SERIES_COLUMNS``."""
+    import numpy as np
+    import pandas as pd
+
+    index = pd.DatetimeIndex(
+        pd.to_datetime(rows["ts"], unit="s", utc=True).tz_convert(tz), name="Date"
+    )
+    data: dict[str, object] = {
+        column: rows[field].astype("float64", copy=True)
+        for field, column in zip(_FIELDS, PRICE_COLUMNS, strict=True)
+    }
+    dividends = np.zeros(len(rows))
+    splits = np.zeros(len(rows))
+    if actions:
+        position = {int(t): i for i, t in enumerate(rows["ts"])}
+        for ts, (dividend, split) in actions.items():
+            i = position.get(ts)
+            if i is not None:
+                dividends[i], splits[i] = dividend, split
+    data["Volume"] = rows["volume"].astype("int64", copy=True)
+    data["Dividends"] = dividends
+    data["Stock Splits"] = splits
+    return pd.DataFrame(data, index=index, columns=list(SERIES_COLUMNS))
