@@ -251,7 +251,7 @@ class JobExecutor:
                 ticker, error="run ended (timeout or shutdown) before this ticker was stored"
             )
         except Exception as exc:  # each failure is this ticker's outcome, never the run's
-            outcome = self._failure(run, ticker, exc, "; ".join(warnings))
+            outcome = _failure(run, ticker, exc, "; ".join(warnings))
         else:
             if update.rebased:
                 self._rebased(run, ticker)
@@ -297,41 +297,6 @@ class JobExecutor:
             extra=run.ctx(ticker),
         )
 
-    @staticmethod
-    def _failure(run: _Run, ticker: str, exc: Exception, warning: str) -> _TickerOutcome:
-        """The outcome of a ticker that raised, logged once at the level its cause deserves."""
-        job_id, run_id, ctx = run.job.id, run.run_id, run.ctx(ticker)
-        if isinstance(exc, FenceLostError):
-            # Another replica took the job over (this process stalled past its lease): this
-            # run must write nothing more, so the rest of its tickers stop too.
-            run.cancel.set()
-            return _TickerOutcome(ticker, error="not stored: this run lost its lease")
-        if isinstance(exc, StorageError | RateLimiterUnavailable):
-            log.debug(
-                "ticker not stored job=%s run_id=%s ticker=%s: %s",
-                job_id,
-                run_id,
-                ticker,
-                exc,
-                extra=ctx,
-            )
-            return _TickerOutcome(ticker, error=str(exc), storage_failed=True, warning=warning)
-        if isinstance(exc, FetchError | RateLimitTimeout | ValueError):
-            log.warning(
-                "ticker failed job=%s run_id=%s ticker=%s: %s",
-                job_id,
-                run_id,
-                ticker,
-                exc,
-                extra=ctx,
-            )
-            return _TickerOutcome(ticker, error=str(exc))
-        # an unexpected bug must not sink the other tickers
-        log.exception(
-            "ticker crashed job=%s run_id=%s ticker=%s", job_id, run_id, ticker, extra=ctx
-        )
-        return _TickerOutcome(ticker, error=f"{type(exc).__name__}: {exc}")
-
     def _checked(
         self, run: _Run, ticker: str, frame: pd.DataFrame, start: date, end: date
     ) -> tuple[pd.DataFrame, str]:
@@ -374,6 +339,39 @@ class JobExecutor:
         self._metrics.missing_sessions.labels(job=result.job_id).set(result.missing_sessions)
         # Last-run and last-success gauges describe the job, whichever replica ran it: they
         # are set from the job records when /metrics is rendered (SchedulerServingApp).
+
+
+def _failure(run: _Run, ticker: str, exc: Exception, warning: str) -> _TickerOutcome:
+    """The outcome of a ticker that raised, logged once at the level its cause deserves."""
+    job_id, run_id, ctx = run.job.id, run.run_id, run.ctx(ticker)
+    if isinstance(exc, FenceLostError):
+        # Another replica took the job over (this process stalled past its lease): this
+        # run must write nothing more, so the rest of its tickers stop too.
+        run.cancel.set()
+        return _TickerOutcome(ticker, error="not stored: this run lost its lease")
+    if isinstance(exc, StorageError | RateLimiterUnavailable):
+        log.debug(
+            "ticker not stored job=%s run_id=%s ticker=%s: %s",
+            job_id,
+            run_id,
+            ticker,
+            exc,
+            extra=ctx,
+        )
+        return _TickerOutcome(ticker, error=str(exc), storage_failed=True, warning=warning)
+    if isinstance(exc, FetchError | RateLimitTimeout | ValueError):
+        log.warning(
+            "ticker failed job=%s run_id=%s ticker=%s: %s",
+            job_id,
+            run_id,
+            ticker,
+            exc,
+            extra=ctx,
+        )
+        return _TickerOutcome(ticker, error=str(exc))
+    # an unexpected bug must not sink the other tickers
+    log.exception("ticker crashed job=%s run_id=%s ticker=%s", job_id, run_id, ticker, extra=ctx)
+    return _TickerOutcome(ticker, error=f"{type(exc).__name__}: {exc}")
 
 
 def _log_finished(result: RunResult) -> None:

@@ -195,6 +195,7 @@ class Metrics:
         r = self._plain
         self._define_job_series()
         self._define_run_series(r)
+        self._define_data_series()
         self._define_daemon_series(r, version)
         for collector in (*self._plain_collectors(), _Tables(self._tables)):
             self.registry.register(collector)
@@ -258,16 +259,6 @@ class Metrics:
         self.rows_stored = self._table(
             "stocksched_rows_stored", "Bars written to storage.", "counter"
         )
-        self.missing_sessions = self._table(
-            "stocksched_missing_sessions",
-            "Exchange sessions missing from the job's stored series (all its tickers).",
-            "gauge",
-        )
-        self.series_rebased = self._table(
-            "stocksched_series_rebased",
-            "Series re-fetched whole because a split or dividend changed Yahoo's price basis.",
-            "counter",
-        )
         self.bars_dropped = self._table(
             "stocksched_bars_dropped",
             "Bars a source returned that were not stored, by reason (data-quality checks).",
@@ -291,6 +282,19 @@ class Metrics:
             "Delay from a slot's due time to its dispatch.",
             buckets=LATENESS_BUCKETS,
             registry=r,
+        )
+
+    def _define_data_series(self) -> None:
+        """The state of the stored series, per job (never per ticker)."""
+        self.missing_sessions = self._table(
+            "stocksched_missing_sessions",
+            "Exchange sessions missing from the job's stored series (all its tickers).",
+            "gauge",
+        )
+        self.series_rebased = self._table(
+            "stocksched_series_rebased",
+            "Series re-fetched whole because a split or dividend changed Yahoo's price basis.",
+            "counter",
         )
 
     def _define_daemon_series(self, r: CollectorRegistry, version: str) -> None:

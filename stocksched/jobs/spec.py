@@ -183,17 +183,6 @@ class JobSpec(BaseModel):
     ttl: Duration | None = Field(
         default=None, description="Expiry of the window keys this job writes (series keep)"
     )
-    revise: int = Field(
-        default=3,
-        ge=0,
-        le=100,
-        strict=True,
-        description="Stored sessions fetched again each run, for Yahoo's late revisions",
-    )
-    windows: bool = Field(
-        default=True,
-        description="Also write the original design's window keys and latest pointer",
-    )
     catchup: Duration = Field(
         default=timedelta(hours=1),
         description="After downtime, run a slot missed less than this long ago; 0 disables",
@@ -211,6 +200,17 @@ class JobSpec(BaseModel):
     )
     calendar: str | None = Field(
         default=None, description="exchange_calendars code (e.g. XNYS): skip closed days"
+    )
+    revise: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        strict=True,
+        description="Stored sessions fetched again each run, for Yahoo's late revisions",
+    )
+    windows: bool = Field(
+        default=True,
+        description="Also write the original design's window keys and latest pointer",
     )
 
     # ---- field rules (each reported at its own field)
