@@ -100,6 +100,8 @@ class DemoFetcher:
                 "Dividends": 0.0,
                 "Stock Splits": 0.0,
             },
-            index=pd.DatetimeIndex(days.tz_localize(DEMO_TIMEZONE), freq=None, name="Date"),
+            index=pd.DatetimeIndex(  # second resolution, like yfinance's index
+                days.tz_localize(DEMO_TIMEZONE).as_unit("s"), freq=None, name="Date"
+            ),
         )
         return frame[list(BAR_COLUMNS)]

@@ -34,8 +34,9 @@ from stocksched.storage.scripts import Call, evalsha_many
 if TYPE_CHECKING:
     import numpy as np
 
-#: Conflicting writers of one series tolerated before a write gives up.
-MAX_ATTEMPTS = 5
+#: Conflicting writers of one series tolerated before a write gives up (each conflict
+#: means another write landed in between, so a handful of writers always get through).
+MAX_ATTEMPTS = 16
 
 # KEYS: bars, meta, actions[, lease]
 # ARGV: expected version, token, mode (merge | replace),

@@ -228,9 +228,9 @@ def frame_of(rows: np.ndarray, actions: Mapping[int, tuple[float, float]], tz: s
     import numpy as np
     import pandas as pd
 
-    index = pd.DatetimeIndex(
-        pd.to_datetime(rows["ts"], unit="s", utc=True).tz_convert(tz), name="Date"
-    )
+    # Second resolution, as yfinance builds its index from Yahoo's epoch seconds.
+    utc = pd.DatetimeIndex(rows["ts"].astype("datetime64[s]"), name="Date").tz_localize("UTC")
+    index = utc.tz_convert(tz)
     data: dict[str, object] = {
         column: rows[field].astype("float64", copy=True)
         for field, column in zip(_FIELDS, PRICE_COLUMNS, strict=True)
