@@ -210,14 +210,19 @@ class FakeYahooServer(ThreadingHTTPServer):
             if symbol is not None:
                 self._symbols.add(symbol)
 
+    def count_bytes(self, n: int) -> None:
+        with self._lock:
+            self._counts["bytes"] += n
+
     def stats(self) -> dict[str, int]:
         """Requests by kind (cookie, crumb, chart, tz_probe, other), ``rate_limited``
-        (429s sent), ``requests`` (all) and ``symbols`` (distinct symbols charted)."""
+        (429s sent), ``requests`` (all), ``symbols`` (distinct symbols charted) and
+        ``bytes`` (body bytes of every chart answer)."""
         with self._lock:
             counts = dict(self._counts)
             counts["symbols"] = len(self._symbols)
         counts["requests"] = sum(
-            v for k, v in counts.items() if k not in ("rate_limited", "symbols")
+            v for k, v in counts.items() if k not in ("rate_limited", "symbols", "bytes")
         )
         return counts
 
@@ -285,7 +290,9 @@ class _Handler(BaseHTTPRequestHandler):
             days = _days_in(int(query["period1"]), int(query.get("period2", time.time())))
         else:
             days = [_latest_weekday()]
-        self._json(200, chart_body(symbol, days))
+        body = json.dumps(chart_body(symbol, days)).encode()
+        self.server.count_bytes(len(body))
+        self._send(200, body, "application/json;charset=utf-8")
 
     def _json(self, status: int, body: dict[str, Any]) -> None:
         self._send(status, json.dumps(body).encode(), "application/json;charset=utf-8")

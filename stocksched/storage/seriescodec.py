@@ -90,6 +90,7 @@ def _dtype() -> np.dtype:
 
 
 _FIELDS = ("open", "high", "low", "close", "adj")
+_PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 
 
 @dataclass(frozen=True)
@@ -129,35 +130,30 @@ def bars_from_frame(frame: pd.DataFrame) -> Bars:
         raise ValueError("bars need a time-zone-aware DatetimeIndex")
     if index.hasnans:
         raise ValueError("the index holds NaT")
-    ts = index.as_unit("s").asi8
+    ts = index.asi8 // _PER_SECOND[index.unit]
     rows = np.empty(len(frame), dtype=_dtype())
     rows["ts"] = ts
+    # One conversion of the whole frame: pandas' per-column access costs more than the
+    # copying it would save. float64 holds every Volume exactly (below 2**53).
+    cols = list(frame.columns)
+    values = frame.to_numpy(dtype="float64", na_value=np.nan)
     for field, column in zip(_FIELDS, PRICE_COLUMNS, strict=True):
-        source = column if column in frame.columns else "Close"
-        rows[field] = frame[source].to_numpy(dtype="float64", na_value=np.nan)
-    volume = frame["Volume"].to_numpy(dtype="float64", na_value=0.0)
+        rows[field] = values[:, cols.index(column if column in cols else "Close")]
+    volume = np.nan_to_num(values[:, cols.index("Volume")], nan=0.0)
     if not np.all(np.mod(volume, 1.0) == 0.0):
         raise ValueError("Volume holds fractional values")
     rows["volume"] = volume.astype("int64")
+    actions = np.zeros((len(frame), 2))
+    for n, column in enumerate(ACTION_COLUMNS):
+        if column in cols:
+            actions[:, n] = np.nan_to_num(values[:, cols.index(column)], nan=0.0)
+    where = np.nonzero(actions.any(axis=1))[0]
+    found = {int(ts[i]): (float(actions[i, 0]), float(actions[i, 1])) for i in where}
     order = np.argsort(rows["ts"], kind="stable")
     rows = rows[order]
     if len(rows) > 1 and np.any(np.diff(rows["ts"]) == 0):
         raise ValueError("two bars share one timestamp")
-    return Bars(rows, _actions_of(frame, ts))
-
-
-def _actions_of(frame: pd.DataFrame, ts: np.ndarray) -> dict[int, tuple[float, float]]:
-    import numpy as np
-
-    columns = [
-        frame[c].to_numpy(dtype="float64", na_value=0.0)
-        if c in frame.columns
-        else np.zeros(len(frame))
-        for c in ACTION_COLUMNS
-    ]
-    dividends, splits = columns
-    where = np.nonzero((dividends != 0.0) | (splits != 0.0))[0]
-    return {int(ts[i]): (float(dividends[i]), float(splits[i])) for i in where}
+    return Bars(rows, found)
 
 
 def merge(old: np.ndarray, new: np.ndarray) -> np.ndarray:
