@@ -27,7 +27,8 @@ from stocksched.storage import seriescodec
 from stocksched.storage.adapter import RedisAdapter
 from stocksched.storage.butler import DataIOButler
 from stocksched.storage.series import SeriesId, SeriesStore
-from tests.helpers import FakeClock, make_spec
+from tests.fakes import FakeClock
+from tests.helpers import make_spec
 from tests.yahoo_fake import Bar, FakeSymbol, FakeYahoo, installed_fake
 
 NY = ZoneInfo("America/New_York")
@@ -74,7 +75,7 @@ class Runs:
         self.store = SeriesStore(RedisAdapter(client))
         fetchers = {"yahoo": YFinanceFetcher(session=fake)}
         self.executor = JobExecutor(fetchers, self.butler, self.clock, 2, self.metrics)
-        spec = {"tickers": ["SPLT"], "source": "yahoo", "window": "20d"}
+        spec: dict[str, object] = {"tickers": ["SPLT"], "source": "yahoo", "window": "20d"}
         spec |= {"timezone": "America/New_York", **job}
         self.job = make_spec("daily", **spec)
 
