@@ -116,7 +116,9 @@ class SeriesUpdater:
         actions = dict(bars.actions) if replace else {**stored.actions, **bars.actions}
         meta = _meta(target, stored, plan, tz, exchange, rows, sessions, actions)
         self._store.write(
-            SeriesWrite(target.series, bars, tz, meta, replace=replace, fence=target.fence)
+            SeriesWrite(
+                target.series, bars, tz, meta, replace=replace, fence=target.fence, base=stored
+            )
         )
         self._windows(target, rows, actions, tz)
         return Update(len(bars), rebased=rebased, missing=len(json.loads(meta["missing"])))

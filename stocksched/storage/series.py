@@ -2,9 +2,10 @@
 
 Keys (``keys.series_key``; one ticker's keys share the hash tag ``{TICKER}``):
 
-- ``{prefix}:{TICKER}:{interval}:bars`` -- sorted set of chunks (``seriescodec``), scored by
-  the chunk's start (epoch seconds). A range read is one ``ZRANGE ... BYSCORE``:
-  O(log n + k) in the number of chunks, never a scan of the series.
+- ``{prefix}:{TICKER}:{interval}:bars`` -- hash chunk start (epoch seconds, a multiple of
+  the interval's span, ``seriescodec.chunk_span_s``) -> chunk (``seriescodec``). Chunk
+  starts are computed, not searched, so a range read fetches exactly the chunks of the
+  range (``READ``, one script): O(k), never a scan of the series.
 - ``...:actions`` -- hash bar ts -> ``dividend,split`` (``seriescodec.encode_action``).
 - ``...:meta`` -- hash: ``version`` (bumped by every write), ``tz``, ``first``/``last``
   (epoch seconds of the first and last bar), ``bars`` (count), and what the updater keeps
@@ -12,12 +13,13 @@ Keys (``keys.series_key``; one ticker's keys share the hash tag ``{TICKER}``):
 - ``keys.series_index_key()`` -- set of ``"prefix TICKER interval"``: every stored series,
   for listing without SCAN (kept beside the series, since it is global).
 
-A write reads the chunks it touches, merges in Python (numpy), and sends one script that
-applies the new chunks, actions and meta only if ``version`` is still the one read (else
-it re-reads and merges again) and, for a run, only while the run holds its lease. So a
-reader, who reads meta and chunks in one MULTI, never sees half of a write, and two
-writers of one series never lose each other's bars. Many series are written in two
-round trips in all (``write_many``): one pipeline of reads, one of scripts.
+A write merges its bars into the chunks it touches in Python (numpy), against the
+snapshot its caller read or, for a writer that read nothing, an assumed new series, and
+sends one script that applies the new chunks, actions and meta only if ``version`` is
+still the one merged against (else the chunks are read again and merged again) and, for
+a run, only while the run holds its lease. So a reader (one script too) never sees half
+of a write, and two writers of one series never lose each other's bars. Many series are
+written in one pipeline of scripts (``write_many``).
 """
 
 from __future__ import annotations
@@ -49,8 +51,11 @@ if ARGV[3] == 'replace' then redis.call('DEL', KEYS[1], KEYS[3]) end
 local i = 4
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[i], ARGV[i])
-  if ARGV[i + 1] ~= '' then redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  else
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
   i = i + 2
 end
 n = tonumber(ARGV[i]); i = i + 1
@@ -64,6 +69,30 @@ for _ = 1, n do
 end
 redis.call('HSET', KEYS[2], unpack(meta))
 return {1, version + 1}
+"""
+
+# KEYS: bars, meta, actions
+# ARGV: lo, hi (epoch seconds; "" for the series' first / last bar), chunk span (s)
+# Returns {meta (flat), chunks in time order, actions (flat)}.
+READ = """
+local meta = redis.call('HGETALL', KEYS[2])
+local first = tonumber(redis.call('HGET', KEYS[2], 'first'))
+local last = tonumber(redis.call('HGET', KEYS[2], 'last'))
+if not first or not last then return {meta, {}, {}} end
+local lo = tonumber(ARGV[1]) or first
+local hi = tonumber(ARGV[2]) or last
+if lo < first then lo = first end
+if hi > last then hi = last end
+local span = tonumber(ARGV[3])
+local fields = {}
+for start = lo - lo % span, hi, span do fields[#fields + 1] = string.format('%d', start) end
+local chunks = {}
+if #fields > 0 then
+  for _, blob in ipairs(redis.call('HMGET', KEYS[1], unpack(fields))) do
+    if blob then chunks[#chunks + 1] = blob end
+  end
+end
+return {meta, chunks, redis.call('HGETALL', KEYS[3])}
 """
 
 
@@ -99,6 +128,9 @@ class SeriesWrite:
     meta: Mapping[str, str] = field(default_factory=dict)
     replace: bool = False
     fence: Fence | None = None
+    #: The whole-series snapshot the caller read (``read(series, None, None)``): merged
+    #: against without reading again, unless the series changed since.
+    base: Stored | None = None
 
 
 @dataclass(frozen=True)
@@ -120,26 +152,21 @@ class SeriesStore:
 
     def read(self, series: SeriesId, start_ts: int | None, end_ts: int | None) -> Stored:
         """Meta, bars with ``start_ts <= ts <= end_ts`` (None: unbounded) and actions, as one
-        consistent snapshot (MULTI: a concurrent write is seen whole or not at all)."""
-        lo = "-inf" if start_ts is None else seriescodec.chunk_start(start_ts, series.interval)
-        hi = "+inf" if end_ts is None else end_ts
-        client = self._adapter.client
-        with (
-            storage_errors("read series", series.key("bars")),
-            client.pipeline(transaction=True) as pipe,
-        ):
-            pipe.hgetall(series.key("meta"))
-            pipe.zrangebyscore(series.key("bars"), lo, hi)
-            pipe.hgetall(series.key("actions"))
-            meta, blobs, actions = pipe.execute()
-        rows = self._decode(series, blobs)
+        consistent snapshot (one script: a concurrent write is seen whole or not at all)."""
+        span = seriescodec.chunk_span_s(series.interval)
+        call: Call = {
+            "keys": [series.key(p) for p in ("bars", "meta", "actions")],
+            "args": ["" if start_ts is None else start_ts, "" if end_ts is None else end_ts, span],
+        }
+        with storage_errors("read series", series.key("bars")):
+            ((meta, blobs, actions),) = evalsha_many(self._adapter.client, READ, [call])
+        rows = _decode(series, blobs)
         if len(rows) and (start_ts is not None or end_ts is not None):
             ts = rows["ts"]
-            keep = (ts >= (start_ts if start_ts is not None else ts[0])) & (
-                ts <= (end_ts if end_ts is not None else ts[-1])
-            )
-            rows = rows[keep]
-        return Stored(_text(meta), rows, seriescodec.decode_actions(actions))
+            lo = start_ts if start_ts is not None else int(ts[0])
+            hi = end_ts if end_ts is not None else int(ts[-1])
+            rows = rows[(ts >= lo) & (ts <= hi)]
+        return Stored(_pairs(meta), rows, seriescodec.decode_actions(_pairs(actions)))
 
     def meta_many(self, series: Sequence[SeriesId]) -> list[dict[str, str]]:
         """Each series' meta hash ({} for a series not stored), in one round trip."""
@@ -163,33 +190,42 @@ class SeriesStore:
         return self.write_many([write])[0]
 
     def write_many(self, writes: Sequence[SeriesWrite]) -> list[int]:
-        """Apply every write (each atomic on its own), in two round trips when nobody else
-        writes the same series; a conflict re-reads and re-merges that series only.
+        """Apply every write (each atomic on its own); their new versions.
+
+        The first attempt merges against each write's ``base`` (the snapshot its caller
+        read) or, without one, assumes a new series: one round trip when that holds. A
+        series that changed in between (or exists, unknown to the writer) is re-read and
+        merged again, that series only.
 
         Raises FenceLostError for a fenced write whose run lost its lease (the others are
         applied), StorageError when Redis fails or conflicts never settle.
         """
         versions: dict[int, int] = {}
         todo = list(range(len(writes)))
-        for _ in range(MAX_ATTEMPTS):
+        bases = [_Base.of(w.base, w) if w.base is not None else _Base() for w in writes]
+        for attempt in range(MAX_ATTEMPTS):
             if not todo:
                 break
-            calls, fresh = self._prepare([writes[i] for i in todo])
+            if attempt:
+                for i, base in zip(todo, self._read_bases([writes[i] for i in todo]), strict=True):
+                    bases[i] = base
+            calls = [_call(writes[i], bases[i]) for i in todo]
             with storage_errors("EVALSHA upsert", writes[todo[0]].series.key("bars")):
                 replies = evalsha_many(self._adapter.client, UPSERT, calls)
-            retry, lost = [], None
-            for i, reply, new in zip(todo, replies, fresh, strict=True):
+            retry, lost, new = [], None, []
+            for i, reply in zip(todo, replies, strict=True):
                 status, version = int(reply[0]), int(reply[1])
                 if status == 1:
                     versions[i] = version
-                    if new:
-                        self._index(writes[i].series)
+                    if version == 1:  # the series' first write: list it
+                        new.append(writes[i].series)
                 elif status == 0:
                     retry.append(i)
                 else:
                     fence = writes[i].fence
                     assert fence is not None
                     lost = FenceLostError(fence.job_id, fence.run_id)
+            self._index(new)
             if lost is not None:
                 raise lost
             todo = retry
@@ -198,84 +234,111 @@ class SeriesStore:
             raise StorageError("upsert", key, "other writers kept changing the series")
         return [versions[i] for i in range(len(writes))]
 
-    def _prepare(self, writes: Sequence[SeriesWrite]) -> tuple[list[Call], list[bool]]:
-        """Read what each write touches (one pipeline) and build its script call."""
+    def _read_bases(self, writes: Sequence[SeriesWrite]) -> list[_Base]:
+        """What each write merges against, read now (one pipeline)."""
         client = self._adapter.client
+        touched = [_touched(w) for w in writes]
         with (
             storage_errors("read series", writes[0].series.key("bars")),
             client.pipeline(transaction=False) as pipe,
         ):
-            for w in writes:
+            for w, starts in zip(writes, touched, strict=True):
                 pipe.hmget(w.series.key("meta"), "version", "bars", "first", "last")
-                lo, hi = _touched(w)
-                pipe.zrangebyscore(w.series.key("bars"), lo, hi, withscores=True)
-            replies = pipe.execute()
-        calls, fresh = [], []
-        for n, w in enumerate(writes):
-            (version, count, first, last), old = replies[2 * n], replies[2 * n + 1]
-            bounds = (first, last) if first is not None and last is not None else None
-            calls.append(self._call(w, int(version or 0), int(count or 0), bounds, old))
-            fresh.append(version is None)
-        return calls, fresh
+                if starts:
+                    pipe.hmget(w.series.key("bars"), [str(x) for x in starts])
+            replies = iter(pipe.execute())
+        bases = []
+        for w, starts in zip(writes, touched, strict=True):
+            version, count, first, last = next(replies)
+            blobs = [b for b in next(replies) if b is not None] if starts else []
+            bases.append(
+                _Base(
+                    version=int(version or 0),
+                    count=int(count or 0),
+                    bounds=(int(first), int(last)) if first and last else None,
+                    rows=_decode(w.series, blobs),
+                )
+            )
+        return bases
 
-    def _call(
-        self,
-        w: SeriesWrite,
-        version: int,
-        count: int,
-        bounds: tuple[Any, Any] | None,
-        old: list[Any],
-    ) -> Call:
-        interval = w.series.interval
-        old_rows = self._decode(w.series, [blob for blob, _ in old])
-        merged = w.bars.rows if w.replace else seriescodec.merge(old_rows, w.bars.rows)
-        chunks = seriescodec.split_chunks(merged, interval)
-        total = len(merged) if w.replace else count - len(old_rows) + len(merged)
-        chunk_args: list[str | int] = []
-        if not w.replace:  # chunks read but left empty (none can be): delete them
-            for _, score in old:
-                if int(score) not in chunks:
-                    chunk_args += [int(score), ""]
-        for start, rows in chunks.items():
-            chunk_args += [start, seriescodec.encode_chunk(rows)]
-        action_args: list[str | int] = []
-        for ts, (dividend, split) in sorted(w.bars.actions.items()):
-            action_args += [ts, seriescodec.encode_action(dividend, split)]
-        meta: dict[str, str] = {"tz": w.tz, "bars": str(total), **w.meta}
-        if len(merged):
-            first, last = int(merged["ts"][0]), int(merged["ts"][-1])
-            if bounds is not None and not w.replace:
-                first, last = min(first, int(bounds[0])), max(last, int(bounds[1]))
-            meta["first"], meta["last"] = str(first), str(last)
-        meta_args: list[str | int] = [x for kv in meta.items() for x in kv]
-        call_keys: list[str | int] = [w.series.key(p) for p in ("bars", "meta", "actions")]
-        token = ""
-        if w.fence is not None:
-            call_keys.append(w.fence.lease_key)
-            token = w.fence.token
-        args: list[str | int] = [version, token, "replace" if w.replace else "merge"]
-        args += [len(chunk_args) // 2, *chunk_args]
-        args += [len(action_args) // 2, *action_args, len(meta_args) // 2, *meta_args]
-        return {"keys": call_keys, "args": args}
-
-    def _index(self, series: SeriesId) -> None:
-        with storage_errors("SADD", keys.series_index_key()):
-            self._adapter.client.sadd(keys.series_index_key(), series.member)
-
-    @staticmethod
-    def _decode(series: SeriesId, blobs: Sequence[Any]) -> np.ndarray:
-        try:
-            return seriescodec.decode_chunks(blobs)
-        except ValueError as exc:
-            raise StorageError("decode", series.key("bars"), str(exc)) from exc
+    def _index(self, series: Sequence[SeriesId]) -> None:
+        """List new series in the index (one SADD; after their writes, so a listed series
+        exists; the index is global, outside any one ticker's hash slot)."""
+        if series:
+            with storage_errors("SADD", keys.series_index_key()):
+                self._adapter.client.sadd(keys.series_index_key(), *(s.member for s in series))
 
 
-def _touched(w: SeriesWrite) -> tuple[int | str, int | str]:
-    """Score range of the chunks a write must read to merge (none for a replace)."""
+@dataclass(frozen=True)
+class _Base:
+    """What a write merges against: the series' version, bar count and bounds, and its
+    stored bars in the chunks the write touches."""
+
+    version: int = 0
+    count: int = 0
+    bounds: tuple[int, int] | None = None
+    rows: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, snapshot: Stored, w: SeriesWrite) -> _Base:
+        """From a whole-series snapshot (``SeriesStore.read(series, None, None)``)."""
+        import numpy as np
+
+        meta = snapshot.meta
+        first, last = meta.get("first"), meta.get("last")
+        rows = snapshot.rows
+        starts = rows["ts"] - rows["ts"] % seriescodec.chunk_span_s(w.series.interval)
+        touched = rows[np.isin(starts, list(_touched(w)))]
+        return cls(
+            version=int(meta.get("version") or 0),
+            count=int(meta.get("bars") or 0),
+            bounds=(int(first), int(last)) if first and last else None,
+            rows=touched,
+        )
+
+
+def _call(w: SeriesWrite, base: _Base) -> Call:
+    """The upsert script call that applies ``w`` on top of ``base``."""
+    old = base.rows if base.rows is not None else seriescodec.empty_rows()
+    merged = w.bars.rows if w.replace else seriescodec.merge(old, w.bars.rows)
+    chunks = seriescodec.split_chunks(merged, w.series.interval)
+    total = len(merged) if w.replace else base.count - len(old) + len(merged)
+    chunk_args: list[str | int] = []
+    for start, rows in chunks.items():
+        chunk_args += [start, seriescodec.encode_chunk(rows)]
+    action_args: list[str | int] = []
+    for ts, (dividend, split) in sorted(w.bars.actions.items()):
+        action_args += [ts, seriescodec.encode_action(dividend, split)]
+    meta: dict[str, str] = {"tz": w.tz, "bars": str(total), **w.meta}
+    if len(merged):
+        first, last = int(merged["ts"][0]), int(merged["ts"][-1])
+        if base.bounds is not None and not w.replace:
+            first, last = min(first, base.bounds[0]), max(last, base.bounds[1])
+        meta["first"], meta["last"] = str(first), str(last)
+    meta_args: list[str | int] = [x for kv in meta.items() for x in kv]
+    call_keys: list[str | int] = [w.series.key(p) for p in ("bars", "meta", "actions")]
+    token = ""
+    if w.fence is not None:
+        call_keys.append(w.fence.lease_key)
+        token = w.fence.token
+    args: list[str | int] = [base.version, token, "replace" if w.replace else "merge"]
+    args += [len(chunk_args) // 2, *chunk_args]
+    args += [len(action_args) // 2, *action_args, len(meta_args) // 2, *meta_args]
+    return {"keys": call_keys, "args": args}
+
+
+def _decode(series: SeriesId, blobs: Sequence[Any]) -> np.ndarray:
+    try:
+        return seriescodec.decode_chunks(blobs)
+    except ValueError as exc:
+        raise StorageError("decode", series.key("bars"), str(exc)) from exc
+
+
+def _touched(w: SeriesWrite) -> set[int]:
+    """The chunks a write changes and so must merge with (none to read for a replace)."""
     if w.replace or not len(w.bars):
-        return 1, 0  # an empty range: ZRANGE reads nothing
-    interval = w.series.interval
-    return seriescodec.chunk_start(w.bars.first_ts, interval), w.bars.last_ts
+        return set()
+    return set(seriescodec.split_chunks(w.bars.rows, w.series.interval))
 
 
 def _str(value: Any) -> str:
@@ -284,3 +347,8 @@ def _str(value: Any) -> str:
 
 def _text(raw: Mapping[Any, Any]) -> dict[str, str]:
     return {_str(k): _str(v) for k, v in raw.items()}
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    """A flat [field, value, ...] reply (HGETALL inside a script) as a dict of text."""
+    return {_str(flat[i]): _str(flat[i + 1]) for i in range(0, len(flat), 2)}

@@ -90,6 +90,8 @@ def _dtype() -> np.dtype:
 
 
 _FIELDS = ("open", "high", "low", "close", "adj")
+#: A bar's corporate actions: (dividend, split ratio), 0.0 for none.
+Action = tuple[float, float]
 _PER_SECOND = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 
 
@@ -131,29 +133,41 @@ def bars_from_frame(frame: pd.DataFrame) -> Bars:
     if index.hasnans:
         raise ValueError("the index holds NaT")
     ts = index.asi8 // _PER_SECOND[index.unit]
-    rows = np.empty(len(frame), dtype=_dtype())
-    rows["ts"] = ts
-    # One conversion of the whole frame: pandas' per-column access costs more than the
-    # copying it would save. float64 holds every Volume exactly (below 2**53).
+    # One conversion of the whole frame (pandas' per-column access costs more than the
+    # copying it saves), laid out as the packed bars: float64 holds every Volume exactly
+    # (below 2**53); the two int64 fields are written through an int64 view.
     cols = list(frame.columns)
     values = frame.to_numpy(dtype="float64", na_value=np.nan)
-    for field, column in zip(_FIELDS, PRICE_COLUMNS, strict=True):
-        rows[field] = values[:, cols.index(column if column in cols else "Close")]
-    volume = np.nan_to_num(values[:, cols.index("Volume")], nan=0.0)
+    packed = np.empty((len(frame), 7), dtype="<f8")
+    picks = [cols.index(c if c in cols else "Close") for c in PRICE_COLUMNS]
+    packed[:, 1:6] = values[:, picks]
+    volume = values[:, cols.index("Volume")]
+    volume = np.where(np.isnan(volume), 0.0, volume)
     if not np.all(np.mod(volume, 1.0) == 0.0):
         raise ValueError("Volume holds fractional values")
-    rows["volume"] = volume.astype("int64")
-    actions = np.zeros((len(frame), 2))
+    ints = packed.view("<i8")
+    ints[:, 0] = ts
+    ints[:, 6] = volume.astype("int64")
+    rows = packed.view(_dtype()).reshape(len(frame))
+    found = _actions_of(values, cols, ts)
+    if len(rows) > 1 and not np.all(np.diff(ts) > 0):
+        rows = rows[np.argsort(rows["ts"], kind="stable")]
+        if np.any(np.diff(rows["ts"]) == 0):
+            raise ValueError("two bars share one timestamp")
+    return Bars(rows, found)
+
+
+def _actions_of(values: np.ndarray, cols: list[str], ts: np.ndarray) -> dict[int, Action]:
+    """ts -> (dividend, split) of the bars with either, from the frame's values."""
+    import numpy as np
+
+    actions = np.zeros((len(values), 2))
     for n, column in enumerate(ACTION_COLUMNS):
         if column in cols:
-            actions[:, n] = np.nan_to_num(values[:, cols.index(column)], nan=0.0)
+            actions[:, n] = values[:, cols.index(column)]
+    actions[np.isnan(actions)] = 0.0
     where = np.nonzero(actions.any(axis=1))[0]
-    found = {int(ts[i]): (float(actions[i, 0]), float(actions[i, 1])) for i in where}
-    order = np.argsort(rows["ts"], kind="stable")
-    rows = rows[order]
-    if len(rows) > 1 and np.any(np.diff(rows["ts"]) == 0):
-        raise ValueError("two bars share one timestamp")
-    return Bars(rows, found)
+    return {int(ts[i]): (float(actions[i, 0]), float(actions[i, 1])) for i in where}
 
 
 def merge(old: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -209,7 +223,7 @@ def encode_action(dividend: float, split: float) -> str:
     return f"{dividend!r},{split!r}"
 
 
-def decode_actions(raw: Mapping[str | bytes, str | bytes]) -> dict[int, tuple[float, float]]:
+def decode_actions(raw: Mapping[str, str] | Mapping[bytes, bytes]) -> dict[int, Action]:
     """The actions hash as read from Redis: ts -> (dividend, split ratio)."""
     out = {}
     for key, value in raw.items():
