@@ -16,16 +16,19 @@ JSON; ``keys.job_runtime_key`` is their projection for the gauges, a JSON array
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
 from redis.exceptions import NoScriptError
 
 #: One script call: its ``keys`` and ``args``.
-Call = dict[str, list[str | int]]
+Call = dict[str, Sequence[str | int | bytes]]
 
 
-def evalsha_many(client: redis.Redis, script: str, calls: list[Call]) -> list[Any]:
+def evalsha_many(
+    client: redis.Redis, script: str, calls: Sequence[Mapping[str, Sequence[str | int | bytes]]]
+) -> list[Any]:
     """``script`` once per call, in one pipeline, by its SHA.
 
     redis-py's own script pipelining asks SCRIPT EXISTS first: a second round trip every

@@ -303,7 +303,7 @@ def _call(w: SeriesWrite, base: _Base) -> Call:
     merged = w.bars.rows if w.replace else seriescodec.merge(old, w.bars.rows)
     chunks = seriescodec.split_chunks(merged, w.series.interval)
     total = len(merged) if w.replace else base.count - len(old) + len(merged)
-    chunk_args: list[str | int] = []
+    chunk_args: list[str | int | bytes] = []
     for start, rows in chunks.items():
         chunk_args += [start, seriescodec.encode_chunk(rows)]
     action_args: list[str | int] = []
@@ -321,7 +321,7 @@ def _call(w: SeriesWrite, base: _Base) -> Call:
     if w.fence is not None:
         call_keys.append(w.fence.lease_key)
         token = w.fence.token
-    args: list[str | int] = [base.version, token, "replace" if w.replace else "merge"]
+    args: list[str | int | bytes] = [base.version, token, "replace" if w.replace else "merge"]
     args += [len(chunk_args) // 2, *chunk_args]
     args += [len(action_args) // 2, *action_args, len(meta_args) // 2, *meta_args]
     return {"keys": call_keys, "args": args}

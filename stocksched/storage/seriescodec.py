@@ -193,8 +193,9 @@ def split_chunks(rows: np.ndarray, interval: str) -> dict[int, np.ndarray]:
     return {int(part["ts"][0] - part["ts"][0] % span): part for part in np.split(rows, cuts)}
 
 
-def encode_chunk(rows: np.ndarray) -> str:
-    return base64.b64encode(rows.tobytes()).decode("ascii")
+def encode_chunk(rows: np.ndarray) -> bytes:
+    """The stored text of a chunk, as ASCII bytes (redis-py sends bytes as they are)."""
+    return base64.b64encode(rows.data)
 
 
 def decode_chunks(blobs: Iterable[str | bytes]) -> np.ndarray:
