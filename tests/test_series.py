@@ -255,3 +255,33 @@ def test_a_revised_bar_replaces_the_stored_one(any_redis: redis.Redis, fake: Fak
     stored = runs.series()
     assert stored.loc["2025-01-14", "Volume"].item() == 123_456
     assert len(stored) == len([d for d in JAN if d <= date(2025, 1, 16)])
+
+
+def test_intraday_gaps_are_sessions_without_a_bar_in_their_hours() -> None:
+    import numpy as np
+
+    from stocksched.sessions import Sessions
+
+    xnys = Sessions(MarketCalendars(), "XNYS")
+
+    def at(day: str, hhmm: str) -> int:
+        return int(datetime.fromisoformat(f"{day}T{hhmm}").replace(tzinfo=NY).timestamp())
+
+    # 1h bars on 6, 8 and 10 January; none on the 7th; the 9th the exchange was closed.
+    bars = [("06", "09:30"), ("06", "15:30"), ("08", "10:30"), ("08", "20:00"), ("10", "09:30")]
+    ts = np.array([at(f"2025-01-{d}", t) for d, t in bars])
+    assert xnys.missing(ts, "America/New_York", intraday=True) == [date(2025, 1, 7)]
+    # A bar outside the session's hours (after-hours) does not make the session present.
+    ts = np.array([at("2025-01-06", "09:30"), at("2025-01-07", "18:00"), at("2025-01-08", "09:30")])
+    assert xnys.missing(ts, "America/New_York", intraday=True) == [date(2025, 1, 7)]
+
+
+def test_every_mapped_yahoo_exchange_has_a_calendar() -> None:
+    import exchange_calendars
+
+    from stocksched.sessions import YAHOO_EXCHANGES, calendar_code
+
+    names = set(exchange_calendars.get_calendar_names())
+    assert set(YAHOO_EXCHANGES.values()) <= names
+    assert calendar_code(None, "NMS") == "XNAS" and calendar_code("XLON", "NMS") == "XLON"
+    assert calendar_code(None, "SOMEWHERE") is None  # unknown: always fetched, never judged
