@@ -32,6 +32,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -298,7 +299,10 @@ class Metrics:
         )
 
     def _define_daemon_series(self, r: CollectorRegistry, version: str) -> None:
-        """The daemon itself: reloads, jobs by state, Redis errors, build info."""
+        """The daemon itself: reloads, jobs by state, Redis errors, build info, and the
+        standard ``process_*`` series (RSS, CPU seconds, open file descriptors, start
+        time) every Prometheus client exports, from /proc."""
+        self.process = ProcessCollector(registry=r)
         self.config_reloads = Counter(
             "stocksched_config_reloads", "Config reload attempts by result.", ["result"], registry=r
         )
@@ -339,6 +343,7 @@ class Metrics:
             self.jobs,
             self.redis_errors,
             self.build_info,
+            self.process,
         ]
 
     def observe_run(self, job_id: str, status: str, trigger: str, duration_s: float) -> None:

@@ -65,7 +65,15 @@ def test_render_matches_the_registry_collect_path() -> None:
         _ran(m, f"job-{i}", i / 3, 1_760_000_000 + i / 7)
     m.bars_dropped.labels(job="job-3", reason="bad_price").inc(2)
     m.job_missed_runs.labels(job="job-4").inc(3)
-    assert _samples(m.render().decode()) == _samples(generate_latest(m.registry).decode())
+    rendered = _samples(m.render().decode())
+    collected = _samples(generate_latest(m.registry).decode())
+    # process_* values (CPU seconds, RSS) move between the two renders: compare names only
+    assert {k for k in rendered if k[0].startswith("process_")} == {
+        k for k in collected if k[0].startswith("process_")
+    }
+    assert {k: v for k, v in rendered.items() if not k[0].startswith("process_")} == {
+        k: v for k, v in collected.items() if not k[0].startswith("process_")
+    }
     assert m.registry.get_sample_value("stocksched_job_missed_runs_total", {"job": "job-4"}) == 3
 
 
@@ -152,3 +160,15 @@ def test_the_served_gzip_body_of_many_jobs_is_small_and_promtool_clean() -> None
         pytest.skip("promtool not found; install the Debian package `prometheus`")
     result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
     assert result.returncode == 0 and result.stdout + result.stderr == b"", result
+
+
+def test_the_standard_process_series_describe_this_process() -> None:
+    import os
+
+    got = _samples(Metrics("test").render().decode())
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    assert 0.5 * rss < got["process_resident_memory_bytes", ()] < 2 * rss
+    assert abs(got["process_open_fds", ()] - len(os.listdir(f"/proc/{os.getpid()}/fd"))) <= 2
+    assert got["process_cpu_seconds_total", ()] > 0
+    assert got["process_start_time_seconds", ()] > 1_700_000_000
