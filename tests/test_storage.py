@@ -183,6 +183,29 @@ def test_connect_rejects_other_schemes(url: str, message: str) -> None:
         connect(url)
 
 
+def test_the_embedded_store_without_fakeredis_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    monkeypatch.setitem(sys.modules, "fakeredis", None)  # as if not installed
+    with pytest.raises(ValueError, match=r"pip install 'stocksched\[embedded\]'"):
+        connect("memory://")
+    jobs = tmp_path / "jobs.yaml"
+    jobs.write_text("version: 1\njobs: []\n")
+    daemon = (
+        "import sys; sys.modules['fakeredis'] = None; from stocksched.cli.commands import main; "
+        f"sys.exit(main(['run', '--redis-url', 'memory://', '--jobs', {str(jobs)!r}]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", daemon], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 2 and "redis_url: the embedded store" in done.stderr
+    assert "pip install 'stocksched[embedded]'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_scheme_error_does_not_echo_a_password() -> None:
     with pytest.raises(ValueError) as info:
         connect("https://user:s3cret@redis.example:6379")

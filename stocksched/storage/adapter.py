@@ -43,6 +43,11 @@ _T = TypeVar("_T")
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 #: Spellings that select the embedded, non-persistent store.
 EMBEDDED_URLS = frozenset({"", "memory://"})
+EMBEDDED_MISSING = (
+    "the embedded store (redis_url memory://, or no redis_url) needs fakeredis, which is "
+    "not installed: pip install 'stocksched[embedded]', or set redis_url to a Redis server "
+    "(redis://HOST:PORT/DB)"
+)
 
 # Timeouts bound how long one call can hang on a dead peer; a query string in the
 # URL (e.g. ``?socket_timeout=10``) overrides them, since redis-py lets URL
@@ -263,8 +268,10 @@ def connect(url: str | None, password_file: Path | None = None) -> redis.Redis:
     if spec in EMBEDDED_URLS:
         if password_file is not None:
             logger.debug("password file ignored for the embedded store")
-        import fakeredis  # 16 MiB with lupa: imported only for the embedded store
-
+        try:
+            import fakeredis  # 16 MiB with lupa: imported only for the embedded store
+        except ImportError:
+            raise ValueError(EMBEDDED_MISSING) from None
         return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
     scheme = urlsplit(spec).scheme.lower()
     if scheme == "memory":
