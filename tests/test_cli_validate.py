@@ -124,6 +124,34 @@ def test_validate_bad_file_reports_every_error_with_position(
     assert len(lines) == 4, lines
 
 
+def test_validate_reads_standard_input_for_a_dash(tmp_path: Path) -> None:
+    """``git show HEAD:jobs.yaml | stocksched validate -`` checks what the pipe carries."""
+    import subprocess
+    import sys
+
+    def validate(text: str, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKSCHED_")}
+        return subprocess.run(
+            [sys.executable, "-m", "stocksched", "validate", *args],
+            input=text,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=60,
+        )
+
+    good = validate(REPO_JOBS.read_text(), "-")
+    assert good.returncode == 0 and good.stdout.startswith("<stdin>: OK, ")
+    bad = validate(BAD_JOBS, "-", "--format", "json")
+    assert bad.returncode == 1
+    (entry,) = json.loads(bad.stdout)
+    assert entry["file"] == "<stdin>" and not entry["valid"]
+    assert "<stdin>:5:15: jobs[0].schedule: invalid cron expression" in entry["errors"][0]
+    twice = validate("", "-", "-")
+    assert twice.returncode == 2 and "'-' (standard input) can be given once" in twice.stderr
+
+
 def test_validate_yaml_syntax_error_has_a_position(tmp_path: Path) -> None:
     path = tmp_path / "jobs.yaml"
     path.write_text("version: 1\njobs:\n  - id: a\n    schedule: [\n")

@@ -69,7 +69,9 @@ def _add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         "missing or unreadable (each error printed as FILE:LINE:COL: path: "
         "message); 2: usage error.",
     )
-    val.add_argument("files", nargs="+", metavar="FILE")
+    val.add_argument(
+        "files", nargs="+", metavar="FILE", help="a jobs file, or - for standard input"
+    )
     val.add_argument("--format", choices=["text", "json"], default="text")
     val.add_argument(
         "--count",

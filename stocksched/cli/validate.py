@@ -11,8 +11,11 @@ from datetime import time as dtime
 from typing import Any
 
 from stocksched.calendars import MarketCalendars
-from stocksched.exitcodes import EXIT_FAIL, EXIT_OK
-from stocksched.jobs import JobsFileError, JobSpec, LoadedJobs, load_jobs_file
+from stocksched.exitcodes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+from stocksched.jobs import MAX_FILE_BYTES, JobsFileError, JobSpec, LoadedJobs, load_jobs_file
+
+#: How a jobs file read from standard input (``validate -``) is named in messages.
+STDIN_NAME = "<stdin>"
 
 PREVIEW_DAYS = 366  # validate looks this far ahead for fire times (a calendar may skip many)
 
@@ -78,19 +81,35 @@ def _print_job(job: Mapping[str, Any]) -> None:
         print(f"    next ({job['timezone']}): none within {PREVIEW_DAYS} days")
 
 
+def _load(name: str) -> LoadedJobs:
+    """The jobs file ``name``, or standard input for ``-`` (for pipelines:
+    ``git show HEAD:jobs.yaml | stocksched validate -``), named ``<stdin>`` in messages."""
+    if name != "-":
+        return load_jobs_file(name)
+    data = sys.stdin.buffer.read(MAX_FILE_BYTES + 1)
+    return load_jobs_file(STDIN_NAME, data=data)
+
+
+def _shown(name: str) -> str:
+    return STDIN_NAME if name == "-" else name
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     report: list[dict[str, Any]] = []
     failed = False
+    if args.files.count("-") > 1:
+        print("stocksched validate: '-' (standard input) can be given once", file=sys.stderr)
+        return EXIT_USAGE
     for name in args.files:
         try:
-            loaded = load_jobs_file(name)
+            loaded = _load(name)
         except JobsFileError as exc:
             failed = True
-            report.append({"file": name, "valid": False, "errors": exc.errors})
+            report.append({"file": _shown(name), "valid": False, "errors": exc.errors})
             continue
         report.append(
             {
-                "file": name,
+                "file": _shown(name),
                 "valid": True,
                 "sha256": loaded.sha256,
                 "jobs": _fire_times(loaded, args.count),
