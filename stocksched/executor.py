@@ -19,7 +19,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from stocksched.calendars import MarketCalendars
-from stocksched.clock import Clock
+from stocksched.clock import Clock, iso_utc
 from stocksched.jobs.spec import JobSpec
 from stocksched.metrics import Metrics
 from stocksched.model import RunResult, RunStatus, Trigger, run_status_for
@@ -387,5 +387,17 @@ def _log_finished(result: RunResult) -> None:
         result.rows_stored,
         result.duration_s,
         f" reason={result.reason}" if result.reason else "",
-        extra={"job": result.job_id, "run_id": result.run_id},
+        extra={
+            "job": result.job_id,
+            "run_id": result.run_id,
+            "status": str(result.status),
+            "trigger": str(result.trigger),
+            "slot": iso_utc(result.scheduled_for) if result.scheduled_for else None,
+            "fetched": len(result.fetched_stocks),
+            "failed": len(result.failed_stocks),
+            "fresh": len(result.fresh_stocks),
+            "rows": result.rows_stored,
+            "duration_s": round(result.duration_s, 3),
+            "reason": result.reason or None,
+        },
     )

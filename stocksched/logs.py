@@ -1,6 +1,7 @@
 """Logging setup: readable text, or one JSON object per line for log shippers.
 
-Context (job, run_id, ticker) travels in ``extra=`` and becomes JSON fields.
+Context (job, run_id, ticker) and a run's figures (``RUN_FIELDS``: status, trigger, slot,
+counts, duration) travel in ``extra=`` and become JSON fields of their own.
 
 Under systemd, stderr is usually a stream into the journal. systemd says so with
 ``JOURNAL_STREAM=DEV:INODE`` (systemd.exec(5)); the variable is inherited by children whose
@@ -25,6 +26,19 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 CONTEXT_FIELDS = ("job", "run_id", "ticker")
+#: What a run's summary line carries besides its context, each its own JSON key, so a log
+#: shipper can filter and aggregate without parsing the message.
+RUN_FIELDS = (
+    "status",
+    "trigger",
+    "slot",
+    "fetched",
+    "failed",
+    "fresh",
+    "rows",
+    "duration_s",
+    "reason",
+)
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JOURNAL_TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
@@ -64,7 +78,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for name in CONTEXT_FIELDS:
+        for name in (*CONTEXT_FIELDS, *RUN_FIELDS):
             value = getattr(record, name, None)
             if value is not None:
                 out[name] = value

@@ -206,6 +206,11 @@ def test_run_job_json_logs_carry_job_run_id_and_ticker(tmp_path: Path, demo_jobs
     assert all(o["job"] == "demo-weekend" and o["level"] == "warning" for o in tickers)
     (finished,) = [o for o in logs if o["message"].startswith("run finished")]
     assert finished["job"] == "demo-weekend" and "ticker" not in finished
+    # The run's figures are keys of their own, not only words in the message.
+    assert finished["status"] == "failed" and finished["trigger"] == "manual"
+    assert (finished["fetched"], finished["failed"], finished["rows"]) == (0, 2, 0)
+    assert finished["fresh"] == 0 and isinstance(finished["duration_s"], float)
+    assert "slot" not in finished  # a manual run has none
     # The human summary stays on stdout, apart from the logs.
     assert result.stdout.startswith("demo-weekend demo-weekend:")
 
@@ -235,6 +240,9 @@ def test_daemon_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
     logs = _json_lines("".join(head) + rest)
     runs = [o for o in logs if o["message"].startswith("run finished")]
     assert runs and all(o["job"] == "demo" and o["run_id"].startswith("demo:") for o in runs)
+    scheduled = [o for o in runs if o["trigger"] == "schedule"]
+    assert scheduled and all(o["slot"].endswith("+00:00") for o in scheduled)
+    assert all(o["status"] == "success" and o["fetched"] >= 1 for o in scheduled)
     assert any(o["message"] == "stopped" for o in logs), rest
     # Third-party loggers (uvicorn's "Started server process") go through the same formatter.
     assert any(o["logger"].startswith("uvicorn") for o in logs), logs

@@ -744,3 +744,32 @@ def test_fake_symbol_table_is_realistic() -> None:
     for bars in AAPL.bars.values():
         for bar in bars:
             assert bar.low <= min(bar.open, bar.close) <= max(bar.open, bar.close) <= bar.high
+
+
+class CookieTimesOut(FakeYahoo):
+    """fc.yahoo.com times out (as behind some proxies): yfinance warns and goes on."""
+
+    def _cookie_page(self, url: str) -> curl_requests.Response:
+        raise curl_requests.exceptions.Timeout(
+            "Failed to perform, curl: (28) Operation timed out", CurlECode.OPERATION_TIMEDOUT
+        )
+
+
+def test_yfinance_warnings_are_folded_into_the_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with installed_fake(tmp_path / "yf", CookieTimesOut()) as fake:
+        fake.script_attempts("AAPL", Reply.timeout())
+        with caplog.at_level(logging.DEBUG):
+            source = YFinanceFetcher(session=fake, timeout=5)
+            with pytest.raises(TransientFetchError) as info:
+                source.fetch_from_source("AAPL", date(2025, 1, 2), date(2025, 1, 10), "1d")
+            good = source.fetch_from_source("AAPL", date(2025, 1, 2), date(2025, 1, 10), "1d")
+    assert str(info.value).startswith("network error: Timeout")
+    assert "(yfinance: Cookie fetch from fc.yahoo.com failed (Timeout)" in str(info.value)
+    assert len(good) == 6
+    # Nothing of yfinance's reached the log at WARNING: its words are in our one line.
+    loud = [r for r in caplog.records if r.name == "yfinance" and r.levelno >= logging.WARNING]
+    assert loud == []
+    kept = [r.getMessage() for r in caplog.records if r.name == "stocksched.sources.yahoonotes"]
+    assert any("during a good fetch of AAPL: Cookie fetch" in m for m in kept)

@@ -53,6 +53,7 @@ from stocksched.ratelimit import (
     RateLimitError,
     acquire_in_scope,
 )
+from stocksched.sources import yahoonotes
 from stocksched.sources.base import (
     BAR_COLUMNS,
     FetchError,
@@ -150,6 +151,7 @@ def configure_yfinance(
     # Retries belong to our executor's policy (backoff, Retry-After), not to yfinance.
     yf.config.network.retries = 0
     silence_yfinance_warnings()
+    yahoonotes.install()
     location = cache_dir if cache_dir is not None else _private_cache_dir()
     location.mkdir(parents=True, exist_ok=True)
     yf.set_tz_cache_location(str(location))
@@ -217,8 +219,30 @@ class YFinanceFetcher:
         if self._observer is not None:
             self._observer.forget_outcome()
         source = yf.Ticker(ticker, session=self._session)
+        with yahoonotes.captured() as notes:
+            frame = self._history(source, ticker, start, end, interval, notes)
+        yahoonotes.dropped(ticker, notes)
+        if frame.empty:
+            raise PermanentFetchError(ticker, f"no data for {start}..{end} ({interval})")
+        out = normalise_frame(ticker, frame)
+        exchange = _exchange_name(source)
+        if exchange:
+            out.attrs["exchange"] = str(exchange)
+        return out
+
+    def _history(
+        self,
+        source: yf.Ticker,
+        ticker: str,
+        start: date,
+        end: date,
+        interval: str,
+        notes: list[str],
+    ) -> pd.DataFrame:
+        """yfinance's ``history()``, its failures sorted (``classify_failure``) and told
+        with what yfinance logged meanwhile (``notes``)."""
         try:
-            frame = source.history(
+            return source.history(
                 start=start,
                 end=end + timedelta(days=1),
                 interval=interval,
@@ -233,14 +257,10 @@ class YFinanceFetcher:
             clear_response_cache()
             window = f"{start}..{end} ({interval})"
             outcome = self._observer.last_outcome() if self._observer is not None else None
-            raise classify_failure(ticker, exc, outcome, window) from exc
-        if frame.empty:
-            raise PermanentFetchError(ticker, f"no data for {start}..{end} ({interval})")
-        out = normalise_frame(ticker, frame)
-        exchange = _exchange_name(source)
-        if exchange:
-            out.attrs["exchange"] = str(exchange)
-        return out
+            error = classify_failure(ticker, exc, outcome, window)
+            error.message = yahoonotes.folded(error.message, notes)
+            error.args = (error.message,)
+            raise error from exc
 
 
 def _exchange_name(source: yf.Ticker) -> str | None:
