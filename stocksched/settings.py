@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from stocksched.settings_errors import Origins, explain, file_origins, flag_name
+
 DEFAULT_CONFIG_PATH = Path("config/stocksched.yaml")
 DEFAULT_LISTEN = "127.0.0.1:9731"
 
@@ -183,9 +185,11 @@ def resolve_config_path(flag: str | None, env: Mapping[str, str]) -> Path | None
     return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
 
 
-def read_settings_file(path: Path) -> dict[str, Any]:
+def read_settings_file(path: Path, origins: Origins | None = None) -> dict[str, Any]:
+    """The settings file as a mapping; ``origins`` (if given) gets each key's FILE:LINE."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsError(f"{path}: cannot read: {exc}") from None
     except yaml.YAMLError as exc:
@@ -196,6 +200,8 @@ def read_settings_file(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise SettingsError(f"{path}: expected a mapping of settings")
+    if origins is not None:
+        origins.update(file_origins(path, text))
     return data
 
 
@@ -206,21 +212,20 @@ def load_settings(
 ) -> Settings:
     """Merge file, environment and flag overrides (dotted keys) into validated Settings."""
     env = os.environ if env is None else env
-    data: dict[str, Any] = read_settings_file(config_path) if config_path else {}
+    origins: Origins = {}
+    data: dict[str, Any] = read_settings_file(config_path, origins) if config_path else {}
     for var, dotted in ENV_VARS.items():
         if env.get(var):
             _set_dotted(data, dotted, env[var])
+            origins[dotted] = var
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, dotted, value)
+            origins[dotted] = flag_name(dotted)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        source = str(config_path) if config_path else "settings"
-        lines = [
-            f"{source}: {'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-            for err in exc.errors()
-        ]
-        raise SettingsError("\n".join(lines)) from None
+        fallback = str(config_path) if config_path else "settings"
+        raise SettingsError("\n".join(explain(exc, Settings, origins, fallback))) from None
     settings._config_file = config_path
     return settings

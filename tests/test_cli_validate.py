@@ -152,6 +152,24 @@ def test_validate_reads_standard_input_for_a_dash(tmp_path: Path) -> None:
     assert twice.returncode == 2 and "'-' (standard input) can be given once" in twice.stderr
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("version: 1\njobs:\n\t- id: a\n", "3:1"),  # a tab as the indentation
+        ("version: 1\njobs:\n  - id: a\n\t  tickers: [A]\n", "4:1"),  # inside a mapping
+    ],
+)
+def test_validate_names_a_tab_as_a_tab(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "jobs.yaml"
+    path.write_text(text)
+    result = run_cli("validate", str(path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"{path}:{where}: invalid YAML: a tab character: YAML indents with spaces only, "
+        "never tabs (replace it)\n"
+    )
+
+
 def test_validate_yaml_syntax_error_has_a_position(tmp_path: Path) -> None:
     path = tmp_path / "jobs.yaml"
     path.write_text("version: 1\njobs:\n  - id: a\n    schedule: [\n")

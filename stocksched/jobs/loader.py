@@ -254,7 +254,7 @@ def _parse_yaml(text: str, name: str) -> tuple[yaml.Node, Any, list[tuple[int, i
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{mark.line + 1}:{mark.column + 1}: " if mark is not None else ""
-        what = _yaml_problem(exc)
+        what = _yaml_problem(exc, text)
         raise JobsFileError([f"{name}:{where}invalid YAML: {what}"]) from None
     except yaml.YAMLError as exc:
         raise JobsFileError([f"{name}: invalid YAML: {exc}"]) from None
@@ -263,8 +263,16 @@ def _parse_yaml(text: str, name: str) -> tuple[yaml.Node, Any, list[tuple[int, i
     return root, doc, duplicates, aliased
 
 
-def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
-    """PyYAML splits a message into context and problem; join them into one phrase."""
+def _yaml_problem(exc: yaml.MarkedYAMLError, text: str) -> str:
+    """PyYAML splits a message into context and problem; join them into one phrase.
+
+    A tab where YAML wants indentation is the commonest such mistake and PyYAML's words
+    for it ("found character that cannot start any token") do not say so: it is named.
+    """
+    mark = exc.problem_mark
+    lines = text.splitlines()
+    if mark is not None and mark.line < len(lines) and "\t" in lines[mark.line][: mark.column + 1]:
+        return "a tab character: YAML indents with spaces only, never tabs (replace it)"
     if exc.context and exc.problem:
         sep = " " if exc.problem.startswith("but ") else ": "
         return f"{exc.context}{sep}{exc.problem}"
