@@ -8,12 +8,11 @@ bad bars are dropped and named in the run's ``warnings``; a junk answer fails th
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ThreadPoolExecutor, wait
+from collections.abc import Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -31,6 +30,7 @@ from stocksched.sources.base import Fetcher, FetchError, PermanentFetchError
 from stocksched.storage.adapter import StorageError
 from stocksched.storage.butler import DataIOButler
 from stocksched.storage.fence import Fence, FenceLostError
+from stocksched.tickers import TickerOutcome, TickerWindow
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,53 +40,11 @@ log = logging.getLogger(__name__)
 CANCEL_POLL_S = 0.2  # how soon a cancelled run (shutdown, lost lease) lets its job go
 
 
-@dataclass
-class _TickerOutcome:
-    ticker: str
-    rows: int = 0
-    fresh: bool = False  # nothing new to ask for: no request made
-    missing: int = 0  # exchange sessions missing from its stored series
-    error: str = ""
-    storage_failed: bool = False
-    warning: str = ""  # the data-quality warning: bars dropped before storing
-
-
 class _Ended(Exception):
     """The run ended (timeout, shutdown, lost lease) while this ticker was being fetched."""
 
     def __init__(self, ticker: str) -> None:
         super().__init__(ticker)
-
-
-class _Window:
-    """One run's tickers on the shared pool: at most ``fill``-ed many at once, in order."""
-
-    def __init__(
-        self,
-        pool: Executor,
-        work: Callable[[str], _TickerOutcome],
-        tickers: Sequence[str],
-    ) -> None:
-        self._pool = pool
-        self._work = work
-        self._next = iter(tickers)
-        self._left = len(tickers)
-        self.futures: dict[Future[_TickerOutcome], str] = {}
-
-    @property
-    def remaining(self) -> bool:
-        """Tickers not submitted yet."""
-        return self._left > 0
-
-    def fill(self, n: int) -> set[Future[_TickerOutcome]]:
-        """Submit up to ``n`` more tickers; the futures submitted."""
-        added = set()
-        for ticker in itertools.islice(self._next, n):
-            self._left -= 1
-            future = self._pool.submit(self._work, ticker)
-            self.futures[future] = ticker
-            added.add(future)
-        return added
 
 
 @dataclass(frozen=True)
@@ -128,9 +86,17 @@ class JobExecutor:
         self._clock = clock
         self._concurrency = ticker_concurrency
         self._metrics = metrics
+        self._windows: dict[str, TickerWindow] = {}  # run id -> its tickers, while it runs
         self._pool = ThreadPoolExecutor(
             max_workers=max(1, ticker_concurrency * parallel_runs), thread_name_prefix="ticker"
         )
+
+    def progress(self, run_id: str) -> tuple[int, int] | None:
+        """(tickers done, tickers in all) of a run in progress here; None for any other."""
+        window = self._windows.get(run_id)
+        if window is None:
+            return None
+        return window.done, window.total
 
     def execute_job(
         self,
@@ -182,13 +148,17 @@ class JobExecutor:
 
     def _run_tickers(
         self, run: _Run, timeout: timedelta | None
-    ) -> tuple[list[_TickerOutcome], bool, str]:
+    ) -> tuple[list[TickerOutcome], bool, str]:
         """Every ticker's outcome in the job's order, whether the run timed out, and why
         it ended early ("" when it did not)."""
         job = run.job
-        window = _Window(self._pool, lambda t: self._fetch_and_store(run, t), job.tickers)
-        window.fill(max(1, min(self._concurrency, len(job.tickers))))
-        done, cut_short = self._wait(window, run.deadline, run.cancel)
+        window = TickerWindow(self._pool, lambda t: self._fetch_and_store(run, t), job.tickers)
+        self._windows[run.run_id] = window
+        try:
+            window.fill(max(1, min(self._concurrency, len(job.tickers))))
+            done, cut_short = self._wait(window, run.deadline, run.cancel)
+        finally:
+            del self._windows[run.run_id]
         # A timed-out or cancelled run frees its job now; stuck fetches finish (or not) on
         # their own threads and store nothing, because they see ``cancel``.
         timed_out = cut_short and not run.cancel.is_set()
@@ -202,16 +172,16 @@ class JobExecutor:
             reason = f"timeout after {timeout}" if timed_out else "cancelled"
             for ticker in job.tickers:
                 if ticker not in outcomes:
-                    outcomes[ticker] = _TickerOutcome(ticker, error=f"run ended: {reason}")
+                    outcomes[ticker] = TickerOutcome(ticker, error=f"run ended: {reason}")
         return [outcomes[t] for t in job.tickers], timed_out, reason
 
     @staticmethod
     def _wait(
-        window: _Window, deadline: float | None, cancel: threading.Event
-    ) -> tuple[set[Future[_TickerOutcome]], bool]:
+        window: TickerWindow, deadline: float | None, cancel: threading.Event
+    ) -> tuple[set[Future[TickerOutcome]], bool]:
         """Wait for the tickers until all are done, the deadline passes, or ``cancel``;
         each ticker that finishes lets the next one in. True: some were left undone."""
-        done: set[Future[_TickerOutcome]] = set()
+        done: set[Future[TickerOutcome]] = set()
         pending = set(window.futures)
         while pending:
             step = CANCEL_POLL_S
@@ -227,11 +197,11 @@ class JobExecutor:
             f.cancel()  # not started yet: never starts
         return done, left
 
-    def _fetch_and_store(self, run: _Run, ticker: str) -> _TickerOutcome:
+    def _fetch_and_store(self, run: _Run, ticker: str) -> TickerOutcome:
         """One ticker: bring its series up to date (fetching what is missing, with retries
         and quality checks); every failure becomes its outcome."""
         if run.cancel.is_set():
-            return _TickerOutcome(ticker, error="run cancelled before this ticker started")
+            return TickerOutcome(ticker, error="run cancelled before this ticker started")
         warnings: list[str] = []
 
         def fetch(start: date, end: date) -> pd.DataFrame:
@@ -247,7 +217,7 @@ class JobExecutor:
         try:
             update = self._updater.update(target, fetch)
         except _Ended:
-            return _TickerOutcome(
+            return TickerOutcome(
                 ticker, error="run ended (timeout or shutdown) before this ticker was stored"
             )
         except Exception as exc:  # each failure is this ticker's outcome, never the run's
@@ -255,7 +225,7 @@ class JobExecutor:
         else:
             if update.rebased:
                 self._rebased(run, ticker)
-            outcome = _TickerOutcome(
+            outcome = TickerOutcome(
                 ticker,
                 rows=update.rows,
                 fresh=update.fresh,
@@ -325,7 +295,7 @@ class JobExecutor:
             )
         return clean, report.warning
 
-    def _count(self, job: JobSpec, outcome: _TickerOutcome) -> _TickerOutcome:
+    def _count(self, job: JobSpec, outcome: TickerOutcome) -> TickerOutcome:
         result = "failure" if outcome.error else "fresh" if outcome.fresh else "success"
         self._metrics.ticker_fetches.labels(job=job.id, result=result).inc()
         if outcome.rows:
@@ -341,14 +311,14 @@ class JobExecutor:
         # are set from the job records when /metrics is rendered (SchedulerServingApp).
 
 
-def _failure(run: _Run, ticker: str, exc: Exception, warning: str) -> _TickerOutcome:
+def _failure(run: _Run, ticker: str, exc: Exception, warning: str) -> TickerOutcome:
     """The outcome of a ticker that raised, logged once at the level its cause deserves."""
     job_id, run_id, ctx = run.job.id, run.run_id, run.ctx(ticker)
     if isinstance(exc, FenceLostError):
         # Another replica took the job over (this process stalled past its lease): this
         # run must write nothing more, so the rest of its tickers stop too.
         run.cancel.set()
-        return _TickerOutcome(ticker, error="not stored: this run lost its lease")
+        return TickerOutcome(ticker, error="not stored: this run lost its lease")
     if isinstance(exc, StorageError | RateLimiterUnavailable):
         log.debug(
             "ticker not stored job=%s run_id=%s ticker=%s: %s",
@@ -358,7 +328,7 @@ def _failure(run: _Run, ticker: str, exc: Exception, warning: str) -> _TickerOut
             exc,
             extra=ctx,
         )
-        return _TickerOutcome(ticker, error=str(exc), storage_failed=True, warning=warning)
+        return TickerOutcome(ticker, error=str(exc), storage_failed=True, warning=warning)
     if isinstance(exc, FetchError | RateLimitTimeout | ValueError):
         log.warning(
             "ticker failed job=%s run_id=%s ticker=%s: %s",
@@ -368,10 +338,10 @@ def _failure(run: _Run, ticker: str, exc: Exception, warning: str) -> _TickerOut
             exc,
             extra=ctx,
         )
-        return _TickerOutcome(ticker, error=str(exc))
+        return TickerOutcome(ticker, error=str(exc))
     # an unexpected bug must not sink the other tickers
     log.exception("ticker crashed job=%s run_id=%s ticker=%s", job_id, run_id, ticker, extra=ctx)
-    return _TickerOutcome(ticker, error=f"{type(exc).__name__}: {exc}")
+    return TickerOutcome(ticker, error=f"{type(exc).__name__}: {exc}")
 
 
 def _log_finished(result: RunResult) -> None:

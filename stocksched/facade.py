@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -27,13 +27,15 @@ from stocksched.metrics import JOB_STATES, Metrics
 from stocksched.model import JobStatus, ScheduledJob
 from stocksched.registry import JobRegistry, UnknownJobError
 from stocksched.reload import JobsReloader
-from stocksched.scheduling.claims import JobBusyError
+from stocksched.scheduling.claims import JobBusyError, RunHandle
 from stocksched.scheduling.scheduler import JobScheduler
-from stocksched.storage.adapter import AbstractDatabaseAdapter, StorageError
+from stocksched.storage.adapter import AbstractDatabaseAdapter, RedisAdapter, StorageError
+from stocksched.storage.series import SeriesStore
 from stocksched.views import (
     ConfigView,
     JobView,
     PauseView,
+    ProgressView,
     ReloadView,
     RunSummaryView,
     RunView,
@@ -50,6 +52,7 @@ __all__ = ["JobBusyError", "JobNotFoundError", "SchedulerServingApp"]
 STUCK_AFTER_SLEEPS = 3
 MAX_RUNS_LIMIT = 1000
 
+_T = TypeVar("_T")
 ReplicasHook = Callable[[], list[dict[str, Any]] | None]
 
 
@@ -62,6 +65,25 @@ class JobNotFoundError(UnknownJobError):
 
     def __str__(self) -> str:
         return f"no job {self.job_id!r} in the current config"
+
+
+class SuccessDue:
+    """When each job should have succeeded again: its second slot after its last success
+    (or its record's creation). Kept per job until its spec or last success changes, so
+    the page's polls cost two schedule steps per success, not per poll."""
+
+    def __init__(self) -> None:
+        self._due: dict[str, tuple[str, datetime, datetime]] = {}
+
+    def of(self, rec: ScheduledJob) -> datetime:
+        since = rec.last_success or rec.created_at
+        cached = self._due.get(rec.job_id)
+        if cached is not None and cached[:2] == (rec.spec_hash, since):
+            return cached[2]
+        spec = rec.spec
+        due = spec.next_fire(spec.next_fire(since))
+        self._due[rec.job_id] = (rec.spec_hash, since, due)
+        return due
 
 
 # -- the facade ----------------------------------------------------------------------
@@ -93,6 +115,7 @@ class SchedulerServingApp:
         self._version = version
         self._started_at = started_at
         self._replicas = replicas
+        self._due = SuccessDue()
         self._stuck_after_s = (
             stuck_after_s
             if stuck_after_s is not None
@@ -141,13 +164,12 @@ class SchedulerServingApp:
             records = self._registry.list_jobs()
         running = self._scheduler.running()
         next_runs = self._scheduler.next_runs()
-        return [self._view(r, r.job_id in running, next_runs) for r in records]
+        return [self._view(r, running.get(r.job_id), next_runs) for r in records]
 
     def get_job(self, job_id: str) -> JobView:
         rec = self._record(job_id)
-        return self._view(
-            rec, self._scheduler.is_running(job_id), self._scheduler.next_runs([job_id])
-        )
+        handle = self._scheduler.running().get(job_id)
+        return self._view(rec, handle, self._scheduler.next_runs([job_id]))
 
     def get_runs(self, job_id: str, limit: int = 20) -> list[RunView]:
         """Newest first; only for jobs in the current config."""
@@ -164,13 +186,14 @@ class SchedulerServingApp:
         return rec
 
     def _view(
-        self, rec: ScheduledJob, running: bool, next_runs: dict[str, datetime | None]
+        self, rec: ScheduledJob, run: RunHandle | None, next_runs: dict[str, datetime | None]
     ) -> JobView:
         spec = rec.spec
         # The scheduler's next fire time is live (e.g. just after a resume); the record's
         # is what was last written.
         next_run = next_runs.get(rec.job_id, rec.next_run)
-        status = JobStatus.RUNNING if running else rec.effective_status()
+        status = JobStatus.RUNNING if run is not None else rec.effective_status()
+        progress = self._scheduler.executor.progress(run.run_id) if run is not None else None
         return JobView(
             job_id=rec.job_id,
             name=spec.display_name,
@@ -187,11 +210,21 @@ class SchedulerServingApp:
             last_run=rec.last_run,
             next_run=next_run if rec.is_active else None,
             last_result=_summary(rec.last_result),
+            last_success=rec.last_success,
+            success_due_by=self._due.of(rec) if rec.is_active else None,
+            progress=ProgressView(done=progress[0], total=progress[1]) if progress else None,
             spec=spec.to_json(),
             spec_hash=rec.spec_hash,
             created_at=rec.created_at,
             updated_at=rec.updated_at,
         )
+
+    def read_series(self, read: Callable[[SeriesStore], _T]) -> _T:
+        """``read`` on the bar series of the daemon's Redis (``GET /data``), failures counted."""
+        if not isinstance(self._adapter, RedisAdapter):
+            raise StorageError("read series", "-", "this store holds no bar series")
+        with self._storage():
+            return read(SeriesStore(self._adapter))
 
     # -- actions ----------------------------------------------------------------------
 
@@ -229,9 +262,8 @@ class SchedulerServingApp:
                 "paused" if paused else "resumed",
                 extra={"job": job_id},
             )
-        view = self._view(
-            rec, self._scheduler.is_running(job_id), self._scheduler.next_runs([job_id])
-        )
+        handle = self._scheduler.running().get(job_id)
+        view = self._view(rec, handle, self._scheduler.next_runs([job_id]))
         return PauseView(
             job_id=job_id,
             paused=rec.paused,

@@ -54,6 +54,13 @@ class RunSummaryView(BaseModel):
     reason: str = ""
 
 
+class ProgressView(BaseModel):
+    """A run in progress on this daemon: how many of its tickers are done."""
+
+    done: int
+    total: int
+
+
 class JobView(BaseModel):
     """A job's spec from jobs.yaml and its runtime state."""
 
@@ -72,6 +79,15 @@ class JobView(BaseModel):
     last_run: UtcDatetime | None = None
     next_run: UtcDatetime | None = Field(None, description="next scheduled slot; null if inactive")
     last_result: RunSummaryView | None = None
+    last_success: UtcDatetime | None = Field(None, description="last run that fully succeeded")
+    success_due_by: UtcDatetime | None = Field(
+        None,
+        description="the job's second slot after its last success (or its creation): a job "
+        "without a success by then has missed twice its period; null while inactive",
+    )
+    progress: ProgressView | None = Field(
+        None, description="while a run is in progress on this daemon: tickers done of all"
+    )
     spec: dict[str, Any] = Field(description="the job as written in jobs.yaml, defaults merged")
     spec_hash: str
     created_at: UtcDatetime

@@ -564,7 +564,9 @@ READS = (
     "/scheduler/jobs/alpha",
     "/scheduler/jobs/alpha/runs",
     "/openapi.json",
-    "/docs",
+    "/ui/jobs",  # the page's fragments are reads too
+    "/ui/daemon",
+    "/ui/jobs/alpha",
 )
 PROBES = ("/healthz", "/readyz")
 

@@ -51,7 +51,7 @@ def test_reads_need_the_token_on_a_non_loopback_bind(tmp_path: Path, launch: Lau
         listen_host="0.0.0.0",
     )
     wait_ready(daemon)  # /readyz is open whatever the bind
-    for path in ("/scheduler/status", "/scheduler/jobs", "/scheduler/jobs/demo/runs", "/docs"):
+    for path in ("/scheduler/status", "/scheduler/jobs", "/scheduler/jobs/demo/runs", "/ui/jobs"):
         assert get(daemon, path) == 401, path
         assert get(daemon, path, "wrong") == 401, path
         assert get(daemon, path, TOKEN) == 200, path

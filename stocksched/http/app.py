@@ -17,14 +17,14 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi import Path as PathParam
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from stocksched.facade import MAX_RUNS_LIMIT, SchedulerServingApp
 from stocksched.http.access import Access, bearer_check
 from stocksched.http.errors import add_error_handlers
 from stocksched.http.limits import BodyLimitMiddleware
+from stocksched.http.page import add_page_routes
 from stocksched.jobs.spec import JOB_ID_PATTERN
 from stocksched.metrics import exposition
 from stocksched.views import ErrorBody, JobView, PauseView, Probe, RunView, StatusView, TriggerView
@@ -71,29 +71,28 @@ def create_app(facade: SchedulerServingApp, access: Access, max_body_bytes: int)
         title="stocksched",
         description=API_DESCRIPTION,
         version=facade.version,
+        # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN and stay
+        # blank offline. The schema is /openapi.json; the operator page is at /.
+        docs_url=None,
         redoc_url=None,
-        # Protected reads include the schema and its page (added below, behind the token).
+        # Protected reads include the schema (added below, behind the token).
         openapi_url=None if access.reads else "/openapi.json",
-        docs_url=None if access.reads else "/docs",
     )
     add_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     _add_probe_routes(app, facade, [auth] if access.metrics else [])
     _add_read_routes(app, facade, [auth] if access.reads else [])
     _add_action_routes(app, facade, auth)
+    add_page_routes(app, facade, bearer_check(access.token) if access.reads else None)
     if access.reads:
-        _add_protected_docs(app, auth)
+        _add_protected_schema(app, auth)
     return app
 
 
-def _add_protected_docs(app: FastAPI, auth: Any) -> None:
+def _add_protected_schema(app: FastAPI, auth: Any) -> None:
     @app.get("/openapi.json", include_in_schema=False, dependencies=[auth])
     def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
-
-    @app.get("/docs", include_in_schema=False, dependencies=[auth])
-    def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="stocksched API")
 
 
 def _add_probe_routes(app: FastAPI, facade: SchedulerServingApp, metrics_auth: list[Any]) -> None:

@@ -57,6 +57,7 @@ class JobScheduler:
         on_loop: Callable[[], None] | None = None,
     ) -> None:
         self._registry = registry
+        self.executor = executor  # read-only: the page asks it how far a run has got
         self._clock = clock
         self._max_sleep = max_sleep
         self._on_loop = on_loop

@@ -268,11 +268,7 @@ def connect(url: str | None, password_file: Path | None = None) -> redis.Redis:
     if spec in EMBEDDED_URLS:
         if password_file is not None:
             logger.debug("password file ignored for the embedded store")
-        try:
-            import fakeredis  # 16 MiB with lupa: imported only for the embedded store
-        except ImportError:
-            raise ValueError(EMBEDDED_MISSING) from None
-        return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+        return _embedded()
     scheme = urlsplit(spec).scheme.lower()
     if scheme == "memory":
         raise ValueError("the embedded store URL is exactly 'memory://' (no host or path)")
@@ -299,6 +295,16 @@ def connect(url: str | None, password_file: Path | None = None) -> redis.Redis:
         ),
         password=password,
     )
+
+
+def _embedded() -> redis.Redis:
+    """A new, empty in-process store; ValueError saying how to install it when missing."""
+    try:
+        import fakeredis  # 16 MiB with lupa: imported only for the embedded store
+    except ImportError:
+        raise ValueError(EMBEDDED_MISSING) from None
+    client: redis.Redis = fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+    return client
 
 
 def is_embedded(client: redis.Redis) -> bool:
