@@ -111,6 +111,18 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LimitedFak
         yield session
 
 
+@pytest.fixture(autouse=True)
+def _root_logging_kept() -> Iterator[None]:
+    """``main`` configures logging onto this test's captured stderr: undo that after."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def backfill(jobs: Path, url: str, *args: str) -> int:
     return main(["backfill", "hist", "--jobs", str(jobs), "--redis-url", url, *args])
 
