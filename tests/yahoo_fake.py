@@ -702,3 +702,36 @@ def installed_fake(cache_dir: Path, fake: FakeYahoo | None = None) -> Iterator[F
     finally:
         reset_yfinance_state()
         yf.config.debug.hide_exceptions = hide
+
+
+# ---------------------------------------------------------------------------- long history
+
+
+def weekday_history(sym: FakeSymbol, first: date, last: date) -> tuple[Bar, ...]:
+    """Deterministic, sane daily bars of ``sym`` on every weekday from ``first`` to
+    ``last`` (years of them, for backfills): the same bars in every test and process."""
+    import math
+
+    out: list[Bar] = []
+    day = first
+    while day <= last:
+        if day.weekday() < 5:
+            n = day.toordinal()
+            close = round(100.0 + 20.0 * math.sin(n / 40.0) + 0.01 * (n % 13), 2)
+            open_ = round(close * (1.0 + 0.002 * ((n % 5) - 2)), 2)
+            high = round(max(open_, close) * 1.01, 2)
+            low = round(min(open_, close) * 0.99, 2)
+            adj = round(close * 0.98, 4)
+            out.append(
+                Bar(sym.at(day, sym.session_open), open_, high, low, close, 1_000 + n % 997, adj)
+            )
+        day += timedelta(days=1)
+    return tuple(out)
+
+
+def long_history_symbol(
+    symbol: str = "LONGCO", first: date = date(2016, 6, 1), last: date = date(2026, 11, 27)
+) -> FakeSymbol:
+    """A symbol first traded on ``first`` with weekday daily bars up to ``last``."""
+    sym = FakeSymbol(symbol)
+    return FakeSymbol(symbol, bars={"1d": weekday_history(sym, first, last)})

@@ -35,10 +35,17 @@ def cmd_run_job(args: argparse.Namespace) -> int:
     return run_job(args)
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from stocksched.cli.backfill_command import cmd_backfill as backfill
+
+    return backfill(args)
+
+
 COMMANDS = {
     "validate": cmd_validate,
     "run": cmd_run,
     "run-job": cmd_run_job,
+    "backfill": cmd_backfill,
     "schema": cmd_schema,
     **{name: cmd_client for name in ("status", "jobs", "runs", "trigger", "pause", "resume")},
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from datetime import date
 from typing import Any
 
 from stocksched import __version__
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"stocksched {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_local_commands(sub)
+    _add_backfill_command(sub)
     sub.add_parser("schema", help="print the JSON Schema of jobs.yaml")
     _add_client_commands(sub)
     return parser
@@ -93,6 +95,33 @@ def _add_local_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     _add_settings_flags(rj)
     rj.add_argument("job_id", metavar="JOB_ID")
     rj.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _iso_date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got {text!r}") from None
+
+
+def _add_backfill_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``backfill``: a job's series filled with long history (stocksched.backfill)."""
+    bf = sub.add_parser(
+        "backfill",
+        help="fill a job's series with history, in chunks Yahoo can serve",
+        description="Fetch each of the job's tickers from --start to --end (default today) "
+        "at the job's interval and prefix, in chunks (a year of daily bars, 60 days of "
+        "1h, 7 days of 1m per request), through the shared rate limiter and the job's "
+        "retries, and merge them into its series. Resumable: running it again fetches "
+        "only what is still missing. Exit 0 all tickers done, 3 some failed, 1 all "
+        "failed, 2 usage (unknown job, --start beyond Yahoo's reach), 130 interrupted "
+        "(Ctrl-C: what was stored stays).",
+    )
+    _add_settings_flags(bf)
+    bf.add_argument("job_id", metavar="JOB_ID")
+    bf.add_argument("--start", type=_iso_date, required=True, metavar="YYYY-MM-DD")
+    bf.add_argument("--end", type=_iso_date, metavar="YYYY-MM-DD", help="last day (default: today)")
+    bf.add_argument("--json", action="store_true", help="print a summary per ticker as JSON")
 
 
 def _add_client_flags(p: argparse.ArgumentParser) -> None:
