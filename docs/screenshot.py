@@ -20,8 +20,10 @@ JOBS = """\
 version: 1
 defaults: {source: demo, window: 30d}
 jobs:
-  - {id: daily-tech, name: Daily tech stocks, tickers: [AAPL, MSFT, NVDA], schedule: "0 17 * * 1-5", timezone: America/New_York}
-  - {id: europe-close, name: European close, tickers: [SAP.DE, ASML.AS], schedule: "45 17 * * 1-5", timezone: Europe/Berlin}
+  - {id: daily-tech, name: Daily tech stocks, tickers: [AAPL, MSFT, NVDA],
+     schedule: "0 17 * * 1-5", timezone: America/New_York}
+  - {id: europe-close, name: European close, tickers: [SAP.DE, ASML.AS],
+     schedule: "45 17 * * 1-5", timezone: Europe/Berlin}
   - {id: hourly-index, tickers: [SPY, QQQ], schedule: "@every 1h"}
   - {id: retired, tickers: [XYZ], schedule: "@daily", enabled: false}
 """

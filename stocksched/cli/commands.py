@@ -41,8 +41,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return backfill(args)
 
 
+def cmd_deploy_files(args: argparse.Namespace) -> int:
+    from stocksched.cli.deploy_files import cmd_deploy_files as deploy_files
+
+    return deploy_files(args)
+
+
 COMMANDS = {
     "validate": cmd_validate,
+    "deploy-files": cmd_deploy_files,
     "run": cmd_run,
     "run-job": cmd_run_job,
     "backfill": cmd_backfill,

@@ -50,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_local_commands(sub)
     _add_backfill_command(sub)
     sub.add_parser("schema", help="print the JSON Schema of jobs.yaml")
+    kit = sub.add_parser(
+        "deploy-files",
+        help="write the deployment kit (unit, settings, example jobs, Prometheus, Grafana)",
+        description="Write the files a deployment needs, as the package carries them: "
+        "deploy/ (systemd unit, environment example, Prometheus scrape config and rules, "
+        "Grafana dashboard), config/stocksched.yaml, jobs.yaml and jobs.schema.json. "
+        "Exit 0 written, 1 DIR already holds one of them (nothing written) or cannot be "
+        "written.",
+    )
+    kit.add_argument("dir", metavar="DIR")
+    kit.add_argument("--force", action="store_true", help="overwrite files already there")
     _add_client_commands(sub)
     return parser
 
