@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -29,7 +29,8 @@ from stocksched.registry import JobRegistry, UnknownJobError
 from stocksched.reload import JobsReloader
 from stocksched.scheduling.claims import JobBusyError
 from stocksched.scheduling.scheduler import JobScheduler
-from stocksched.storage.adapter import AbstractDatabaseAdapter, StorageError
+from stocksched.storage.adapter import AbstractDatabaseAdapter, RedisAdapter, StorageError
+from stocksched.storage.series import SeriesStore
 from stocksched.views import (
     ConfigView,
     JobView,
@@ -50,6 +51,7 @@ __all__ = ["JobBusyError", "JobNotFoundError", "SchedulerServingApp"]
 STUCK_AFTER_SLEEPS = 3
 MAX_RUNS_LIMIT = 1000
 
+_T = TypeVar("_T")
 ReplicasHook = Callable[[], list[dict[str, Any]] | None]
 
 
@@ -192,6 +194,13 @@ class SchedulerServingApp:
             created_at=rec.created_at,
             updated_at=rec.updated_at,
         )
+
+    def read_series(self, read: Callable[[SeriesStore], _T]) -> _T:
+        """``read`` on the bar series of the daemon's Redis (``GET /data``), failures counted."""
+        if not isinstance(self._adapter, RedisAdapter):
+            raise StorageError("read series", "-", "this store holds no bar series")
+        with self._storage():
+            return read(SeriesStore(self._adapter))
 
     # -- actions ----------------------------------------------------------------------
 
