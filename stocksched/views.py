@@ -222,3 +222,38 @@ class PauseView(BaseModel):
     active: bool
     message: str
     job: JobView
+
+
+class SeriesView(BaseModel):
+    """One stored bar series (``GET /data``; ``stocksched tickers --json`` prints the same)."""
+
+    prefix: str
+    ticker: str
+    interval: str
+    tz: str | None = Field(description="the exchange's time zone, e.g. America/New_York")
+    first: str | None = Field(
+        description="first bar: exchange-local date (daily and longer bars) or ISO 8601 "
+        "timestamp with offset (intraday)"
+    )
+    last: str | None = Field(description="last bar, like first")
+    bars: int = Field(description="bars stored")
+    missing: int = Field(description="exchange sessions missing from the series")
+    missing_dates: list[str] = Field(description="the missing sessions (ISO dates)")
+    fetched: str | None = Field(description="last fetch, ISO 8601 UTC")
+    exchange: str | None = Field(description="exchange calendar code, e.g. XNYS")
+    last_action: dict[str, Any] | None = Field(
+        description='newest corporate action: {"date", "dividend", "split"}'
+    )
+
+
+class BarsView(BaseModel):
+    """``GET /data/{ticker}``: the bars as yfinance's frame would list them; NaN is null."""
+
+    ticker: str
+    interval: str
+    prefix: str
+    tz: str
+    bars: list[dict[str, Any]] = Field(
+        description='one object per bar: "Date" (ISO 8601 with the exchange\'s offset), '
+        '"Open", "High", "Low", "Close", "Adj Close", "Volume", "Dividends", "Stock Splits"'
+    )

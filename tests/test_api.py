@@ -844,6 +844,8 @@ def test_openapi_documents_the_read_only_contract(stack: Stack) -> None:
         ("GET", "/scheduler/jobs"),
         ("GET", "/scheduler/jobs/{job_id}"),
         ("GET", "/scheduler/jobs/{job_id}/runs"),
+        ("GET", "/data"),
+        ("GET", "/data/{ticker}"),
         ("POST", "/scheduler/jobs/{job_id}/trigger"),
         ("POST", "/scheduler/jobs/{job_id}/pause"),
         ("POST", "/scheduler/jobs/{job_id}/resume"),

@@ -23,6 +23,12 @@ def cmd_client(args: argparse.Namespace) -> int:
     return run_command(args, lambda: settings_from_args(args))
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from stocksched.cli.data_commands import run_data_command  # pandas: only for these
+
+    return run_data_command(args, lambda: settings_from_args(args))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from stocksched.cli.runjob import cmd_run as run  # the daemon's imports: only for run
 
@@ -54,6 +60,8 @@ COMMANDS = {
     "run-job": cmd_run_job,
     "backfill": cmd_backfill,
     "schema": cmd_schema,
+    "bars": cmd_data,
+    "tickers": cmd_data,
     **{name: cmd_client for name in ("status", "jobs", "runs", "trigger", "pause", "resume")},
 }
 

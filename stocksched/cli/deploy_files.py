@@ -40,9 +40,9 @@ def cmd_deploy_files(args: argparse.Namespace) -> int:
     files = kit_files()
     clashes = [n for n in files if (target / n).exists()] if not args.force else []
     if clashes:
+        more = f" (+{len(clashes) - 5} more)" if len(clashes) > 5 else ""
         print(
-            f"stocksched: {target} already holds {', '.join(clashes[:5])}"
-            f"{' (+%d more)' % (len(clashes) - 5) if len(clashes) > 5 else ''}; "
+            f"stocksched: {target} already holds {', '.join(clashes[:5])}{more}; "
             "nothing written (--force overwrites)",
             file=sys.stderr,
         )

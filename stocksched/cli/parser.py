@@ -10,6 +10,7 @@ from typing import Any
 from stocksched import __version__
 from stocksched.settings import Settings, load_settings, resolve_config_path
 
+DEFAULT_PREFIX = "scheduled_stock_data"  # the jobs' default prefix (stocksched.data too)
 MAX_COUNT = 100  # validate --count: fire times per job
 
 
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_local_commands(sub)
     _add_backfill_command(sub)
+    _add_data_commands(sub)
     sub.add_parser("schema", help="print the JSON Schema of jobs.yaml")
     kit = sub.add_parser(
         "deploy-files",
@@ -133,6 +135,45 @@ def _add_backfill_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
     bf.add_argument("--start", type=_iso_date, required=True, metavar="YYYY-MM-DD")
     bf.add_argument("--end", type=_iso_date, metavar="YYYY-MM-DD", help="last day (default: today)")
     bf.add_argument("--json", action="store_true", help="print a summary per ticker as JSON")
+
+
+def _add_redis_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="PATH",
+        help="settings file (default: $STOCKSCHED_CONFIG or config/stocksched.yaml)",
+    )
+    p.add_argument("--redis-url", metavar="URL", help="redis://... (env STOCKSCHED_REDIS_URL)")
+
+
+def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The stored series, read from Redis directly (stocksched.cli.data_commands)."""
+    bars = sub.add_parser(
+        "bars",
+        help="print a ticker's stored bars (reads Redis; no daemon needed)",
+        description="Print the stored bars of TICKER. Exit 0; 1 when nothing is stored for "
+        "the ticker at this interval and prefix, a date is invalid or Redis is unreachable.",
+    )
+    bars.add_argument("ticker", metavar="TICKER")
+    bars.add_argument("--interval", default="1d", help="bar interval (default 1d)")
+    bars.add_argument("--start", metavar="DATE", help="first date, exchange-local (inclusive)")
+    bars.add_argument("--end", metavar="DATE", help="last date, exchange-local (inclusive)")
+    bars.add_argument(
+        "--format",
+        choices=["table", "csv", "json"],
+        help="output (default: table on a terminal, csv when piped)",
+    )
+    bars.add_argument(
+        "--prefix", default=DEFAULT_PREFIX, help=f"storage prefix (default {DEFAULT_PREFIX})"
+    )
+    _add_redis_flags(bars)
+    tickers = sub.add_parser(
+        "tickers",
+        help="list every stored series: range, bars, missing sessions, last fetch and action",
+    )
+    tickers.add_argument("--json", action="store_true", help="print JSON (with missing dates)")
+    tickers.add_argument("--prefix", help="only the series of this storage prefix")
+    _add_redis_flags(tickers)
 
 
 def _add_client_flags(p: argparse.ArgumentParser) -> None:

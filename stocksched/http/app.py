@@ -1,7 +1,8 @@
 """The HTTP API's routes over the SchedulerServingApp facade.
 
-Read state, trigger a run, pause and resume. Job definitions are not created, edited or
-deleted over HTTP: ``jobs.yaml`` in git is the source of truth.
+Read state and the stored bar series (``/data``, ``stocksched.http.data_routes``), trigger
+a run, pause and resume. Job definitions are not created, edited or deleted over HTTP:
+``jobs.yaml`` in git is the source of truth.
 
 Every error is JSON ``{"error": "..."}`` (``stocksched.http.errors``). When a token is
 configured every POST needs ``Authorization: Bearer <token>``; binding a non-loopback
@@ -22,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from stocksched.facade import MAX_RUNS_LIMIT, SchedulerServingApp
 from stocksched.http.access import Access, bearer_check
+from stocksched.http.data_routes import add_data_routes
 from stocksched.http.errors import add_error_handlers
 from stocksched.http.limits import BodyLimitMiddleware
 from stocksched.http.page import add_page_routes
@@ -82,6 +84,7 @@ def create_app(facade: SchedulerServingApp, access: Access, max_body_bytes: int)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     _add_probe_routes(app, facade, [auth] if access.metrics else [])
     _add_read_routes(app, facade, [auth] if access.reads else [])
+    add_data_routes(app, facade, [auth] if access.reads else [])
     _add_action_routes(app, facade, auth)
     add_page_routes(app, facade, bearer_check(access.token) if access.reads else None)
     if access.reads:
