@@ -185,6 +185,19 @@ def test_trigger_while_running_prints_the_servers_message(
     assert err.startswith("stocksched: HTTP 409: job 'alpha' is already running")
 
 
+def test_trigger_wait_on_a_running_job_waits_for_that_run(
+    slow_daemon: Daemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "trigger", "alpha", "--url", slow_daemon.url)
+    assert code == 0
+    first = out.split()[2]
+    code, out, err = run(capsys, "trigger", "alpha", "--wait", "--url", slow_daemon.url)
+    assert code == 0, err
+    assert err == f"stocksched: alpha is already running: waiting for {first}\n"
+    assert out.startswith(f"alpha {first}: success in ")  # that run, reported like run-job
+    assert [r.run_id for r in slow_daemon.stack.c.registry.get_runs("alpha", 10)] == [first]
+
+
 def test_trigger_wait_times_out(slow_daemon: Daemon, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(
         capsys, "trigger", "alpha", "--wait", "--timeout", "0.2", "--url", slow_daemon.url

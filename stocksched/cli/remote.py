@@ -25,10 +25,11 @@ class DaemonUnreachableError(Exception):
 class ApiError(Exception):
     """The daemon answered with an error; ``message`` is its ``error`` field."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, body: dict[str, Any] | None = None) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+        self.body = body or {}  # the whole JSON error, e.g. a 409's ``run_id``
 
 
 def url_from_listen(listen: str) -> str:
@@ -102,7 +103,7 @@ class ApiClient:
                 raise ApiError(
                     resp.status_code, "the answer is not JSON; is this URL a stocksched daemon?"
                 ) from None
-        raise ApiError(resp.status_code, _error_message(resp))
+        raise ApiError(resp.status_code, _error_message(resp), _error_body(resp))
 
     def status(self) -> dict[str, Any]:
         data: dict[str, Any] = self._request("GET", "/scheduler/status")
@@ -151,6 +152,14 @@ class ApiClient:
 
 def _seg(job_id: str) -> str:
     return quote(job_id, safe="")
+
+
+def _error_body(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _error_message(resp: httpx.Response) -> str:

@@ -104,14 +104,24 @@ def _runs(c: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _trigger(c: ApiClient, args: argparse.Namespace, out: TextIO) -> int:
-    accepted = c.trigger(args.job_id)
-    if not args.wait:
-        _emit(args, accepted, f"{args.job_id}: run {accepted['run_id']} started", out)
-        return EXIT_OK
-    run = c.wait_for_run(args.job_id, accepted["run_id"], args.timeout)
+    try:
+        accepted = c.trigger(args.job_id)
+        run_id = accepted["run_id"]
+    except ApiError as exc:
+        # --wait on a job already running waits for the run in progress instead.
+        running = exc.body.get("run_id") if exc.status == 409 else None
+        if not (args.wait and isinstance(running, str)):
+            raise
+        sys.stderr.write(f"stocksched: {args.job_id} is already running: waiting for {running}\n")
+        run_id = running
+    else:
+        if not args.wait:
+            _emit(args, accepted, f"{args.job_id}: run {run_id} started", out)
+            return EXIT_OK
+    run = c.wait_for_run(args.job_id, run_id, args.timeout)
     if run is None:
         sys.stderr.write(
-            f"stocksched: run {accepted['run_id']} did not finish within "
+            f"stocksched: run {run_id} did not finish within "
             f"{args.timeout:g}s (it may still be running)\n"
         )
         return EXIT_FAIL

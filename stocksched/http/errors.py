@@ -27,11 +27,15 @@ async def _not_found(_r: Request, exc: Exception) -> JSONResponse:
 
 
 async def _busy(_r: Request, exc: Exception) -> JSONResponse:
-    return error_response(
-        409,
-        f"job {exc.args[0] if exc.args else ''!r} is already running "
-        "(or the daemon is shutting down); try again when it has finished",
-    )
+    run_id = getattr(exc, "run_id", None)
+    running = f" (run {run_id})" if run_id else ""
+    body = {
+        "error": f"job {exc.args[0] if exc.args else ''!r} is already running{running} "
+        "(or the daemon is shutting down); try again when it has finished"
+    }
+    if run_id:
+        body["run_id"] = run_id  # the run in progress: `trigger --wait` waits for it
+    return JSONResponse(body, status_code=409)
 
 
 async def _unauthenticated(_r: Request, exc: Exception) -> JSONResponse:

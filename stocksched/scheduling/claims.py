@@ -29,7 +29,11 @@ log = logging.getLogger(__name__)
 
 
 class JobBusyError(RuntimeError):
-    """The job already has a run in progress."""
+    """The job already has a run in progress (``run_id``, when known)."""
+
+    def __init__(self, job_id: str, run_id: str | None = None) -> None:
+        super().__init__(job_id)
+        self.run_id = run_id
 
 
 @dataclass
@@ -73,8 +77,9 @@ class Claims:
             started_at=now,
             mark=MarkRunning.keeping_next_run(),
         )
-        if lease is None:
-            raise JobBusyError(job_id)  # running on another replica
+        if lease is None:  # running on another replica (or a run-job)
+            holder = self._leases.holder(job_id)
+            raise JobBusyError(job_id, holder[1] if holder and holder[1] != "?" else None)
         return RunHandle(run_id, Trigger.MANUAL, None, now, lease=lease)
 
     def give_back(self, handle: RunHandle) -> None:

@@ -133,8 +133,9 @@ class JobScheduler:
     def _check_idle(self, job_id: str) -> None:
         if job_id not in self._table.jobs:
             raise UnknownJobError(job_id)
-        if job_id in self._runs.running or self._runs.stopping:
-            raise JobBusyError(job_id)
+        handle = self._runs.running.get(job_id)
+        if handle is not None or self._runs.stopping:
+            raise JobBusyError(job_id, handle.run_id if handle is not None else None)
 
     def set_paused(self, job_id: str, paused: bool) -> ScheduledJob:
         """Persist the pause override, then follow it here (resume catches up like a start)."""
