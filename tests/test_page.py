@@ -83,3 +83,24 @@ def test_a_job_without_a_success_for_two_periods_is_marked(stack: Stack) -> None
     done = stack.facade.get_job("alpha")
     assert done.last_success is not None and done.success_due_by is not None
     assert done.success_due_by > done.last_success + timedelta(hours=1)
+
+
+def test_a_running_job_shows_how_many_of_its_tickers_are_done(tmp_path: Path) -> None:
+    import time
+
+    six = JOBS.replace("tickers: [AAA, BBB]", "tickers: [AAA, BBB, CCC, DDD, EEE, FFF]")
+    s = Stack(tmp_path, jobs=six, latency=0.5)  # 4 tickers at a time: 4 done, then 2 more
+    try:
+        run_id = s.http.post("/scheduler/jobs/alpha/trigger").json()["run_id"]
+        job = s.facade.get_job("alpha")
+        deadline = time.monotonic() + 5
+        while (job.progress is None or job.progress.done == 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            job = s.facade.get_job("alpha")
+        assert job.running and job.progress is not None and job.progress.total == 6
+        row = job_row(job, datetime.now(UTC))
+        assert row["state"] == f"running {job.progress.done} of 6 tickers"
+        s.wait_run("alpha", run_id)
+        assert s.facade.get_job("alpha").progress is None
+    finally:
+        s.close()
