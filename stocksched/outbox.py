@@ -174,7 +174,7 @@ class Outbox:
         ``together`` does what each write would do and answers, per write, None (done) or
         the StorageError that failed that one alone; it raises StorageError when the
         whole attempt failed. A write that failed is kept and retried on its own, in
-        order. Returns how many were done now.
+        order. Returns how many ``together`` did (0 when they were queued).
         """
         with self._lock:
             queued = bool(self._pending)

@@ -6,10 +6,11 @@ now and then one fell in a busy second, and it set the p99 of the start lateness
 ``bench/schedule_10k.py`` at 20 and at 167 due per second (one late second: p99 about
 equal to the max; issue 11). ``GcSettler`` freezes what is alive (``gc.freeze``: moved
 to a generation the collector never walks) once the jobs are loaded, and later, when the
-scheduler is idle, collects and freezes again, so the passes in a busy second walk only
-what came since. The price: a reference cycle that becomes garbage once frozen is never
-freed (objects without cycles are freed by reference counting, as always); at most one
-idle settle a minute bounds how much that can be.
+scheduler is idle (nothing running, nothing due within a second), collects and freezes
+again, so the passes in a busy second walk only what came since. The price: a reference
+cycle that becomes garbage once frozen is never freed (objects without cycles are freed
+by reference counting, as always); each settle collects first, so only what is alive
+and reachable is frozen.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from datetime import datetime
 from stocksched.clock import Clock
 
 IDLE_S = 1.0  # settle only when the next slot is at least this far away
-EVERY_S = 60.0  # and at most this often
+# and at most this often: soon enough after the start to take in the modules the daemon
+# warms up once ready (pandas: ~33,000 objects, ~12 ms a pass), rare enough to cost
+# nothing (a pass over what is not frozen yet takes a few ms)
+EVERY_S = 10.0
 
 
 class GcSettler:
