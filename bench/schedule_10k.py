@@ -242,6 +242,7 @@ def child_stocksched(args: argparse.Namespace) -> dict[str, Any]:
     slots = {f"T{i:05d}": slot_of(i, tl.window_start, tl.window) for i in range(args.jobs)}
     tl.out["dispatch"] = dispatch
     tl.out["start"] = [t - slots[k] for k, t in starts.items()]
+    tl.out["start_second"] = [slots[k] - tl.window_start for k in starts]
     return tl.out
 
 
@@ -268,8 +269,11 @@ def child_apscheduler(args: argparse.Namespace) -> dict[str, Any]:
             dispatch.extend(now - rt.timestamp() for rt in run_times)
             super().submit_job(job, run_times)
 
+    start_second: list[int] = []
+
     def job(slot: int) -> None:
         start.append(time.time() - slot)
+        start_second.append(slot - tl.window_start)
 
     def on_missed(event: JobExecutionEvent) -> None:
         missed.append(1)
@@ -295,6 +299,7 @@ def child_apscheduler(args: argparse.Namespace) -> dict[str, Any]:
     sched.shutdown(wait=True)
     tl.out["dispatch"] = dispatch
     tl.out["start"] = start
+    tl.out["start_second"] = start_second
     tl.out["missed"] = len(missed)
     tl.out["exit"] = 0
     return tl.out
@@ -345,6 +350,20 @@ def ms(v: float) -> str:
     return f"{v * 1000:8.1f} ms"
 
 
+def slowest_second(lateness: list[float], second: list[int]) -> str:
+    """The second of the window whose starts were latest, and the p99 without it: tells
+    one pause (a GC pass, a first-time cost) from lateness in every second."""
+    by: dict[int, list[float]] = {}
+    for late, sec in zip(lateness, second, strict=True):
+        by.setdefault(sec, []).append(late)
+    worst = max(by, key=lambda k: max(by[k]))
+    rest = [x for k, v in by.items() if k != worst for x in v]
+    return (
+        f"slowest second: +{worst} s (max {ms(max(by[worst])).strip()}); "
+        f"start p99 without it {ms(percentile(rest, 99)).strip() if rest else '-'}"
+    )
+
+
 def report(name: str, r: dict[str, Any], window: int, jobs: int) -> None:
     d, s = r["dispatch"], r["start"]
     print(f"{name}:")
@@ -359,6 +378,8 @@ def report(name: str, r: dict[str, Any], window: int, jobs: int) -> None:
         f"  start lateness (due -> job code runs), {len(s)} starts:     "
         f"p50 {ms(percentile(s, 50))}  p99 {ms(percentile(s, 99))}  max {ms(max(s))}"
     )
+    if r.get("start_second"):
+        print(f"  {slowest_second(s, r['start_second'])}")
     if "missed" in r:
         print(f"  misfired (dropped by misfire_grace_time): {r['missed']}")
     idle_rate = r["idle_cpu_s"] / r["idle_window_s"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -161,6 +161,43 @@ class Outbox:
             return False
         self._health.ok()
         return True
+
+    def run_many(
+        self,
+        what: str,
+        writes: Sequence[Callable[[], object]],
+        together: Callable[[], Sequence[StorageError | None]],
+    ) -> int:
+        """``writes`` done at once by ``together`` (one round trip for all), each kept
+        for later as ``run`` keeps one if Redis is away (or writes are queued).
+
+        ``together`` does what each write would do and answers, per write, None (done) or
+        the StorageError that failed that one alone; it raises StorageError when the
+        whole attempt failed. A write that failed is kept and retried on its own, in
+        order. Returns how many ``together`` did (0 when they were queued).
+        """
+        with self._lock:
+            queued = bool(self._pending)
+            if queued:
+                for write in writes:
+                    self._append(what, write)
+        if queued:
+            self.flush()
+            return 0
+        try:
+            errors = list(together())
+        except StorageError as exc:
+            errors = [exc] * len(writes)
+        failed = [(w, e) for w, e in zip(writes, errors, strict=True) if e is not None]
+        if not failed:
+            self._health.ok()
+            return len(writes)
+        self._health.failed(what, failed[0][1])
+        with self._lock:
+            for write, _ in failed:
+                self._append(what, write)
+            self._schedule_retry()
+        return len(writes) - len(failed)
 
     def _append(self, what: str, write: Callable[[], object]) -> None:
         if len(self._pending) >= MAX_PENDING:

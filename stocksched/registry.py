@@ -23,7 +23,7 @@ from stocksched.jobs.spec import JobSpec
 from stocksched.model import JobStatus, RunResult, RunStatus, ScheduledJob
 from stocksched.storage.adapter import RedisAdapter
 from stocksched.storage.fence import Fence
-from stocksched.storage.history import RunHistory
+from stocksched.storage.history import Fenced, RecordAnswer, RunHistory
 from stocksched.storage.jobs import JobRecords, JobRuntime, Mutator, UnknownJobError
 
 __all__ = ["JobRegistry", "JobRuntime", "ReconcileDiff", "UnknownJobError", "spec_hash"]
@@ -269,6 +269,19 @@ class JobRegistry:
         """
         status = _job_status(result)
         return self._history.record_fenced(result, fence, status, status == JobStatus.COMPLETED)
+
+    def record_own_runs(self, runs: Sequence[tuple[RunResult, Fence]]) -> list[RecordAnswer]:
+        """``record_own_run`` for each run, all in one round trip (a burst of results).
+
+        One answer per run: what ``record_own_run`` would return, or the FenceLostError
+        or StorageError it would raise, so one run's lost lease or refused script does
+        not hide the others' answers; StorageError raised: the round trip failed.
+        """
+        fenced = []
+        for result, fence in runs:
+            status = _job_status(result)
+            fenced.append(Fenced(result, fence, status, status == JobStatus.COMPLETED))
+        return self._history.record_fenced_many(fenced)
 
     def add_history(self, result: RunResult) -> None:
         """History entry without touching the record (missed, skipped, interrupted slots)."""

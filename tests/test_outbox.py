@@ -58,3 +58,60 @@ def test_outage_is_reported_once_and_recovery_once() -> None:
     clock.advance(60)
     assert outbox.flush() == 3
     assert recovered == [True]
+
+
+def test_a_batch_keeps_only_the_writes_that_failed_and_retries_each_on_its_own() -> None:
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    outbox = Outbox(StorageHealth(clock), clock)
+    written: list[int] = []
+    refused = StorageError("EVALSHA", "k", "OOM command not allowed")
+
+    def together() -> list[StorageError | None]:
+        written.extend([0, 2])  # one round trip: the first and the last were taken
+        return [None, refused, None]
+
+    writes = [lambda i=i: written.append(i) for i in range(3)]
+    assert outbox.run_many("record run", writes, together) == 2
+    assert len(outbox) == 1
+    clock.advance(60)
+    assert outbox.flush() == 1
+    assert written == [0, 2, 1]
+
+
+def test_a_batch_goes_behind_writes_already_kept_in_order() -> None:
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    outbox = Outbox(StorageHealth(clock), clock)
+    written: list[str] = []
+    down = [True]
+
+    def first() -> None:
+        if down[0]:
+            raise StorageError("SET", "k", "Connection refused")
+        written.append("first")
+
+    def together() -> list[StorageError | None]:
+        raise AssertionError("a batch must not overtake a kept write")
+
+    outbox.run("first", first)
+    down[0] = False
+    clock.advance(60)
+    outbox.run_many("batch", [lambda: written.append("a"), lambda: written.append("b")], together)
+    assert written == ["first", "a", "b"]
+    assert len(outbox) == 0
+
+
+def test_a_failed_round_trip_keeps_the_whole_batch() -> None:
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    health = StorageHealth(clock)
+    outbox = Outbox(health, clock)
+    written: list[int] = []
+
+    def together() -> list[StorageError | None]:
+        raise StorageError("EVALSHA", "k", "Connection refused")
+
+    writes = [lambda i=i: written.append(i) for i in range(3)]
+    assert outbox.run_many("record run", writes, together) == 0
+    assert len(outbox) == 3 and not health.state().up
+    clock.advance(60)
+    assert outbox.flush() == 3
+    assert written == [0, 1, 2] and health.state().up

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -25,7 +26,7 @@ from stocksched.registry import JobRegistry
 from stocksched.runids import scheduled_run_id
 from stocksched.sources.base import Fetcher, PermanentFetchError
 from stocksched.sources.demo import DemoFetcher
-from stocksched.storage import keys
+from stocksched.storage import keys, scripts
 from stocksched.storage.adapter import RedisAdapter
 from stocksched.storage.butler import DataIOButler
 from stocksched.storage.jobs import JobRuntime
@@ -313,3 +314,150 @@ def test_a_manual_claim_given_back_leaves_the_job_pending_not_running(
     job = registry.get_job("a")
     assert job is not None and job.status == JobStatus.PENDING
     assert real_redis.exists(keys.running_key("a")) == 0
+
+
+class HeldRecorder(ThreadPoolExecutor):
+    """The scheduler's recorder thread, kept busy until ``go`` is set: runs that end
+    meanwhile wait for it together, as a burst's results do behind a round trip."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="recorder")
+        self.go = threading.Event()
+        self.submit(self.go.wait, 30)
+
+
+class Burst:
+    """Jobs a, b, c due at SLOT on one worker, their results held back from the recorder
+    until ``release``; job d is due a minute later."""
+
+    def __init__(self, redis_server: RedisServer) -> None:
+        pool = redis.ConnectionPool.from_url(
+            redis_server.url, decode_responses=True, connection_class=CountingConnection
+        )
+        self.client: redis.Redis = redis.Redis(connection_pool=pool)
+        self.clock = FakeClock(SLOT - timedelta(minutes=3))
+        adapter = RedisAdapter(self.client)
+        self.registry = JobRegistry(adapter, self.clock)
+        self.fetched = threading.Semaphore(0)
+
+        class Counting(NoData):
+            def fetch_from_source(
+                _self, ticker: str, start: date, end: date, interval: str
+            ) -> pd.DataFrame:
+                self.fetched.release()
+                return super().fetch_from_source(ticker, start, end, interval)
+
+        no_data: dict[str, Fetcher] = {"demo": Counting()}
+        executor = JobExecutor(no_data, DataIOButler(adapter), self.clock, 4, Metrics("t"))
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job")
+        self.recorder = HeldRecorder()
+        self.leases = LeaseManager(adapter, "replica-test", clock=self.clock)
+        self.sched = make_scheduler(
+            self.client,
+            self.registry,
+            executor,
+            self.clock,
+            leases=self.leases,
+            pool=self.pool,
+            recorder=self.recorder,
+        )
+        specs = [make_spec(j, tickers=["AAA"]) for j in "abc"]
+        self.registry.reconcile([*specs, make_spec("d", tickers=["AAA"], schedule="6 * * * *")])
+        self.sched.set_jobs(self.registry.list_jobs())
+        for script in (scripts.CLAIM, scripts.RECORD):
+            self.client.script_load(script)
+
+    def run_held(self) -> None:
+        """Run a, b and c; return once all three bodies are over, results not recorded."""
+        self.clock.set(SLOT)
+        self.sched.tick()
+        for _ in "abc":
+            assert self.fetched.acquire(timeout=10)
+        self.pool.submit(lambda: None).result(10)  # the one worker is past all three
+
+    def release(self) -> None:
+        CountingConnection.sent.clear()
+        self.recorder.go.set()
+        assert self.sched.wait_idle(10)
+        self.sched.flush_bookkeeping(10)
+
+    def close(self) -> None:
+        self.recorder.go.set()
+        self.sched.stop(1)
+        self.pool.shutdown()
+        self.client.close()
+
+
+def _recorded(registry: JobRegistry, job_id: str) -> bool:
+    job = registry.get_job(job_id)
+    runs = registry.get_runs(job_id)
+    return job is not None and job.status == JobStatus.FAILED and len(runs) == 1
+
+
+def test_results_that_end_together_are_recorded_in_one_round_trip(
+    redis_server: RedisServer, real_redis: redis.Redis
+) -> None:
+    burst = Burst(redis_server)
+    try:
+        burst.run_held()
+        burst.release()
+
+        assert CountingConnection.sent == ["evalsha"]  # three RECORD scripts, one pipeline
+        assert all(_recorded(burst.registry, j) for j in "abc")
+        assert real_redis.exists(*(keys.running_key(j) for j in "abc")) == 0
+        assert burst.leases.find_interrupted() == []
+    finally:
+        burst.close()
+
+
+def test_a_lost_lease_in_a_batch_loses_that_run_alone(
+    redis_server: RedisServer, real_redis: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    burst = Burst(redis_server)
+    try:
+        burst.run_held()
+        # b stalled past its lease: another replica took the job over meanwhile
+        real_redis.hset(keys.running_key("b"), "owner", "replica-other/1.x")
+        burst.release()
+
+        assert _recorded(burst.registry, "a") and _recorded(burst.registry, "c")
+        assert burst.registry.get_runs("b") == []  # nothing of b's run written
+        assert real_redis.hget(keys.running_key("b"), "owner") == "replica-other/1.x"
+        assert "lease lost job=b" in caplog.text
+        assert not burst.sched.is_running("b")  # forgotten here all the same
+    finally:
+        burst.close()
+
+
+@pytest.mark.parametrize("failure", ["out of memory", "unreachable"])
+def test_a_storage_failure_keeps_every_result_of_the_batch_for_later(
+    redis_server: RedisServer, real_redis: redis.Redis, failure: str
+) -> None:
+    """Redis refuses each script (maxmemory) or the round trip fails (the connection is
+    gone and cannot authenticate): all three results are kept, and written once Redis
+    takes writes again, with the next result."""
+    burst = Burst(redis_server)
+    try:
+        burst.run_held()
+        if failure == "out of memory":
+            real_redis.config_set("maxmemory", 1)
+        else:
+            real_redis.config_set("requirepass", "sesame")
+            real_redis.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+        burst.release()
+        assert real_redis.exists(*(keys.runs_key(j) for j in "abc")) == 0  # none written
+
+        real_redis.config_set("maxmemory", 0)
+        real_redis.config_set("requirepass", "")
+        burst.clock.set(SLOT + timedelta(minutes=1))  # d is due, past the retry backoff
+        burst.sched.tick()
+        assert burst.sched.wait_idle(10)
+        burst.sched.flush_bookkeeping(10)
+
+        assert all(_recorded(burst.registry, j) for j in "abcd")
+        assert real_redis.exists(*(keys.running_key(j) for j in "abcd")) == 0
+        assert burst.leases.find_interrupted() == []
+    finally:
+        real_redis.config_set("maxmemory", 0)
+        real_redis.config_set("requirepass", "")
+        burst.close()

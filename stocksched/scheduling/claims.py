@@ -189,6 +189,9 @@ class Claims:
         if lease is None:
             return
         leases, keeper = self._leases, self.keeper
+        if handle.lease_done:  # the fenced record ended it, or it was lost: no write
+            keeper.discard(lease)
+            return
 
         def finish() -> None:
             keeper.discard(lease)

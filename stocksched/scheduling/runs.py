@@ -1,9 +1,10 @@
 """A run's life on the worker threads: claim, execute, record, release.
 
 ``Runs`` has the slot and the job's running lease claimed across replicas (``claims``),
-marks the job running, executes it, records the result fenced by the lease (the same
-write ends it), and cancels a run whose lease was lost. Runs whose lease heartbeat
-stopped are ``recovery.CrashRecovery``'s.
+marks the job running, executes it, hands the result to the ``recorder.RunRecorder``
+(recorded fenced by the lease, the same write ends it, with the other results waiting),
+and cancels a run whose lease was lost. Runs whose lease heartbeat stopped are
+``recovery.CrashRecovery``'s.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from stocksched.registry import JobRegistry
 from stocksched.scheduling.bookkeeping import Bookkeeping
 from stocksched.scheduling.claimer import SlotClaimer
 from stocksched.scheduling.claims import Claims, RunHandle
+from stocksched.scheduling.recorder import Ended, RunRecorder, log_fence_lost
 from stocksched.scheduling.recovery import CrashRecovery
 from stocksched.scheduling.slots import JobState
 from stocksched.scheduling.timetable import Timetable
@@ -56,9 +58,9 @@ class Runs:
         self._table = table
         self._cond = cond
         self._pool = pool
-        self._recorder = recorder  # one thread: results recorded in the order runs end
         self._metrics = metrics
         self.claims = Claims(leases, table, cond, clock, book, self._on_lease_lost)
+        self.recorder = RunRecorder(registry, book, self.claims, recorder, self._finish_all)
         self.claimer = SlotClaimer(leases, table, self._start_claimed)
         self.running: dict[str, RunHandle] = {}
         self.recovery = CrashRecovery(leases, book, table, cond, clock, self.running)
@@ -100,7 +102,7 @@ class Runs:
                 self._book.safe(
                     "un-mark running", spec.id, lambda: self._registry.clear_running(spec.id)
                 )
-            self._conclude(spec, handle, None)
+            self.recorder.put(spec, handle, None)
 
     # -- the worker side -----------------------------------------------------------------
 
@@ -118,10 +120,7 @@ class Runs:
         try:
             result = self._body(spec, handle, next_run, answer)
         finally:
-            try:
-                self._recorder.submit(self._conclude, spec, handle, result)
-            except RuntimeError:  # the recorder is shut down (drain over): conclude here
-                self._conclude(spec, handle, result)
+            self.recorder.put(spec, handle, result)
 
     def _body(
         self,
@@ -150,7 +149,7 @@ class Runs:
             )
             return result
         except FenceLostError:
-            _log_fence_lost(spec.id, handle.run_id, "before it started")
+            log_fence_lost(spec.id, handle.run_id, "before it started")
             handle.lease_done = True
             return None
         except Exception:
@@ -163,15 +162,6 @@ class Runs:
             handle.outcome = JobStatus.FAILED
             return None
 
-    def _conclude(self, spec: JobSpec, handle: RunHandle, result: RunResult | None) -> None:
-        """Record the result (fenced; the same script ends the lease), release, forget."""
-        try:
-            if result is not None:
-                self._book.outbox.run("record run", lambda: self._record_own(result, handle))
-        finally:
-            self.claims.release(handle)
-            self._finish(spec, handle)
-
     def _on_lease_lost(self, lease: Lease, reason: str) -> None:
         with self._cond:
             handle = self.running.get(lease.job_id)
@@ -179,20 +169,25 @@ class Runs:
                 handle.cancel_reason = f"lease lost: {reason}"
                 handle.cancel.set()  # never twice at once: another replica may take over
 
-    def _finish(self, spec: JobSpec, handle: RunHandle) -> None:
+    def _finish_all(self, ended: list[Ended]) -> None:
+        """Forget runs whose results are stored (or kept): one lock hold for a batch."""
         with self._cond:
-            if self.running.get(spec.id) is handle:
-                del self.running[spec.id]
-            if spec.id in self._table.jobs:
-                self._metrics.job_running.labels(job=spec.id).set(0)
-            else:  # removed while running: the run's own metrics re-created its series
-                self._metrics.remove_job(spec.id)
-            state = self._table.jobs.get(spec.id)
-            if state is not None and handle.outcome is not None:
-                state.outcome = handle.outcome
-            if state is not None and state.queued is not None:
-                self._run_queued(state)
+            for spec, handle, _ in ended:
+                self._finish(spec, handle)
             self._cond.notify_all()
+
+    def _finish(self, spec: JobSpec, handle: RunHandle) -> None:
+        if self.running.get(spec.id) is handle:
+            del self.running[spec.id]
+        if spec.id in self._table.jobs:
+            self._metrics.job_running.labels(job=spec.id).set(0)
+        else:  # removed while running: the run's own metrics re-created its series
+            self._metrics.remove_job(spec.id)
+        state = self._table.jobs.get(spec.id)
+        if state is not None and handle.outcome is not None:
+            state.outcome = handle.outcome
+        if state is not None and state.queued is not None:
+            self._run_queued(state)
 
     def _run_queued(self, state: JobState) -> None:
         """The run a queued slot waited for is over: start it, or say why not."""
@@ -216,31 +211,3 @@ class Runs:
                 RunStatus.SKIPPED,
                 "job paused while the slot was queued",
             )
-
-    def _record_own(self, result: RunResult, handle: RunHandle) -> None:
-        """Record a run of ours, fenced by its lease; the same write ends the lease."""
-        if handle.lease is None:
-            self._book.record(result)
-            return
-        try:
-            if not self._registry.record_own_run(result, handle.lease.fence()):
-                log.info(
-                    "job %s left the config mid-run; run %s kept in its history",
-                    result.job_id,
-                    result.run_id,
-                    extra={"job": result.job_id, "run_id": result.run_id},
-                )
-        except FenceLostError:
-            _log_fence_lost(result.job_id, result.run_id, "before its result was recorded")
-        handle.lease_done = True
-
-
-def _log_fence_lost(job_id: str, run_id: str, when: str) -> None:
-    log.error(
-        "lease lost job=%s run_id=%s %s: nothing more of this run is stored (another "
-        "replica recorded it as interrupted; this process was stalled past its lease)",
-        job_id,
-        run_id,
-        when,
-        extra={"job": job_id, "run_id": run_id},
-    )

@@ -1,8 +1,8 @@
 """JobScheduler: one thread that sleeps until the earliest next fire time, then dispatches.
 
 Due runs are claimed in batches by the ``SlotClaimer`` thread and run on a bounded
-thread pool; their results are recorded on one recorder thread; a job never runs twice
-at once. The scheduler thread itself does no network I/O.
+thread pool; their results are recorded in batches by the ``RunRecorder`` thread; a job
+never runs twice at once. The scheduler thread itself does no network I/O.
 ``tick(now)`` is the whole decision step, so tests drive it with a fake clock and
 never sleep. The decisions are the ``Timetable``'s, a run's life is ``Runs``'; this
 class holds the thread, the lock, the operator actions, introspection and drain.
@@ -26,6 +26,7 @@ from stocksched.registry import JobRegistry, UnknownJobError
 from stocksched.runids import manual_run_id
 from stocksched.scheduling.bookkeeping import Bookkeeping
 from stocksched.scheduling.claims import JobBusyError, RunHandle
+from stocksched.scheduling.gcsettle import GcSettler
 from stocksched.scheduling.runs import Runs
 from stocksched.scheduling.timetable import Timetable
 from stocksched.storage.leases import LeaseManager
@@ -53,6 +54,7 @@ class JobScheduler:
         max_sleep: float = MAX_SLEEP_S,
         pool: Executor | None = None,
         bookkeeping: Executor | None = None,
+        recorder: Executor | None = None,
         calendars: MarketCalendars | None = None,
         on_loop: Callable[[], None] | None = None,
     ) -> None:
@@ -69,21 +71,15 @@ class JobScheduler:
         self._book = Bookkeeping(registry, leases, health, clock, metrics, side)
         self._table = Timetable(clock, metrics, calendars or MarketCalendars(), self._book)
         self._pool = pool or ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="job")
-        self._recorder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
+        # One thread recording the results of runs that ended, in batches (``RunRecorder``).
+        self._recorder = recorder or ThreadPoolExecutor(1, thread_name_prefix="recorder")
         self._runs = Runs(
-            registry,
-            executor,
-            clock,
-            leases,
-            self._book,
-            self._table,
-            self._wake,
-            self._pool,
-            self._recorder,
-            metrics,
-        )
+            registry, executor, clock, leases, self._book, self._table, self._wake,
+            self._pool, self._recorder, metrics,
+        )  # fmt: skip
         self._pause_epoch = 0
         self._thread = BackgroundThread("scheduler", self._loop)
+        self._gc = GcSettler(clock)
         self._started = False
         self._last_loop = clock.monotonic()
 
@@ -241,6 +237,7 @@ class JobScheduler:
     def start(self) -> None:
         self._runs.claims.keeper.start()
         self._started = True
+        self._gc.freeze()  # the jobs are loaded: keep full GC passes off them
         self._thread.start()
 
     def _loop(self) -> None:
@@ -257,6 +254,7 @@ class JobScheduler:
             if retry_in == 0:
                 self._book.flush_outbox()
                 retry_in = self._max_sleep  # flush reschedules itself on failure
+            self._gc.idle(next_due, busy=bool(self.running()))
             with self._wake:
                 if self._runs.stopping:
                     return
@@ -274,7 +272,7 @@ class JobScheduler:
             self._runs.stopping = True
             self._wake.notify_all()
         self._thread.join(5)
-        with self._wake:  # runs end recorded (``Runs._finish`` notifies)
+        with self._wake:  # runs end recorded (``Runs._finish_all`` notifies)
             self._wake.wait_for(lambda: not self._runs.running, grace)
         for handle in self.running().values():  # grace over: end runs, keep what they did
             handle.cancel_reason = "daemon stopping: shutdown grace period over"

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import redis
 
 from stocksched.model import JobStatus, RunResult, iso
 from stocksched.storage import keys, scripts
-from stocksched.storage.adapter import RedisAdapter, storage_errors
+from stocksched.storage.adapter import RedisAdapter, StorageError, storage_errors
 from stocksched.storage.fence import Fence, FenceLostError
 
 
@@ -26,7 +27,6 @@ class RunHistory:
     def __init__(self, adapter: RedisAdapter, history_limit: int = 1000) -> None:
         self._r = adapter.client
         self._history_limit = history_limit
-        self._record = self._r.register_script(scripts.RECORD)
 
     def runs(self, job_id: str, limit: int) -> list[RunResult]:
         """Run history, newest first."""
@@ -64,35 +64,79 @@ class RunHistory:
         False: the job left the config (history only). A retry of a write that landed is
         a success; a run that lost its lease writes nothing (FenceLostError).
         """
+        answer = self.record_fenced_many([Fenced(result, fence, status, success)])[0]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def record_fenced_many(self, runs: Sequence[Fenced]) -> list[RecordAnswer]:
+        """``record_fenced`` for each run in one round trip: a pipeline of ``RECORD``
+        scripts, each atomic and fenced by its own run's lease (issue 11: a burst of
+        results costs one round trip, not one each).
+
+        One answer per run, in order: True or False as ``record_fenced`` returns, or the
+        FenceLostError (that run wrote nothing) or StorageError (Redis refused that
+        script: out of memory, read-only) of that run alone. StorageError is raised when
+        the round trip itself failed: then nothing is known to be written.
+        """
+        if not runs:
+            return []
+        calls = [self._record_call(run) for run in runs]
+        with storage_errors("EVALSHA record", keys.job_key(runs[0].result.job_id)):
+            replies = scripts.evalsha_many(self._r, scripts.RECORD, calls, raise_on_error=False)
+        return [_answer(run, out) for run, out in zip(runs, replies, strict=True)]
+
+    def _record_call(self, run: Fenced) -> scripts.Call:
+        """The ``RECORD`` script's keys and arguments for one run."""
+        result, fence = run.result, run.fence
         job_id, finished = result.job_id, iso(result.finished_at)
         ts = json.dumps(result.finished_at.timestamp())
         entry = [x for kv in result.to_fields().items() for x in kv]
-        with storage_errors("EVALSHA record", keys.job_key(job_id)):
-            out = self._record(
-                keys=[
-                    fence.lease_key,
-                    fence.slot_key,
-                    fence.inflight_key,
-                    keys.inflight_index_key(),
-                    keys.job_key(job_id),
-                    keys.job_state_key(job_id),
-                    keys.job_runtime_key(),
-                    keys.runs_key(job_id),
-                ],
-                args=[
-                    fence.token,
-                    fence.run_id,
-                    job_id,
-                    str(status),
-                    finished,
-                    ts,
-                    finished if success else "",
-                    ts if success else "",
-                    json.dumps(result.summary()),
-                    self._history_limit,
-                    *entry,
-                ],
-            )
-        if out == "lost":
-            raise FenceLostError(fence.job_id, fence.run_id)
-        return bool(out != "unknown")
+        return {
+            "keys": [
+                fence.lease_key,
+                fence.slot_key,
+                fence.inflight_key,
+                keys.inflight_index_key(),
+                keys.job_key(job_id),
+                keys.job_state_key(job_id),
+                keys.job_runtime_key(),
+                keys.runs_key(job_id),
+            ],
+            "args": [
+                fence.token,
+                fence.run_id,
+                job_id,
+                str(run.status),
+                finished,
+                ts,
+                finished if run.success else "",
+                ts if run.success else "",
+                json.dumps(result.summary()),
+                self._history_limit,
+                *entry,
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Fenced:
+    """One run's result to record, fenced by its lease; ``status`` is the job's after it,
+    ``success`` whether it moves the job's last success."""
+
+    result: RunResult
+    fence: Fence
+    status: JobStatus
+    success: bool
+
+
+#: What recording one run of a batch came to (``RunHistory.record_fenced_many``).
+RecordAnswer = bool | FenceLostError | StorageError
+
+
+def _answer(run: Fenced, out: object) -> RecordAnswer:
+    if isinstance(out, redis.RedisError):
+        return StorageError("EVALSHA record", keys.job_key(run.result.job_id), str(out))
+    if out == "lost":
+        return FenceLostError(run.fence.job_id, run.fence.run_id)
+    return bool(out != "unknown")

@@ -27,14 +27,20 @@ Call = dict[str, Sequence[str | int | bytes]]
 
 
 def evalsha_many(
-    client: redis.Redis, script: str, calls: Sequence[Mapping[str, Sequence[str | int | bytes]]]
+    client: redis.Redis,
+    script: str,
+    calls: Sequence[Mapping[str, Sequence[str | int | bytes]]],
+    raise_on_error: bool = True,
 ) -> list[Any]:
     """``script`` once per call, in one pipeline, by its SHA.
 
     redis-py's own script pipelining asks SCRIPT EXISTS first: a second round trip every
     time. A Redis that lost its scripts (restarted, SCRIPT FLUSH) gets it loaded and the
     batch resent, so every script of the batch must be safe to run twice (the claim is:
-    a claim resent by its owner is a success). Redis errors propagate (redis-py's).
+    a claim resent by its owner is a success; so is a record, answered 'done'). Redis
+    errors propagate (redis-py's); with ``raise_on_error=False`` a call Redis refused
+    (out of memory, read-only replica) has its error in its place instead, so the other
+    calls' answers are not lost with it.
     """
     sha = hashlib.sha1(script.encode()).hexdigest()
     for attempt in (1, 2):
@@ -46,7 +52,7 @@ def evalsha_many(
             client.script_load(script)
             continue
         for reply in replies:
-            if isinstance(reply, Exception):
+            if raise_on_error and isinstance(reply, Exception):
                 raise reply
         break
     return list(replies)
