@@ -27,8 +27,10 @@ from pydantic import ValidationError
 
 from stocksched.jobs.check import FileChecker
 from stocksched.jobs.clashes import latest_pointer_clashes
+from stocksched.jobs.fields import show_value
+from stocksched.jobs.gcpause import paused_gc
 from stocksched.jobs.reuse import JobsFileCache, SplitFile, split_jobs
-from stocksched.jobs.spec import DEFAULTABLE_FIELDS, JobSpec, merge_defaults, show_value
+from stocksched.jobs.spec import DEFAULTABLE_FIELDS, JobSpec, merge_defaults
 from stocksched.jobs.yamltree import construct, duplicate_keys, scan
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
@@ -73,7 +75,8 @@ def load_jobs_file(
     """
     p = Path(path)
     raw = read_jobs_bytes(p) if data is None else data
-    return _load_bytes(raw, str(path), p, today or datetime.now(UTC).date(), cache)
+    with paused_gc():
+        return _load_bytes(raw, str(path), p, today or datetime.now(UTC).date(), cache)
 
 
 _FILE_KINDS = (
