@@ -139,6 +139,8 @@ class JobRegistry:
         diff.records = {i: records[i] for i in wanted}
         self._records.repair_projections(diff.records)
         self._last = MappingProxyType(diff.records)
+        for spec in wanted.values():
+            spec.release_json()  # written: only the hash is needed again
         return diff
 
     def _hashes_of(self, specs: Iterable[JobSpec]) -> dict[str, str]:

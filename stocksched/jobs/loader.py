@@ -29,7 +29,7 @@ from stocksched.jobs.check import FileChecker
 from stocksched.jobs.clashes import latest_pointer_clashes
 from stocksched.jobs.fields import show_value
 from stocksched.jobs.gcpause import paused_gc
-from stocksched.jobs.reuse import JobsFileCache, SplitFile, split_jobs
+from stocksched.jobs.reuse import JobsFileCache, SplitFile, chunk_key, split_jobs
 from stocksched.jobs.spec import DEFAULTABLE_FIELDS, JobSpec, merge_defaults
 from stocksched.jobs.yamltree import construct, duplicate_keys, scan
 
@@ -284,7 +284,7 @@ def _reuse(split: SplitFile, cache: JobsFileCache, today: date) -> list[JobSpec]
     specs: list[JobSpec] = []
     fresh = 0
     for _line, text in split.chunks:
-        spec = cache.specs.get(text)
+        spec = cache.specs.get(chunk_key(text))
         if spec is None:
             fresh += 1
             spec = _one_job(text, cache.defaults, today) if fresh <= FRESH_LIMIT else None

@@ -295,25 +295,43 @@ class JobSpec(BaseModel):
     def canonical_json(self) -> str:
         """``to_json`` as JSON with sorted keys: what the spec hash covers, and the
         ``spec`` member of the stored record, as ``json.dumps(..., sort_keys=True)``
-        writes it. Dumped once per spec (it is frozen)."""
-        return self._dumped()[0]
+        writes it. Dumped once per spec (it is frozen) until ``release_json``."""
+        text, digest = self._dump
+        if text is None:
+            text = self._dumped_text()
+            self.__dict__["_dump"] = (text, digest)
+        return text
 
     @property
     def content_hash(self) -> str:
         """16 hex digits of the SHA-256 of ``canonical_json`` (the record's spec_hash)."""
-        return self._dumped()[1]
+        return self._dump[1]
 
-    def _dumped(self) -> tuple[str, str]:
-        owner, text, digest = self._dump
-        if owner != id(self):  # carried over by ``model_copy``: another spec's dump
-            del self.__dict__["_dump"]
-            owner, text, digest = self._dump
-        return text, digest
+    def release_json(self) -> None:
+        """Drop the dumped text, keep the hash: the registry calls this once the records
+        are written; a held spec is then only hashed again (reloads), and 10,000 texts
+        were 4 MiB of the daemon's memory."""
+        if "_dump" in self.__dict__:
+            self.__dict__["_dump"] = (None, self._dump[1])
 
     @cached_property
-    def _dump(self) -> tuple[int, str, str]:
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
-        return id(self), text, hashlib.sha256(text.encode()).hexdigest()[:16]
+    def _dump(self) -> tuple[str | None, str]:
+        text = self._dumped_text()
+        return text, hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _dumped_text(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def __copy__(self) -> Self:
+        """A copy (``model_copy``) dumps itself: it may be changed after copying."""
+        copied = super().__copy__()
+        copied.__dict__.pop("_dump", None)
+        return copied
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        copied = super().__deepcopy__(memo)
+        copied.__dict__.pop("_dump", None)
+        return copied
 
     def window_dates(self, today: date) -> tuple[date, date]:
         """(start, end) of the fetch window; ``today`` is in the job's time zone."""
