@@ -139,8 +139,7 @@ class JobRegistry:
         diff.records = {i: records[i] for i in wanted}
         self._records.repair_projections(diff.records)
         self._last = MappingProxyType(diff.records)
-        for spec in wanted.values():
-            spec.release_json()  # written: only the hash is needed again
+        _release_texts(wanted.values())
         return diff
 
     def _hashes_of(self, specs: Iterable[JobSpec]) -> dict[str, str]:
@@ -280,6 +279,12 @@ class JobRegistry:
             lambda j: None if j.paused == paused else replace(j, paused=paused),
             paused=paused,
         )
+
+
+def _release_texts(specs: Iterable[JobSpec]) -> None:
+    """The records are written: only the specs' hashes are needed again (``release_json``)."""
+    for spec in specs:
+        spec.release_json()
 
 
 def _job_status(result: RunResult) -> JobStatus:

@@ -8,10 +8,12 @@ names (``share_fields_set``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from datetime import timedelta
-from functools import lru_cache
-from typing import Annotated
+from functools import cached_property, lru_cache
+from typing import Annotated, Any, Self
 
 from pydantic import BaseModel, BeforeValidator, PlainSerializer, WithJsonSchema
 
@@ -117,3 +119,63 @@ def share_fields_set(spec: BaseModel) -> None:
             return  # an unusual variety: keep the instance's own set
         shared = _FIELDS_SETS[key] = set(key)
     object.__setattr__(spec, "__pydantic_fields_set__", shared)
+
+
+class DumpedOnce(BaseModel):
+    """A frozen model's JSON, sorted-key text and hash, computed once (``JobSpec``'s base).
+
+    A spec is hashed at every reload and its JSON is the bulk of its stored record, so
+    both are computed once per spec; the text is dropped once the records are written
+    (``release_json``), the hash kept.
+    """
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able dict (durations as strings) that ``model_validate`` reads back.
+
+        Read from ``canonical_json`` (kept as text: a fifth of the size of the dict, and
+        only the text is needed to hash a spec and to store its record).
+        """
+        data = json.loads(self.canonical_json)
+        return {name: data[name] for name in type(self).model_fields}
+
+    @property
+    def canonical_json(self) -> str:
+        """``to_json`` as JSON with sorted keys: what the spec hash covers, and the
+        ``spec`` member of the stored record, as ``json.dumps(..., sort_keys=True)``
+        writes it. Dumped once per spec (it is frozen) until ``release_json``."""
+        text, digest = self._dump
+        if text is None:
+            text = self._dumped_text()
+            self.__dict__["_dump"] = (text, digest)
+        return text
+
+    @property
+    def content_hash(self) -> str:
+        """16 hex digits of the SHA-256 of ``canonical_json`` (the record's spec_hash)."""
+        return self._dump[1]
+
+    def release_json(self) -> None:
+        """Drop the dumped text, keep the hash: the registry calls this once the records
+        are written; a held spec is then only hashed again (reloads), and 10,000 texts
+        were 4 MiB of the daemon's memory."""
+        if "_dump" in self.__dict__:
+            self.__dict__["_dump"] = (None, self._dump[1])
+
+    @cached_property
+    def _dump(self) -> tuple[str | None, str]:
+        text = self._dumped_text()
+        return text, hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _dumped_text(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def __copy__(self) -> Self:
+        """A copy (``model_copy``) dumps itself: it may be changed after copying."""
+        copied = super().__copy__()
+        copied.__dict__.pop("_dump", None)
+        return copied
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
+        copied = super().__deepcopy__(memo)
+        copied.__dict__.pop("_dump", None)
+        return copied

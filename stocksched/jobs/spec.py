@@ -23,19 +23,16 @@ Decisions a user relies on (the file as a whole: ``stocksched.jobs.loader``):
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import re
 import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime, timedelta
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -45,7 +42,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from stocksched.durations import format_duration
-from stocksched.jobs.fields import Duration, Ticker, share_fields_set
+from stocksched.jobs.fields import DumpedOnce, Duration, Ticker, share_fields_set
 from stocksched.schedule import Schedule, parse_schedule
 
 Interval = Literal[
@@ -82,7 +79,7 @@ def _calendar_names() -> frozenset[str]:
 # ---------------------------------------------------------------- the job model
 
 
-class JobSpec(BaseModel):
+class JobSpec(DumpedOnce):
     """One entry of ``jobs:`` after ``defaults:`` are merged in. Frozen: specs are values."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -281,57 +278,6 @@ class JobSpec(BaseModel):
     def parsed_schedule(self) -> Schedule:
         """The parsed schedule (cached per expression); use it for prev/slots_between."""
         return parse_schedule(self.schedule)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-able dict (durations as strings) that ``model_validate`` reads back.
-
-        Read from ``canonical_json`` (kept as text: a fifth of the size of the dict, and
-        only the text is needed to hash a spec and to store its record).
-        """
-        data = json.loads(self.canonical_json)
-        return {name: data[name] for name in type(self).model_fields}
-
-    @property
-    def canonical_json(self) -> str:
-        """``to_json`` as JSON with sorted keys: what the spec hash covers, and the
-        ``spec`` member of the stored record, as ``json.dumps(..., sort_keys=True)``
-        writes it. Dumped once per spec (it is frozen) until ``release_json``."""
-        text, digest = self._dump
-        if text is None:
-            text = self._dumped_text()
-            self.__dict__["_dump"] = (text, digest)
-        return text
-
-    @property
-    def content_hash(self) -> str:
-        """16 hex digits of the SHA-256 of ``canonical_json`` (the record's spec_hash)."""
-        return self._dump[1]
-
-    def release_json(self) -> None:
-        """Drop the dumped text, keep the hash: the registry calls this once the records
-        are written; a held spec is then only hashed again (reloads), and 10,000 texts
-        were 4 MiB of the daemon's memory."""
-        if "_dump" in self.__dict__:
-            self.__dict__["_dump"] = (None, self._dump[1])
-
-    @cached_property
-    def _dump(self) -> tuple[str | None, str]:
-        text = self._dumped_text()
-        return text, hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def _dumped_text(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
-
-    def __copy__(self) -> Self:
-        """A copy (``model_copy``) dumps itself: it may be changed after copying."""
-        copied = super().__copy__()
-        copied.__dict__.pop("_dump", None)
-        return copied
-
-    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Self:
-        copied = super().__deepcopy__(memo)
-        copied.__dict__.pop("_dump", None)
-        return copied
 
     def window_dates(self, today: date) -> tuple[date, date]:
         """(start, end) of the fetch window; ``today`` is in the job's time zone."""
