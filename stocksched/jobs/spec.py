@@ -1,4 +1,4 @@
-"""The jobs file's job model: ``JobSpec``, its field types, and the interval table.
+"""The jobs file's job model: ``JobSpec`` and the interval table (field types: ``fields``).
 
 Decisions a user relies on (the file as a whole: ``stocksched.jobs.loader``):
 
