@@ -10,8 +10,6 @@ decides what to write; ``JobRecords`` owns the keys and talks to Redis.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -35,7 +33,8 @@ KnownRuntime = Callable[[str], tuple[bool, datetime | None] | None]
 
 
 def spec_hash(spec: JobSpec) -> str:
-    return hashlib.sha256(json.dumps(spec.to_json(), sort_keys=True).encode()).hexdigest()[:16]
+    """16 hex digits of the SHA-256 of the spec's sorted JSON; kept by the spec itself."""
+    return spec.content_hash
 
 
 @dataclass
@@ -59,7 +58,6 @@ class JobRegistry:
         self._history = RunHistory(adapter, history_limit)
         self._records = JobRecords(adapter, self._history)
         self._clock = clock
-        self._hash_cache: dict[int, tuple[JobSpec, str]] = {}  # id(spec) -> (spec, hash)
 
     # -- reads -----------------------------------------------------------------
 
@@ -141,20 +139,12 @@ class JobRegistry:
         diff.records = {i: records[i] for i in wanted}
         self._records.repair_projections(diff.records)
         self._last = MappingProxyType(diff.records)
+        _release_texts(wanted.values())
         return diff
 
     def _hashes_of(self, specs: Iterable[JobSpec]) -> dict[str, str]:
-        """``spec_hash`` per job id, computed once per spec object (kept for the next call)."""
-        kept = self._hash_cache
-        self._hash_cache = {}
-        out = {}
-        for spec in specs:
-            entry = kept.get(id(spec))
-            if entry is None or entry[0] is not spec:
-                entry = (spec, spec_hash(spec))
-            self._hash_cache[id(spec)] = entry
-            out[spec.id] = entry[1]
-        return out
+        """``spec_hash`` per job id (each spec computes its own once and keeps it)."""
+        return {spec.id: spec.content_hash for spec in specs}
 
     def _create_many(
         self,
@@ -302,6 +292,12 @@ class JobRegistry:
             lambda j: None if j.paused == paused else replace(j, paused=paused),
             paused=paused,
         )
+
+
+def _release_texts(specs: Iterable[JobSpec]) -> None:
+    """The records are written: only the specs' hashes are needed again (``release_json``)."""
+    for spec in specs:
+        spec.release_json()
 
 
 def _job_status(result: RunResult) -> JobStatus:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from stocksched.clock import Clock, iso_utc
 from stocksched.jobs import JobsFileError, LoadedJobs, load_jobs_file, read_jobs_bytes
+from stocksched.jobs.gcpause import paused_gc
 from stocksched.jobs.reuse import JobsFileCache
 from stocksched.metrics import Metrics
 from stocksched.registry import JobRegistry, ReconcileDiff
@@ -144,7 +145,8 @@ class JobsReloader:
             if not force and digest is not None and digest == self._settled:
                 log.debug("config unchanged sha256=%s; nothing to do", digest[:12])
                 return self.last
-            return self._reload(digest, data, tentative)
+            with paused_gc():  # a big file allocates much and frees nothing until the end
+                return self._reload(digest, data, tentative)
         finally:
             self._lock.release()
 

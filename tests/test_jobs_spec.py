@@ -120,3 +120,25 @@ def test_to_json_of_a_copy_is_the_copys_own() -> None:
     assert moved.to_json() == moved.model_dump(mode="json")
     assert moved.to_json()["timezone"] == "Asia/Tokyo"
     assert spec.to_json() == spec.model_dump(mode="json")
+
+
+def test_spec_hash_and_json_are_the_sorted_dump_of_the_spec() -> None:
+    """The stored record's ``spec`` and its ``spec_hash`` are what earlier versions wrote
+    (a changed hash would rewrite every record once after an upgrade)."""
+    import hashlib
+
+    for spec in load(GOOD).jobs:
+        text = json.dumps(spec.model_dump(mode="json"), sort_keys=True)
+        assert spec.canonical_json == text
+        assert spec.content_hash == hashlib.sha256(text.encode()).hexdigest()[:16]
+        assert list(spec.to_json()) == list(JobSpec.model_fields)  # the field order kept
+
+
+def test_specs_sharing_their_given_fields_copy_apart() -> None:
+    """Specs share one set of given field names; a copy with changes gets its own."""
+    a, b = (JobSpec.model_validate({"id": i, "tickers": ["X"], "schedule": "@daily"}) for i in "ab")
+    assert a.__pydantic_fields_set__ is b.__pydantic_fields_set__
+    moved = a.model_copy(update={"timezone": "Asia/Tokyo"})
+    assert moved.model_dump(exclude_unset=True)["timezone"] == "Asia/Tokyo"
+    assert "timezone" not in b.model_dump(exclude_unset=True)
+    assert set(a.model_dump(exclude_unset=True)) == {"id", "tickers", "schedule", "window"}

@@ -255,3 +255,27 @@ def test_job_added_without_a_tombstone_starts_fresh(any_redis: redis.Redis) -> N
     job = reg.get_job("a")
     assert job is not None and not job.paused and job.created_at == clock.now()
     assert "a" not in reg.paused_ids()
+
+
+def test_stored_record_is_the_sorted_dump_of_its_fields(any_redis: redis.Redis) -> None:
+    """The record JSON splices in the spec's own JSON instead of dumping it again; the
+    bytes are what ``json.dumps(to_dict() minus the runtime fields, sort_keys=True)``
+    writes, so readers of the documented layout (and older versions) read it unchanged."""
+    import json
+
+    from stocksched.model import RUNTIME_FIELDS
+
+    specs = [
+        make_spec("plain"),
+        make_spec("dated", name='Dé "q"', start="2024-01-02", end="2024-02-01", ttl="1h30m"),
+        make_spec("windowed", window="7d", prefix="p:x", enabled=False),
+    ]
+    reg = registry(any_redis)
+    reg.reconcile(specs)
+    reg.set_paused("plain", True)
+    for spec in specs:
+        job = reg.get_job(spec.id)
+        assert job is not None
+        expected = {k: v for k, v in job.to_dict().items() if k not in RUNTIME_FIELDS}
+        assert job.record_json() == json.dumps(expected, sort_keys=True)
+        assert any_redis.get(keys.job_key(spec.id)) == job.record_json()

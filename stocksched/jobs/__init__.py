@@ -8,6 +8,7 @@ problem as ``FILE:LINE:COL: path: message``), ``clashes`` (warnings), ``schema``
 """
 
 from stocksched.jobs.clashes import LatestClash, latest_pointer_clashes
+from stocksched.jobs.fields import Duration, Ticker
 from stocksched.jobs.loader import (
     MAX_FILE_BYTES,
     JobsFileError,
@@ -24,10 +25,8 @@ from stocksched.jobs.spec import (
     JOB_FIELDS,
     JOB_ID_PATTERN,
     JOB_ID_RE,
-    Duration,
     Interval,
     JobSpec,
-    Ticker,
     merge_defaults,
 )
 

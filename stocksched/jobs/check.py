@@ -16,7 +16,8 @@ import yaml
 from pydantic import ValidationError
 
 from stocksched.jobs.clashes import CLASH_TICKERS_SHOWN, describe_window, latest_pointer_clashes
-from stocksched.jobs.spec import DEFAULTABLE_FIELDS, JOB_FIELDS, JobSpec, merge_defaults, show_value
+from stocksched.jobs.fields import show_value
+from stocksched.jobs.spec import DEFAULTABLE_FIELDS, JOB_FIELDS, JobSpec, merge_defaults
 
 
 def _child(node: yaml.Node | None, key: str | int, want_key: bool = False) -> yaml.Node | None:

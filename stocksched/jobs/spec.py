@@ -1,4 +1,4 @@
-"""The jobs file's job model: ``JobSpec``, its field types, and the interval table.
+"""The jobs file's job model: ``JobSpec`` and the interval table (field types: ``fields``).
 
 Decisions a user relies on (the file as a whole: ``stocksched.jobs.loader``):
 
@@ -24,27 +24,25 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from datetime import date, datetime, timedelta
-from functools import cached_property, lru_cache
-from typing import Annotated, Any, Literal, Self
+from functools import lru_cache
+from typing import Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    PlainSerializer,
     ValidationInfo,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from stocksched.durations import DURATION_PATTERN, format_duration, parse_duration
+from stocksched.durations import format_duration
+from stocksched.jobs.fields import DumpedOnce, Duration, Ticker, share_fields_set
 from stocksched.schedule import Schedule, parse_schedule
 
 Interval = Literal[
@@ -69,75 +67,6 @@ _WINDOW_GROUP = frozenset({"window", "start", "end"})
 #: The rule for job ids, in jobs.yaml and in the API's paths.
 JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 JOB_ID_PATTERN = JOB_ID_RE.pattern
-# Yahoo symbols: AAPL, BRK-B, ^GSPC, EURUSD=X, GC=F, 7203.T, BTC-USD.
-_TICKER_RE = re.compile(r"^\^?[A-Z0-9](?:[A-Z0-9.=-]{0,18}[A-Z0-9])?$")
-
-
-# ---------------------------------------------------------------- field types
-
-
-def _duration_in(value: object) -> timedelta:
-    """Durations come from YAML as strings (``30d``) or integers of seconds."""
-    if isinstance(value, timedelta):
-        td = value
-    elif isinstance(value, bool):
-        raise ValueError(f"must be a duration like '90s' or '1h30m', got {value!r}")
-    elif isinstance(value, int):
-        td = timedelta(seconds=value)
-    elif isinstance(value, str):
-        td = parse_duration(value)
-    else:
-        raise ValueError(f"must be a duration like '90s' or '1h30m', got {show_value(value)}")
-    if td < timedelta(0):
-        raise ValueError(f"must not be negative, got {value!r}")
-    return td
-
-
-_DURATION_JSON = {
-    "anyOf": [
-        {"type": "string", "pattern": DURATION_PATTERN},
-        {"type": "integer", "minimum": 0, "description": "seconds"},
-    ],
-    "description": "Duration: 500ms, 90s, 15m, 1h30m, 30d, 2w (or an integer of seconds)",
-}
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(_duration_in),
-    PlainSerializer(format_duration, return_type=str, when_used="json"),
-    WithJsonSchema(_DURATION_JSON),
-]
-
-
-def _ticker_in(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"ticker must be a string, got {show_value(value)}")
-    symbol = value.strip().upper()
-    if not _TICKER_RE.match(symbol):
-        raise ValueError(
-            f"invalid ticker {value!r}: Yahoo symbols are 1-20 letters, digits and . - = "
-            "(optionally starting with ^), e.g. AAPL, BRK-B, ^GSPC, EURUSD=X"
-        )
-    return symbol
-
-
-Ticker = Annotated[
-    str,
-    BeforeValidator(_ticker_in),
-    WithJsonSchema({"type": "string", "pattern": _TICKER_RE.pattern.replace("A-Z", "A-Za-z")}),
-]
-
-
-def show_value(value: object) -> str:
-    """A short description of a bad input for messages (never the whole document)."""
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    if value is None:
-        return "nothing (null)"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @lru_cache(maxsize=1)
@@ -150,7 +79,7 @@ def _calendar_names() -> frozenset[str]:
 # ---------------------------------------------------------------- the job model
 
 
-class JobSpec(BaseModel):
+class JobSpec(DumpedOnce):
     """One entry of ``jobs:`` after ``defaults:`` are merged in. Frozen: specs are values."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -243,6 +172,7 @@ class JobSpec(BaseModel):
             )
         if isinstance(v, str):
             parse_schedule(v)  # ScheduleError is a ValueError with a clear message
+            return sys.intern(v)  # thousands of jobs share a few expressions: one copy each
         return v
 
     @field_validator("timezone")
@@ -254,7 +184,7 @@ class JobSpec(BaseModel):
             raise ValueError(
                 f"unknown time zone {v!r}: use an IANA name such as America/New_York or UTC"
             ) from None
-        return v
+        return sys.intern(v)  # one copy per zone, not per job
 
     @field_validator("window")
     @classmethod
@@ -278,7 +208,7 @@ class JobSpec(BaseModel):
     def _check_prefix(cls, v: str) -> str:
         if not v or any(c.isspace() for c in v):
             raise ValueError(f"prefix must be non-empty with no whitespace, got {v!r}")
-        return v
+        return sys.intern(v)
 
     @field_validator("calendar")
     @classmethod
@@ -308,6 +238,7 @@ class JobSpec(BaseModel):
                 "{message}",
                 {"message": "; ".join(f"{f}: {m}" for f, m in problems), "problems": problems},
             )
+        share_fields_set(self)
         return self
 
     def _rule_problems(self, today: date | None) -> Iterator[tuple[str, str]]:
@@ -360,21 +291,6 @@ class JobSpec(BaseModel):
     def parsed_schedule(self) -> Schedule:
         """The parsed schedule (cached per expression); use it for prev/slots_between."""
         return parse_schedule(self.schedule)
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-able dict (durations as strings) that ``model_validate`` reads back.
-
-        Dumped once per spec (it is frozen): the spec hash and the record both need it.
-        """
-        owner, data = self._json
-        if owner != id(self):  # carried over by ``model_copy``: another spec's dump
-            del self.__dict__["_json"]
-            owner, data = self._json
-        return dict(data)
-
-    @cached_property
-    def _json(self) -> tuple[int, dict[str, Any]]:
-        return id(self), self.model_dump(mode="json")
 
     def window_dates(self, today: date) -> tuple[date, date]:
         """(start, end) of the fetch window; ``today`` is in the job's time zone."""
