@@ -23,6 +23,7 @@ import binascii
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import cache
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
@@ -73,6 +74,7 @@ def chunk_start(ts: int, interval: str) -> int:
     return ts - ts % span
 
 
+@cache
 def _dtype() -> np.dtype:
     import numpy as np
 
@@ -136,18 +138,19 @@ def bars_from_frame(frame: pd.DataFrame) -> Bars:
     # One conversion of the whole frame (pandas' per-column access costs more than the
     # copying it saves), laid out as the packed bars: float64 holds every Volume exactly
     # (below 2**53); the two int64 fields are written through an int64 view.
-    cols = list(frame.columns)
+    cols: list[str] = frame.columns.tolist()
     values = frame.to_numpy(dtype="float64", na_value=np.nan)
     packed = np.empty((len(frame), 7), dtype="<f8")
     picks = [cols.index(c if c in cols else "Close") for c in PRICE_COLUMNS]
     packed[:, 1:6] = values[:, picks]
     volume = values[:, cols.index("Volume")]
-    volume = np.where(np.isnan(volume), 0.0, volume)
-    if not np.all(np.mod(volume, 1.0) == 0.0):
+    volume = np.where(volume != volume, 0.0, volume)  # NaN (no volume) as 0
+    whole = volume.astype("int64")
+    if not np.array_equal(whole, volume):
         raise ValueError("Volume holds fractional values")
     ints = packed.view("<i8")
     ints[:, 0] = ts
-    ints[:, 6] = volume.astype("int64")
+    ints[:, 6] = whole
     rows = packed.view(_dtype()).reshape(len(frame))
     found = _actions_of(values, cols, ts)
     if len(rows) > 1 and not np.all(np.diff(ts) > 0):
@@ -161,13 +164,15 @@ def _actions_of(values: np.ndarray, cols: list[str], ts: np.ndarray) -> dict[int
     """ts -> (dividend, split) of the bars with either, from the frame's values."""
     import numpy as np
 
-    actions = np.zeros((len(values), 2))
-    for n, column in enumerate(ACTION_COLUMNS):
-        if column in cols:
-            actions[:, n] = values[:, cols.index(column)]
-    actions[np.isnan(actions)] = 0.0
-    where = np.nonzero(actions.any(axis=1))[0]
-    return {int(ts[i]): (float(actions[i, 0]), float(actions[i, 1])) for i in where}
+    present = [cols.index(c) if c in cols else -1 for c in ACTION_COLUMNS]
+    if present == [-1, -1]:
+        return {}
+    zero = np.zeros(len(values))
+    dividend, split = (values[:, i] if i >= 0 else zero for i in present)
+    where = np.flatnonzero(
+        (dividend != 0.0) & (dividend == dividend) | (split != 0.0) & (split == split)
+    )
+    return {int(ts[i]): (float(dividend[i]), float(split[i])) for i in where}
 
 
 def merge(old: np.ndarray, new: np.ndarray) -> np.ndarray:
