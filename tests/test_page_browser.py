@@ -36,6 +36,8 @@ jobs:
   - id: gamma
     tickers: [DDD]
     enabled: false
+  - id: many
+    tickers: [{", ".join(f"T{i:03d}" for i in range(1500))}]
 """
 TOKEN = "page-test-token-0123456789"
 
@@ -101,7 +103,7 @@ def test_the_jobs_table_lists_every_job_with_its_next_run_offline(
     tab = page.open()
     rows = tab.locator("tr[data-job]")
     rows.first.wait_for()
-    assert rows.count() == 3
+    assert rows.count() == 4
     for job in ("alpha", "beta"):
         next_cell = tab.locator(f"#job-{job} td.next")
         assert "UTC" in next_cell.inner_text()
@@ -141,6 +143,22 @@ def test_run_now_shows_the_run_in_the_history_without_a_reload(
     assert loads == []  # the history updated in place
     fresh = tab.locator("section.panel", has_text="Data freshness")
     wait_for(lambda: "AAA" in fresh.inner_text() and "BBB" in fresh.inner_text(), 10)
+    page.close()
+
+
+def test_run_now_on_a_running_job_says_it_is_already_running(
+    launch: Launch, tmp_path: Path, browser: Any
+) -> None:
+    daemon = start(launch, tmp_path)
+    page = Page(browser, daemon)
+    tab = page.open()
+    run_now = tab.locator("#job-many").get_by_role("button", name="Run now")
+    run_now.click()
+    tab.locator("#message", has_text="Run of many started").wait_for()
+    assert daemon.request("/scheduler/jobs/many")["running"]  # 1,500 tickers take a while
+    run_now.click()
+    tab.locator("#message", has_text="Already running (HTTP 409)").wait_for()
+    assert "job 'many' is already running (run many:m" in tab.locator("#message").inner_text()
     page.close()
 
 
