@@ -14,12 +14,16 @@ DEFAULT_PREFIX = "scheduled_stock_data"  # the jobs' default prefix (stocksched.
 MAX_COUNT = 100  # validate --count: fire times per job
 
 
-def _add_settings_flags(p: argparse.ArgumentParser) -> None:
+def _add_config_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         metavar="PATH",
         help="settings file (default: $STOCKSCHED_CONFIG or config/stocksched.yaml)",
     )
+
+
+def _add_settings_flags(p: argparse.ArgumentParser) -> None:
+    _add_config_flag(p)
     p.add_argument("--jobs", metavar="PATH", help="jobs file (env STOCKSCHED_JOBS)")
     p.add_argument(
         "--redis-url", metavar="URL", help="redis://... or memory:// (env STOCKSCHED_REDIS_URL)"
@@ -138,11 +142,7 @@ def _add_backfill_command(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def _add_redis_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        metavar="PATH",
-        help="settings file (default: $STOCKSCHED_CONFIG or config/stocksched.yaml)",
-    )
+    _add_config_flag(p)
     p.add_argument("--redis-url", metavar="URL", help="redis://... (env STOCKSCHED_REDIS_URL)")
 
 
@@ -188,11 +188,7 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="API token for POSTs (env STOCKSCHED_TOKEN_FILE, or http.token_file)",
     )
-    p.add_argument(
-        "--config",
-        metavar="PATH",
-        help="settings file (default: $STOCKSCHED_CONFIG or config/stocksched.yaml)",
-    )
+    _add_config_flag(p)
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
