@@ -74,14 +74,14 @@ def _job(path: Path, job_id: str) -> JobSpec | int:
 
 
 def _run(backfill: Backfill, as_json: bool) -> int:
-    from stocksched.cli.runjob import _signals_cancel
+    from stocksched.cli.runjob import signals_cancel
     from stocksched.storage.adapter import StorageError
 
     why: list[str] = []
     reports: list[TickerReport] = []
     # Ctrl-C or SIGTERM: the request under way ends and is stored, then the backfill
     # stops; a second one interrupts at once (what was stored stays).
-    with _signals_cancel(backfill.cancel, why):
+    with signals_cancel(backfill.cancel, why):
         try:
             plans = {t: backfill.plan(t) for t in backfill.job.tickers}
         except StorageError as exc:

@@ -88,7 +88,7 @@ def _run_claimed(c: Components, spec: JobSpec, as_json: bool) -> int:
     why: list[str] = []  # why the run was cancelled early: lease lost, a signal
     # Signals are taken over before the claim: one that comes once the lease is held
     # (even before the body starts) cancels the run, which is still recorded.
-    with _signals_cancel(cancel, why):
+    with signals_cancel(cancel, why):
         try:
             claim = _claim(c, spec.id)
         except StorageError as exc:
@@ -212,8 +212,9 @@ def _finish(c: Components, lease: Lease) -> None:
 
 
 @contextlib.contextmanager
-def _signals_cancel(cancel: threading.Event, why: list[str]) -> Iterator[None]:
-    """SIGINT/SIGTERM end the run early but still recorded; a second signal acts as usual."""
+def signals_cancel(cancel: threading.Event, why: list[str]) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``cancel`` (the work ends early, what it did is kept and said);
+    a second signal acts as usual. For ``run-job`` and ``backfill``."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
