@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import stat
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -29,9 +28,15 @@ from stocksched.jobs.check import FileChecker
 from stocksched.jobs.clashes import latest_pointer_clashes
 from stocksched.jobs.fields import show_value
 from stocksched.jobs.gcpause import paused_gc
-from stocksched.jobs.reuse import JobsFileCache, SplitFile, chunk_key, split_jobs
+from stocksched.jobs.reuse import (
+    JobsFileCache,
+    SplitFile,
+    chunk_key,
+    load_in_groups,
+    split_jobs,
+)
 from stocksched.jobs.spec import DEFAULTABLE_FIELDS, JobSpec, merge_defaults
-from stocksched.jobs.yamltree import construct, duplicate_keys, scan
+from stocksched.jobs.yamltree import JobsLoader, construct, duplicate_keys, scan
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
 
@@ -145,7 +150,7 @@ def _load_bytes(
     if len(data) > MAX_FILE_BYTES:
         raise JobsFileError([_too_big(name, len(data))])
     text = _decode(data, name)
-    split = split_jobs(text) if cache is not None else None
+    split = split_jobs(text)
     if cache is not None and split is not None and cache.matches(split, today):
         specs = _reuse(split, cache, today)
         if specs is not None:
@@ -155,6 +160,12 @@ def _load_bytes(
     if cache is not None:
         cache.forget()  # refilled below only if this file loads cleanly
         cache.full_loads += 1
+    grouped = load_in_groups(split, name, today) if split is not None else None
+    if grouped is not None:
+        if cache is not None and split is not None:
+            cache.remember(split, today, grouped[1], grouped[0])
+        sha = hashlib.sha256(data).hexdigest()
+        return LoadedJobs(path=path, sha256=sha, jobs=tuple(grouped[0]))
     root, doc, duplicates, aliased = _parse_yaml(text, name)
     if not isinstance(doc, dict):
         mark = root.start_mark
@@ -196,52 +207,7 @@ def _decode(data: bytes, name: str) -> str:
 
 # ---------------------------------------------------------------- YAML with positions
 
-_YAML_BASE: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _JobsLoader(_YAML_BASE):  # type: ignore[misc]  # a base chosen at import time
-    """PyYAML's safe loader (libyaml when present) with YAML 1.2 style plain scalars.
-
-    A scalar's tag depends only on its text and style (no path resolvers are set), so
-    it is resolved once per distinct (text, style) in a file: keys like ``schedule:``
-    repeat once per job.
-    """
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._tags: dict[tuple[str, tuple[bool, bool]], str] = {}
-
-    def resolve(self, kind: type, value: Any, implicit: Any) -> str:
-        if kind is not yaml.ScalarNode or self.yaml_path_resolvers:
-            return str(super().resolve(kind, value, implicit))
-        key = (value, implicit)
-        tag = self._tags.get(key)
-        if tag is None:
-            tag = self._tags[key] = str(super().resolve(kind, value, implicit))
-        return tag
-
-
-def _yaml12_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
-    tag = "tag:yaml.org,2002:"
-    replaced = {
-        tag + "bool": re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-        tag + "int": re.compile(
-            r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"
-        ),
-        tag + "float": re.compile(
-            r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
-            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-        ),
-    }
-    out: dict[Any, list[tuple[str, re.Pattern[str]]]] = {}
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items():
-        kept = [(t, replaced.get(t, rx)) for t, rx in resolvers if t != tag + "timestamp"]
-        if kept:
-            out[first] = kept
-    return out
-
-
-_JobsLoader.yaml_implicit_resolvers = _yaml12_resolvers()
+_JobsLoader = JobsLoader
 
 
 def _parse_yaml(text: str, name: str) -> tuple[yaml.Node, Any, list[tuple[int, int, str]], bool]:

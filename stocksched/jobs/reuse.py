@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from stocksched.jobs.spec import JobSpec
+import yaml
+from pydantic import ValidationError
+
+from stocksched.jobs.check import FileChecker
+from stocksched.jobs.clashes import latest_pointer_clashes
+from stocksched.jobs.spec import DEFAULTABLE_FIELDS, JobSpec, merge_defaults
+from stocksched.jobs.yamltree import JobsLoader, construct, scan
 
 _OTHER_BREAKS = ("\r", "\x85", "\u2028", "\u2029")
 _ITEM = re.compile(r"( *)- ")
@@ -122,3 +128,82 @@ class JobsFileCache:
 
     def forget(self) -> None:
         self.header, self.today, self.defaults, self.specs = None, None, {}, {}
+
+
+# ---------------------------------------------------------------- a first load in groups
+
+GROUP = 256  # job items composed, built and validated at a time
+
+
+def load_in_groups(
+    split: SplitFile, name: str, today: date
+) -> tuple[list[JobSpec], dict[str, Any]] | None:
+    """The specs of a plain-layout file and its defaults, built ``GROUP`` items at a time.
+
+    Only one group's YAML node tree is alive at once (the whole file's tree, ~58 MiB at
+    10,000 jobs, set the daemon's RSS). None -- take the full parse, which gives every
+    error and warning its position -- on anything unusual: a directive, an alias, a
+    duplicate key, items not where ``split`` put them, an invalid header or job, a
+    duplicate id or a ``:latest`` clash.
+    """
+    if any(line.startswith("%") for line in split.header.splitlines()):
+        return None
+    header = _compose_plain(split.header)
+    if header is None or not isinstance(header[1], dict) or header[1].get("jobs") is not None:
+        return None
+    checker = FileChecker(name, header[0], today)
+    checker.check({**header[1], "jobs": []})
+    if checker.errors:
+        return None
+    given = header[1].get("defaults") or {}
+    defaults = {k: v for k, v in given.items() if k in DEFAULTABLE_FIELDS}
+    specs: list[JobSpec] = []
+    for at in range(0, len(split.chunks), GROUP):
+        items = _group_items(split.chunks[at : at + GROUP])
+        if items is None:
+            return None
+        try:
+            specs.extend(
+                JobSpec.model_validate(merge_defaults(defaults, item), context={"today": today})
+                for item in items
+            )
+        except ValidationError:
+            return None
+    if len({s.id for s in specs}) != len(specs) or latest_pointer_clashes(specs, today):
+        return None
+    return specs, defaults
+
+
+def _compose_plain(text: str) -> tuple[yaml.Node, Any] | None:
+    """(root node, document) of ``text``; None if it is empty, has an error, a duplicate
+    key or an alias."""
+    loader = JobsLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None
+        duplicates, aliased = scan(root)
+        if duplicates or aliased:
+            return None
+        return root, construct(loader, root)
+    except yaml.YAMLError:
+        return None
+    finally:
+        loader.dispose()
+
+
+def _group_items(group: tuple[tuple[int, str], ...]) -> list[dict[str, Any]] | None:
+    """The job mappings of consecutive chunks parsed together, or None unless there is
+    exactly one mapping per chunk, each starting in its own chunk."""
+    parsed = _compose_plain("".join(text for _, text in group))
+    if parsed is None or not isinstance(parsed[0], yaml.SequenceNode):
+        return None
+    nodes, items = parsed[0].value, parsed[1]
+    if len(nodes) != len(group) or not all(isinstance(item, dict) for item in items):
+        return None
+    base = group[0][0]
+    ends = [line for line, _ in group[1:]] + [group[-1][0] + group[-1][1].count("\n")]
+    for node, (first, _), end in zip(nodes, group, ends, strict=True):
+        if not first <= base + node.start_mark.line < end:
+            return None
+    return list(items)

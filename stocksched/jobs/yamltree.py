@@ -6,6 +6,7 @@ constructor would build, faster for the plain nodes a jobs file is made of.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,3 +93,53 @@ def scan(root: yaml.Node) -> tuple[list[tuple[int, int, str]], bool]:
         elif isinstance(n, yaml.SequenceNode):
             stack.extend(n.value)
     return duplicates, aliased
+
+
+# ---------------------------------------------------------------- the loader
+
+_YAML_BASE: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class JobsLoader(_YAML_BASE):  # type: ignore[misc]  # a base chosen at import time
+    """PyYAML's safe loader (libyaml when present) with YAML 1.2 style plain scalars.
+
+    A scalar's tag depends only on its text and style (no path resolvers are set), so
+    it is resolved once per distinct (text, style) in a file: keys like ``schedule:``
+    repeat once per job.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._tags: dict[tuple[str, tuple[bool, bool]], str] = {}
+
+    def resolve(self, kind: type, value: Any, implicit: Any) -> str:
+        if kind is not yaml.ScalarNode or self.yaml_path_resolvers:
+            return str(super().resolve(kind, value, implicit))
+        key = (value, implicit)
+        tag = self._tags.get(key)
+        if tag is None:
+            tag = self._tags[key] = str(super().resolve(kind, value, implicit))
+        return tag
+
+
+def _yaml12_resolvers() -> dict[Any, list[tuple[str, re.Pattern[str]]]]:
+    tag = "tag:yaml.org,2002:"
+    replaced = {
+        tag + "bool": re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+        tag + "int": re.compile(
+            r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"
+        ),
+        tag + "float": re.compile(
+            r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+        ),
+    }
+    out: dict[Any, list[tuple[str, re.Pattern[str]]]] = {}
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items():
+        kept = [(t, replaced.get(t, rx)) for t, rx in resolvers if t != tag + "timestamp"]
+        if kept:
+            out[first] = kept
+    return out
+
+
+JobsLoader.yaml_implicit_resolvers = _yaml12_resolvers()
