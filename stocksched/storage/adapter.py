@@ -35,6 +35,7 @@ from redis.retry import Retry
 
 from stocksched.logs import one_line
 from stocksched.secretfile import read_secret_file
+from stocksched.storage.cluster import CLUSTER_SCHEME, cluster_client
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -272,6 +273,8 @@ def connect(url: str | None, password_file: Path | None = None) -> redis.Redis:
     scheme = urlsplit(spec).scheme.lower()
     if scheme == "memory":
         raise ValueError("the embedded store URL is exactly 'memory://' (no host or path)")
+    if scheme == CLUSTER_SCHEME:
+        return cluster_client(spec, password_file)
     if scheme not in REDIS_SCHEMES:
         raise ValueError(
             f"unsupported Redis URL scheme {scheme or '(none)'!r}: use redis://, rediss://, "
