@@ -36,6 +36,7 @@ from stocksched.settings import Settings, SettingsError, split_listen, startup_s
 from stocksched.sources import lazy_fetchers, warm_up, yahoo_fetcher
 from stocksched.sources.base import Fetcher
 from stocksched.statesync import StateSync
+from stocksched.storage import layout
 from stocksched.storage.adapter import RedisAdapter, StorageError, connect
 from stocksched.storage.butler import DataIOButler
 from stocksched.storage.leases import LeaseManager
@@ -310,8 +311,10 @@ class Daemon:
                 self.notifier.status(self.status_line())
 
     def _redis_fit(self) -> bool:
-        """Refuse a Redis that may evict our keys (unless allowed); True if unreachable."""
+        """Refuse a Redis that may evict our keys (unless allowed), once its key layout is
+        current (``storage.layout``); True if unreachable."""
         try:
+            layout.migrate(self.c.adapter)
             mem = self.c.adapter.memory()
         except StorageError:
             return True  # the load below fails and is retried with backoff

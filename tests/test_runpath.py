@@ -59,6 +59,7 @@ class CountingConnection(redis.Connection):
         super().send_packed_command(command, check_health)
 
 
+@pytest.mark.single_redis("counts one connection pool's sends; a cluster run costs 4 (README)")
 def test_a_scheduled_run_costs_two_redis_round_trips_for_its_bookkeeping(
     redis_server: RedisServer, real_redis: redis.Redis
 ) -> None:

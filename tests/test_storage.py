@@ -24,6 +24,7 @@ from stocksched.storage import (
     StorageError,
     connect,
     is_embedded,
+    windows,
 )
 from stocksched.storage import butler as butler_mod
 from stocksched.storage.adapter import RETRIES
@@ -493,7 +494,7 @@ class TestLatest:
         """Another writer moving the pointer between our WATCH and EXEC makes EXEC abort;
         the save retries and lands, rather than clobbering or losing the window."""
         other = butler._adapter.client  # same server; a new connection from the pool
-        real = butler_mod._moves_forward
+        real = windows.moves_forward
         calls: list[int] = []
 
         def interfere(*args: Any) -> bool:
@@ -502,7 +503,7 @@ class TestLatest:
                 other.set(f"{PREFIX}:AAPL:latest", f"{PREFIX}:AAPL:2025-01-01:2025-01-31")
             return real(*args)
 
-        monkeypatch.setattr(butler_mod, "_moves_forward", interfere)
+        monkeypatch.setattr(butler_mod, "moves_forward", interfere)
         key = butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21")
         assert len(calls) == 2
         assert butler._adapter.get_data(f"{PREFIX}:AAPL:latest") == key
@@ -516,7 +517,7 @@ class TestLatest:
             other.set(f"{PREFIX}:AAPL:latest", f"{PREFIX}:AAPL:2025-01-01:2025-01-31")
             return True
 
-        monkeypatch.setattr(butler_mod, "_moves_forward", always_interfere)
+        monkeypatch.setattr(butler_mod, "moves_forward", always_interfere)
         with pytest.raises(StorageError, match="kept changing"):
             butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21")
         assert not butler._adapter.exists(f"{PREFIX}:AAPL:2025-09-21:2025-10-21")

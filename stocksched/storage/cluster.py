@@ -16,6 +16,7 @@ path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
@@ -101,3 +102,11 @@ def cluster_client(url: str, password_file: Path | None = None) -> redis.Redis[s
 def is_cluster(client: object) -> bool:
     """Whether ``client`` talks to a Redis Cluster (multi-key steps must stay in one slot)."""
     return isinstance(client, RedisCluster)
+
+
+def mget(client: redis.Redis[str], names: Sequence[str]) -> list[Any]:
+    """MGET on a single Redis; on a cluster, where the keys may be in several slots, a GET
+    per key, grouped by node (redis-py's ``mget_nonatomic``): no atomic snapshot there."""
+    if is_cluster(client):
+        return list(cast(Any, client).mget_nonatomic(list(names)))
+    return list(client.mget(list(names)))

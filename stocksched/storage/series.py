@@ -25,12 +25,13 @@ written in one pipeline of scripts (``write_many``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from stocksched.storage import keys, seriescodec
 from stocksched.storage.adapter import RedisAdapter, StorageError, storage_errors
-from stocksched.storage.fence import Fence, FenceLostError
+from stocksched.storage.cluster import is_cluster
+from stocksched.storage.fence import Fence, FenceLostError, check_apart
 from stocksched.storage.scripts import Call, evalsha_many
 
 if TYPE_CHECKING:
@@ -200,6 +201,9 @@ class SeriesStore:
         Raises FenceLostError for a fenced write whose run lost its lease (the others are
         applied), StorageError when Redis fails or conflicts never settle.
         """
+        if is_cluster(self._adapter.client):  # lease and series in different slots
+            check_apart(self._adapter.client, [w.fence for w in writes if w.fence is not None])
+            writes = [replace(w, fence=None) for w in writes]
         versions: dict[int, int] = {}
         todo = list(range(len(writes)))
         bases = [_Base.of(w.base, w) if w.base is not None else _Base() for w in writes]
