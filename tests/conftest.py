@@ -20,7 +20,7 @@ from tests.cluster_servers import RedisClusterServers
 from tests.servers import RedisServer, free_port
 
 #: The real Redis deployments a test of ``redis_server``/``real_redis`` runs against.
-REDIS_KINDS = ["single"]  # "cluster" joins once every storage step runs in one slot
+REDIS_KINDS = ["single", "cluster"]
 RealRedis = RedisServer | RedisClusterServers
 
 
@@ -82,12 +82,10 @@ def real_redis(redis_server: RealRedis) -> Iterator[redis.Redis]:
 
 
 def _clean_client(server: RealRedis) -> Iterator[redis.Redis]:
-    if isinstance(server, RedisClusterServers):
-        if not server.running:
-            server.start()
-        server.flush()
-    elif server.proc is None or server.proc.poll() is not None:
+    if not server.running:
         server.start()
+    if isinstance(server, RedisClusterServers):
+        server.flush()
     client = server.client()
     if not isinstance(server, RedisClusterServers):
         client.flushall()

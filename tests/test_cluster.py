@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import redis
 from redis.exceptions import RedisClusterException
 
-from stocksched.storage.adapter import connect
+from stocksched.registry import JobRegistry
+from stocksched.runids import scheduled_run_id
+from stocksched.storage import keys
+from stocksched.storage.adapter import RedisAdapter, connect
 from stocksched.storage.cluster import is_cluster, parse_cluster_url
+from stocksched.storage.leases import ClaimOutcome, LeaseManager
 from tests.cluster_servers import RedisClusterServers
+from tests.fakes import FakeClock
+from tests.helpers import make_spec
+
+SLOT = datetime(2026, 3, 2, 17, 0, tzinfo=UTC)
 
 
 def test_cluster_url_lists_every_startup_node_with_credentials_and_options() -> None:
@@ -59,3 +68,34 @@ def test_connect_reaches_every_master_of_a_real_cluster(
     assert script(keys=["a{job}", "b{job}"]) == ["1", "2"]
     with pytest.raises(RedisClusterException, match="same key slot"):
         script(keys=["k1", "k2"])
+
+
+def test_a_jobs_keys_live_on_one_master_and_a_claim_reads_the_pause_from_its_record(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    """The paused set is a global key in another slot: on a cluster the claim script takes
+    the pause from the job's own record, so a paused job never runs even when the set's
+    write was lost (the process died between the record's write and the set's)."""
+    redis_cluster.flush()
+    client = connect(redis_cluster.url)
+    clock = FakeClock(SLOT)
+    registry = JobRegistry(RedisAdapter(client), clock)
+    registry.reconcile([make_spec("daily-tech", tickers=["AAA"])])
+    registry.set_paused("daily-tech", True)
+    client.delete(keys.paused_index_key())  # the global write lost
+    leases = LeaseManager(RedisAdapter(client), "replica-a", 2000)
+    run_id = scheduled_run_id("daily-tech", SLOT)
+    assert leases.try_claim("daily-tech", run_id).outcome == ClaimOutcome.PAUSED
+
+    registry.set_paused("daily-tech", False)
+    assert leases.try_claim("daily-tech", run_id).outcome == ClaimOutcome.CLAIMED
+    job_keys = [
+        keys.job_key("daily-tech"),
+        keys.job_state_key("daily-tech"),
+        keys.running_key("daily-tech"),
+        keys.inflight_key("daily-tech"),
+        keys.slot_key(run_id),
+    ]
+    assert all(client.exists(k) for k in job_keys)
+    assert len({client.keyslot(k) for k in job_keys}) == 1  # type: ignore[attr-defined]
+    assert client.smembers(keys.inflight_index_key()) == {"daily-tech"}

@@ -64,6 +64,10 @@ BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 1.0
 
 
+#: What redis-py raises: a cluster client's own errors (no reachable node, keys of several
+#: slots in one step) are not RedisErrors.
+REDIS_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException)
+
 # A refused login or a missing ACL permission: retrying cannot fix either.
 _NOT_RETRYABLE: tuple[type[Exception], ...] = (
     redis.AuthenticationError,
@@ -111,7 +115,7 @@ def storage_errors(operation: str, key: str) -> Iterator[None]:
     """Turn any redis-py failure inside the block into a StorageError naming op and key."""
     try:
         yield
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise StorageError(operation, key, str(exc) or type(exc).__name__) from exc
 
 
@@ -217,7 +221,7 @@ class RedisAdapter(AbstractDatabaseAdapter):
         """Whether the store answers now; False instead of raising, for readiness probes."""
         try:
             return bool(self._client.ping())
-        except (redis.RedisError, OSError) as exc:
+        except (*REDIS_ERRORS, OSError) as exc:
             logger.debug("redis ping failed: %s", exc)
             return False
 

@@ -3,8 +3,9 @@
 ``redis_url: redis+cluster://[user:password@]host:port[,host:port...][?option=value...]``
 names startup nodes; redis-py's ``RedisCluster`` discovers the rest of the cluster from
 any one of them, so a list only matters when some may be down at start. The client gets
-the same bounded timeouts, health checks and quick retries as ``adapter.connect`` gives a
-single Redis; a password file works as there.
+the same bounded timeouts and quick retries as ``adapter.connect`` gives a single Redis
+(not its periodic health checks: redis-py's cluster client does not pass that option on);
+a password file works as there.
 
 A cluster runs a script or a MULTI only on keys of one hash slot. Every key a job's run
 touches together carries the job id as hash tag (``scheduler:job:{ID}``, see
@@ -82,9 +83,9 @@ def cluster_client(url: str, password_file: Path | None = None) -> redis.Redis[s
             raise ValueError("give the Redis password in the URL or in a password file, not both")
         options["password"] = read_secret_file(password_file, "Redis password")
     kwargs: dict[str, Any] = {
+        # no health_check_interval: the cluster client drops it from its nodes' options
         "socket_timeout": adapter.SOCKET_TIMEOUT_S,
         "socket_connect_timeout": adapter.CONNECT_TIMEOUT_S,
-        "health_check_interval": adapter.HEALTH_CHECK_INTERVAL_S,
         **options,  # URL options win, as with a single Redis
     }
     client: Any = RedisCluster(

@@ -2,13 +2,12 @@
 
 One class, ``JobRecords``, owns every key of a job's observed state:
 
-- ``scheduler:job:{id}`` (JSON ScheduledJob but its runtime fields), ``scheduler:job_state:{id}``
-  (hash of the runtime fields: status, next_run, last_run, last_success, last_result)
-  and ``scheduler:job_index`` (set of ids);
+- ``scheduler:job:{id}`` (JSON ScheduledJob but its runtime fields; the braces are the
+  hash tag), ``scheduler:job_state:{id}`` (hash of the runtime fields: status, next_run,
+  last_run, last_success, last_result) and ``scheduler:job_index`` (set of ids);
 - ``scheduler:paused`` (set) and ``scheduler:job_runtime`` (hash id -> JobRuntime JSON),
   projections of the records written in the same transaction as each record update;
-- ``scheduler:removed:{id}``, a removed job's last record, kept a day;
-- ``scheduler:runs:{id}``, the capped run-history stream.
+- ``scheduler:removed:{id}``, a removed job's last record, kept a day; ``scheduler:runs:{id}``.
 
 Every record update is one optimistic transaction (WATCH/MULTI/EXEC) or one script, so a
 record is never half-written (on a Redis Cluster: the job's keys, one hash slot; the global
@@ -172,6 +171,8 @@ class JobRecords:
         dropped in the same script (``scripts.CREATE``), ``batch`` jobs per pipeline; one
         bool per job, False where a record existed (another replica created it first)."""
         created: list[bool] = []
+        if self._cluster and jobs:  # its pipelines cannot load a script: on every node first
+            self._r.script_load(scripts.CREATE)
         for start in range(0, len(jobs), batch):
             part = jobs[start : start + batch]
             with (
@@ -182,10 +183,7 @@ class JobRecords:
                     self._queue_create(pipe, job)
                 replies = pipe.execute()
                 if self._cluster:
-                    new = [j for j, r in zip(part, replies, strict=True) if r]
-                    globalkeys.after_creates(
-                        self._r, [(j.job_id, JobRuntime.of(j).to_json(), j.paused) for j in new]
-                    )
+                    globalkeys.after_creates(self._r, _created(part, replies))
             created += [bool(r) for r in replies]
         return created
 
@@ -328,6 +326,15 @@ class JobRecords:
             self._history.queue(pipe, history)
         if paused is not None:
             _index_paused(globals_to, job.job_id, paused)
+
+
+def _created(jobs: Sequence[ScheduledJob], replies: list[Any]) -> list[tuple[str, str, bool]]:
+    """(id, projection, paused) of the jobs ``CREATE`` created, for ``after_creates``."""
+    return [
+        (j.job_id, JobRuntime.of(j).to_json(), j.paused)
+        for j, r in zip(jobs, replies, strict=True)
+        if r
+    ]
 
 
 def _read_apart(
