@@ -17,7 +17,8 @@ path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import unquote
@@ -25,7 +26,8 @@ from urllib.parse import unquote
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.connection import parse_url
+from redis.commands.core import Script
+from redis.connection import Encoder, parse_url
 from redis.retry import Retry
 
 from stocksched.secretfile import read_secret_file
@@ -70,7 +72,8 @@ def _node(text: str) -> tuple[str, int]:
 
 
 def cluster_client(url: str, password_file: Path | None = None) -> redis.Redis[str]:
-    """A ``RedisCluster`` for ``url`` (see ``parse_cluster_url``); does not contact it.
+    """A ``RedisCluster`` for ``url`` (see ``parse_cluster_url``), made on its first command
+    (``LazyCluster``): like ``adapter.connect``, this does not contact the cluster.
 
     Typed as ``redis.Redis`` because the storage classes call the commands both share;
     what differs (multi-key scripts and transactions) they check with ``is_cluster``.
@@ -88,21 +91,56 @@ def cluster_client(url: str, password_file: Path | None = None) -> redis.Redis[s
         "socket_connect_timeout": adapter.CONNECT_TIMEOUT_S,
         **options,  # URL options win, as with a single Redis
     }
-    client: Any = RedisCluster(
-        startup_nodes=[ClusterNode(h, p) for h, p in nodes],
-        decode_responses=True,
-        retry=Retry(
-            ExponentialBackoff(cap=adapter.BACKOFF_CAP_S, base=adapter.BACKOFF_BASE_S),
-            adapter.RETRIES,
-        ),
-        **kwargs,
-    )
-    return cast("redis.Redis[str]", client)
+
+    def make() -> RedisCluster[str]:
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+            decode_responses=True,
+            retry=Retry(
+                ExponentialBackoff(cap=adapter.BACKOFF_CAP_S, base=adapter.BACKOFF_BASE_S),
+                adapter.RETRIES,
+            ),
+            **kwargs,
+        )
+
+    return cast("redis.Redis[str]", LazyCluster(make))
+
+
+class LazyCluster:
+    """A ``RedisCluster`` made on its first command.
+
+    RedisCluster's constructor asks the cluster for its topology, so a daemon started while
+    its cluster is down would fail at once instead of waiting for it, as it waits for a
+    single Redis. Scripts are registered without contacting it (their SHA is local); every
+    other attribute is the real client's, made (and, after a failure, tried again) when
+    first needed, inside the caller's ``storage_errors``.
+    """
+
+    def __init__(self, make: Callable[[], RedisCluster[str]]) -> None:
+        self._make = make
+        self._client: RedisCluster[str] | None = None
+        self._lock = threading.Lock()
+
+    def get_encoder(self) -> Encoder:
+        return Encoder("utf-8", "strict", True)  # decode_responses, as the client's
+
+    def register_script(self, script: str) -> Script:
+        return Script(cast(Any, self), script)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def __getattr__(self, name: str) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._make()
+        return getattr(self._client, name)
 
 
 def is_cluster(client: object) -> bool:
     """Whether ``client`` talks to a Redis Cluster (multi-key steps must stay in one slot)."""
-    return isinstance(client, RedisCluster)
+    return isinstance(client, RedisCluster | LazyCluster)
 
 
 def mget(client: redis.Redis[str], names: Sequence[str]) -> list[Any]:
