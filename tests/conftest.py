@@ -7,6 +7,7 @@ process's data (a machine may have its own Redis on 6379).
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +20,9 @@ import redis
 from tests.cluster_servers import RedisClusterServers
 from tests.servers import RedisServer, free_port
 
-#: The real Redis deployments a test of ``redis_server``/``real_redis`` runs against.
-REDIS_KINDS = ["single", "cluster"]
+#: The real Redis deployments a test of ``redis_server``/``real_redis`` runs against;
+#: ``STOCKSCHED_TEST_REDIS=single`` (or ``cluster``) runs one of them only.
+REDIS_KINDS = os.environ.get("STOCKSCHED_TEST_REDIS", "single,cluster").split(",")
 RealRedis = RedisServer | RedisClusterServers
 
 
