@@ -12,12 +12,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import redis
 
+from stocksched.model import RunResult, RunStatus
 from stocksched.storage.adapter import StorageError, _client_options, connect, storage_errors
 from stocksched.storage.sentinel import (
     MASTER_CHECK_S,
@@ -25,7 +28,7 @@ from stocksched.storage.sentinel import (
     parse_sentinel_url,
     sentinel_client,
 )
-from tests.daemons import wait_for
+from tests.daemons import Launch, history, wait_for, wait_ready
 from tests.servers import RedisServer, SentinelGroup
 
 
@@ -181,3 +184,68 @@ def test_a_demoted_master_answering_readonly_makes_the_client_ask_the_sentinels_
 def _readonly_errors(server: RedisServer) -> int:
     stats = server.client().info("errorstats")
     return int(stats.get("errorstat_READONLY", {}).get("count", 0))
+
+
+# -- the daemon through a failover -------------------------------------------------------------
+
+TICK_JOBS = """\
+version: 1
+jobs:
+  - id: tick
+    tickers: [T1, T2]
+    schedule: "@every 1s"
+    source: demo
+    window: 30d
+    ttl: 10m
+"""
+EXECUTED = {RunStatus.SUCCESS, RunStatus.PARTIAL_SUCCESS, RunStatus.FAILED}
+
+
+def _executed_after(client: redis.Redis, t: float) -> list[RunResult]:
+    try:
+        runs = history(client, "tick")
+    except redis.RedisError:
+        return []  # mid-failover
+    return sorted(
+        (r for r in runs if r.status in EXECUTED and r.started_at.timestamp() > t),
+        key=lambda r: r.started_at,
+    )
+
+
+@pytest.mark.slow
+def test_two_daemons_ride_a_sentinel_failover_running_each_slot_at_most_once(
+    tmp_path: Path, group: SentinelGroup, launch: Launch
+) -> None:
+    (tmp_path / "jobs.yaml").write_text(TICK_JOBS)
+    settings = tmp_path / "stocksched.yaml"
+    settings.write_text("lease_ttl: 2\nreplica_ttl: 3\n")
+    reps = [
+        launch(n, env={"STOCKSCHED_REPLICA_ID": n}, config=settings, redis_url=group.url)
+        for n in ("r1", "r2")
+    ]
+    wait_ready(*reps)
+    client = connect(group.url)
+    up = time.time()
+    wait_for(lambda: len(_executed_after(client, up)) >= 3, 30, alive=reps)
+
+    failover_started = time.time()
+    group.failover()
+    failover_done = time.time()
+    resumed = wait_for(lambda: _executed_after(client, failover_done), 30, alive=reps)[0]
+    # Scheduling resumed within the failover's own time plus 2 s.
+    assert resumed.started_at.timestamp() - failover_done <= 2.0, (
+        failover_started,
+        failover_done,
+        resumed,
+    )
+    wait_for(lambda: len(_executed_after(client, failover_done)) >= 3, 30, alive=reps)
+    for r in reps:
+        r.stop()
+
+    runs = history(client, "tick")  # read from the new master
+    assert len({r.run_id for r in runs}) == len(runs), "a run id was recorded twice"
+    per_slot = Counter(r.scheduled_for for r in runs)
+    assert [s for s, n in per_slot.items() if n > 1] == [], "a slot was recorded twice"
+    executed = sorted((r for r in runs if r.status in EXECUTED), key=lambda r: r.started_at)
+    for a, b in pairwise(executed):
+        assert a.finished_at <= b.started_at, f"{a.run_id} and {b.run_id} overlapped"
