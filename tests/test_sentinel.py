@@ -21,6 +21,7 @@ import pytest
 import redis
 
 from stocksched.model import RunResult, RunStatus
+from stocksched.settings import mask_url
 from stocksched.storage.adapter import StorageError, _client_options, connect, storage_errors
 from stocksched.storage.sentinel import (
     MASTER_CHECK_S,
@@ -95,6 +96,13 @@ def test_the_daemon_reports_a_bad_sentinel_url_as_a_settings_error(tmp_path: Pat
         "stocksched: redis_url: redis+sentinel URL: db must be a number >= 0, got 'x'"
     )
     assert "Traceback" not in done.stderr
+
+
+def test_the_startup_log_masks_both_passwords_of_a_sentinel_url() -> None:
+    url = "redis+sentinel://:pw@h:1,h:2/m/0?sentinel_password=sp&socket_timeout=1"
+    assert mask_url(url) == (
+        "redis+sentinel://:***@h:1,h:2/m/0?sentinel_password=***&socket_timeout=1"
+    )
 
 
 def test_a_password_in_the_url_and_in_a_file_is_refused(tmp_path: Path) -> None:
