@@ -98,7 +98,7 @@ class Settings(BaseModel):
 
 
 MASK = "***"
-_PASSWORD_QUERY = re.compile(r"(?i)([?&]password=)[^&#]*")
+_PASSWORD_QUERY = re.compile(r"(?i)([?&](?:sentinel_)?password=)[^&#]*")
 
 
 def mask_url(url: str) -> str:
@@ -106,7 +106,8 @@ def mask_url(url: str) -> str:
 
     ``redis://:pw@host:6379/0`` gives ``redis://:***@host:6379/0``, ``rediss://user:pw@host``
     ``rediss://user:***@host``. A lone user-info part (``redis://secret@host``) is masked
-    whole, since some clients read it as the password; so is a ``?password=`` parameter.
+    whole, since some clients read it as the password; so is a ``?password=`` parameter
+    (and a ``redis+sentinel`` URL's ``?sentinel_password=``).
     Everything up to the *last* ``@`` counts as user info, so a password with an unescaped
     ``@``, ``/``, ``?`` or ``#`` in it is still hidden (at worst too much is masked).
     """
