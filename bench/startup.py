@@ -10,6 +10,11 @@ of each so the page cache is equally warm for all):
   from the spawn until ``GET /readyz`` answers 200 (polled every 5 ms); then the daemon's
   RSS, 1 s after ready, and which heavy libraries it has mapped (from /proc/PID/maps).
 
+Each figure is printed as wall time and CPU time (user + system of the child; for the
+daemon, the run time of all its threads until ready, from /proc/PID/task/*/schedstat):
+on a shared machine the wall times carry the other processes' load, the CPU times much
+less of it, so both are compared with the baseline's.
+
 Every interpreter runs from bytecode, as an installed package does (pip byte-compiles at
 install; an editable install writes ``__pycache__`` on first import): the bytecode of
 stocksched, its libraries and pandas is written by the warm-up runs under the temp
@@ -26,6 +31,8 @@ stopped here.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -33,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -59,12 +67,27 @@ MARKERS = {
 }
 
 
-def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> float:
+def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """Wall and CPU seconds (user + system, from the child's rusage) of one run of ``cmd``."""
     t0 = time.perf_counter()
-    subprocess.run(
-        cmd, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    return time.perf_counter() - t0
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd} exited with {proc.returncode}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time of every thread of ``pid`` so far (schedstat: nanoseconds on a CPU)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 def mapped(pid: int) -> list[str]:
@@ -75,8 +98,9 @@ def mapped(pid: int) -> list[str]:
 
 def run_daemon(
     redis_url: str, env: dict[str, str], cwd: Path, settle: bool
-) -> tuple[float, int, list[str]]:
-    """Seconds from spawn to /readyz 200; RSS and mapped libraries 1 s later (if settle)."""
+) -> tuple[float, float, int, list[str]]:
+    """Seconds from spawn to /readyz 200 (wall, and the daemon's CPU); RSS and mapped
+    libraries 1 s later (if settle)."""
     port = free_port()
     cmd = run_command(cwd / "jobs.yaml", redis_url, port, "WARNING")
     t0 = time.perf_counter()
@@ -91,11 +115,12 @@ def run_daemon(
                 raise RuntimeError("the daemon was not ready in time")
             time.sleep(POLL_S)
         elapsed = time.perf_counter() - t0
+        cpu = cpu_seconds(proc.pid)
         rss, libs = 0, []
         if settle:
             time.sleep(1.0)
             rss, libs = proc_rss_bytes(proc.pid), mapped(proc.pid)
-        return elapsed, rss, libs
+        return elapsed, cpu, rss, libs
     finally:
         proc.terminate()
         try:
@@ -103,6 +128,41 @@ def run_daemon(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+Sample = tuple[float, float]  # wall seconds, CPU seconds
+
+
+def measure(repeat: int, env: dict[str, str], cwd: Path) -> dict[str, Any]:
+    """``repeat`` interleaved runs of the baseline, validate and run (after warm-ups)."""
+    baseline_cmd = [sys.executable, "-c", "import pandas"]
+    validate_cmd = [*stocksched_command(), "validate", "jobs.yaml"]
+    out: dict[str, Any] = {"pandas": [], "validate": [], "run": [], "rss": [], "libs": []}
+    with private_redis() as r:
+        timed(baseline_cmd, env, cwd)  # warm-up, untimed
+        timed(validate_cmd, env, cwd)
+        run_daemon(r.url, env, cwd, settle=False)
+        for _ in range(repeat):  # interleaved: drift hits all three alike
+            out["pandas"].append(timed(baseline_cmd, env, cwd))
+            out["validate"].append(timed(validate_cmd, env, cwd))
+            r.client().flushall()
+            wall, cpu, size, out["libs"] = run_daemon(r.url, env, cwd, settle=True)
+            out["run"].append((wall, cpu))
+            out["rss"].append(size)
+    return out
+
+
+def medians(samples: list[Sample]) -> Sample:
+    return statistics.median(w for w, _ in samples), statistics.median(c for _, c in samples)
+
+
+def figure(samples: list[Sample], base: Sample | None = None) -> str:
+    """``wall ms (CPU ms)``, and each as a multiple of the baseline's."""
+    wall, cpu = medians(samples)
+    text = f"{wall * 1000:.0f} ms (CPU {cpu * 1000:.0f} ms)"
+    if base is not None:
+        text += f"; {wall / base[0]:.2f}x baseline (CPU {cpu / base[1]:.2f}x)"
+    return text
 
 
 def main() -> None:
@@ -125,32 +185,14 @@ def main() -> None:
         else:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = str(cwd / "pycache")
-        baseline_cmd = [sys.executable, "-c", "import pandas"]
-        validate_cmd = [*stocksched_command(), "validate", "jobs.yaml"]
-        pandas_s: list[float] = []
-        validate_s: list[float] = []
-        run_s: list[float] = []
-        rss: list[int] = []
-        libs: list[str] = []
-        with private_redis() as r:
-            timed(baseline_cmd, env, cwd)  # warm-up, untimed
-            timed(validate_cmd, env, cwd)
-            run_daemon(r.url, env, cwd, settle=False)
-            for _ in range(args.repeat):  # interleaved: drift hits all three alike
-                pandas_s.append(timed(baseline_cmd, env, cwd))
-                validate_s.append(timed(validate_cmd, env, cwd))
-                r.client().flushall()
-                elapsed, size, libs = run_daemon(r.url, env, cwd, settle=True)
-                run_s.append(elapsed)
-                rss.append(size)
-    base = statistics.median(pandas_s)
-    run = statistics.median(run_s)
+        m = measure(args.repeat, env, cwd)
+    base = medians(m["pandas"])
     rows = [
-        ("baseline: python -c 'import pandas'", f"{base * 1000:.0f} ms"),
-        ("stocksched validate jobs.yaml", f"{statistics.median(validate_s) * 1000:.0f} ms"),
-        ("stocksched run -> /readyz 200", f"{run * 1000:.0f} ms ({run / base:.2f}x baseline)"),
-        ("daemon RSS 1 s after ready", f"{statistics.median(rss) / 2**20:.1f} MiB"),
-        ("heavy libraries the daemon mapped", ", ".join(libs) or "none"),
+        ("baseline: python -c 'import pandas'", figure(m["pandas"])),
+        ("stocksched validate jobs.yaml", figure(m["validate"], base)),
+        ("stocksched run -> /readyz 200", figure(m["run"], base)),
+        ("daemon RSS 1 s after ready", f"{statistics.median(m['rss']) / 2**20:.1f} MiB"),
+        ("heavy libraries the daemon mapped", ", ".join(m["libs"]) or "none"),
     ]
     how = "compiled from source" if args.no_bytecode else "from bytecode"
     print(
@@ -159,14 +201,17 @@ def main() -> None:
     )
     for name, value in rows:
         print(f"  {name:<38} {value}")
-    print(
-        "  all runs (ms): import pandas "
-        + " ".join(f"{x * 1000:.0f}" for x in pandas_s)
-        + " | validate "
-        + " ".join(f"{x * 1000:.0f}" for x in validate_s)
-        + " | run "
-        + " ".join(f"{x * 1000:.0f}" for x in run_s)
-    )
+    for kind in ("wall", "CPU"):
+        i = 0 if kind == "wall" else 1
+        print(
+            f"  all runs, {kind} (ms):"
+            + "".join(
+                f" {label} " + " ".join(f"{x[i] * 1000:.0f}" for x in m[key]) + " |"
+                for label, key in (("import pandas", "pandas"), ("validate", "validate"))
+            )
+            + " run "
+            + " ".join(f"{x[i] * 1000:.0f}" for x in m["run"])
+        )
 
 
 if __name__ == "__main__":
