@@ -11,7 +11,7 @@ of each so the page cache is equally warm for all):
   RSS, 1 s after ready, and which heavy libraries it has mapped (from /proc/PID/maps).
 
 Each figure is printed as wall time and CPU time (user + system of the child; for the
-daemon, the run time of all its threads until ready, from /proc/PID/task/*/schedstat):
+daemon, all its threads until ready, from /proc/PID/stat, in 10 ms ticks):
 on a shared machine the wall times carry the other processes' load, the CPU times much
 less of it, so both are compared with the baseline's.
 
@@ -31,7 +31,6 @@ stopped here.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import statistics
@@ -49,6 +48,7 @@ from bench._common import (
     clean_env,
     free_port,
     private_redis,
+    proc_cpu_seconds,
     proc_rss_bytes,
     ready,
     run_command,
@@ -81,15 +81,6 @@ def timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]
     return wall, usage.ru_utime + usage.ru_stime
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time of every thread of ``pid`` so far (schedstat: nanoseconds on a CPU)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # a thread that just ended
-            total += int((task / "schedstat").read_text().split()[0])
-    return total / 1e9
-
-
 def mapped(pid: int) -> list[str]:
     with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as fh:
         text = fh.read()
@@ -115,7 +106,7 @@ def run_daemon(
                 raise RuntimeError("the daemon was not ready in time")
             time.sleep(POLL_S)
         elapsed = time.perf_counter() - t0
-        cpu = cpu_seconds(proc.pid)
+        cpu = proc_cpu_seconds(proc.pid)
         rss, libs = 0, []
         if settle:
             time.sleep(1.0)
