@@ -24,6 +24,10 @@ benchmark first ran in did: stocksched's own modules (no ``__pycache__`` in a fr
 checkout) are then compiled from source at every start, while pandas and the other
 installed libraries still load the bytecode pip wrote.
 
+``--before DIR`` measures a second source tree's stocksched (for example an older commit:
+``git archive COMMIT | tar -x -C DIR``) in the same run, each of its runs next to this
+tree's, against the same baseline runs: before and after from one run.
+
 Asserts nothing about speed. Only 127.0.0.1 is used; every process started here is
 stopped here.
 """
@@ -122,24 +126,33 @@ def run_daemon(
 
 
 Sample = tuple[float, float]  # wall seconds, CPU seconds
+KINDS = ("validate", "run")
 
 
-def measure(repeat: int, env: dict[str, str], cwd: Path) -> dict[str, Any]:
-    """``repeat`` interleaved runs of the baseline, validate and run (after warm-ups)."""
+def measure(repeat: int, envs: dict[str, dict[str, str]], cwd: Path) -> dict[str, Any]:
+    """``repeat`` interleaved runs of the baseline, and of validate and run for each tree
+    in ``envs`` (its label: its environment), after one untimed warm-up of each."""
     baseline_cmd = [sys.executable, "-c", "import pandas"]
     validate_cmd = [*stocksched_command(), "validate", "jobs.yaml"]
-    out: dict[str, Any] = {"pandas": [], "validate": [], "run": [], "rss": [], "libs": []}
+    out: dict[str, Any] = {"pandas": [], "rss": [], "libs": []}
+    for label in envs:
+        out[f"validate{label}"], out[f"run{label}"] = [], []
+    first = next(iter(envs.values()))
     with private_redis() as r:
-        timed(baseline_cmd, env, cwd)  # warm-up, untimed
-        timed(validate_cmd, env, cwd)
-        run_daemon(r.url, env, cwd, settle=False)
-        for _ in range(repeat):  # interleaved: drift hits all three alike
-            out["pandas"].append(timed(baseline_cmd, env, cwd))
-            out["validate"].append(timed(validate_cmd, env, cwd))
-            r.client().flushall()
-            wall, cpu, size, out["libs"] = run_daemon(r.url, env, cwd, settle=True)
-            out["run"].append((wall, cpu))
-            out["rss"].append(size)
+        timed(baseline_cmd, first, cwd)
+        for env in envs.values():
+            timed(validate_cmd, env, cwd)
+            run_daemon(r.url, env, cwd, settle=False)
+        for _ in range(repeat):  # interleaved: drift hits every figure alike
+            out["pandas"].append(timed(baseline_cmd, first, cwd))
+            for label, env in envs.items():
+                out[f"validate{label}"].append(timed(validate_cmd, env, cwd))
+                r.client().flushall()
+                wall, cpu, size, libs = run_daemon(r.url, env, cwd, settle=not label)
+                out[f"run{label}"].append((wall, cpu))
+                if not label:
+                    out["rss"].append(size)
+                    out["libs"] = libs
     return out
 
 
@@ -164,6 +177,13 @@ def main() -> None:
         action="store_true",
         help="PYTHONDONTWRITEBYTECODE=1: stocksched compiled from source (the old measurement)",
     )
+    ap.add_argument(
+        "--before",
+        metavar="DIR",
+        type=Path,
+        help="also measure the stocksched of this source tree (e.g. `git archive COMMIT | "
+        "tar -x -C DIR`), interleaved with this one's, against the same baseline runs",
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="stocksched-bench-startup-") as d:
         cwd = Path(d)
@@ -176,32 +196,40 @@ def main() -> None:
         else:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = str(cwd / "pycache")
-        m = measure(args.repeat, env, cwd)
+        envs = {"": env}
+        if args.before is not None:  # clean_env put this tree first on PYTHONPATH
+            envs[" (before)"] = {**env, "PYTHONPATH": str(args.before.resolve())}
+        m = measure(args.repeat, envs, cwd)
+    report(m, list(envs), args.repeat, "compiled from source" if args.no_bytecode else "")
+
+
+def report(m: dict[str, Any], labels: list[str], repeat: int, how: str) -> None:
     base = medians(m["pandas"])
-    rows = [
-        ("baseline: python -c 'import pandas'", figure(m["pandas"])),
-        ("stocksched validate jobs.yaml", figure(m["validate"], base)),
-        ("stocksched run -> /readyz 200", figure(m["run"], base)),
+    rows = [("baseline: python -c 'import pandas'", figure(m["pandas"]))]
+    for label in reversed(labels):
+        rows += [
+            (f"stocksched validate jobs.yaml{label}", figure(m[f"validate{label}"], base)),
+            (f"stocksched run -> /readyz 200{label}", figure(m[f"run{label}"], base)),
+        ]
+    rows += [
         ("daemon RSS 1 s after ready", f"{statistics.median(m['rss']) / 2**20:.1f} MiB"),
         ("heavy libraries the daemon mapped", ", ".join(m["libs"]) or "none"),
     ]
-    how = "compiled from source" if args.no_bytecode else "from bytecode"
     print(
-        f"stocksched startup, medians of {args.repeat} (Python {sys.version.split()[0]}; "
-        f"stocksched {how})"
+        f"stocksched startup, medians of {repeat} (Python {sys.version.split()[0]}; "
+        f"stocksched {how or 'from bytecode'})"
     )
     for name, value in rows:
         print(f"  {name:<38} {value}")
-    for kind in ("wall", "CPU"):
-        i = 0 if kind == "wall" else 1
+    series = ["pandas", *(f"{kind}{label}" for label in reversed(labels) for kind in KINDS)]
+    for i, unit in enumerate(("wall", "CPU")):
         print(
-            f"  all runs, {kind} (ms):"
-            + "".join(
-                f" {label} " + " ".join(f"{x[i] * 1000:.0f}" for x in m[key]) + " |"
-                for label, key in (("import pandas", "pandas"), ("validate", "validate"))
+            f"  all runs, {unit} (ms): "
+            + " | ".join(
+                f"{key.replace('pandas', 'import pandas')} "
+                + " ".join(f"{x[i] * 1000:.0f}" for x in m[key])
+                for key in series
             )
-            + " run "
-            + " ".join(f"{x[i] * 1000:.0f}" for x in m["run"])
         )
 
 
