@@ -41,33 +41,27 @@ if TYPE_CHECKING:
 MAX_ATTEMPTS = 16
 
 # KEYS: bars, meta, actions[, lease]
-# ARGV: expected version, token, mode (merge | replace),
-#       n chunks, (start, blob ("" deletes))..., n actions, (ts, value)..., n meta, (f, v)...
+# ARGV: expected version, token, mode (merge | replace), n chunks, n actions, n meta,
+#       then the pairs: (chunk start, blob)..., (ts, action)..., (meta field, value)...
+# One HSET per key (in slices of 500 pairs, below Lua's unpack limit): the blobs cross into
+# Lua once and into Redis once, and a series costs Redis four or five calls (the meta
+# fields are few: one HSET).
 UPSERT = """
 local version = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
 if version ~= tonumber(ARGV[1]) then return {0, version} end
 if KEYS[4] and redis.call('HGET', KEYS[4], 'owner') ~= ARGV[2] then return {-1, version} end
 if ARGV[3] == 'replace' then redis.call('DEL', KEYS[1], KEYS[3]) end
-local i = 4
-local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  if ARGV[i + 1] == '' then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-  else
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+local at = 7
+local function hset(key, pairs)
+  local stop = at + 2 * pairs - 1
+  for from = at, stop, 1000 do
+    redis.call('HSET', key, unpack(ARGV, from, math.min(from + 999, stop)))
   end
-  i = i + 2
+  at = stop + 1
 end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2
-end
-n = tonumber(ARGV[i]); i = i + 1
-local meta = {'version', version + 1}
-for _ = 1, n do
-  meta[#meta + 1] = ARGV[i]; meta[#meta + 1] = ARGV[i + 1]; i = i + 2
-end
-redis.call('HSET', KEYS[2], unpack(meta))
+hset(KEYS[1], tonumber(ARGV[4]))
+hset(KEYS[3], tonumber(ARGV[5]))
+redis.call('HSET', KEYS[2], 'version', version + 1, unpack(ARGV, at, at + 2 * ARGV[6] - 1))
 return {1, version + 1}
 """
 
@@ -322,8 +316,8 @@ def _call(w: SeriesWrite, base: _Base) -> Call:
         call_keys.append(w.fence.lease_key)
         token = w.fence.token
     args: list[str | int | bytes] = [base.version, token, "replace" if w.replace else "merge"]
-    args += [len(chunk_args) // 2, *chunk_args]
-    args += [len(action_args) // 2, *action_args, len(meta_args) // 2, *meta_args]
+    args += [len(chunk_args) // 2, len(action_args) // 2, len(meta_args) // 2]
+    args += [*chunk_args, *action_args, *meta_args]
     return {"keys": call_keys, "args": args}
 
 
