@@ -22,9 +22,9 @@ A write merges its bars into the chunks it touches in Python (numpy), against th
 snapshot its caller read or, for a writer that read nothing, an assumed new series,
 stages the new chunks and sends one script that points at them and writes the actions
 and meta only if ``version`` is still the one merged against (else the chunks are read
-again and merged again) and, for a run, only while the run holds its lease. So a reader (one script too) never sees half
-of a write, and two writers of one series never lose each other's bars. Many series are
-written in one pipeline (``write_many``).
+again and merged again) and, for a run, only while the run holds its lease. So a reader
+(one script too) never sees half of a write, and two writers of one series never lose
+each other's bars. Many series are written in one pipeline (``write_many``).
 """
 
 from __future__ import annotations
