@@ -134,7 +134,7 @@ def bars_from_frame(frame: pd.DataFrame) -> Bars:
         raise ValueError("bars need a time-zone-aware DatetimeIndex")
     if index.hasnans:
         raise ValueError("the index holds NaT")
-    ts = index.asi8 // _PER_SECOND[index.unit]
+    ts = index.asi8 if index.unit == "s" else index.asi8 // _PER_SECOND[index.unit]
     # One conversion of the whole frame (pandas' per-column access costs more than the
     # copying it saves), laid out as the packed bars: float64 holds every Volume exactly
     # (below 2**53); the two int64 fields are written through an int64 view. Every step
@@ -143,7 +143,7 @@ def bars_from_frame(frame: pd.DataFrame) -> Bars:
     values = frame.to_numpy(dtype="float64", na_value=np.nan)
     packed = np.empty((len(frame), 7), dtype="<f8")
     picks = [cols.index(c if c in cols else "Close") for c in PRICE_COLUMNS]
-    packed[:, 1:6] = values[:, picks]
+    packed[:, 1:6] = values[:, _columns(picks)]
     volume = values[:, cols.index("Volume")]
     ints = packed.view("<i8")
     ints[:, 0] = ts
@@ -168,7 +168,7 @@ def _actions_of(values: np.ndarray, cols: list[str], ts: np.ndarray) -> dict[int
     present = [cols.index(c) for c in ACTION_COLUMNS if c in cols]
     if not present:
         return {}
-    block = values[:, present]
+    block = values[:, _columns(present)]
     if not np.count_nonzero(block):  # the usual case: no action at all (NaN counts)
         return {}
     if len(present) < 2:
@@ -181,6 +181,14 @@ def _actions_of(values: np.ndarray, cols: list[str], ts: np.ndarray) -> dict[int
         (dividend != 0.0) & (dividend == dividend) | (split != 0.0) & (split == split)
     )
     return {int(ts[i]): (float(dividend[i]), float(split[i])) for i in where}
+
+
+def _columns(picks: list[int]) -> slice | list[int]:
+    """``picks`` as a slice when they are consecutive (the usual column order): numpy
+    copies a slice of columns at half the cost of picking them one by one."""
+    if picks == list(range(picks[0], picks[0] + len(picks))):
+        return slice(picks[0], picks[0] + len(picks))
+    return picks
 
 
 def merge(old: np.ndarray, new: np.ndarray) -> np.ndarray:
