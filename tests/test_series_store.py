@@ -191,3 +191,16 @@ def test_actions_and_nan_prices_read_back_exactly(real_redis: redis.Redis) -> No
     write(store, frame)
     pd.testing.assert_frame_equal(read_all(store), frame, check_freq=False)
     assert len(real_redis.hgetall(SERIES.key("actions"))) == 2
+
+
+def test_a_write_after_redis_lost_its_scripts_loads_them_and_applies_once(
+    real_redis: redis.Redis,
+) -> None:
+    store = SeriesStore(RedisAdapter(real_redis))
+    write(store, demo("2024-01-01", "2024-01-31"))
+    real_redis.script_flush()
+    assert write(store, demo("2024-02-01", "2024-02-29")) == 2
+    pd.testing.assert_frame_equal(
+        read_all(store), demo("2024-01-01", "2024-02-29"), check_freq=False
+    )
+    assert real_redis.hlen(SERIES.key("bars")) == 2

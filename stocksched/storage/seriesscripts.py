@@ -158,7 +158,7 @@ def run_upserts(adapter: RedisAdapter, upserts: Sequence[Upsert]) -> list[Any]:
     answers = _send(client, upserts)
     missing = [i for i, r in enumerate(answers) if isinstance(r, NoScriptError)]
     if missing:
-        client.execute_command("SCRIPT", "LOAD", UPSERT)
+        client.script_load(UPSERT)  # type: ignore[no-untyped-call]
         for i, reply in zip(missing, _send(client, [upserts[i] for i in missing]), strict=True):
             answers[i] = reply
     for reply in answers:
