@@ -29,7 +29,6 @@ each other's bars. Many series are written in one pipeline (``write_many``).
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,7 +37,7 @@ from stocksched.storage import keys, seriescodec
 from stocksched.storage.adapter import RedisAdapter, StorageError, storage_errors
 from stocksched.storage.fence import Fence, FenceLostError
 from stocksched.storage.scripts import Call, evalsha_many
-from stocksched.storage.seriesscripts import READ, Upsert, run_upserts
+from stocksched.storage.seriesscripts import READ, Upsert, next_tag, run_upserts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -245,7 +244,7 @@ def _upsert(w: SeriesWrite, base: _Base) -> Upsert:
     merged = w.bars.rows if w.replace else seriescodec.merge(old, w.bars.rows)
     chunks = seriescodec.split_chunks(merged, w.series.interval)
     total = len(merged) if w.replace else base.count - len(old) + len(merged)
-    tag = secrets.token_hex(6)  # this attempt's: a retry stages under a new one
+    tag = next_tag()  # this attempt's: a retry stages under a new one
     staged: dict[str | bytes, bytes] = {
         f"{start}.{tag}": seriescodec.encode_chunk(rows) for start, rows in chunks.items()
     }

@@ -7,7 +7,7 @@ daily bars (19 KB), where a plain ``HSET`` of the same bytes costs ~1 us. So a w
 (ArcticDB's pattern: data segments first, then one atomic switch of the index) is:
 
 1. ``HSET bars {start}.{tag} blob ...``: the new chunks, staged under this attempt's
-   random ``tag``. Readers never look at them: they follow the pointers below.
+   unique ``tag`` (``next_tag``). Readers never look at them: they follow the pointers below.
 2. ``UPSERT`` (small arguments only): if the version is still the one merged against
    and the run still holds its lease, point each chunk start at the new tag
    (``HSET bars {start} tag``), delete the blobs the pointers left, write the actions
@@ -24,6 +24,8 @@ bumps the version, so that writer's own ``UPSERT`` fails its version check and r
 from __future__ import annotations
 
 import hashlib
+import itertools
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -119,7 +121,7 @@ local chunks = {}
 if #starts > 0 then
   local fields = {}
   for i, tag in ipairs(redis.call('HMGET', KEYS[1], unpack(starts))) do
-    if tag and #tag > 16 then chunks[i] = tag  -- written before pointers: the blob itself
+    if tag and #tag > 40 then chunks[i] = tag  -- written before pointers: the blob itself
     elseif tag then fields[#fields + 1] = i; fields[#fields + 1] = starts[i] .. '.' .. tag end
   end
   local names = {}
@@ -137,6 +139,28 @@ return {meta, chunks, redis.call('HGETALL', KEYS[3])}
 """
 
 _UPSERT_SHA = hashlib.sha1(UPSERT.encode()).hexdigest()
+
+
+class _Tags:
+    """Write tags unique across processes and attempts: a random process prefix and a
+    counter (``os.urandom`` per write costs ~5 us on a VM; a tag must never repeat, or a
+    write could stage over a live blob). At most 40 characters: longer values of a chunk
+    field are chunks written before pointers (``READ``)."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count):x}"
+
+
+#: This process' write tags (``next_tag()``).
+next_tag = _Tags().next
 
 
 @dataclass(frozen=True)
