@@ -204,3 +204,15 @@ def test_a_write_after_redis_lost_its_scripts_loads_them_and_applies_once(
         read_all(store), demo("2024-01-01", "2024-02-29"), check_freq=False
     )
     assert real_redis.hlen(SERIES.key("bars")) == 2
+
+
+def test_a_meta_only_write_sweeps_blobs_staged_before_any_pointer(
+    real_redis: redis.Redis,
+) -> None:
+    store = SeriesStore(RedisAdapter(real_redis))
+    # a first write whose client died after staging: blobs, no pointer, no meta
+    real_redis.hset(SERIES.key("bars"), "1702944000.0123456789ab", "AAAA")
+    nothing = seriescodec.Bars(seriescodec.empty_rows(), {})
+    store.write(SeriesWrite(SERIES, nothing, TZ, {"covered_from": "2024-01-01"}))
+    assert not real_redis.exists(SERIES.key("bars"))
+    assert real_redis.hget(SERIES.key("meta"), "covered_from") == "2024-01-01"

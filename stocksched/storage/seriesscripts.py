@@ -82,8 +82,10 @@ if redis.call('HLEN', KEYS[1]) > 2 * chunks then
     if string.find(field, '.', 1, true) then blobs[#blobs + 1] = field
     else starts[#starts + 1] = field end
   end
-  for i, t in ipairs(redis.call('HMGET', KEYS[1], unpack(starts))) do
-    live[starts[i] .. '.' .. t] = true
+  if #starts > 0 then
+    for i, t in ipairs(redis.call('HMGET', KEYS[1], unpack(starts))) do
+      live[starts[i] .. '.' .. t] = true
+    end
   end
   for _, field in ipairs(blobs) do
     if not live[field] then orphans[#orphans + 1] = field end
