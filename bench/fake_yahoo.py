@@ -37,6 +37,7 @@ Run standalone: ``python -m bench.fake_yahoo --delay 0.1 --rate 20`` (prints the
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import threading
@@ -210,19 +211,23 @@ class FakeYahooServer(ThreadingHTTPServer):
             if symbol is not None:
                 self._symbols.add(symbol)
 
-    def count_bytes(self, n: int) -> None:
+    def count_bytes(self, body: int, wire: int) -> None:
         with self._lock:
-            self._counts["bytes"] += n
+            self._counts["bytes"] += body
+            self._counts["wire_bytes"] += wire
 
     def stats(self) -> dict[str, int]:
         """Requests by kind (cookie, crumb, chart, tz_probe, other), ``rate_limited``
         (429s sent), ``requests`` (all), ``symbols`` (distinct symbols charted) and
-        ``bytes`` (body bytes of every chart answer)."""
+        ``bytes`` (body bytes of every chart answer, as JSON) and ``wire_bytes`` (the same
+        as sent: gzip-compressed when the client accepted it)."""
         with self._lock:
             counts = dict(self._counts)
             counts["symbols"] = len(self._symbols)
         counts["requests"] = sum(
-            v for k, v in counts.items() if k not in ("rate_limited", "symbols", "bytes")
+            v
+            for k, v in counts.items()
+            if k not in ("rate_limited", "symbols", "bytes", "wire_bytes")
         )
         return counts
 
@@ -290,9 +295,16 @@ class _Handler(BaseHTTPRequestHandler):
             days = _days_in(int(query["period1"]), int(query.get("period2", time.time())))
         else:
             days = [_latest_weekday()]
-        body = json.dumps(chart_body(symbol, days)).encode()
-        self.server.count_bytes(len(body))
-        self._send(200, body, "application/json;charset=utf-8")
+        # Compact, as Yahoo writes it; gzip when the client accepts it, as Yahoo serves it
+        # (curl_cffi's Chrome impersonation asks for gzip, deflate, br, zstd).
+        body = json.dumps(chart_body(symbol, days), separators=(",", ":")).encode()
+        headers = {}
+        wire = body
+        if "gzip" in (self.headers.get("Accept-Encoding") or ""):
+            wire = gzip.compress(body, compresslevel=6, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        self.server.count_bytes(len(body), len(wire))
+        self._send(200, wire, "application/json;charset=utf-8", headers)
 
     def _json(self, status: int, body: dict[str, Any]) -> None:
         self._send(status, json.dumps(body).encode(), "application/json;charset=utf-8")
