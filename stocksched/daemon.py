@@ -29,6 +29,7 @@ from stocksched.http import Access, ApiConfigError, ApiServer, ApiStartError, cr
 from stocksched.metrics import Metrics
 from stocksched.notify import SystemdNotifier
 from stocksched.outbox import StorageHealth
+from stocksched.ratelimit import RateLimiter, budget_name
 from stocksched.registry import JobRegistry
 from stocksched.reload import JobsReloader
 from stocksched.scheduling.scheduler import MAX_SLEEP_S, JobScheduler
@@ -66,13 +67,20 @@ def _connect(settings: Settings) -> RedisAdapter:
         raise SettingsError(f"redis_url: {exc}") from None
 
 
+def rate_limiter(settings: Settings, adapter: RedisAdapter) -> RateLimiter:
+    """The limiter of ``max_requests_per_second``: this host's budget, or the shared one."""
+    egress = settings.egress_id or socket.gethostname()
+    name = budget_name(settings.rate_limit_scope, egress)
+    return build_rate_limiter(adapter, settings.max_requests_per_second, name=name)
+
+
 def _yahoo_fetchers(settings: Settings, adapter: RedisAdapter) -> dict[str, Fetcher]:
     """The production sources: one Yahoo session, rate limited across replicas, cached."""
     base = state_dir(settings)
     cache = base / "yfinance" if base is not None else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-    limiter = build_rate_limiter(adapter, settings.max_requests_per_second)
+    limiter = rate_limiter(settings, adapter)
     # yfinance and curl_cffi are imported by the first Yahoo fetch, not at start.
     return lazy_fetchers(lambda: yahoo_fetcher(cache, limiter))
 
