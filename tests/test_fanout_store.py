@@ -123,3 +123,15 @@ def test_run_keys_expire_after_the_deadline_and_a_stale_member_is_dropped(
 
     assert store.active() == []
     assert real_redis.zcard(keys.fanout_index_key()) == 0
+
+
+def test_an_index_member_past_its_expiry_is_dropped(real_redis: redis.Redis) -> None:
+    store = _store(real_redis)
+    late = _run(1, run_id="job-a:1")
+    late = FanoutRun(**{**late.__dict__, "deadline": time.time() - 120})
+    store.publish(late, ["AAA"])  # its deadline passed long ago: as if its owner died
+    live = _run(1, run_id="job-a:2")
+    store.publish(live, ["BBB"])
+
+    assert store.active() == [live]
+    assert real_redis.zrange(keys.fanout_index_key(), 0, -1) == [live.member]

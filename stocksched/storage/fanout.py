@@ -183,8 +183,13 @@ class FanoutStore:
         """The fanned-out runs in progress (stale index members are dropped)."""
         index = keys.fanout_index_key()
         with storage_errors("ZRANGE", index):
-            self._r.zremrangebyscore(index, "-inf", int(time.time() * 1000))
-            members = [str(m) for m in self._r.zrange(index, 0, -1)]
+            scored = self._r.zrange(index, 0, -1, withscores=True)  # idle: one read
+        now_ms = time.time() * 1000
+        expired = [str(m) for m, score in scored if score < now_ms]
+        members = [str(m) for m, score in scored if score >= now_ms]
+        if expired:  # an owner died and its keys expired
+            with storage_errors("ZREM", index):
+                self._r.zrem(index, *expired)
         if not members:
             return []
         metas = [keys.fanout_key(*_split(m), "meta") for m in members]
