@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from typing import Protocol
@@ -122,12 +122,22 @@ def decode(raw: str) -> tuple[TickerOutcome, str]:
     return TickerOutcome(**data), replica
 
 
-def drain(store: FanoutStore, run: FanoutRun, consumer: str, task: TickerRun, work: Work) -> None:
+def drain(
+    store: FanoutStore,
+    run: FanoutRun,
+    consumer: str,
+    task: TickerRun,
+    work: Work,
+    *,
+    hand_back: bool,
+) -> None:
     """Work on the run's entries, one at a time, until it is all accounted for or over.
 
     Takes new entries first, then ones other replicas left pending too long; with
     neither, waits ``POLL_S`` for a reclaimable one unless every ticker is accounted for.
-    An outage of Redis is waited out (until the run is over).
+    An outage of Redis is waited out (until the run is over). ``hand_back``: an entry
+    whose work this replica's cancel cut short is left pending for another replica (a
+    worker stopping); the owner records it as it ended, since its cancel ends the run.
     """
     while not task.over():
         try:
@@ -139,7 +149,7 @@ def drain(store: FanoutStore, run: FanoutRun, consumer: str, task: TickerRun, wo
                 return
             for entry in entries:
                 outcome = work(entry.ticker)
-                if task.cancel.is_set():
+                if hand_back and task.cancel.is_set():
                     return  # stopped while working: left pending, for another to reclaim
                 store.complete(run, entry, encode(outcome, consumer))
         except StorageError as exc:
@@ -178,9 +188,13 @@ class FanoutRuns:
                 {t: TickerOutcome(t, error=str(exc), storage_failed=True) for t in tickers}
             )
         try:
-            for _ in range(max(1, min(self._concurrency, len(tickers)))):
-                submit(lambda: drain(self._store, run, self._replica, task, work))
+            own = [
+                submit(lambda: drain(self._store, run, self._replica, task, work, hand_back=False))
+                for _ in range(max(1, min(self._concurrency, len(tickers))))
+            ]
             cut_short = not self._wait(run, task)
+            if cut_short:  # let this replica's tickers that just ended say how (lost lease)
+                wait(own, timeout=POLL_S)
             done, dead = self._store.results(run)
         finally:
             try:

@@ -4,7 +4,8 @@
 another replica owns, it puts ``concurrency`` consumers (``stocksched.fanout.drain``) on
 its own pool, fetching and storing through the executor's per-ticker code with the
 owner's window, deadline and lease token. A run whose owner lost its lease (it died, or
-stalled past it) is dropped at once: its writes would be refused anyway. Stopping the
+stalled past it) is dropped at once: its writes would be refused anyway; at the run's
+deadline the fetches in flight here are cancelled, so nothing is stored after it. Stopping the
 worker leaves the entries it was working on pending, for another replica to reclaim.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from stocksched.fanout import TickerRun, TickerWorker, drain
@@ -80,9 +82,15 @@ class FanoutWorker:
             log.warning("fan-out run %s of job %s skipped: %s", run.run_id, run.job_id, exc)
             self._skipped.add(run.member)
             return
+        if task.deadline is not None:
+            # Past the run's timeout nothing more is stored here: the fetches in flight
+            # then see the run cancelled, as the owner's own do.
+            ends = threading.Timer(max(0.0, task.deadline - time.monotonic()), task.cancel.set)
+            ends.daemon = True
+            ends.start()
         work = self._executor.ticker_work(task)
         futures = [
-            self._pool.submit(drain, self._store, run, self._replica, task, work)
+            self._pool.submit(drain, self._store, run, self._replica, task, work, hand_back=True)
             for _ in range(max(1, min(self._concurrency, run.total)))
         ]
         self._working[run.member] = (task, futures)

@@ -32,6 +32,7 @@ from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, connect
 from stocksched.storage.butler import DataIOButler
 from stocksched.storage.fanout import FanoutRun, FanoutStore
+from stocksched.storage.leases import LeaseManager
 from stocksched.tickers import TickerOutcome
 from tests.helpers import make_spec
 from tests.servers import RedisServer
@@ -97,14 +98,17 @@ def _job(prefix: str) -> Any:
 
 
 def _stored(client: redis.Redis, prefix: str) -> set[str]:
-    return {
-        m.split(" ")[1] for m in client.smembers(keys.series_index_key()) if m.startswith(prefix)
-    }
+    """The tickers whose series the fenced write has stored (its meta hash exists)."""
+    pipe = client.pipeline(transaction=False)
+    for ticker in TICKERS:
+        pipe.exists(keys.series_key(prefix, ticker, "1d", "meta"))
+    return {t for t, n in zip(TICKERS, pipe.execute(), strict=True) if n}
 
 
 def _timed_run(owner: Replica, prefix: str) -> tuple[RunResult, float]:
     t0 = time.perf_counter()
-    result = owner.executor.execute_job(_job(prefix))
+    job = _job(prefix)
+    result = owner.executor.execute_job(job, timeout=job.timeout)
     return result, time.perf_counter() - t0
 
 
@@ -144,7 +148,7 @@ def test_a_replica_dead_with_tickers_taken_loses_none(
         "wide", tickers=TICKERS[:60], prefix="kill", fanout=True, windows=False, timeout="60s"
     )
     try:
-        result = owner.executor.execute_job(job)
+        result = owner.executor.execute_job(job, timeout=job.timeout)
     finally:
         doomed.worker.stop()  # it never acknowledges what it took
         dead.set()
@@ -157,6 +161,67 @@ def test_a_replica_dead_with_tickers_taken_loses_none(
     assert "doomed" not in result.fetched_by
     assert sum(result.fetched_by.values()) == 60
     assert set(owner.source.fetched + other.source.fetched) >= taken  # reclaimed by others
+
+
+def _settled(client: redis.Redis, prefix: str) -> set[str]:
+    """What is stored once nothing is in flight any more (late writes would show)."""
+    time.sleep(0.5)
+    return _stored(client, prefix)
+
+
+def test_a_fanned_out_run_stores_nothing_on_any_replica_once_its_lease_is_lost(
+    replicas: Any, real_redis: redis.Redis
+) -> None:
+    owner, b, c = replicas("owner"), replicas("b"), replicas("c")
+    for r in (b, c):
+        r.worker.start()
+    claim = LeaseManager(RedisAdapter(real_redis), "owner", 60_000).try_claim("wide", "wide:1")
+    assert claim.lease is not None
+    fence = claim.lease.fence()
+    job = make_spec(
+        "wide", tickers=TICKERS[:90], prefix="fenced", fanout=True, windows=False, timeout="60s"
+    )
+    done: list[RunResult] = []
+    run = threading.Thread(
+        target=lambda: done.append(
+            owner.executor.execute_job(job, run_id="wide:1", fence=fence, timeout=job.timeout)
+        )
+    )
+    run.start()
+    wait_until(lambda: len(_stored(real_redis, "fenced")) >= 15)
+    # Another replica takes the job over (this run's owner stalled past its lease).
+    real_redis.hset(keys.running_key("wide"), "owner", "thief/1")
+    stored_when_lost = _stored(real_redis, "fenced")  # any write after the steal is refused
+    run.join(30)
+
+    [result] = done
+    assert result.status != RunStatus.SUCCESS
+    assert any("lost its lease" in e for e in result.errors.values())
+    assert _settled(real_redis, "fenced") == stored_when_lost  # no replica wrote after
+    assert len(stored_when_lost) < 90
+    assert set(result.fetched_stocks) <= stored_when_lost
+
+
+def test_a_fanned_out_run_ends_at_its_timeout_on_every_replica(
+    replicas: Any, real_redis: redis.Redis
+) -> None:
+    owner, other = replicas("owner"), replicas("other")
+    other.worker.start()
+    job = make_spec(
+        "wide", tickers=TICKERS, prefix="late", fanout=True, windows=False, timeout="1s"
+    )
+
+    result = owner.executor.execute_job(job, timeout=job.timeout)
+
+    assert result.status == RunStatus.FAILED and result.reason == "timeout after 0:00:01"
+    assert 0 < len(result.fetched_stocks) < len(TICKERS)
+    stored, fetched = _settled(real_redis, "late"), set(result.fetched_stocks)
+    assert fetched <= stored
+    # Beyond what it reports, at most the tickers in flight at the deadline were stored
+    # (4 a replica): the rest of the run is never fetched, on either replica.
+    assert len(stored - fetched) <= 8
+    assert sum(r.source.fetched.total() for r in (owner, other)) <= len(fetched) + 8
+    assert real_redis.keys("scheduler:fanout*") == []
 
 
 def test_a_ticker_every_replica_dies_on_is_dead_lettered_as_its_failure(
@@ -210,3 +275,10 @@ def _wait_published(store: FanoutStore) -> FanoutRun:
             return runs[0]
         time.sleep(0.02)
     raise AssertionError("the run was never published")
+
+
+def wait_until(pred: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(0.01)
