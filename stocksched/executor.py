@@ -93,7 +93,7 @@ class JobExecutor:
         """(tickers done, tickers in all) of a run in progress here; None for any other."""
         window = self._windows.get(run_id)
         if window is None:
-            return None
+            return None if self._fanout is None else self._fanout.progress(run_id)
         return window.done, window.total
 
     def execute_job(

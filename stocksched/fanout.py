@@ -172,6 +172,17 @@ class FanoutRuns:
         self._store = store
         self._replica = replica_id
         self._concurrency = concurrency
+        self._running: dict[str, FanoutRun] = {}  # run id -> its run, while it runs here
+
+    def progress(self, run_id: str) -> tuple[int, int] | None:
+        """(tickers done on any replica, tickers in all) of a run this replica owns."""
+        run = self._running.get(run_id)
+        if run is None:
+            return None
+        try:
+            return self._store.counts(run), run.total
+        except StorageError:
+            return None  # the page says nothing of progress during an outage
 
     def run(self, task: TickerRun, work: Work, submit: Submit) -> Fanned:
         """Every ticker's outcome (those not done by the deadline or cancel are missing).
@@ -187,6 +198,7 @@ class FanoutRuns:
             return Fanned(
                 {t: TickerOutcome(t, error=str(exc), storage_failed=True) for t in tickers}
             )
+        self._running[run.run_id] = run
         try:
             own = [
                 submit(lambda: drain(self._store, run, self._replica, task, work, hand_back=False))
@@ -197,6 +209,7 @@ class FanoutRuns:
                 wait(own, timeout=POLL_S)
             done, dead = self._store.results(run)
         finally:
+            del self._running[run.run_id]
             try:
                 self._store.finish(run)
             except StorageError as exc:  # its keys expire after the deadline anyway

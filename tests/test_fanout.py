@@ -108,7 +108,7 @@ def _stored(client: redis.Redis, prefix: str) -> set[str]:
 def _timed_run(owner: Replica, prefix: str) -> tuple[RunResult, float]:
     t0 = time.perf_counter()
     job = _job(prefix)
-    result = owner.executor.execute_job(job, timeout=job.timeout)
+    result = owner.executor.execute_job(job, run_id=f"wide:{prefix}", timeout=job.timeout)
     return result, time.perf_counter() - t0
 
 
@@ -121,7 +121,15 @@ def test_three_replicas_share_a_run_and_store_every_ticker_once(
     for r in (a, b, c):
         r.worker.start()
 
-    fanned, fanned_s = _timed_run(a, "three")
+    seen: list[tuple[int, int] | None] = []
+    ended = threading.Event()
+    watch = threading.Thread(target=_watch_progress, args=(a, "wide:three", seen, ended))
+    watch.start()
+    try:
+        fanned, fanned_s = _timed_run(a, "three")
+    finally:
+        ended.set()
+        watch.join(5)
 
     assert single.status == fanned.status == RunStatus.SUCCESS
     assert _stored(real_redis, "three") == set(TICKERS)
@@ -134,6 +142,17 @@ def test_three_replicas_share_a_run_and_store_every_ticker_once(
     # Three hosts' worth of fetching: well under half the time of one (same test run).
     assert fanned_s <= 0.5 * single_s, (fanned_s, single_s)
     assert real_redis.keys("scheduler:fanout*") == []  # the run's stream is gone
+    # The owner's page shows the run's progress on every replica ("running 120 of 300").
+    progress = [p for p in seen if p is not None]
+    assert progress and all(total == 300 for _, total in progress)
+    assert any(0 < done < 300 for done, _ in progress)
+    assert a.executor.progress(fanned.run_id) is None  # it ended
+
+
+def _watch_progress(owner: Replica, run_id: str, seen: list[Any], ended: threading.Event) -> None:
+    """Sample the owner's progress of its run until the run ends."""
+    while not ended.wait(0.05):
+        seen.append(owner.executor.progress(run_id))
 
 
 def test_a_replica_dead_with_tickers_taken_loses_none(
