@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date
 from typing import Protocol
 
@@ -105,7 +105,7 @@ class TickerWorker(Protocol):
 
 @dataclass
 class Fanned:
-    """A fanned-out run's tickers as the owner assembled them."""
+    """A run's ticker outcomes: fanned out (as the owner assembled them) or run here."""
 
     outcomes: dict[str, TickerOutcome]
     fetched_by: dict[str, int] = field(default_factory=dict)
@@ -117,9 +117,11 @@ def encode(outcome: TickerOutcome, replica: str) -> str:
 
 
 def decode(raw: str) -> tuple[TickerOutcome, str]:
+    """An outcome ``encode`` wrote, on this or another version (unknown fields ignored)."""
     data = json.loads(raw)
-    replica = str(data.pop("replica", ""))
-    return TickerOutcome(**data), replica
+    known = {f.name for f in fields(TickerOutcome)}
+    outcome = TickerOutcome(**{k: v for k, v in data.items() if k in known})
+    return outcome, str(data.get("replica", ""))
 
 
 def drain(

@@ -24,6 +24,7 @@ from stocksched.threads import Periodic
 log = logging.getLogger(__name__)
 
 DISCOVER_S = 0.2  # how soon a replica joins a run another replica published
+NO_DEADLINE_S = 24 * 3600.0  # a run without a timeout: as long as its keys live
 
 
 class FanoutWorker:
@@ -37,7 +38,8 @@ class FanoutWorker:
         self._replica = replica_id
         self._concurrency = concurrency
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="fanout")
-        self._working: dict[str, tuple[TickerRun, list[Future[None]]]] = {}
+        # run member -> its task here, its consumers, and the timer that ends it here
+        self._working: dict[str, tuple[TickerRun, list[Future[None]], threading.Timer]] = {}
         self._skipped: set[str] = set()  # runs whose spec this replica cannot read
         self._lock = threading.Lock()
         self._loop = Periodic(
@@ -51,7 +53,7 @@ class FanoutWorker:
         """No more entries taken; those being worked on are left pending."""
         self._loop.stop()
         with self._lock:
-            for task, _futures in self._working.values():
+            for task, _futures, _ends in self._working.values():
                 task.cancel.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -65,10 +67,12 @@ class FanoutWorker:
             log.debug("fan-out worker: %s", exc)
             return
         with self._lock:
-            for member, (task, futures) in list(self._working.items()):
-                if member not in live:
-                    task.cancel.set()
-                if all(f.done() for f in futures) and (member not in live or task.over()):
+            for member, (task, futures, ends) in list(self._working.items()):
+                if member in live:
+                    continue  # joined once: its consumers run until it is all accounted for
+                task.cancel.set()
+                if all(f.done() for f in futures):
+                    ends.cancel()
                     del self._working[member]
             self._skipped &= set(live)
             for member, run in live.items():
@@ -82,18 +86,18 @@ class FanoutWorker:
             log.warning("fan-out run %s of job %s skipped: %s", run.run_id, run.job_id, exc)
             self._skipped.add(run.member)
             return
-        if task.deadline is not None:
-            # Past the run's timeout nothing more is stored here: the fetches in flight
-            # then see the run cancelled, as the owner's own do.
-            ends = threading.Timer(max(0.0, task.deadline - time.monotonic()), task.cancel.set)
-            ends.daemon = True
-            ends.start()
+        # Past the run's timeout nothing more is stored here: the fetches in flight then
+        # see the run cancelled, as the owner's own do.
+        left = NO_DEADLINE_S if task.deadline is None else task.deadline - time.monotonic()
+        ends = threading.Timer(max(0.0, left), task.cancel.set)
+        ends.daemon = True
+        ends.start()
         work = self._executor.ticker_work(task)
         futures = [
             self._pool.submit(drain, self._store, run, self._replica, task, work, hand_back=True)
             for _ in range(max(1, min(self._concurrency, run.total)))
         ]
-        self._working[run.member] = (task, futures)
+        self._working[run.member] = (task, futures, ends)
         log.info(
             "joined fan-out run job=%s run_id=%s owner=%s tickers=%d",
             run.job_id,

@@ -9,6 +9,7 @@ than on one replica, and a replica that dies holding tickers loses none of them.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ import redis
 
 from stocksched.clock import SystemClock
 from stocksched.executor import JobExecutor
-from stocksched.fanout import Fanned, FanoutRuns, TickerRun
+from stocksched.fanout import Fanned, FanoutRuns, TickerRun, decode, encode
 from stocksched.fanoutworker import FanoutWorker
 from stocksched.metrics import Metrics
 from stocksched.model import RunResult, RunStatus
@@ -301,3 +302,11 @@ def wait_until(pred: Any, timeout: float = 20.0) -> None:
     while not pred():
         assert time.monotonic() < deadline, "condition not met"
         time.sleep(0.01)
+
+
+def test_an_outcome_from_another_version_is_read_as_far_as_it_is_known() -> None:
+    """Replicas of two versions share a run during a rolling upgrade."""
+    raw = encode(TickerOutcome("AAA", rows=5, fresh=True), "new-replica")
+    newer = json.dumps({**json.loads(raw), "field_of_a_later_version": 1})
+
+    assert decode(newer) == (TickerOutcome("AAA", rows=5, fresh=True), "new-replica")
