@@ -310,3 +310,23 @@ def test_an_outcome_from_another_version_is_read_as_far_as_it_is_known() -> None
     newer = json.dumps({**json.loads(raw), "field_of_a_later_version": 1})
 
     assert decode(newer) == (TickerOutcome("AAA", rows=5, fresh=True), "new-replica")
+
+
+def test_an_idle_replica_polls_for_fanned_out_runs_with_one_read(
+    replicas: Any, real_redis: redis.Redis
+) -> None:
+    """Every daemon polls for fanned-out runs five times a second: idle, that must cost
+    Redis one read a poll."""
+    worker = replicas("idle").worker
+    real_redis.config_resetstat()
+    for _ in range(3):
+        worker.poll()
+
+    calls = {k: v["calls"] for k, v in real_redis.info("commandstats").items()}
+    assert calls.get("cmdstat_zrange") == 3
+    handshake = {"cmdstat_hello", "cmdstat_ping", "cmdstat_client|setinfo"}
+    assert set(calls) - handshake <= {
+        "cmdstat_zrange",
+        "cmdstat_config|resetstat",
+        "cmdstat_info",
+    }

@@ -181,15 +181,24 @@ class FanoutStore:
 
     def active(self) -> list[FanoutRun]:
         """The fanned-out runs in progress (stale index members are dropped)."""
+        return self.runs(self.members())
+
+    def members(self) -> list[str]:
+        """The index's members of runs in progress: one read (a replica polls it while
+        idle); members past their expiry are dropped when found."""
         index = keys.fanout_index_key()
         with storage_errors("ZRANGE", index):
-            scored = self._r.zrange(index, 0, -1, withscores=True)  # idle: one read
+            scored = self._r.zrange(index, 0, -1, withscores=True)
         now_ms = time.time() * 1000
         expired = [str(m) for m, score in scored if score < now_ms]
-        members = [str(m) for m, score in scored if score >= now_ms]
         if expired:  # an owner died and its keys expired
             with storage_errors("ZREM", index):
                 self._r.zrem(index, *expired)
+        return [str(m) for m, score in scored if score >= now_ms]
+
+    def runs(self, members: Sequence[str]) -> list[FanoutRun]:
+        """The runs of these index members; a member whose ``meta`` is gone is dropped."""
+        index = keys.fanout_index_key()
         if not members:
             return []
         metas = [keys.fanout_key(*_split(m), "meta") for m in members]
