@@ -75,5 +75,7 @@ def test_a_replica_killed_mid_run_loses_no_ticker(
     }
     assert stored == set(TICKERS)
     assert real_redis.keys("scheduler:fanout*") == []
+    shown = a.request("/scheduler/jobs/wide/runs?limit=1")[0]
+    assert shown["run_id"] == run_id and shown["fetched_by"] == result.fetched_by
     a.stop()
     b.stop()
