@@ -82,8 +82,7 @@ def _escape(v: str) -> str:
     return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-#: Values per-job series mostly hold (counts, 0/1 flags): one float object each, shared
-#: by every series that holds it, not one per series.
+#: Values most per-job series hold (counts, 0/1 flags): one float object for them all.
 _SMALL = {float(i): float(i) for i in range(1025)}
 
 Key = tuple[str, tuple[str, ...]]  # (job, the other label values) of a labelled family
@@ -166,16 +165,15 @@ class JobSeries:
         labels = ",".join(f'{k}="{_escape(lv)}"' for k, lv in pairs)
         return f"{self._sample}{{{labels}}} {floatToGoString(v)}\n"
 
-    def text(self) -> str:
-        """The family in the text exposition format, from the cached lines."""
+    def lines(self, out: list[str]) -> None:
+        """Append the family in the text exposition format to ``out``, the cached lines."""
         with self._lock:
-            parts = [f"# HELP {self._sample} {self.doc}\n# TYPE {self._sample} {self.kind}\n"]
+            out.append(f"# HELP {self._sample} {self.doc}\n# TYPE {self._sample} {self.kind}\n")
             for key, labelvalues, v in self._series():
                 line = self._text.get(key)
                 if line is None:
                     line = self._text[key] = self._line(labelvalues, v)
-                parts.append(line)
-        return "".join(parts)
+                out.append(line)
 
     def family(self) -> Metric:
         cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
@@ -395,6 +393,8 @@ class Metrics:
             table.remove_job(job_id)
 
     def render(self) -> bytes:
-        """The /metrics body: the plain metrics, then every per-job table's cached text."""
-        tables = "".join(t.text() for t in self._tables)
-        return generate_latest(self._plain) + tables.encode()
+        """The /metrics body: plain metrics and the tables' cached lines, joined once."""
+        parts = [generate_latest(self._plain).decode()]
+        for t in self._tables:
+            t.lines(parts)
+        return "".join(parts).encode()
