@@ -5,11 +5,9 @@ text, so cardinality grows with the config, not with traffic. A ``Metrics`` inst
 own CollectorRegistry (no global state), and lives as long as the daemon, so counters
 survive config reloads.
 
-Per-job series live in tables (``JobSeries``), not in labelled prometheus_client children:
-with 10,000 jobs the children cost 80 MiB and over a second of CPU per scrape. A table keeps
-each job's values and its rendered text lines, re-rendered only when a value changes; it is
-registered in ``registry`` as an ordinary collector (``collect`` yields the families), and
-``render`` joins the cached lines after ``generate_latest`` of the other metrics.
+Per-job series live in tables (``JobSeries``), not in labelled prometheus_client children
+(80 MiB and over a second of CPU per scrape with 10,000 jobs), registered in ``registry``
+as an ordinary collector; ``render`` joins their cached lines after the other metrics.
 
 The body is served gzip-compressed to a scraper that sends ``Accept-Encoding: gzip``
 (Prometheus always does), as prometheus-client's own exposition does, but at zlib level 1
@@ -153,15 +151,13 @@ class JobSeries:
                 self._labelled.pop((job, rest), None)
                 self._text.pop((job, rest), None)
 
-    def _series(self) -> Iterator[tuple[str | Key, tuple[str, ...], float]]:
-        """(cache key, label values, value) of every series."""
-        for job, v in self._values.items():
-            yield job, (job,), v
-        for key, v in self._labelled.items():
-            yield key, (key[0], *key[1]), v
+    def _series(self) -> Iterator[tuple[str | Key, float]]:
+        """(key, value) of every series; its label values only when needed (``_labels``)."""
+        yield from self._values.items()
+        yield from self._labelled.items()
 
-    def _line(self, labelvalues: tuple[str, ...], v: float) -> str:
-        pairs = zip(self.labelnames, labelvalues, strict=True)
+    def _line(self, key: str | Key, v: float) -> str:
+        pairs = zip(self.labelnames, _labels(key), strict=True)
         labels = ",".join(f'{k}="{_escape(lv)}"' for k, lv in pairs)
         return f"{self._sample}{{{labels}}} {floatToGoString(v)}\n"
 
@@ -169,20 +165,24 @@ class JobSeries:
         """Append the family in the text exposition format to ``out``, the cached lines."""
         with self._lock:
             out.append(f"# HELP {self._sample} {self.doc}\n# TYPE {self._sample} {self.kind}\n")
-            for key, labelvalues, v in self._series():
+            for key, v in self._series():
                 line = self._text.get(key)
                 if line is None:
-                    line = self._text[key] = self._line(labelvalues, v)
+                    line = self._text[key] = self._line(key, v)
                 out.append(line)
 
     def family(self) -> Metric:
         cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
         fam = cls(self.name, self.doc, labels=self.labelnames)
         with self._lock:
-            rows = [(labelvalues, v) for _, labelvalues, v in self._series()]
+            rows = [(_labels(key), v) for key, v in self._series()]
         for labels, v in rows:
             fam.add_metric(list(labels), v)
         return fam
+
+
+def _labels(key: str | Key) -> tuple[str, ...]:
+    return (key,) if isinstance(key, str) else (key[0], *key[1])
 
 
 class _Series:
