@@ -13,10 +13,12 @@ port) that answers what yfinance 1.7 asks for a ``Ticker.history()`` call:
 Every answer waits ``delay_s`` first (default 100 ms, a slow network). Every request
 counts against a GCRA rate limit (``rate`` per second on average, ``burst`` early
 arrivals tolerated so client-side timing jitter is not punished); beyond it the answer
-is 429 with ``Retry-After`` (whole seconds, as Yahoo sends). ``FakeYahooServer.stats()``
-counts requests by kind, 429s and distinct symbols served; a fake running in another
-process answers ``GET /__bench/stats`` with the same as JSON (not delayed, not limited,
-not counted).
+is 429 with ``Retry-After`` (whole seconds, as Yahoo sends). With ``per_address=True``
+each client address has its own limit, as at Yahoo (clients on one machine can send
+from 127.0.0.2, 127.0.0.3 ...: ``local_session(port, interface="127.0.0.2")``).
+``FakeYahooServer.stats()`` counts requests by kind (and by client address), 429s and
+distinct symbols served; a fake running in another process answers ``GET /__bench/stats``
+with the same as JSON (not delayed, not limited, not counted).
 
 Pointing yfinance at it: yfinance has fixed https URLs (``query1/query2.finance.yahoo.com``,
 ``fc.yahoo.com``) and no setting for another host, but it sends every request through
@@ -37,6 +39,7 @@ Run standalone: ``python -m bench.fake_yahoo --delay 0.1 --rate 20`` (prints the
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import threading
@@ -192,10 +195,14 @@ class FakeYahooServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, delay_s: float, rate: float | None, burst: int) -> None:
+    def __init__(
+        self, delay_s: float, rate: float | None, burst: int, per_address: bool = False
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.delay_s = delay_s
         self.limit = Gcra(rate, burst) if rate else None
+        self._rate, self._burst, self._per_address = rate, burst, per_address
+        self._limits: dict[str, Gcra] = {}
         self._counts: Counter[str] = Counter()
         self._symbols: set[str] = set()
         self._lock = threading.Lock()
@@ -204,25 +211,39 @@ class FakeYahooServer(ThreadingHTTPServer):
     def port(self) -> int:
         return int(self.server_address[1])
 
+    def limit_for(self, address: str) -> Gcra | None:
+        """The limit this client address's requests count against."""
+        if not self._per_address or self._rate is None:
+            return self.limit
+        with self._lock:
+            if address not in self._limits:
+                self._limits[address] = Gcra(self._rate, self._burst)
+            return self._limits[address]
+
     def count(self, kind: str, symbol: str | None = None) -> None:
         with self._lock:
             self._counts[kind] += 1
             if symbol is not None:
                 self._symbols.add(symbol)
 
-    def count_bytes(self, n: int) -> None:
+    def count_bytes(self, body: int, wire: int) -> None:
         with self._lock:
-            self._counts["bytes"] += n
+            self._counts["bytes"] += body
+            self._counts["wire_bytes"] += wire
 
     def stats(self) -> dict[str, int]:
         """Requests by kind (cookie, crumb, chart, tz_probe, other), ``rate_limited``
         (429s sent), ``requests`` (all), ``symbols`` (distinct symbols charted) and
-        ``bytes`` (body bytes of every chart answer)."""
+        ``bytes`` (body bytes of every chart answer, as JSON) and ``wire_bytes`` (the same
+        as sent: gzip-compressed when the client accepted it)."""
         with self._lock:
             counts = dict(self._counts)
             counts["symbols"] = len(self._symbols)
         counts["requests"] = sum(
-            v for k, v in counts.items() if k not in ("rate_limited", "symbols", "bytes")
+            v
+            for k, v in counts.items()
+            if k not in ("rate_limited", "symbols", "bytes", "wire_bytes")
+            and not k.startswith("address:")
         )
         return counts
 
@@ -243,8 +264,9 @@ class _Handler(BaseHTTPRequestHandler):
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
         kind, symbol = _route(parts.path, query)
         self.server.count(kind, symbol if kind == "chart" else None)
+        self.server.count(f"address:{self.client_address[0]}")
         time.sleep(self.server.delay_s)
-        limit = self.server.limit
+        limit = self.server.limit_for(self.client_address[0])
         wait = limit.admit(time.monotonic()) if limit is not None else 0.0
         if wait > 0:
             self.server.count("rate_limited")
@@ -290,9 +312,16 @@ class _Handler(BaseHTTPRequestHandler):
             days = _days_in(int(query["period1"]), int(query.get("period2", time.time())))
         else:
             days = [_latest_weekday()]
-        body = json.dumps(chart_body(symbol, days)).encode()
-        self.server.count_bytes(len(body))
-        self._send(200, body, "application/json;charset=utf-8")
+        # Compact, as Yahoo writes it; gzip when the client accepts it, as Yahoo serves it
+        # (curl_cffi's Chrome impersonation asks for gzip, deflate, br, zstd).
+        body = json.dumps(chart_body(symbol, days), separators=(",", ":")).encode()
+        headers = {}
+        wire = body
+        if "gzip" in (self.headers.get("Accept-Encoding") or ""):
+            wire = gzip.compress(body, compresslevel=6, mtime=0)
+            headers["Content-Encoding"] = "gzip"
+        self.server.count_bytes(len(body), len(wire))
+        self._send(200, wire, "application/json;charset=utf-8", headers)
 
     def _json(self, status: int, body: dict[str, Any]) -> None:
         self._send(status, json.dumps(body).encode(), "application/json;charset=utf-8")
@@ -324,13 +353,13 @@ def _route(path: str, query: dict[str, str]) -> tuple[str, str | None]:
 
 
 def serve(
-    delay_s: float = 0.1, rate: float | None = 20.0, burst: int = 5
+    delay_s: float = 0.1, rate: float | None = 20.0, burst: int = 5, per_address: bool = False
 ) -> tuple[FakeYahooServer, int]:
     """Start the fake on a free loopback port in a daemon thread; ``server.stop()`` ends it.
 
-    ``rate=None`` disables the limit.
+    ``rate=None`` disables the limit; ``per_address``: one limit per client address.
     """
-    server = FakeYahooServer(delay_s, rate, burst)
+    server = FakeYahooServer(delay_s, rate, burst, per_address)
     threading.Thread(target=server.serve_forever, name="fake-yahoo", daemon=True).start()
     return server, server.port
 
@@ -341,11 +370,14 @@ def serve(
 class LocalYahooSession(YahooSession):
     """The daemon's ``YahooSession`` sending every request to ``target`` instead."""
 
-    def __init__(self, target: str, **kwargs: Any) -> None:
+    def __init__(self, target: str, interface: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._target = urlsplit(target)
+        self._interface = interface  # the local address requests go out from
 
     def request(self, method: Any, url: str, *args: Any, **kwargs: Any) -> Any:
+        if self._interface is not None:
+            kwargs.setdefault("interface", self._interface)
         response = super().request(method, self.rewrite(url), *args, **kwargs)
         if (urlsplit(url).hostname or "").endswith("yahoo.com"):
             self._file_under_yahoo(response)
@@ -403,8 +435,9 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.1, help="seconds before each answer")
     parser.add_argument("--rate", type=float, default=20.0, help="requests/s (0: no limit)")
     parser.add_argument("--burst", type=int, default=5)
+    parser.add_argument("--per-address", action="store_true", help="a limit per client address")
     args = parser.parse_args()
-    server, port = serve(args.delay, args.rate or None, args.burst)
+    server, port = serve(args.delay, args.rate or None, args.burst, args.per_address)
     print(f"fake Yahoo on http://127.0.0.1:{port} (Ctrl-C stops)", flush=True)
     try:
         threading.Event().wait()

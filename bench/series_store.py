@@ -4,7 +4,8 @@ Every figure is printed next to its baseline from the same run, on a private red
 
 (a) store path: 2,000 tickers x 252 daily bars, encoded and written with
     ``SeriesStore.write_many`` (the reads it merges against, the upsert scripts), against a
-    raw pipelined ``SET`` of the same encoded bytes to the same Redis. Goal: >= 30% of raw.
+    raw pipelined ``SET`` of the same encoded bytes to the same Redis; ``--rounds`` times,
+    interleaved, medians. Goal: >= 30% of raw.
 (b) incremental fetching: a 500-ticker, 1-year daily job run through the ``JobExecutor``
     and yfinance's own parser against the local fake Yahoo (``bench/fake_yahoo.py``, no
     delay, no limit), then run again one session later: bytes of chart answers and run time
@@ -16,7 +17,7 @@ Every figure is printed next to its baseline from the same run, on a private red
 (d) Redis memory per daily bar (``MEMORY USAGE`` of a 10-year series' keys), against the
     original design's window JSON of the same bars. Goal: <= 100 bytes.
 
-    python bench/series_store.py [--tickers 2000] [--job-tickers 500]
+    python bench/series_store.py [--tickers 2000] [--job-tickers 500] [--rounds 5] [--only abcd]
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def demo_frame(ticker: str, start: date, end: date) -> Any:
     return DemoFetcher().fetch_from_source(ticker, start, end, "1d")
 
 
-def store_path(client: Any, n: int) -> dict[str, float]:
-    """(a): our write of n tickers x 252 bars against raw SETs of the same bytes."""
+def store_path(client: Any, n: int, rounds: int) -> dict[str, float]:
+    """(a): our write of n tickers x 252 bars against raw SETs of the same bytes, ``rounds``
+    times interleaved on an emptied Redis (medians: the shared machine is noisy)."""
     from stocksched.storage import seriescodec
     from stocksched.storage.adapter import RedisAdapter
     from stocksched.storage.series import SeriesId, SeriesStore, SeriesWrite
@@ -57,23 +59,31 @@ def store_path(client: Any, n: int) -> dict[str, float]:
     for f in frames:
         f["Volume"] = base["Volume"]
     store = SeriesStore(RedisAdapter(client))
-    t0 = time.perf_counter()
-    writes = [
-        SeriesWrite(SeriesId("bench", f"T{i:04d}", "1d"), seriescodec.bars_from_frame(f), str(NY))
-        for i, f in enumerate(frames)
-    ]
-    for at in range(0, n, 500):
-        store.write_many(writes[at : at + 500])
-    ours = time.perf_counter() - t0
-    blobs = [seriescodec.encode_chunk(w.bars.rows) for w in writes]
-    t0 = time.perf_counter()
-    with client.pipeline(transaction=False) as pipe:
-        for i, blob in enumerate(blobs):
-            pipe.set(f"raw:T{i:04d}", blob)
-        pipe.execute()
-    raw = time.perf_counter() - t0
+    ours, raws = [], []
+    for _ in range(rounds):
+        client.flushdb()
+        t0 = time.perf_counter()
+        writes = [
+            SeriesWrite(
+                SeriesId("bench", f"T{i:04d}", "1d"), seriescodec.bars_from_frame(f), str(NY)
+            )
+            for i, f in enumerate(frames)
+        ]
+        for at in range(0, n, 500):
+            store.write_many(writes[at : at + 500])
+        ours.append(time.perf_counter() - t0)
+        blobs = [seriescodec.encode_chunk(w.bars.rows) for w in writes]
+        t0 = time.perf_counter()
+        with client.pipeline(transaction=False) as pipe:
+            for i, blob in enumerate(blobs):
+                pipe.set(f"raw:T{i:04d}", blob)
+            pipe.execute()
+        raws.append(time.perf_counter() - t0)
+    client.flushdb()
     windows = _window_path(client, frames)
-    return {"ours_s": ours, "raw_s": raw, "share": raw / ours, "windows_s": windows}
+    client.flushdb()
+    ours_s, raw_s = statistics.median(ours), statistics.median(raws)
+    return {"ours_s": ours_s, "raw_s": raw_s, "share": raw_s / ours_s, "windows_s": windows}
 
 
 def _window_path(client: Any, frames: list[Any]) -> float:
@@ -161,11 +171,13 @@ def incremental(client: Any, n: int) -> dict[str, float]:
         )
         for name, day in (("first", before), ("second", last)):
             clock.at = datetime.combine(day, dtime(20, 0), tzinfo=NY).astimezone(UTC)
-            bytes0 = server.stats().get("bytes", 0)
+            before_stats = server.stats()
             t0 = time.perf_counter()
             result = executor.execute_job(spec)
             out[f"{name}_s"] = time.perf_counter() - t0
-            out[f"{name}_bytes"] = server.stats().get("bytes", 0) - bytes0
+            after_stats = server.stats()
+            for kind in ("bytes", "wire_bytes", "chart"):
+                out[f"{name}_{kind}"] = after_stats.get(kind, 0) - before_stats.get(kind, 0)
             out[f"{name}_rows"] = result.rows_stored
             assert not result.failed_stocks, result.errors
     server.stop()
@@ -197,25 +209,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tickers", type=int, default=2000)
     parser.add_argument("--job-tickers", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=5, help="(a) repeats, medians")
+    parser.add_argument(
+        "--only", default="abcd", help="which figures to measure, e.g. 'a' or 'bd' (default all)"
+    )
     args = parser.parse_args()
     with private_redis() as r:
         client = r.client()
-        a = store_path(client, args.tickers)
-        cd = read_and_memory(client)
-        b = incremental(client, args.job_tickers)
+        if "a" in args.only:
+            _print_a(store_path(client, args.tickers, args.rounds), args.tickers)
+        if "b" in args.only:
+            _print_b(incremental(client, args.job_tickers), args.job_tickers)
+        if "c" in args.only or "d" in args.only:
+            _print_cd(read_and_memory(client))
+
+
+def _print_a(a: dict[str, float], tickers: int) -> None:
     print(
-        f"(a) store {args.tickers} x 252 bars: {a['ours_s'] * 1000:.0f} ms; raw pipelined SET "
+        f"(a) store {tickers} x 252 bars: {a['ours_s'] * 1000:.0f} ms (median); raw pipelined SET "
         f"of the same bytes {a['raw_s'] * 1000:.0f} ms: {a['share'] * 100:.0f}% of raw; the "
         f"window records of the same bars {a['windows_s'] * 1000:.0f} ms "
         f"({a['raw_s'] / a['windows_s'] * 100:.1f}% of raw)"
     )
+
+
+def _print_b(b: dict[str, float], tickers: int) -> None:
     print(
-        f"(b) {args.job_tickers} tickers x 1 year: first run {b['first_bytes'] / 1e6:.2f} MB "
-        f"in {b['first_s']:.2f} s ({b['first_rows']:.0f} bars); second run one session later "
-        f"{b['second_bytes'] / 1e6:.3f} MB in {b['second_s']:.2f} s ({b['second_rows']:.0f} "
-        f"bars): {b['first_bytes'] / max(1, b['second_bytes']):.0f}x fewer bytes, "
+        f"(b) {tickers} tickers x 1 year: first run {b['first_bytes'] / 1e6:.2f} MB "
+        f"of JSON, {b['first_wire_bytes'] / 1e6:.2f} MB gzip on the wire, in "
+        f"{b['first_s']:.2f} s ({b['first_rows']:.0f} bars, {b['first_chart']:.0f} requests); "
+        f"second run one session later {b['second_bytes'] / 1e6:.3f} MB of JSON, "
+        f"{b['second_wire_bytes'] / 1e6:.3f} MB gzip, in {b['second_s']:.2f} s "
+        f"({b['second_rows']:.0f} bars, {b['second_chart']:.0f} requests): "
+        f"{b['first_bytes'] / max(1, b['second_bytes']):.1f}x fewer JSON bytes, "
+        f"{b['first_wire_bytes'] / max(1, b['second_wire_bytes']):.1f}x fewer wire bytes, "
         f"{b['first_s'] / b['second_s']:.1f}x faster"
     )
+
+
+def _print_cd(cd: dict[str, float]) -> None:
     print(
         f"(c) read 2,520 daily bars: {cd['read_ms']:.2f} ms median; GET + json.loads of the "
         f"same bars as one JSON string {cd['json_ms']:.2f} ms"

@@ -25,10 +25,13 @@ from stocksched.coordination import ReplicaHeartbeat
 from stocksched.executor import JobExecutor
 from stocksched.exitcodes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from stocksched.facade import SchedulerServingApp
+from stocksched.fanout import FanoutRuns
+from stocksched.fanoutworker import FanoutWorker
 from stocksched.http import Access, ApiConfigError, ApiServer, ApiStartError, create_app, load_token
 from stocksched.metrics import Metrics
 from stocksched.notify import SystemdNotifier
 from stocksched.outbox import StorageHealth
+from stocksched.ratelimit import RateLimiter, budget_name
 from stocksched.registry import JobRegistry
 from stocksched.reload import JobsReloader
 from stocksched.scheduling.scheduler import MAX_SLEEP_S, JobScheduler
@@ -36,9 +39,9 @@ from stocksched.settings import Settings, SettingsError, split_listen, startup_s
 from stocksched.sources import lazy_fetchers, warm_up, yahoo_fetcher
 from stocksched.sources.base import Fetcher
 from stocksched.statesync import StateSync
-from stocksched.storage import layout
 from stocksched.storage.adapter import RedisAdapter, StorageError, connect
 from stocksched.storage.butler import DataIOButler
+from stocksched.storage.fanout import FanoutStore
 from stocksched.storage.leases import LeaseManager
 from stocksched.storage.ratelimit import build_rate_limiter
 from stocksched.storage.replicas import list_replicas
@@ -67,13 +70,19 @@ def _connect(settings: Settings) -> RedisAdapter:
         raise SettingsError(f"redis_url: {exc}") from None
 
 
+def rate_limiter(settings: Settings, adapter: RedisAdapter) -> RateLimiter:
+    """The limiter of ``max_requests_per_second``: this host's budget, or the shared one."""
+    name = budget_name(settings.rate_limit_scope, settings.egress_id or socket.gethostname())
+    return build_rate_limiter(adapter, settings.max_requests_per_second, name=name)
+
+
 def _yahoo_fetchers(settings: Settings, adapter: RedisAdapter) -> dict[str, Fetcher]:
     """The production sources: one Yahoo session, rate limited across replicas, cached."""
     base = state_dir(settings)
     cache = base / "yfinance" if base is not None else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
-    limiter = build_rate_limiter(adapter, settings.max_requests_per_second)
+    limiter = rate_limiter(settings, adapter)
     # yfinance and curl_cffi are imported by the first Yahoo fetch, not at start.
     return lazy_fetchers(lambda: yahoo_fetcher(cache, limiter))
 
@@ -124,19 +133,27 @@ class Components:
             fetchers if fetchers is not None else _yahoo_fetchers(settings, self.adapter)
         )
         self.registry = JobRegistry(self.adapter, self.clock, settings.run_history)
-        self.executor = JobExecutor(
-            self.fetchers,
-            self.butler,
-            self.clock,
-            settings.ticker_concurrency,
-            self.metrics,
-            parallel_runs=settings.pool_size,
-        )
         self.health = StorageHealth(
             self.clock, self.metrics, on_recovered=self.reload_requested.set
         )
         self._build_replica(settings)
+        self._build_executor(settings)
         self._build_scheduling(settings)
+
+    def _build_executor(self, settings: Settings) -> None:
+        """The executor, and the fan-out of runs over replicas (not on the embedded store,
+        which no other replica shares: a fan-out job then runs on its own replica)."""
+        idle_ms = int(settings.fanout_reclaim_idle * 1000)
+        store = None if self.embedded else FanoutStore(self.adapter, reclaim_idle_ms=idle_ms)
+        n = settings.ticker_concurrency
+        fanout = FanoutRuns(store, self.replica_id, n) if store is not None else None
+        self.executor = JobExecutor(
+            self.fetchers, self.butler, self.clock, n, self.metrics,
+            parallel_runs=settings.pool_size, fanout=fanout,
+        )  # fmt: skip
+        self.fanout_worker = (
+            FanoutWorker(store, self.executor, self.replica_id, n) if store is not None else None
+        )
 
     def _build_replica(self, settings: Settings) -> None:
         """This replica's identity, its run leases and its heartbeat."""
@@ -277,6 +294,8 @@ class Daemon:
         self.c.scheduler.recover_interrupted(dead_replica=self.c.settings.replica_id)
         self.c.heartbeat.start()
         self.c.scheduler.start()
+        if self.c.fanout_worker is not None:
+            self.c.fanout_worker.start()
         self.c.watcher.start()
         line = self.status_line()
         log.info("stocksched %s running: %s", __version__, line)
@@ -311,10 +330,8 @@ class Daemon:
                 self.notifier.status(self.status_line())
 
     def _redis_fit(self) -> bool:
-        """Refuse a Redis that may evict our keys (unless allowed), once its key layout is
-        current (``storage.layout``); True if unreachable."""
+        """Refuse a Redis that may evict our keys (unless allowed); True if unreachable."""
         try:
-            layout.migrate(self.c.adapter)
             mem = self.c.adapter.memory()
         except StorageError:
             return True  # the load below fails and is retried with backoff
@@ -368,6 +385,8 @@ class Daemon:
         self.notifier.stopping("draining running jobs")
         self.c.watcher.stop()
         log.info("stopping: no new runs; waiting up to %.0fs for running jobs", grace)
+        if self.c.fanout_worker is not None:
+            self.c.fanout_worker.stop()  # what it was working on is left to the others
         left = self.c.scheduler.stop(grace)
         self.c.heartbeat.stop()
         if self.api is not None:

@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING
 
 from stocksched.calendars import MarketCalendars
 from stocksched.clock import Clock, iso_utc
+from stocksched.fanout import Fanned, FanoutRuns, TickerRun, Work
 from stocksched.jobs.spec import JobSpec
 from stocksched.metrics import Metrics
 from stocksched.model import RunResult, RunStatus, Trigger, run_status_for
@@ -48,18 +50,11 @@ class _Ended(Exception):
 
 
 @dataclass(frozen=True)
-class _Run:
+class _Run(TickerRun):
     """What every ticker of one run shares: the job, its window, its limits, its fence."""
 
-    job: JobSpec
-    run_id: str
     fetcher: Fetcher
     policy: RetryPolicy
-    start: date
-    end: date
-    cancel: threading.Event
-    deadline: float | None
-    fence: Fence | None
 
     def ctx(self, ticker: str) -> dict[str, str]:
         """The log context of one ticker of this run."""
@@ -77,10 +72,13 @@ class JobExecutor:
         *,
         parallel_runs: int = 4,
         calendars: MarketCalendars | None = None,
+        fanout: FanoutRuns | None = None,
     ) -> None:
         """``ticker_concurrency`` tickers of one run at a time; ``parallel_runs``: how many
         runs the scheduler's pool may run at once, which sizes the one ticker pool all runs
-        share (a pool per run cost a sixth of a short run's time, issue 11)."""
+        share (a pool per run cost a sixth of a short run's time, issue 11). ``fanout``
+        spreads the runs of ``fanout: true`` jobs over the replicas (None: run here)."""
+        self._fanout = fanout
         self._fetchers = fetchers
         self._updater = SeriesUpdater(butler.series, butler, calendars or MarketCalendars())
         self._clock = clock
@@ -95,7 +93,7 @@ class JobExecutor:
         """(tickers done, tickers in all) of a run in progress here; None for any other."""
         window = self._windows.get(run_id)
         if window is None:
-            return None
+            return None if self._fanout is None else self._fanout.progress(run_id)
         return window.done, window.total
 
     def execute_job(
@@ -111,18 +109,18 @@ class JobExecutor:
     ) -> RunResult:
         started = self._clock.now()
         start, end = job.window_dates(started.astimezone(job.zone).date())
-        run = _Run(
-            job=job,
-            run_id=run_id or manual_run_id(job.id, started),
-            fetcher=self._fetchers[job.source],
-            policy=RetryPolicy(job.retries, job.retry_backoff),
-            start=start,
-            end=end,
-            cancel=cancel or threading.Event(),
-            deadline=time.monotonic() + timeout.total_seconds() if timeout else None,
-            fence=fence,
+        run = self._run_of(
+            TickerRun(
+                job=job,
+                run_id=run_id or manual_run_id(job.id, started),
+                start=start,
+                end=end,
+                deadline=time.monotonic() + timeout.total_seconds() if timeout else None,
+                cancel=cancel or threading.Event(),
+                fence=fence,
+            )
         )
-        outcomes, timed_out, reason = self._run_tickers(run, timeout)
+        outcomes, timed_out, reason, fetched_by = self._run_tickers(run, timeout)
         fetched = [o.ticker for o in outcomes if not o.error]
         failed = [o.ticker for o in outcomes if o.error]
         result = RunResult(
@@ -141,30 +139,38 @@ class JobExecutor:
             warnings={o.ticker: o.warning for o in outcomes if o.warning},
             fresh_stocks=[o.ticker for o in outcomes if o.fresh and not o.error],
             missing_sessions=sum(o.missing for o in outcomes),
+            fetched_by=fetched_by,
         )
         self._observe(result)
         _log_finished(result)
         return result
 
+    def _run_of(self, task: TickerRun) -> _Run:
+        job = task.job
+        policy = RetryPolicy(job.retries, job.retry_backoff)
+        return _Run(**vars(task), fetcher=self._fetchers[job.source], policy=policy)
+
+    def ticker_work(self, task: TickerRun) -> Work:
+        """Fetch and store one ticker of another replica's fanned-out run, as it would."""
+        return partial(self._fetch_and_store, self._run_of(task))
+
     def _run_tickers(
         self, run: _Run, timeout: timedelta | None
-    ) -> tuple[list[TickerOutcome], bool, str]:
-        """Every ticker's outcome in the job's order, whether the run timed out, and why
-        it ended early ("" when it did not)."""
+    ) -> tuple[list[TickerOutcome], bool, str, dict[str, int]]:
+        """Every ticker's outcome in the job's order, whether the run timed out, why it
+        ended early ("" when it did not), and how many tickers each replica fetched."""
         job = run.job
-        window = TickerWindow(self._pool, lambda t: self._fetch_and_store(run, t), job.tickers)
-        self._windows[run.run_id] = window
-        try:
-            window.fill(max(1, min(self._concurrency, len(job.tickers))))
-            done, cut_short = self._wait(window, run.deadline, run.cancel)
-        finally:
-            del self._windows[run.run_id]
+        work = partial(self._fetch_and_store, run)
+        if job.fanout and self._fanout is not None:
+            fanned = self._fanout.run(run, work, self._pool.submit)
+        else:
+            fanned = self._windowed(run, work)
+        outcomes, cut_short = fanned.outcomes, fanned.cut_short
         # A timed-out or cancelled run frees its job now; stuck fetches finish (or not) on
         # their own threads and store nothing, because they see ``cancel``.
         timed_out = cut_short and not run.cancel.is_set()
         if cut_short:
             run.cancel.set()
-        outcomes = {window.futures[f]: f.result() for f in done}
         reason = ""
         if any(o.storage_failed for o in outcomes.values()):
             reason = "could not store data: Redis unavailable"
@@ -173,29 +179,18 @@ class JobExecutor:
             for ticker in job.tickers:
                 if ticker not in outcomes:
                     outcomes[ticker] = TickerOutcome(ticker, error=f"run ended: {reason}")
-        return [outcomes[t] for t in job.tickers], timed_out, reason
+        return [outcomes[t] for t in job.tickers], timed_out, reason, fanned.fetched_by
 
-    @staticmethod
-    def _wait(
-        window: TickerWindow, deadline: float | None, cancel: threading.Event
-    ) -> tuple[set[Future[TickerOutcome]], bool]:
-        """Wait for the tickers until all are done, the deadline passes, or ``cancel``;
-        each ticker that finishes lets the next one in. True: some were left undone."""
-        done: set[Future[TickerOutcome]] = set()
-        pending = set(window.futures)
-        while pending:
-            step = CANCEL_POLL_S
-            if deadline is not None:
-                step = min(step, max(0.0, deadline - time.monotonic()))
-            finished, pending = wait(pending, timeout=step, return_when=FIRST_COMPLETED)
-            done |= finished
-            if cancel.is_set() or (deadline is not None and time.monotonic() >= deadline):
-                break
-            pending |= window.fill(len(finished))
-        left = bool(pending) or window.remaining
-        for f in pending:
-            f.cancel()  # not started yet: never starts
-        return done, left
+    def _windowed(self, run: _Run, work: Work) -> Fanned:
+        """The run's tickers through this replica's ticker pool (not fanned out)."""
+        window = TickerWindow(self._pool, work, run.job.tickers)
+        self._windows[run.run_id] = window
+        try:
+            window.fill(max(1, min(self._concurrency, len(run.job.tickers))))
+            done, cut_short = _wait(window, run.deadline, run.cancel)
+        finally:
+            del self._windows[run.run_id]
+        return Fanned({window.futures[f]: f.result() for f in done}, cut_short=cut_short)
 
     def _fetch_and_store(self, run: _Run, ticker: str) -> TickerOutcome:
         """One ticker: bring its series up to date (fetching what is missing, with retries
@@ -309,6 +304,28 @@ class JobExecutor:
         self._metrics.missing_sessions.labels(job=result.job_id).set(result.missing_sessions)
         # Last-run and last-success gauges describe the job, whichever replica ran it: they
         # are set from the job records when /metrics is rendered (SchedulerServingApp).
+
+
+def _wait(
+    window: TickerWindow, deadline: float | None, cancel: threading.Event
+) -> tuple[set[Future[TickerOutcome]], bool]:
+    """Wait for the tickers until all are done, the deadline passes, or ``cancel``;
+    each ticker that finishes lets the next one in. True: some were left undone."""
+    done: set[Future[TickerOutcome]] = set()
+    pending = set(window.futures)
+    while pending:
+        step = CANCEL_POLL_S
+        if deadline is not None:
+            step = min(step, max(0.0, deadline - time.monotonic()))
+        finished, pending = wait(pending, timeout=step, return_when=FIRST_COMPLETED)
+        done |= finished
+        if cancel.is_set() or (deadline is not None and time.monotonic() >= deadline):
+            break
+        pending |= window.fill(len(finished))
+    left = bool(pending) or window.remaining
+    for f in pending:
+        f.cancel()  # not started yet: never starts
+    return done, left
 
 
 def _failure(run: _Run, ticker: str, exc: Exception, warning: str) -> TickerOutcome:

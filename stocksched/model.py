@@ -81,6 +81,9 @@ class RunResult:
     fresh_stocks: list[str] = field(default_factory=list)
     #: Exchange sessions missing from the stored series of the run's tickers, after it.
     missing_sessions: int = 0
+    #: Tickers each replica fetched, by replica id: a fanned-out run's (``fanout: true``)
+    #: share of the work; empty for a run on one replica.
+    fetched_by: dict[str, int] = field(default_factory=dict)
 
     @property
     def duration_s(self) -> float:
@@ -104,7 +107,7 @@ class RunResult:
             "warnings": json.dumps(self.warnings, sort_keys=True),
             "fresh": json.dumps(self.fresh_stocks),
             "missing": str(self.missing_sessions),
-        }
+        } | ({"fetched_by": json.dumps(self.fetched_by, sort_keys=True)} if self.fetched_by else {})
 
     @classmethod
     def from_fields(cls, job_id: str, f: dict[str, str]) -> RunResult:
@@ -127,6 +130,7 @@ class RunResult:
             warnings=json.loads(f.get("warnings") or "{}"),  # absent from older entries
             fresh_stocks=json.loads(f.get("fresh") or "[]"),
             missing_sessions=int(f.get("missing") or 0),
+            fetched_by=json.loads(f.get("fetched_by") or "{}"),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -139,7 +143,7 @@ class RunResult:
             "fetched": len(self.fetched_stocks),
             "failed": len(self.failed_stocks),
             "reason": self.reason,
-        }
+        } | ({"fetched_by": dict(self.fetched_by)} if self.fetched_by else {})
 
 
 #: The record's runtime fields: stored apart from the spec JSON (``state_fields``), so a

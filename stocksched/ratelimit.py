@@ -1,4 +1,9 @@
-"""One request budget (``max_requests_per_second``) shared by every job, thread and replica.
+"""Request budgets (``max_requests_per_second``): one per egress identity, or one shared.
+
+Yahoo limits requests per client address, so by default (``rate_limit_scope: host``) each
+host spends its own budget, shared by every job, thread and replica on that host (they
+share its address); ``rate_limit_scope: shared`` gives every replica one budget, as
+before issue 14 (``budget_name``).
 
 This module is the limiter's contract and the part that needs no Redis: the
 ``RateLimiter`` protocol, the errors, the no-limit limiter and the per-thread request
@@ -26,6 +31,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
+
+SHARED_BUDGET = "yahoo"
+
+
+def budget_name(scope: str, egress_id: str) -> str:
+    """The name of the budget this process spends: its egress identity's (``host``
+    scope: the hostname, or ``egress_id`` when one host sends from several addresses),
+    or the one every replica shares (``shared``, the name it always had)."""
+    if scope == "shared":
+        return SHARED_BUDGET
+    return f"{SHARED_BUDGET}:host:{egress_id}"
 
 
 class RateLimitError(Exception):

@@ -74,6 +74,16 @@ class Settings(BaseModel):
     state_dir: Path | None = None
     run_history: int = Field(default=1000, ge=10, le=1_000_000)
     max_requests_per_second: float | None = Field(default=None, gt=0)
+    # Whose budget max_requests_per_second is: each host's (Yahoo limits per client
+    # address), or one shared by every replica (the behaviour before issue 14).
+    rate_limit_scope: Literal["host", "shared"] = "host"
+    # This host's egress identity, naming its budget; default the hostname. Set it when
+    # replicas on one host send from different addresses (each then has its own budget).
+    egress_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,100}$")
+    # Seconds a fanned-out run's ticker may stay taken and unfinished before another
+    # replica takes it over (the one that took it is presumed dead); longer than one
+    # ticker's fetch with its retries, or a slow ticker is fetched twice (harmlessly).
+    fanout_reclaim_idle: float = Field(default=30.0, ge=0.1, le=3600)
     # Replicas: a stable id lets a restarted daemon recognise its own crashed runs at
     # once; by default it is hostname-pid-random (crashes then surface after lease_ttl).
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:-]{1,100}$")
@@ -98,7 +108,7 @@ class Settings(BaseModel):
 
 
 MASK = "***"
-_PASSWORD_QUERY = re.compile(r"(?i)([?&]password=)[^&#]*")
+_PASSWORD_QUERY = re.compile(r"(?i)([?&](?:sentinel_)?password=)[^&#]*")
 
 
 def mask_url(url: str) -> str:
@@ -106,7 +116,8 @@ def mask_url(url: str) -> str:
 
     ``redis://:pw@host:6379/0`` gives ``redis://:***@host:6379/0``, ``rediss://user:pw@host``
     ``rediss://user:***@host``. A lone user-info part (``redis://secret@host``) is masked
-    whole, since some clients read it as the password; so is a ``?password=`` parameter.
+    whole, since some clients read it as the password; so is a ``?password=`` parameter
+    (and a ``redis+sentinel`` URL's ``?sentinel_password=``).
     Everything up to the *last* ``@`` counts as user info, so a password with an unescaped
     ``@``, ``/``, ``?`` or ``#`` in it is still hidden (at worst too much is masked).
     """
@@ -154,6 +165,9 @@ ENV_VARS: dict[str, str] = {
     "STOCKSCHED_LOG_FORMAT": "log_format",
     "STOCKSCHED_STATE_DIR": "state_dir",
     "STOCKSCHED_MAX_REQUESTS_PER_SECOND": "max_requests_per_second",
+    "STOCKSCHED_RATE_LIMIT_SCOPE": "rate_limit_scope",
+    "STOCKSCHED_EGRESS_ID": "egress_id",
+    "STOCKSCHED_FANOUT_RECLAIM_IDLE": "fanout_reclaim_idle",
     "STOCKSCHED_REPLICA_ID": "replica_id",
     "STOCKSCHED_LEASE_TTL": "lease_ttl",
     "STOCKSCHED_ALLOW_EVICTING_REDIS": "allow_evicting_redis",

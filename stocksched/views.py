@@ -126,6 +126,10 @@ class RunView(BaseModel):
     missing_sessions: int = Field(
         default=0, description="exchange sessions missing from the tickers' stored series"
     )
+    fetched_by: dict[str, int] = Field(
+        default_factory=dict,
+        description="tickers fetched per replica id, for a fanned-out run (`fanout: true`)",
+    )
 
     @classmethod
     def of(cls, r: RunResult) -> RunView:
@@ -146,6 +150,7 @@ class RunView(BaseModel):
             warnings=dict(r.warnings),
             fresh=list(r.fresh_stocks),
             missing_sessions=r.missing_sessions,
+            fetched_by=dict(r.fetched_by),
         )
 
 

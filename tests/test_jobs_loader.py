@@ -196,7 +196,8 @@ def job_with(*lines: str) -> str:
             ["colour: red"],
             "jobs.yaml:6:5: jobs[0].colour: unknown field 'colour' (allowed: id, name, tickers, "
             "schedule, timezone, window, start, end, interval, enabled, prefix, source, ttl, catchup, "
-            "overlap, timeout, retries, retry_backoff, jitter, calendar, revise, windows)",
+            "overlap, timeout, retries, retry_backoff, jitter, calendar, revise, windows, "
+            "fanout)",
         ),
         (
             ["tmezone: UTC"],

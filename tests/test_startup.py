@@ -20,12 +20,24 @@ from tests.servers import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("yfinance", "curl_cffi", "fakeredis", "pandas", "numpy", "fastapi", "uvicorn")
+# What `validate` needs none of either: the store, the HTTP client and server, the
+# metrics, the settings model (pydantic models of their own).
+NOT_FOR_VALIDATE = (
+    *HEAVY,
+    "redis",
+    "httpx",
+    "prometheus_client",
+    "stocksched.settings",
+    "stocksched.http",
+    "stocksched.daemon",
+)
 
 
-def loaded_after(code: str, *args: str) -> dict[str, bool]:
-    """Which of ``HEAVY`` a fresh interpreter has imported after running ``code``."""
+def loaded_after(code: str, *args: str, modules: tuple[str, ...] = HEAVY) -> dict[str, bool]:
+    """Which of ``modules`` a fresh interpreter has imported after running ``code``."""
     probe = (
-        code + f"\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}))"
+        code
+        + f"\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {modules!r}}}))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
@@ -54,12 +66,32 @@ def test_version_is_written_once_and_read_by_pyproject() -> None:
     assert stocksched.__version__ == __version__
 
 
-def test_validate_imports_no_source_store_or_server_library() -> None:
+def test_validate_imports_no_source_store_server_or_settings_library() -> None:
     loaded = loaded_after(
         "import sys\nfrom stocksched.cli import main\nassert main(['validate', sys.argv[1]]) == 0",
         str(REPO / "jobs.yaml"),
+        modules=NOT_FOR_VALIDATE,
     )
-    assert loaded == dict.fromkeys(HEAVY, False)
+    assert loaded == dict.fromkeys(NOT_FOR_VALIDATE, False)
+
+
+def test_the_console_script_leaves_the_collector_running_after_its_imports() -> None:
+    """The console script imports a command's modules with the cyclic collector paused
+    and freezes them: the command itself (the daemon) must run with it enabled again."""
+    code = (
+        "import gc, json, sys\n"
+        "from stocksched.cli import commands, runjob\n"
+        "def daemon(_args):  # stands in for the daemon: how it would find the collector\n"
+        "    print(json.dumps([gc.isenabled(), gc.get_freeze_count() > 0]))\n"
+        "    return 0\n"
+        "runjob.cmd_run = daemon\n"
+        "sys.exit(commands.main(['run'], settle_gc=True))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    assert json.loads(out) == [True, True]
 
 
 def test_daemon_on_real_redis_with_demo_jobs_never_imports_yfinance_or_fakeredis(

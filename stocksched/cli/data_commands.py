@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 from stocksched.cli.output import fmt_time, table
+from stocksched.cli.parser import settings_from_args
 from stocksched.exitcodes import EXIT_FAIL, EXIT_OK
 from stocksched.settings import Settings
 
@@ -38,6 +39,11 @@ SERIES_HEADERS = (
     "FETCHED",
     "LAST ACTION",
 )
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """The command line's entry: settings from the file, environment and flags."""
+    return run_data_command(args, lambda: settings_from_args(args))
 
 
 def run_data_command(

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from datetime import date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stocksched import __version__
-from stocksched.settings import Settings, load_settings, resolve_config_path
+
+if TYPE_CHECKING:
+    from stocksched.settings import Settings
 
 DEFAULT_PREFIX = "scheduled_stock_data"  # the jobs' default prefix (stocksched.data too)
 MAX_COUNT = 100  # validate --count: fire times per job
@@ -229,6 +231,10 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """The settings file, the environment and the flags this command was given."""
+    # Imported here: the settings model (pydantic) is not needed to parse the command
+    # line, nor by the commands that take no settings (validate, schema).
+    from stocksched.settings import load_settings, resolve_config_path
+
     overrides: dict[str, Any] = {
         "jobs": getattr(args, "jobs", None),
         "redis_url": getattr(args, "redis_url", None),

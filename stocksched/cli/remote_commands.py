@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from stocksched.cli.output import format_jobs, format_run, format_runs, format_status
+from stocksched.cli.parser import settings_from_args
 from stocksched.cli.remote import (
     ApiClient,
     ApiError,
@@ -144,6 +145,11 @@ COMMANDS: dict[str, tuple[Callable[[ApiClient, argparse.Namespace, TextIO], int]
     "pause": (_pause_resume, True),
     "resume": (_pause_resume, True),
 }
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    """The command line's entry: settings from the file, environment and flags."""
+    return run_command(args, lambda: settings_from_args(args))
 
 
 def run_command(

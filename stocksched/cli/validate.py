@@ -8,11 +8,13 @@ import sys
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from datetime import time as dtime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from stocksched.calendars import MarketCalendars
 from stocksched.exitcodes import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from stocksched.jobs import MAX_FILE_BYTES, JobsFileError, JobSpec, LoadedJobs, load_jobs_file
+
+if TYPE_CHECKING:
+    from stocksched.calendars import MarketCalendars
 
 #: How a jobs file read from standard input (``validate -``) is named in messages.
 STDIN_NAME = "<stdin>"
@@ -47,9 +49,19 @@ def next_fires(
     return out
 
 
+def _calendars(loaded: LoadedJobs) -> MarketCalendars | None:
+    """The exchange calendars, when a job names one: a file without (most) needs neither
+    them nor the logging package they import (a few ms of ``validate``)."""
+    if not any(job.calendar for job in loaded.jobs):
+        return None
+    from stocksched.calendars import MarketCalendars
+
+    return MarketCalendars()
+
+
 def _fire_times(loaded: LoadedJobs, count: int) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
-    calendars = MarketCalendars()
+    calendars = _calendars(loaded)
     out = []
     for job in loaded.jobs:
         fires = next_fires(job, now, count, calendars) if job.enabled else []

@@ -141,6 +141,10 @@ class JobSpec(DumpedOnce):
         default=True,
         description="Also write the original design's window keys and latest pointer",
     )
+    fanout: bool = Field(
+        default=False,
+        description="Spread each run's tickers over every live replica (a Redis stream)",
+    )
 
     # ---- field rules (each reported at its own field)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from datetime import date
 from typing import TYPE_CHECKING
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DEMO_TIMEZONE = "America/New_York"
+#: Test-only: seconds every demo fetch of a daemon sleeps (see DemoFetcher).
+LATENCY_ENV = "STOCKSCHED_TEST_DEMO_LATENCY_S"
 
 # Value-noise octaves of the log price: (period in days, amplitude). Longer periods move
 # more, which gives trends, swings and day-to-day noise like a random walk, while each
@@ -71,10 +74,14 @@ class DemoFetcher:
 
     For trying the daemon offline and for load tests only: the numbers look like prices
     but are not market data. Only ``interval="1d"`` is served. ``latency_s`` makes every
-    fetch sleep that long, to stand in for a slow network in load and timeout tests.
+    fetch sleep that long, to stand in for a slow network in load and timeout tests; by
+    default it is ``$STOCKSCHED_TEST_DEMO_LATENCY_S`` (unset: none), a test-only knob so
+    end-to-end tests can give a daemon's demo source a per-ticker delay.
     """
 
-    def __init__(self, latency_s: float = 0.0) -> None:
+    def __init__(self, latency_s: float | None = None) -> None:
+        if latency_s is None:
+            latency_s = float(os.environ.get(LATENCY_ENV) or 0.0)
         self._latency_s = latency_s
 
     def fetch_from_source(self, ticker: str, start: date, end: date, interval: str) -> pd.DataFrame:

@@ -35,13 +35,15 @@ from redis.retry import Retry
 
 from stocksched.logs import one_line
 from stocksched.secretfile import read_secret_file
+from stocksched.storage import sentinel
 from stocksched.storage.cluster import CLUSTER_SCHEME, cluster_client
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
-#: Schemes redis-py's ``from_url`` understands; anything else is a config mistake.
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+#: Schemes redis-py's ``from_url`` understands, and Sentinel's (parsed in sentinel.py);
+#: anything else is a config mistake.
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", sentinel.SCHEME})
 #: Spellings that select the embedded, non-persistent store.
 EMBEDDED_URLS = frozenset({"", "memory://"})
 EMBEDDED_MISSING = (
@@ -265,9 +267,12 @@ def connect(url: str | None, password_file: Path | None = None) -> redis.Redis:
     supplies the password so it never appears in the URL, the environment or
     ``ps``. It is ignored for the embedded store, which has no authentication.
 
-    Raises ValueError for an unsupported scheme, an unreadable or empty
-    password file, or a password both in the URL and in a file. Does not
-    contact the server: the first command does.
+    ``redis+sentinel://`` URLs connect to the master their sentinels name and follow
+    failovers (stocksched.storage.sentinel), with the same timeouts and retry.
+
+    Raises ValueError for an unsupported scheme, a malformed ``redis+sentinel`` URL,
+    an unreadable or empty password file, or a password both in the URL and in a
+    file. Does not contact the server: the first command does.
     """
     spec = (url or "").strip()
     if spec in EMBEDDED_URLS:
@@ -282,26 +287,39 @@ def connect(url: str | None, password_file: Path | None = None) -> redis.Redis:
     if scheme not in REDIS_SCHEMES:
         raise ValueError(
             f"unsupported Redis URL scheme {scheme or '(none)'!r}: use redis://, rediss://, "
-            "unix:// or memory:// (embedded, not persisted)"
+            "unix://, redis+sentinel://, redis+cluster:// or memory:// (embedded, not persisted)"
         )
+    url_password = (
+        sentinel.has_url_password(spec) if scheme == sentinel.SCHEME else urlsplit(spec).password
+    )
     password = None
     if password_file is not None:
-        if urlsplit(spec).password:
+        if url_password:
             raise ValueError("give the Redis password in the URL or in a password file, not both")
         password = read_secret_file(password_file, "Redis password")
-    return redis.Redis.from_url(
-        spec,
-        decode_responses=True,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        retry=_TransientRetry(
+    if scheme == sentinel.SCHEME:
+        return sentinel.sentinel_client(spec, password, _client_options(via_sentinel=True))
+    return redis.Redis.from_url(spec, password=password, **_client_options())
+
+
+def _client_options(*, via_sentinel: bool = False) -> dict[str, Any]:
+    """The timeouts, health checks and retry every real client gets, direct or through
+    Sentinel. A Sentinel client also retries a READONLY reply: it comes from a master
+    demoted by a failover, and the retry's reconnect asks the sentinels for the new one."""
+    retry_on: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+    if via_sentinel:
+        retry_on += (redis.ReadOnlyError,)
+    return {
+        "decode_responses": True,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "retry": _TransientRetry(
             ExponentialBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S),
             RETRIES,
-            supported_errors=(redis.ConnectionError, redis.TimeoutError),
+            supported_errors=retry_on,
         ),
-        password=password,
-    )
+    }
 
 
 def _embedded() -> redis.Redis:

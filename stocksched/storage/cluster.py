@@ -149,3 +149,16 @@ def mget(client: redis.Redis[str], names: Sequence[str]) -> list[Any]:
     if is_cluster(client):
         return list(cast(Any, client).mget_nonatomic(list(names)))
     return list(client.mget(list(names)))
+
+
+def read_apart(
+    pipe: Any, strings: Sequence[str], hashes: Sequence[str], fields: list[str]
+) -> tuple[list[Any], list[Any]]:
+    """A cluster's read of many strings and hashes, keys of many slots, in one pipeline (a
+    round trip per node, no snapshot): a GET per string, then an HMGET of ``fields`` per hash."""
+    for name in strings:
+        pipe.get(name)
+    for name in hashes:
+        pipe.hmget(name, fields)
+    replies = pipe.execute()
+    return replies[: len(strings)], replies[len(strings) :]

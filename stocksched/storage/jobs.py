@@ -36,9 +36,9 @@ from stocksched.model import (
     ScheduledJob,
     with_state,
 )
-from stocksched.storage import globalkeys, keys, scripts
+from stocksched.storage import globalkeys, keys, layout, scripts
 from stocksched.storage.adapter import RedisAdapter, storage_errors
-from stocksched.storage.cluster import is_cluster, mget
+from stocksched.storage.cluster import is_cluster, mget, read_apart
 from stocksched.storage.history import RunHistory
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class JobRecords:
     """The job keys of one Redis; every method raises StorageError when Redis fails."""
 
     def __init__(self, adapter: RedisAdapter, history: RunHistory) -> None:
+        self._unmigrated: RedisAdapter | None = adapter  # until ``ids`` migrated the layout
         self._r = adapter.client
         self._cluster = is_cluster(self._r)
         self._history = history
@@ -99,6 +100,10 @@ class JobRecords:
         return _decode(raw, None, _state(state))
 
     def ids(self) -> set[str]:
+        """The job index; the process's first read (on start) migrates (``storage.layout``)."""
+        if self._unmigrated is not None:
+            layout.migrate(self._unmigrated)
+            self._unmigrated = None
         with storage_errors("SMEMBERS", keys.job_index_key()):
             return {str(m) for m in self._r.smembers(keys.job_index_key())}
 
@@ -108,21 +113,20 @@ class JobRecords:
         """Records by id (None: no record), in one round trip: an MGET of the JSON and
         the state hashes (HMGETs for a few, one read-only script for many: 10,000 HMGETs
         cost redis-py ~0.3 s to pack and parse, the script's one reply ~0.1 s).
-
         ``specs``: (spec hash, validated spec) per id; a record with that hash gets that
         spec object instead of validating its stored copy again (the hash says it is equal).
         """
         if not ids:
             return {}
-        state_keys = [keys.job_state_key(i) for i in ids]
+        job_keys, state_keys = [keys.job_key(i) for i in ids], [keys.job_state_key(i) for i in ids]
         with (
             storage_errors("MGET", keys.JOB_PREFIX + "*"),
             self._r.pipeline(transaction=False) as pipe,
         ):
             if self._cluster:
-                raws, states = _read_apart(pipe, ids, state_keys)
+                raws, states = read_apart(pipe, job_keys, state_keys, list(RUNTIME_FIELDS))
             else:
-                pipe.mget([keys.job_key(i) for i in ids])
+                pipe.mget(job_keys)
                 _queue_state_reads(pipe, self._read_states, state_keys)
                 raws, *rest = pipe.execute()
                 states = _states_read(rest, len(ids))
@@ -226,10 +230,8 @@ class JobRecords:
                 globalkeys.unlist(self._r.pipeline(transaction=False), job_id).execute()
 
     def repair_projections(self, records: dict[str, ScheduledJob]) -> None:
-        """Bring the paused set and the runtime hash in line with the records they mirror.
-
-        Records written before these existed, a set lost on its own, a cluster's write lost
-        after a record's, are repaired here; in steady state one round trip and no write."""
+        """Bring the paused set and the runtime hash in line with the records they mirror
+        (older than these, a set lost, a cluster's write lost); at rest one read, no write."""
         with (
             storage_errors("SMEMBERS/HKEYS", keys.paused_index_key()),
             self._r.pipeline(transaction=False) as pipe,
@@ -335,18 +337,6 @@ def _created(jobs: Sequence[ScheduledJob], replies: list[Any]) -> list[tuple[str
         for j, r in zip(jobs, replies, strict=True)
         if r
     ]
-
-
-def _read_apart(
-    pipe: redis.client.Pipeline, ids: Sequence[str], state_keys: list[str]
-) -> tuple[list[Any], list[Any]]:
-    """``get_many``'s reads on a cluster (keys of many slots): a GET and an HMGET per job."""
-    for i in ids:
-        pipe.get(keys.job_key(i))
-    for key in state_keys:
-        pipe.hmget(key, list(RUNTIME_FIELDS))
-    replies = pipe.execute()
-    return replies[: len(ids)], replies[len(ids) :]
 
 
 def _queue_state_reads(

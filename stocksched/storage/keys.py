@@ -223,3 +223,29 @@ def replica_key(replica_id: str) -> str:
 def replica_index_key() -> str:
     """Sorted set replica id -> heartbeat expiry (server ms), pruned on read."""
     return REPLICA_INDEX
+
+
+# -- fan-out of one run's tickers (storage.fanout) ------------------------------------
+
+FANOUT_PREFIX = "scheduler:fanout:"
+FANOUT_INDEX = "scheduler:fanout_index"
+FANOUT_PARTS = ("meta", "tickers", "done", "dead")
+
+
+def fanout_key(job_id: str, run_id: str, part: str) -> str:
+    """One part of a fanned-out run, all under the job's hash tag (one Cluster slot, so
+    each step on them is one transaction or script): ``meta`` (hash: the job's spec,
+    window, deadline, owner and fence token), ``tickers`` (stream, one entry per ticker,
+    read by the consumer group of every replica), ``done`` (hash ticker -> outcome JSON)
+    and ``dead`` (hash ticker -> why it was dead-lettered)."""
+    if part not in FANOUT_PARTS:
+        raise ValueError(f"no fan-out part {part!r}")
+    return f"{FANOUT_PREFIX}{{{job_id}}}:{run_id}:{part}"
+
+
+def fanout_index_key() -> str:
+    """Sorted set ``"JOB_ID RUN_ID"`` -> when the run's keys expire (Unix ms): the fanned-out
+    runs in progress, which every replica polls. Global (no hash tag), so it is written
+    apart from the run's keys: added after them, removed before them; a member whose
+    ``meta`` is gone is stale and dropped by the reader that finds it."""
+    return FANOUT_INDEX

@@ -2,24 +2,29 @@
 
 Keys (``keys.series_key``; one ticker's keys share the hash tag ``{TICKER}``):
 
-- ``{prefix}:{TICKER}:{interval}:bars`` -- hash chunk start (epoch seconds, a multiple of
-  the interval's span, ``seriescodec.chunk_span_s``) -> chunk (``seriescodec``). Chunk
-  starts are computed, not searched, so a range read fetches exactly the chunks of the
-  range (``READ``, one script): O(k), never a scan of the series.
+- ``{prefix}:{TICKER}:{interval}:bars`` -- hash of two fields per chunk: the pointer
+  ``{start}`` -> ``tag`` and the blob ``{start}.{tag}`` -> chunk (``seriescodec``), where
+  ``start`` is epoch seconds, a multiple of the interval's span
+  (``seriescodec.chunk_span_s``), and ``tag`` names the write that stored it
+  (``seriesscripts``: a write stages its blobs, then one script switches the pointers).
+  Chunk starts are computed, not searched, so a range read fetches exactly the chunks of
+  the range (``READ``, one script): O(k), never a scan of the series. A pointer holding
+  a blob itself (written before pointers) is read as that blob.
 - ``...:actions`` -- hash bar ts -> ``dividend,split`` (``seriescodec.encode_action``).
-- ``...:meta`` -- hash: ``version`` (bumped by every write), ``tz``, ``first``/``last``
-  (epoch seconds of the first and last bar), ``bars`` (count), and what the updater keeps
+- ``...:meta`` -- hash: ``version`` (bumped by every write), ``chunks`` (pointers),
+  ``tz``, ``first``/``last`` (epoch seconds of the first and last bar), ``bars`` (count),
+  and what the updater keeps
   (``fetched``, ``exchange``, ``covered_from``, ``missing``, ...: ``SeriesUpdater``).
 - ``keys.series_index_key()`` -- set of ``"prefix TICKER interval"``: every stored series,
   for listing without SCAN (kept beside the series, since it is global).
 
 A write merges its bars into the chunks it touches in Python (numpy), against the
-snapshot its caller read or, for a writer that read nothing, an assumed new series, and
-sends one script that applies the new chunks, actions and meta only if ``version`` is
-still the one merged against (else the chunks are read again and merged again) and, for
-a run, only while the run holds its lease. So a reader (one script too) never sees half
-of a write, and two writers of one series never lose each other's bars. Many series are
-written in one pipeline of scripts (``write_many``).
+snapshot its caller read or, for a writer that read nothing, an assumed new series,
+stages the new chunks and sends one script that points at them and writes the actions
+and meta only if ``version`` is still the one merged against (else the chunks are read
+again and merged again) and, for a run, only while the run holds its lease. So a reader
+(one script too) never sees half of a write, and two writers of one series never lose
+each other's bars. Many series are written in one pipeline (``write_many``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from stocksched.storage.adapter import RedisAdapter, StorageError, storage_error
 from stocksched.storage.cluster import is_cluster
 from stocksched.storage.fence import Fence, FenceLostError, check_apart
 from stocksched.storage.scripts import Call, evalsha_many
+from stocksched.storage.seriesscripts import READ, Upsert, next_tag, run_upserts
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,61 +46,6 @@ if TYPE_CHECKING:
 #: Conflicting writers of one series tolerated before a write gives up (each conflict
 #: means another write landed in between, so a handful of writers always get through).
 MAX_ATTEMPTS = 16
-
-# KEYS: bars, meta, actions[, lease]
-# ARGV: expected version, token, mode (merge | replace),
-#       n chunks, (start, blob ("" deletes))..., n actions, (ts, value)..., n meta, (f, v)...
-UPSERT = """
-local version = tonumber(redis.call('HGET', KEYS[2], 'version') or '0')
-if version ~= tonumber(ARGV[1]) then return {0, version} end
-if KEYS[4] and redis.call('HGET', KEYS[4], 'owner') ~= ARGV[2] then return {-1, version} end
-if ARGV[3] == 'replace' then redis.call('DEL', KEYS[1], KEYS[3]) end
-local i = 4
-local n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  if ARGV[i + 1] == '' then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-  else
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  end
-  i = i + 2
-end
-n = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n do
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]); i = i + 2
-end
-n = tonumber(ARGV[i]); i = i + 1
-local meta = {'version', version + 1}
-for _ = 1, n do
-  meta[#meta + 1] = ARGV[i]; meta[#meta + 1] = ARGV[i + 1]; i = i + 2
-end
-redis.call('HSET', KEYS[2], unpack(meta))
-return {1, version + 1}
-"""
-
-# KEYS: bars, meta, actions
-# ARGV: lo, hi (epoch seconds; "" for the series' first / last bar), chunk span (s)
-# Returns {meta (flat), chunks in time order, actions (flat)}.
-READ = """
-local meta = redis.call('HGETALL', KEYS[2])
-local first = tonumber(redis.call('HGET', KEYS[2], 'first'))
-local last = tonumber(redis.call('HGET', KEYS[2], 'last'))
-if not first or not last then return {meta, {}, {}} end
-local lo = tonumber(ARGV[1]) or first
-local hi = tonumber(ARGV[2]) or last
-if lo < first then lo = first end
-if hi > last then hi = last end
-local span = tonumber(ARGV[3])
-local fields = {}
-for start = lo - lo % span, hi, span do fields[#fields + 1] = string.format('%d', start) end
-local chunks = {}
-if #fields > 0 then
-  for _, blob in ipairs(redis.call('HMGET', KEYS[1], unpack(fields))) do
-    if blob then chunks[#chunks + 1] = blob end
-  end
-end
-return {meta, chunks, redis.call('HGETALL', KEYS[3])}
-"""
 
 
 @dataclass(frozen=True, order=True)
@@ -156,7 +107,7 @@ class SeriesStore:
         consistent snapshot (one script: a concurrent write is seen whole or not at all)."""
         span = seriescodec.chunk_span_s(series.interval)
         call: Call = {
-            "keys": [series.key(p) for p in ("bars", "meta", "actions")],
+            "keys": [series.key(p) for p in _PARTS],
             "args": ["" if start_ts is None else start_ts, "" if end_ts is None else end_ts, span],
         }
         with storage_errors("read series", series.key("bars")):
@@ -213,9 +164,9 @@ class SeriesStore:
             if attempt:
                 for i, base in zip(todo, self._read_bases([writes[i] for i in todo]), strict=True):
                     bases[i] = base
-            calls = [_call(writes[i], bases[i]) for i in todo]
+            calls = [_upsert(writes[i], bases[i]) for i in todo]
             with storage_errors("EVALSHA upsert", writes[todo[0]].series.key("bars")):
-                replies = evalsha_many(self._adapter.client, UPSERT, calls)
+                replies = run_upserts(self._adapter, calls)
             retry, lost, new = [], None, []
             for i, reply in zip(todo, replies, strict=True):
                 status, version = int(reply[0]), int(reply[1])
@@ -239,30 +190,20 @@ class SeriesStore:
         return [versions[i] for i in range(len(writes))]
 
     def _read_bases(self, writes: Sequence[SeriesWrite]) -> list[_Base]:
-        """What each write merges against, read now (one pipeline)."""
-        client = self._adapter.client
-        touched = [_touched(w) for w in writes]
-        with (
-            storage_errors("read series", writes[0].series.key("bars")),
-            client.pipeline(transaction=False) as pipe,
-        ):
-            for w, starts in zip(writes, touched, strict=True):
-                pipe.hmget(w.series.key("meta"), "version", "bars", "first", "last")
-                if starts:
-                    pipe.hmget(w.series.key("bars"), [str(x) for x in starts])
-            replies = iter(pipe.execute())
+        """What each write merges against, read now (one pipeline of ``READ`` scripts over
+        the span of the chunks each write touches)."""
+        calls: list[Call] = []
+        for w in writes:
+            span = seriescodec.chunk_span_s(w.series.interval)
+            starts = _touched(w)
+            lo, hi = (min(starts), max(starts) + span - 1) if starts else (0, -1)
+            calls.append({"keys": [w.series.key(p) for p in _PARTS], "args": [lo, hi, span]})
+        with storage_errors("read series", writes[0].series.key("bars")):
+            replies = evalsha_many(self._adapter.client, READ, calls)
         bases = []
-        for w, starts in zip(writes, touched, strict=True):
-            version, count, first, last = next(replies)
-            blobs = [b for b in next(replies) if b is not None] if starts else []
-            bases.append(
-                _Base(
-                    version=int(version or 0),
-                    count=int(count or 0),
-                    bounds=(int(first), int(last)) if first and last else None,
-                    rows=_decode(w.series, blobs),
-                )
-            )
+        for w, (meta, blobs, _) in zip(writes, replies, strict=True):
+            stored = Stored(_pairs(meta), _decode(w.series, blobs), {})
+            bases.append(_Base.of(stored, w))
         return bases
 
     def _index(self, series: Sequence[SeriesId]) -> None:
@@ -301,15 +242,16 @@ class _Base:
         )
 
 
-def _call(w: SeriesWrite, base: _Base) -> Call:
-    """The upsert script call that applies ``w`` on top of ``base``."""
+def _upsert(w: SeriesWrite, base: _Base) -> Upsert:
+    """The staged chunks and the script call that apply ``w`` on top of ``base``."""
     old = base.rows if base.rows is not None else seriescodec.empty_rows()
     merged = w.bars.rows if w.replace else seriescodec.merge(old, w.bars.rows)
     chunks = seriescodec.split_chunks(merged, w.series.interval)
     total = len(merged) if w.replace else base.count - len(old) + len(merged)
-    chunk_args: list[str | int | bytes] = []
-    for start, rows in chunks.items():
-        chunk_args += [start, seriescodec.encode_chunk(rows)]
+    tag = next_tag()  # this attempt's: a retry stages under a new one
+    staged: dict[str | bytes, bytes] = {
+        f"{start}.{tag}": seriescodec.encode_chunk(rows) for start, rows in chunks.items()
+    }
     action_args: list[str | int] = []
     for ts, (dividend, split) in sorted(w.bars.actions.items()):
         action_args += [ts, seriescodec.encode_action(dividend, split)]
@@ -319,16 +261,18 @@ def _call(w: SeriesWrite, base: _Base) -> Call:
         if base.bounds is not None and not w.replace:
             first, last = min(first, base.bounds[0]), max(last, base.bounds[1])
         meta["first"], meta["last"] = str(first), str(last)
-    meta_args: list[str | int] = [x for kv in meta.items() for x in kv]
-    call_keys: list[str | int] = [w.series.key(p) for p in ("bars", "meta", "actions")]
+    call_keys = [w.series.key(p) for p in _PARTS]
     token = ""
     if w.fence is not None:
         call_keys.append(w.fence.lease_key)
         token = w.fence.token
     args: list[str | int | bytes] = [base.version, token, "replace" if w.replace else "merge"]
-    args += [len(chunk_args) // 2, *chunk_args]
-    args += [len(action_args) // 2, *action_args, len(meta_args) // 2, *meta_args]
-    return {"keys": call_keys, "args": args}
+    args += [tag, len(chunks), len(action_args) // 2, len(meta), *chunks, *action_args]
+    args += [x for kv in meta.items() for x in kv]
+    return Upsert(call_keys[0], staged, call_keys, args)
+
+
+_PARTS = ("bars", "meta", "actions")
 
 
 def _decode(series: SeriesId, blobs: Sequence[Any]) -> np.ndarray:
