@@ -1,4 +1,5 @@
-"""Shared fixtures: a private real redis-server on a free loopback port, and fakeredis.
+"""Shared fixtures: a private real redis-server and a private 3-master Redis Cluster on free
+loopback ports, and fakeredis. ``redis_server``/``real_redis`` run each test on both.
 
 The real server is started by the tests themselves so they never touch another
 process's data (a machine may have its own Redis on 6379).
@@ -6,6 +7,7 @@ process's data (a machine may have its own Redis on 6379).
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,11 +17,24 @@ import fakeredis
 import pytest
 import redis
 
+from tests.cluster_servers import RedisClusterServers
 from tests.servers import RedisServer, free_port
+
+#: The real Redis deployments a test of ``redis_server``/``real_redis`` runs against;
+#: ``STOCKSCHED_TEST_REDIS=single`` (or ``cluster``) runs one of them only.
+REDIS_KINDS = os.environ.get("STOCKSCHED_TEST_REDIS", "single,cluster").split(",")
+RealRedis = RedisServer | RedisClusterServers
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "single_redis(reason): runs on a single real redis-server only, not on the cluster too",
+    )
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
+def single_redis_server() -> Iterator[RedisServer]:
     with tempfile.TemporaryDirectory(prefix="stocksched-redis-") as d:
         server = RedisServer(port=free_port(), dir=Path(d))
         server.start()
@@ -29,13 +44,53 @@ def redis_server() -> Iterator[RedisServer]:
             server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A real 3-master Redis Cluster, started once for the session (tests/cluster_servers)."""
+    with tempfile.TemporaryDirectory(prefix="stocksched-cluster-") as d:
+        cluster = RedisClusterServers(dir=Path(d))
+        cluster.start()
+        try:
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+@pytest.fixture(params=REDIS_KINDS)
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    """Which real Redis a test runs against: every such test runs on both, unless it is
+    marked ``single_redis(reason)`` (it needs one server: DEBUG SLEEP, CONFIG, a restart)."""
+    kind = str(request.param)
+    marker = request.node.get_closest_marker("single_redis")
+    if kind == "cluster" and marker is not None:
+        pytest.skip(f"single Redis only: {marker.args[0]}")
+    return kind
+
+
 @pytest.fixture
-def real_redis(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    """A clean database on the private server (restarted if a test stopped it)."""
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
-        redis_server.start()
-    client = redis_server.client()
-    client.flushall()
+def redis_server(request: pytest.FixtureRequest, redis_kind: str) -> RealRedis:
+    """The real Redis of this test's kind: a single redis-server, or the 3-master cluster
+    (its ``url`` is ``redis+cluster://...``)."""
+    server: RealRedis = request.getfixturevalue(
+        "redis_cluster" if redis_kind == "cluster" else "single_redis_server"
+    )
+    return server
+
+
+@pytest.fixture
+def real_redis(redis_server: RealRedis) -> Iterator[redis.Redis]:
+    """A clean database on the private server or cluster (restarted if a test stopped it)."""
+    yield from _clean_client(redis_server)
+
+
+def _clean_client(server: RealRedis) -> Iterator[redis.Redis]:
+    if not server.running:
+        server.start()
+    if isinstance(server, RedisClusterServers):
+        server.flush()
+    client = server.client()
+    if not isinstance(server, RedisClusterServers):
+        client.flushall()
     yield client
     client.close()
 
@@ -45,13 +100,17 @@ def fake_redis() -> redis.Redis:
     return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
 
 
-@pytest.fixture(params=["fake", "real"])
-def any_redis(request: pytest.FixtureRequest) -> redis.Redis:
-    """Run a contract test against both fakeredis and a real redis-server."""
+@pytest.fixture(params=["fake", *REDIS_KINDS])
+def any_redis(request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    """Run a contract test against fakeredis, a real redis-server and a real cluster."""
     if request.param == "fake":
-        return fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
-    client: redis.Redis = request.getfixturevalue("real_redis")
-    return client
+        yield fakeredis.FakeRedis(server=fakeredis.FakeServer(), decode_responses=True)
+        return
+    marker = request.node.get_closest_marker("single_redis")
+    if request.param == "cluster" and marker is not None:
+        pytest.skip(f"single Redis only: {marker.args[0]}")
+    fixture = "redis_cluster" if request.param == "cluster" else "single_redis_server"
+    yield from _clean_client(request.getfixturevalue(fixture))
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import redis
 from stocksched.clock import Clock
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter
+from stocksched.storage.cluster import is_cluster
 from stocksched.storage.leases import DEFAULT_LEASE_MS, DEFAULT_SLOT_TTL_MS, Lease, LeaseManager
 
 # KEYS: running. ARGV: token
@@ -22,10 +23,10 @@ end
 return 0
 """
 
-# KEYS: inflight, inflight index. ARGV: run_id, job_id
+# KEYS: inflight[, inflight index: a single Redis]. ARGV: run_id, job_id
 _FINISH = """
 local n = redis.call('HDEL', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if KEYS[2] and redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SREM', KEYS[2], ARGV[2])
 end
 return n
@@ -56,7 +57,9 @@ class LeaseManagerForTests(LeaseManager):
         """Drop the run's record; False if a scan took it first."""
         return bool(
             self._finish(
-                keys=[keys.inflight_key(job_id), keys.inflight_index_key()], args=[run_id, job_id]
+                keys=[keys.inflight_key(job_id)]
+                + ([] if is_cluster(self._r) else [keys.inflight_index_key()]),
+                args=[run_id, job_id],
             )
         )
 

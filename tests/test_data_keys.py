@@ -138,6 +138,7 @@ def test_reload_logs_each_warning_once(
 
 
 @pytest.mark.redis
+@pytest.mark.single_redis("the WATCH/MULTI write of a single Redis (a cluster's: test_cluster)")
 def test_an_intraday_window_and_its_own_pointer_are_written_in_one_transaction(
     redis_server: Any, real_redis: redis.Redis
 ) -> None:

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import redis
 import yfinance as yf
+from redis.cluster import RedisCluster
 
 from stocksched.data import SeriesNotFound, list_series, read_bars
 from stocksched.http import Access
@@ -20,6 +21,7 @@ from stocksched.metrics import Metrics
 from stocksched.sources.yahoo import YFinanceFetcher
 from stocksched.storage import seriescodec
 from stocksched.storage.adapter import RedisAdapter
+from stocksched.storage.cluster import is_cluster
 from stocksched.storage.series import SeriesId, SeriesStore, SeriesWrite
 from tests.conftest import RedisServer, free_port
 from tests.helpers import make_spec
@@ -70,8 +72,13 @@ def store_fetched(
 @pytest.fixture(params=[True, False], ids=["decoded", "bytes"])
 def client(request: pytest.FixtureRequest, real_redis: redis.Redis) -> Iterator[redis.Redis]:
     """A clean real Redis, as a client with or without ``decode_responses``."""
-    pool = real_redis.connection_pool.connection_kwargs
-    c = redis.Redis(host=pool["host"], port=pool["port"], decode_responses=request.param)
+    c: Any
+    if is_cluster(real_redis):
+        node = real_redis.get_default_node()  # type: ignore[attr-defined]
+        c = RedisCluster(host=node.host, port=node.port, decode_responses=request.param)
+    else:
+        pool = real_redis.connection_pool.connection_kwargs
+        c = redis.Redis(host=pool["host"], port=pool["port"], decode_responses=request.param)
     yield c
     c.close()
 

@@ -153,7 +153,7 @@ def test_daily_and_hourly_jobs_of_one_ticker_keep_their_own_keys(
     hourly_key = "scheduled_stock_data:AAPL:1h:2025-01-02:2025-01-10"
     assert any_redis.get("scheduled_stock_data:AAPL:latest") == daily_key
     assert any_redis.get("scheduled_stock_data:AAPL:1h:latest") == hourly_key
-    assert sorted(any_redis.keys("scheduled_stock_data:AAPL:*")) == sorted(
+    assert sorted(any_redis.scan_iter("scheduled_stock_data:AAPL:*")) == sorted(
         [
             daily_key,
             hourly_key,

@@ -312,6 +312,7 @@ def test_an_outcome_from_another_version_is_read_as_far_as_it_is_known() -> None
     assert decode(newer) == (TickerOutcome("AAA", rows=5, fresh=True), "new-replica")
 
 
+@pytest.mark.single_redis("counts commands with INFO commandstats of the one server")
 def test_an_idle_replica_polls_for_fanned_out_runs_with_one_read(
     replicas: Any, real_redis: redis.Redis
 ) -> None:

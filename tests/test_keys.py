@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
+from stocksched import runids
 from stocksched.storage import keys
 
+SLOT = datetime(2026, 3, 10, 14, 30, tzinfo=UTC)
 
-def test_job_key_is_the_original_designs_record_key() -> None:
-    assert keys.job_key("daily-tech") == "scheduler:job:daily-tech"
+
+def test_job_key_is_the_original_designs_record_key_with_the_job_as_hash_tag() -> None:
+    assert keys.job_key("daily-tech") == "scheduler:job:{daily-tech}"
 
 
 def test_job_index_key_is_the_original_designs_index() -> None:
@@ -16,7 +21,7 @@ def test_job_index_key_is_the_original_designs_index() -> None:
 
 
 def test_runs_key_is_per_job() -> None:
-    assert keys.runs_key("daily-tech") == "scheduler:runs:daily-tech"
+    assert keys.runs_key("daily-tech") == "scheduler:runs:{daily-tech}"
     assert keys.runs_key("a") != keys.runs_key("b")
 
 
@@ -141,9 +146,9 @@ def test_ratelimit_key_is_shared_per_source_name() -> None:
 
 
 def test_coordination_keys_pin_their_text() -> None:
-    assert keys.slot_key("daily-tech:1741617000000") == "scheduler:slot:daily-tech:1741617000000"
-    assert keys.running_key("daily-tech") == "scheduler:running:daily-tech"
-    assert keys.inflight_key("daily-tech") == "scheduler:inflight:daily-tech"
+    assert keys.slot_key("daily-tech:1741617000000") == "scheduler:slot:{daily-tech}:1741617000000"
+    assert keys.running_key("daily-tech") == "scheduler:running:{daily-tech}"
+    assert keys.inflight_key("daily-tech") == "scheduler:inflight:{daily-tech}"
     assert keys.inflight_index_key() == "scheduler:inflight_index"
     assert keys.replica_key("host-1") == "scheduler:replica:host-1"
     assert keys.replica_index_key() == "scheduler:replica_index"
@@ -168,6 +173,53 @@ def test_coordination_keys_are_well_formed_and_distinct() -> None:
 
 
 def test_removed_job_key_is_a_per_job_tombstone_kept_a_day() -> None:
-    assert keys.removed_job_key("daily-tech") == "scheduler:removed:daily-tech"
+    assert keys.removed_job_key("daily-tech") == "scheduler:removed:{daily-tech}"
     assert keys.removed_job_key("a") != keys.job_key("a")
     assert keys.REMOVED_TTL_S == 86400
+
+
+def _hash_tag(key: str) -> str:
+    """What Redis Cluster hashes: the text between the first ``{`` and the next ``}``."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key if start < 0 or end <= start + 1 else key[start + 1 : end]
+
+
+def test_every_key_one_run_touches_is_in_its_jobs_hash_slot() -> None:
+    """A claim, a record, a creation each run as one script on a Redis Cluster only if
+    their keys share one slot: the job id is every per-job key's hash tag."""
+    job_id = "daily-tech"
+    run_ids = [
+        runids.scheduled_run_id(job_id, SLOT),
+        runids.manual_run_id(job_id, SLOT),
+        runids.repeat_run_id(job_id, SLOT, SLOT),
+        runids.rerun_run_id(runids.scheduled_run_id(job_id, SLOT)),
+    ]
+    per_job = [
+        keys.job_key(job_id),
+        keys.job_state_key(job_id),
+        keys.runs_key(job_id),
+        keys.running_key(job_id),
+        keys.inflight_key(job_id),
+        keys.removed_job_key(job_id),
+        *(keys.slot_key(r) for r in run_ids),
+    ]
+    assert {_hash_tag(k) for k in per_job} == {job_id}
+    assert keys.job_tag(job_id) == "{daily-tech}"
+
+
+def test_global_keys_have_no_hash_tag_and_a_tickers_series_keys_share_one() -> None:
+    global_keys = [
+        keys.job_index_key(),
+        keys.paused_index_key(),
+        keys.job_runtime_key(),
+        keys.inflight_index_key(),
+        keys.replica_index_key(),
+        keys.series_index_key(),
+    ]
+    assert all("{" not in k for k in global_keys)
+    parts = {_hash_tag(keys.series_key("p", "AAPL", "1d", part)) for part in keys.SERIES_PARTS}
+    assert parts == {"AAPL"}
+    # the consumer-facing window keys keep their text: no tag
+    assert "{" not in keys.data_key("p", "AAPL", "2025-01-01", "2025-02-01")
+    assert "{" not in keys.latest_key("p", "AAPL")

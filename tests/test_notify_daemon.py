@@ -207,7 +207,7 @@ def test_ready_only_after_redis_answers_and_config_is_loaded(
         assert proc.wait(timeout=30) == 0
     finally:
         out = _stop(proc)
-        if redis_server.proc is None:
+        if not redis_server.running:
             redis_server.start()
     assert "Traceback" not in out, out
     # No WATCHDOG_USEC, no pings: a daemon outside a watchdog must not pretend to have one.

@@ -49,11 +49,10 @@ SPAN_S = 1.5
 # acquires in 2 threads until stop and prints the grant times as JSON.
 WORKER = """
 import json, sys, threading, time
-import redis
-from stocksched.storage.adapter import RedisAdapter
+from stocksched.storage.adapter import RedisAdapter, connect
 from stocksched.storage.ratelimit import RedisRateLimiter
 url, rate, key = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-limiter = RedisRateLimiter(RedisAdapter(redis.Redis.from_url(url)), rate, key=key)
+limiter = RedisRateLimiter(RedisAdapter(connect(url)), rate, key=key)
 print("ready", flush=True)
 start, stop = map(float, sys.stdin.readline().split())
 stamps, lock = [], threading.Lock()

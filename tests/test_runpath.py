@@ -27,8 +27,9 @@ from stocksched.runids import scheduled_run_id
 from stocksched.sources.base import Fetcher, PermanentFetchError
 from stocksched.sources.demo import DemoFetcher
 from stocksched.storage import keys, scripts
-from stocksched.storage.adapter import RedisAdapter
+from stocksched.storage.adapter import RedisAdapter, connect
 from stocksched.storage.butler import DataIOButler
+from stocksched.storage.cluster import is_cluster
 from stocksched.storage.jobs import JobRuntime
 from stocksched.storage.leases import LeaseManager, MarkRunning
 from tests.fakes import FakeClock
@@ -59,6 +60,7 @@ class CountingConnection(redis.Connection):
         super().send_packed_command(command, check_health)
 
 
+@pytest.mark.single_redis("counts one connection pool's sends; a cluster run costs 4 (README)")
 def test_a_scheduled_run_costs_two_redis_round_trips_for_its_bookkeeping(
     redis_server: RedisServer, real_redis: redis.Redis
 ) -> None:
@@ -331,10 +333,12 @@ class Burst:
     until ``release``; job d is due a minute later."""
 
     def __init__(self, redis_server: RedisServer) -> None:
-        pool = redis.ConnectionPool.from_url(
-            redis_server.url, decode_responses=True, connection_class=CountingConnection
-        )
-        self.client: redis.Redis = redis.Redis(connection_pool=pool)
+        self.client: redis.Redis = connect(redis_server.url)  # a cluster's: uncounted
+        if not is_cluster(self.client):
+            pool = redis.ConnectionPool.from_url(
+                redis_server.url, decode_responses=True, connection_class=CountingConnection
+            )
+            self.client = redis.Redis(connection_pool=pool)
         self.clock = FakeClock(SLOT - timedelta(minutes=3))
         adapter = RedisAdapter(self.client)
         self.registry = JobRegistry(adapter, self.clock)
@@ -394,6 +398,7 @@ def _recorded(registry: JobRegistry, job_id: str) -> bool:
     return job is not None and job.status == JobStatus.FAILED and len(runs) == 1
 
 
+@pytest.mark.single_redis("counts one connection pool's sends")
 def test_results_that_end_together_are_recorded_in_one_round_trip(
     redis_server: RedisServer, real_redis: redis.Redis
 ) -> None:
@@ -430,6 +435,7 @@ def test_a_lost_lease_in_a_batch_loses_that_run_alone(
 
 
 @pytest.mark.parametrize("failure", ["out of memory", "unreachable"])
+@pytest.mark.single_redis("sets maxmemory and requirepass with CONFIG SET on the one server")
 def test_a_storage_failure_keeps_every_result_of_the_batch_for_later(
     redis_server: RedisServer, real_redis: redis.Redis, failure: str
 ) -> None:

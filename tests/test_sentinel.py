@@ -221,6 +221,7 @@ def _executed_after(client: redis.Redis, t: float) -> list[RunResult]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("redis_kind", ["single"], indirect=True)  # its own servers, once
 def test_two_daemons_ride_a_sentinel_failover_running_each_slot_at_most_once(
     tmp_path: Path, group: SentinelGroup, launch: Launch
 ) -> None:

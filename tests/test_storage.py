@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import redis
 from pandas.testing import assert_frame_equal, assert_index_equal
+from redis.exceptions import RedisClusterException
 
 from stocksched.storage import (
     CorruptRecordError,
@@ -24,9 +25,11 @@ from stocksched.storage import (
     StorageError,
     connect,
     is_embedded,
+    windows,
 )
 from stocksched.storage import butler as butler_mod
 from stocksched.storage.adapter import RETRIES
+from stocksched.storage.cluster import is_cluster
 
 NY = "America/New_York"
 PREFIX = "scheduled_stock_data"
@@ -152,19 +155,31 @@ def test_connect_real_url(redis_server: Any, real_redis: redis.Redis) -> None:
     assert RedisAdapter(client).ping()
     client.set("k", "v")
     assert real_redis.get("k") == "v"
-    kwargs = client.connection_pool.connection_kwargs
+    kwargs = _connection_kwargs(client)
     assert kwargs["decode_responses"] is True
     assert kwargs["socket_timeout"] == 5.0
     assert kwargs["socket_connect_timeout"] == 2.0
-    assert kwargs["health_check_interval"] == 30
-    assert kwargs["retry"].get_retries() == RETRIES
+    if is_cluster(client):  # the cluster client retries (its nodes' connections do not)
+        assert client.retry.get_retries() == RETRIES  # type: ignore[attr-defined]
+    else:
+        assert kwargs["health_check_interval"] == 30
+        assert kwargs["retry"].get_retries() == RETRIES
     client.close()
+
+
+def _connection_kwargs(client: redis.Redis) -> dict[str, Any]:
+    """What the client's connections are made with (a cluster's: its first node's)."""
+    if is_cluster(client):
+        node: Any = client.get_default_node()  # type: ignore[attr-defined]
+        return dict(node.redis_connection.connection_pool.connection_kwargs)
+    return dict(client.connection_pool.connection_kwargs)
 
 
 @pytest.mark.redis
 def test_url_query_options_override_the_defaults(redis_server: Any) -> None:
     client = connect(redis_server.url + "?socket_timeout=12")
-    assert client.connection_pool.connection_kwargs["socket_timeout"] == 12.0
+    client.ping()
+    assert _connection_kwargs(client)["socket_timeout"] == 12.0
     client.close()
 
 
@@ -213,6 +228,7 @@ def test_scheme_error_does_not_echo_a_password() -> None:
 
 
 @pytest.mark.redis
+@pytest.mark.single_redis("sets requirepass with CONFIG SET on the one server")
 def test_password_from_a_file(redis_server: Any, real_redis: redis.Redis, tmp_path: Path) -> None:
     secret = tmp_path / "redis-password"
     secret.write_text("correct horse\n")  # trailing newline as `echo` writes it
@@ -487,13 +503,14 @@ class TestLatest:
         with pytest.raises(CorruptRecordError, match="names no AAPL window"):
             butler.get_latest(PREFIX, "AAPL")
 
+    @pytest.mark.single_redis("the WATCH/MULTI write of a single Redis (a cluster's: test_cluster)")
     def test_a_concurrent_pointer_change_is_retried(
         self, butler: DataIOButler, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Another writer moving the pointer between our WATCH and EXEC makes EXEC abort;
         the save retries and lands, rather than clobbering or losing the window."""
         other = butler._adapter.client  # same server; a new connection from the pool
-        real = butler_mod._moves_forward
+        real = windows.moves_forward
         calls: list[int] = []
 
         def interfere(*args: Any) -> bool:
@@ -502,11 +519,12 @@ class TestLatest:
                 other.set(f"{PREFIX}:AAPL:latest", f"{PREFIX}:AAPL:2025-01-01:2025-01-31")
             return real(*args)
 
-        monkeypatch.setattr(butler_mod, "_moves_forward", interfere)
+        monkeypatch.setattr(butler_mod, "moves_forward", interfere)
         key = butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21")
         assert len(calls) == 2
         assert butler._adapter.get_data(f"{PREFIX}:AAPL:latest") == key
 
+    @pytest.mark.single_redis("the WATCH/MULTI write of a single Redis (a cluster's: test_cluster)")
     def test_endless_contention_gives_up_with_a_storage_error(
         self, butler: DataIOButler, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -516,7 +534,7 @@ class TestLatest:
             other.set(f"{PREFIX}:AAPL:latest", f"{PREFIX}:AAPL:2025-01-01:2025-01-31")
             return True
 
-        monkeypatch.setattr(butler_mod, "_moves_forward", always_interfere)
+        monkeypatch.setattr(butler_mod, "moves_forward", always_interfere)
         with pytest.raises(StorageError, match="kept changing"):
             butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21")
         assert not butler._adapter.exists(f"{PREFIX}:AAPL:2025-09-21:2025-10-21")
@@ -677,6 +695,7 @@ class TestTtl:
 
 
 @pytest.mark.redis
+@pytest.mark.single_redis("the WATCH/MULTI write of a single Redis (a cluster's: test_cluster)")
 def test_window_and_pointer_are_written_in_one_transaction(
     redis_server: Any, real_butler: DataIOButler
 ) -> None:
@@ -706,7 +725,7 @@ def stopped_server(redis_server: Any, real_redis: redis.Redis) -> Iterator[Redis
     try:
         yield adapter
     finally:
-        if redis_server.proc is None:  # a test may have restarted it already
+        if not redis_server.running:  # a test may have restarted it already
             redis_server.start()
         adapter.client.close()
 
@@ -732,14 +751,15 @@ class TestOutage:
         assert info.value.operation == operation
         assert info.value.key == "k"
         assert "\n" not in str(info.value)
-        assert isinstance(info.value.__cause__, redis.ConnectionError)
+        # a cluster client that reached no node at all says so in its own exception type
+        assert isinstance(info.value.__cause__, redis.ConnectionError | RedisClusterException)
         assert time.monotonic() - started < 3  # a few quick retries, not a hang
 
     def test_butler_raises_storage_error_and_ping_is_false(
         self, stopped_server: RedisAdapter
     ) -> None:
         butler = DataIOButler(stopped_server)
-        with pytest.raises(StorageError, match="MULTI/EXEC"):
+        with pytest.raises(StorageError, match=r"MULTI/EXEC|SET"):  # SET first on a cluster
             butler.save_data(daily_frame(), PREFIX, "AAPL", "2025-09-21", "2025-10-21")
         with pytest.raises(StorageError):
             butler.get_latest(PREFIX, "AAPL")

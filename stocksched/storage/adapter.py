@@ -36,6 +36,7 @@ from redis.retry import Retry
 from stocksched.logs import one_line
 from stocksched.secretfile import read_secret_file
 from stocksched.storage import sentinel
+from stocksched.storage.cluster import CLUSTER_SCHEME, cluster_client
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -64,6 +65,10 @@ RETRIES = 3
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 1.0
 
+
+#: What redis-py raises: a cluster client's own errors (no reachable node, keys of several
+#: slots in one step) are not RedisErrors.
+REDIS_ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException)
 
 # A refused login or a missing ACL permission: retrying cannot fix either.
 _NOT_RETRYABLE: tuple[type[Exception], ...] = (
@@ -112,7 +117,7 @@ def storage_errors(operation: str, key: str) -> Iterator[None]:
     """Turn any redis-py failure inside the block into a StorageError naming op and key."""
     try:
         yield
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise StorageError(operation, key, str(exc) or type(exc).__name__) from exc
 
 
@@ -218,7 +223,7 @@ class RedisAdapter(AbstractDatabaseAdapter):
         """Whether the store answers now; False instead of raising, for readiness probes."""
         try:
             return bool(self._client.ping())
-        except (redis.RedisError, OSError) as exc:
+        except (*REDIS_ERRORS, OSError) as exc:
             logger.debug("redis ping failed: %s", exc)
             return False
 
@@ -277,10 +282,12 @@ def connect(url: str | None, password_file: Path | None = None) -> redis.Redis:
     scheme = urlsplit(spec).scheme.lower()
     if scheme == "memory":
         raise ValueError("the embedded store URL is exactly 'memory://' (no host or path)")
+    if scheme == CLUSTER_SCHEME:
+        return cluster_client(spec, password_file)
     if scheme not in REDIS_SCHEMES:
         raise ValueError(
             f"unsupported Redis URL scheme {scheme or '(none)'!r}: use redis://, rediss://, "
-            "unix://, redis+sentinel:// or memory:// (embedded, not persisted)"
+            "unix://, redis+sentinel://, redis+cluster:// or memory:// (embedded, not persisted)"
         )
     url_password = (
         sentinel.has_url_password(spec) if scheme == sentinel.SCHEME else urlsplit(spec).password

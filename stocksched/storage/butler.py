@@ -30,8 +30,10 @@ import redis
 
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, StorageError, storage_errors, ttl_to_ms
+from stocksched.storage.cluster import is_cluster
 from stocksched.storage.fence import Fence
 from stocksched.storage.series import SeriesStore
+from stocksched.storage.windows import moves_forward, window_end, write_window_apart
 
 if TYPE_CHECKING:  # pandas is imported by the first frame stored or read, not at start
     import pandas as pd
@@ -195,7 +197,7 @@ class DataIOButler:
         window_key = self._adapter.get_data(pointer_key)
         if window_key is None:
             return None
-        if _window_end(window_key, prefix, ticker, interval) is None:
+        if window_end(window_key, prefix, ticker, interval) is None:
             what = ticker if interval == keys.DAILY_INTERVAL else f"{ticker} {interval}"
             raise CorruptRecordError(pointer_key, f"names no {what} window: {window_key!r}")
         return self._load(window_key, tz)
@@ -227,6 +229,11 @@ class DataIOButler:
         """
         latest = keys.latest_key(prefix, ticker, interval=interval)
         client = self._adapter.client
+        if is_cluster(client):  # window, pointer and lease in three slots: three steps
+            with storage_errors("SET", key):
+                return write_window_apart(
+                    client, key, (prefix, ticker, interval), payload, px, fence
+                )
         with storage_errors("MULTI/EXEC", key), client.pipeline(transaction=True) as pipe:
             for _ in range(MAX_WATCH_ATTEMPTS):
                 try:
@@ -236,28 +243,13 @@ class DataIOButler:
                     current = pipe.get(latest)
                     pipe.multi()
                     pipe.set(key, payload, px=px)
-                    if _moves_forward(key, current, prefix, ticker, interval):
+                    if moves_forward(key, current, prefix, ticker, interval):
                         pipe.set(latest, key, px=px)
                     pipe.execute()
                     return
                 except redis.WatchError:
                     continue
             raise StorageError("MULTI/EXEC", key, "latest pointer kept changing under us (WATCH)")
-
-
-def _moves_forward(key: str, current: Any, prefix: str, ticker: str, interval: str) -> bool:
-    """Whether ``key`` should become latest: no usable pointer yet, or its end is not earlier."""
-    if current is None:
-        return True
-    current_end = _window_end(str(current), prefix, ticker, interval)
-    new_end = _window_end(key, prefix, ticker, interval)
-    return current_end is None or new_end is None or new_end >= current_end
-
-
-def _window_end(key: str, prefix: str, ticker: str, interval: str) -> str | None:
-    """The end part of a window key of this prefix, ticker and interval, None if it is not one."""
-    window = keys.data_key_window(key, prefix, ticker, interval=interval)
-    return window[1] if window is not None else None
 
 
 def _prefix(prefix: str) -> str:

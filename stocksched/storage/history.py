@@ -4,7 +4,8 @@
 inside a record update (``queue``), and ``record_fenced``, the one script that ends a
 run: it writes the job's runtime fields (``keys.job_state_key``, owned by
 ``jobs.JobRecords``) and their projection, appends the entry, and releases the run's
-lease, fenced by it -- a run's result is one round trip (issue 11).
+lease, fenced by it -- a run's result is one round trip (issue 11). On a Redis Cluster
+the projection follows in a second round trip (``stocksched.storage.globalkeys``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 import redis
 
 from stocksched.model import JobStatus, RunResult, iso
-from stocksched.storage import keys, scripts
+from stocksched.storage import globalkeys, keys, scripts
 from stocksched.storage.adapter import RedisAdapter, StorageError, storage_errors
+from stocksched.storage.cluster import is_cluster
 from stocksched.storage.fence import Fence, FenceLostError
 
 
@@ -26,6 +28,7 @@ class RunHistory:
 
     def __init__(self, adapter: RedisAdapter, history_limit: int = 1000) -> None:
         self._r = adapter.client
+        self._cluster = is_cluster(self._r)
         self._history_limit = history_limit
 
     def runs(self, job_id: str, limit: int) -> list[RunResult]:
@@ -40,7 +43,8 @@ class RunHistory:
             return
         with (
             storage_errors("XADD", keys.runs_key(results[0].job_id)),
-            self._r.pipeline(transaction=True) as pipe,
+            # on a cluster the jobs' streams may be in several slots: each XADD on its own
+            self._r.pipeline(transaction=not self._cluster) as pipe,
         ):
             for result in results:
                 self.queue(pipe, result)
@@ -84,6 +88,9 @@ class RunHistory:
         calls = [self._record_call(run) for run in runs]
         with storage_errors("EVALSHA record", keys.job_key(runs[0].result.job_id)):
             replies = scripts.evalsha_many(self._r, scripts.RECORD, calls, raise_on_error=False)
+            if self._cluster:
+                done = zip(runs, replies, strict=True)
+                globalkeys.project(self._r, [_projected(r) for r, out in done if out == "recorded"])
         return [_answer(run, out) for run, out in zip(runs, replies, strict=True)]
 
     def _record_call(self, run: Fenced) -> scripts.Call:
@@ -93,16 +100,7 @@ class RunHistory:
         ts = json.dumps(result.finished_at.timestamp())
         entry = [x for kv in result.to_fields().items() for x in kv]
         return {
-            "keys": [
-                fence.lease_key,
-                fence.slot_key,
-                fence.inflight_key,
-                keys.inflight_index_key(),
-                keys.job_key(job_id),
-                keys.job_state_key(job_id),
-                keys.job_runtime_key(),
-                keys.runs_key(job_id),
-            ],
+            "keys": scripts.record_keys(job_id, fence.run_id, cluster=self._cluster),
             "args": [
                 fence.token,
                 fence.run_id,
@@ -132,6 +130,12 @@ class Fenced:
 
 #: What recording one run of a batch came to (``RunHistory.record_fenced_many``).
 RecordAnswer = bool | FenceLostError | StorageError
+
+
+def _projected(run: Fenced) -> globalkeys.Projected:
+    """The projection entry ``RECORD`` writes on a single Redis, for a cluster's ``PROJECT``."""
+    ts = json.dumps(run.result.finished_at.timestamp())
+    return globalkeys.Projected(run.result.job_id, str(run.status), ts, ts if run.success else "")
 
 
 def _answer(run: Fenced, out: object) -> RecordAnswer:

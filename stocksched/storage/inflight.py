@@ -8,7 +8,11 @@ and returns such fields in one Lua script per job, so when several replicas scan
 once each interrupted run is returned to exactly one of them. A hash (not one JSON
 value) because a crashed run's record must survive while the next run of the same job
 is already going. ``scheduler:inflight_index`` lists the jobs that have records, so the
-scan reads a small set instead of SCANning a keyspace full of market data.
+scan reads a small set instead of SCANning a keyspace full of market data. On a Redis
+Cluster the index is in another hash slot than the jobs' hashes, so the scripts leave it
+alone: a claim adds the job just after its script (``globalkeys.after_claims``) and this
+scan drops the ids whose hash is gone, then looks at those hashes again and puts back any
+a claim wrote meanwhile -- the index stays a superset of the jobs with records.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from stocksched.clock import Clock
 from stocksched.model import Trigger, iso, parse_iso
 from stocksched.storage import keys
 from stocksched.storage.adapter import RedisAdapter, storage_errors
+from stocksched.storage.cluster import is_cluster
 
 log = logging.getLogger(__name__)
 
-# KEYS: inflight, running, inflight index. ARGV: job_id, dead owner prefix or ''
+# KEYS: inflight, running[, inflight index: a single Redis]. ARGV: job_id, dead owner
+# prefix or ''
 # Returns {run_id, json, run_id, json, ...} of records no live lease covers, deleting them.
 _TAKE_INTERRUPTED = """
 local live = false
@@ -47,7 +53,7 @@ for i = 1, #all, 2 do
     out[#out + 1] = all[i + 1]
   end
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then
+if KEYS[3] and redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SREM', KEYS[3], ARGV[1])
 end
 return out
@@ -106,6 +112,7 @@ class InflightRecords:
 
     def __init__(self, adapter: RedisAdapter, clock: Clock) -> None:
         self._r = adapter.client
+        self._cluster = is_cluster(self._r)
         self._clock = clock
         self._take = self._r.register_script(_TAKE_INTERRUPTED)
 
@@ -119,13 +126,36 @@ class InflightRecords:
         found: list[InflightRun] = []
         for job_id in job_ids:
             found.extend(self._take_job(job_id, prefix))
+        if self._cluster:
+            self._prune(job_ids)
         return found
+
+    def _prune(self, job_ids: list[str]) -> None:
+        """A cluster's index upkeep: drop the jobs whose hash is gone, then put back any
+        whose hash a claim wrote in between (it adds the id only after writing the hash)."""
+        if not job_ids:
+            return
+        with storage_errors("SREM", keys.inflight_index_key()):
+            gone = [j for j, n in zip(job_ids, self._exist(job_ids), strict=True) if not n]
+            if not gone:
+                return
+            self._r.srem(keys.inflight_index_key(), *gone)
+            back = [j for j, n in zip(gone, self._exist(gone), strict=True) if n]
+            if back:
+                self._r.sadd(keys.inflight_index_key(), *back)
+
+    def _exist(self, job_ids: list[str]) -> list[int]:
+        with self._r.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.exists(keys.inflight_key(job_id))
+            return [int(n) for n in pipe.execute()]
 
     def _take_job(self, job_id: str, dead_prefix: str) -> list[InflightRun]:
         key = keys.inflight_key(job_id)
         with storage_errors("EVALSHA take_interrupted", key):
             flat: list[Any] = self._take(
-                keys=[key, keys.running_key(job_id), keys.inflight_index_key()],
+                keys=[key, keys.running_key(job_id)]
+                + ([] if self._cluster else [keys.inflight_index_key()]),
                 args=[job_id, dead_prefix],
             )
         now = self._clock.now()

@@ -2,20 +2,19 @@
 
 One class, ``JobRecords``, owns every key of a job's observed state:
 
-- ``scheduler:job:{id}`` (JSON ScheduledJob but its runtime fields), ``scheduler:job_state:{id}``
-  (hash of the runtime fields: status, next_run, last_run, last_success, last_result)
-  and ``scheduler:job_index`` (set of ids);
+- ``scheduler:job:{id}`` (JSON ScheduledJob but its runtime fields; the braces are the
+  hash tag), ``scheduler:job_state:{id}`` (hash of the runtime fields: status, next_run,
+  last_run, last_success, last_result) and ``scheduler:job_index`` (set of ids);
 - ``scheduler:paused`` (set) and ``scheduler:job_runtime`` (hash id -> JobRuntime JSON),
   projections of the records written in the same transaction as each record update;
-- ``scheduler:removed:{id}``, a removed job's last record, kept a day;
-- ``scheduler:runs:{id}``, the capped run-history stream.
+- ``scheduler:removed:{id}``, a removed job's last record, kept a day; ``scheduler:runs:{id}``.
 
 Every record update is one optimistic transaction (WATCH/MULTI/EXEC) or one script, so a
-record is never half-written. A run's own result is one script fenced by its lease
-(``history.RunHistory.record_fenced``): runtime fields, history entry and the end of its
-lease in one round trip. What to
-write -- the diff against jobs.yaml, the runtime transitions -- is the domain's
-(``stocksched.registry.JobRegistry``).
+record is never half-written (on a Redis Cluster: the job's keys, one hash slot; the global
+ones just after, ``stocksched.storage.globalkeys``). A run's own result is one script fenced
+by its lease (``history.RunHistory.record_fenced``): runtime fields, history entry and the
+end of its lease in one round trip. What to write -- the diff against jobs.yaml, the
+runtime transitions -- is the domain's (``stocksched.registry.JobRegistry``).
 """
 
 from __future__ import annotations
@@ -37,8 +36,9 @@ from stocksched.model import (
     ScheduledJob,
     with_state,
 )
-from stocksched.storage import keys, scripts
+from stocksched.storage import globalkeys, keys, layout, scripts
 from stocksched.storage.adapter import RedisAdapter, storage_errors
+from stocksched.storage.cluster import is_cluster, mget, read_apart
 from stocksched.storage.history import RunHistory
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,9 @@ class JobRecords:
     """The job keys of one Redis; every method raises StorageError when Redis fails."""
 
     def __init__(self, adapter: RedisAdapter, history: RunHistory) -> None:
+        self._unmigrated: RedisAdapter | None = adapter  # until ``ids`` migrated the layout
         self._r = adapter.client
+        self._cluster = is_cluster(self._r)
         self._history = history
         self._create = self._r.register_script(scripts.CREATE)
         self._read_states = self._r.register_script(scripts.READ_STATES)
@@ -98,6 +100,10 @@ class JobRecords:
         return _decode(raw, None, _state(state))
 
     def ids(self) -> set[str]:
+        """The job index; the process's first read (on start) migrates (``storage.layout``)."""
+        if self._unmigrated is not None:
+            layout.migrate(self._unmigrated)
+            self._unmigrated = None
         with storage_errors("SMEMBERS", keys.job_index_key()):
             return {str(m) for m in self._r.smembers(keys.job_index_key())}
 
@@ -107,21 +113,23 @@ class JobRecords:
         """Records by id (None: no record), in one round trip: an MGET of the JSON and
         the state hashes (HMGETs for a few, one read-only script for many: 10,000 HMGETs
         cost redis-py ~0.3 s to pack and parse, the script's one reply ~0.1 s).
-
         ``specs``: (spec hash, validated spec) per id; a record with that hash gets that
         spec object instead of validating its stored copy again (the hash says it is equal).
         """
         if not ids:
             return {}
-        state_keys = [keys.job_state_key(i) for i in ids]
+        job_keys, state_keys = [keys.job_key(i) for i in ids], [keys.job_state_key(i) for i in ids]
         with (
             storage_errors("MGET", keys.JOB_PREFIX + "*"),
             self._r.pipeline(transaction=False) as pipe,
         ):
-            pipe.mget([keys.job_key(i) for i in ids])
-            _queue_state_reads(pipe, self._read_states, state_keys)
-            raws, *rest = pipe.execute()
-        states = _states_read(rest, len(ids))
+            if self._cluster:
+                raws, states = read_apart(pipe, job_keys, state_keys, list(RUNTIME_FIELDS))
+            else:
+                pipe.mget(job_keys)
+                _queue_state_reads(pipe, self._read_states, state_keys)
+                raws, *rest = pipe.execute()
+                states = _states_read(rest, len(ids))
         known = specs or {}
         return {
             i: _decode(raw, known.get(i), _state(state))
@@ -152,7 +160,7 @@ class JobRecords:
         if not ids:
             return {}
         with storage_errors("MGET", keys.removed_job_key("*")):
-            raws = self._r.mget([keys.removed_job_key(i) for i in ids])
+            raws = mget(self._r, [keys.removed_job_key(i) for i in ids])
         return {i: str(raw) for i, raw in zip(ids, raws, strict=True) if raw}
 
     # -- writes ----------------------------------------------------------------
@@ -167,6 +175,8 @@ class JobRecords:
         dropped in the same script (``scripts.CREATE``), ``batch`` jobs per pipeline; one
         bool per job, False where a record existed (another replica created it first)."""
         created: list[bool] = []
+        if self._cluster and jobs:  # its pipelines cannot load a script: on every node first
+            self._r.script_load(scripts.CREATE)
         for start in range(0, len(jobs), batch):
             part = jobs[start : start + batch]
             with (
@@ -176,6 +186,8 @@ class JobRecords:
                 for job in part:
                     self._queue_create(pipe, job)
                 replies = pipe.execute()
+                if self._cluster:
+                    globalkeys.after_creates(self._r, _created(part, replies))
             created += [bool(r) for r in replies]
         return created
 
@@ -183,14 +195,7 @@ class JobRecords:
         job_id = job.job_id
         state = [x for kv in job.state_fields().items() for x in kv]
         self._create(
-            keys=[
-                keys.job_key(job_id),
-                keys.job_state_key(job_id),
-                keys.job_index_key(),
-                keys.job_runtime_key(),
-                keys.paused_index_key(),
-                keys.removed_job_key(job_id),
-            ],
+            keys=scripts.create_keys(job_id, cluster=self._cluster),
             args=[
                 job_id,
                 job.record_json(),
@@ -216,19 +221,17 @@ class JobRecords:
                 full = json.dumps(with_state(json.loads(str(raw)), state), sort_keys=True)
                 pipe.set(keys.removed_job_key(job_id), full, ex=keys.REMOVED_TTL_S)
             pipe.delete(key, state_key)
-            pipe.srem(keys.job_index_key(), job_id)
-            pipe.srem(keys.paused_index_key(), job_id)
-            pipe.hdel(keys.job_runtime_key(), job_id)
+            if not self._cluster:
+                globalkeys.unlist(pipe, job_id)
 
         with storage_errors("WATCH/MULTI delete", key):
             self._r.transaction(txn, key, state_key)
+            if self._cluster:  # the global keys are in other slots: just after
+                globalkeys.unlist(self._r.pipeline(transaction=False), job_id).execute()
 
     def repair_projections(self, records: dict[str, ScheduledJob]) -> None:
-        """Bring the paused set and the runtime hash in line with the records they mirror.
-
-        Records written before these existed, or a set lost on its own, are repaired here;
-        in steady state this costs one round trip and no write.
-        """
+        """Bring the paused set and the runtime hash in line with the records they mirror
+        (older than these, a set lost, a cluster's write lost); at rest one read, no write."""
         with (
             storage_errors("SMEMBERS/HKEYS", keys.paused_index_key()),
             self._r.pipeline(transaction=False) as pipe,
@@ -246,7 +249,7 @@ class JobRecords:
             return
         with (
             storage_errors("MULTI repair", keys.paused_index_key()),
-            self._r.pipeline(transaction=True) as pipe,
+            self._r.pipeline(transaction=not self._cluster) as pipe,
         ):
             if add:
                 pipe.sadd(keys.paused_index_key(), *sorted(add))
@@ -272,6 +275,7 @@ class JobRecords:
         """
         key, state_key = keys.job_key(job_id), keys.job_state_key(job_id)
         result: list[ScheduledJob] = []
+        after: list[redis.client.Pipeline] = []  # a cluster's global writes, per attempt
 
         def txn(pipe: redis.client.Pipeline) -> None:
             raw = pipe.get(key)
@@ -282,16 +286,21 @@ class JobRecords:
             new = mutate(job)
             pipe.multi()
             migrate = len(state) < len(RUNTIME_FIELDS)
-            self._queue_update(pipe, job, new, history, paused, migrate=migrate)
+            globals_to = self._r.pipeline(transaction=False) if self._cluster else pipe
+            after[:] = [globals_to] if self._cluster else []
+            self._queue_update(pipe, globals_to, job, new, history, paused, migrate=migrate)
             result.append(new or job)
 
         with storage_errors("WATCH/MULTI update", key):
             self._r.transaction(txn, key, state_key)
+            for pipe in after:
+                pipe.execute()
         return result[-1]
 
     def _queue_update(
         self,
         pipe: redis.client.Pipeline,
+        globals_to: redis.client.Pipeline,
         job: ScheduledJob,
         new: ScheduledJob | None,
         history: RunResult | None,
@@ -299,7 +308,8 @@ class JobRecords:
         *,
         migrate: bool,
     ) -> None:
-        """Queue (inside MULTI) the new record with its projections, the entry, the index.
+        """Queue (inside MULTI) the new record with its projections, the entry, the index;
+        the global keys' writes go to ``globals_to`` (``pipe`` but on a cluster).
 
         Only the key whose part changed is written: the spec JSON or the state hash.
         ``migrate``: the state hash is missing fields (a record of an older version, its
@@ -313,11 +323,20 @@ class JobRecords:
             if migrate or new.state_fields() != job.state_fields():
                 state = new.state_fields()
                 pipe.hset(keys.job_state_key(job.job_id), mapping={k: state[k] for k in state})
-            _project(pipe, job, new)
+            _project(globals_to, job, new)
         if history is not None:
             self._history.queue(pipe, history)
         if paused is not None:
-            _index_paused(pipe, job.job_id, paused)
+            _index_paused(globals_to, job.job_id, paused)
+
+
+def _created(jobs: Sequence[ScheduledJob], replies: list[Any]) -> list[tuple[str, str, bool]]:
+    """(id, projection, paused) of the jobs ``CREATE`` created, for ``after_creates``."""
+    return [
+        (j.job_id, JobRuntime.of(j).to_json(), j.paused)
+        for j, r in zip(jobs, replies, strict=True)
+        if r
+    ]
 
 
 def _queue_state_reads(

@@ -1,4 +1,15 @@
-"""Every Redis key stocksched reads or writes is built here, and only here."""
+"""Every Redis key stocksched reads or writes is built here, and only here.
+
+Redis Cluster hash tags: the keys one job's run touches together (record, state hash, run
+history, slot claims, running lease, in-flight hash, tombstone) carry the job id in braces,
+``scheduler:job:{daily-tech}``, so they share one hash slot and one script or MULTI can
+update them; the keys of one ticker's series carry the ticker (``series_key``). The global
+keys (job index, paused set, runtime projection, in-flight index, replica index, series
+index) have no tag: each lives in its own slot, and is written in a command apart from
+the per-job keys whenever the store is a cluster (see ``stocksched.storage.cluster``). A
+single Redis ignores the braces. ``stocksched.storage.layout`` renames keys of the
+untagged layout before 0.14 on start.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +18,15 @@ JOB_INDEX = "scheduler:job_index"
 RUNS_PREFIX = "scheduler:runs:"
 
 
+def job_tag(job_id: str) -> str:
+    """The hash tag of every key of one job: ``{daily-tech}`` (job ids have no braces)."""
+    return f"{{{job_id}}}"
+
+
 def job_key(job_id: str) -> str:
-    """JSON record of one ScheduledJob (original design: ``scheduler:job:{id}``)."""
-    return f"{JOB_PREFIX}{job_id}"
+    """JSON record of one ScheduledJob: ``scheduler:job:{daily-tech}`` (the original
+    design's ``scheduler:job:<id>``, the id now in braces as the job's hash tag)."""
+    return f"{JOB_PREFIX}{job_tag(job_id)}"
 
 
 def job_index_key() -> str:
@@ -27,7 +44,7 @@ def job_state_key(job_id: str) -> str:
     Next to the record so a run's two scripts update them without rewriting the spec
     JSON; ``JobRecords`` reads the two keys as one ScheduledJob.
     """
-    return f"{JOB_STATE_PREFIX}{job_id}"
+    return f"{JOB_STATE_PREFIX}{job_tag(job_id)}"
 
 
 PAUSED_INDEX = "scheduler:paused"
@@ -37,7 +54,8 @@ JOB_RUNTIME = "scheduler:job_runtime"
 def paused_index_key() -> str:
     """Set of paused job ids: the pause override every replica's slot claim checks.
 
-    Written in the same transaction as the record's ``paused`` field, so the two agree.
+    Written in the same transaction as the record's ``paused`` field, so the two agree (on
+    a cluster: just after it, repaired at reconcile; the claim reads the record there).
     """
     return PAUSED_INDEX
 
@@ -46,9 +64,24 @@ def job_runtime_key() -> str:
     """Hash job id -> compact JSON of the record's run times and status (last_run, ...).
 
     A projection of the job records, written in the same transaction as each record
-    update, so every replica exports job-level gauges with one HGETALL.
+    update (on a cluster: just after it), so every replica exports job-level gauges with
+    one HGETALL.
     """
     return JOB_RUNTIME
+
+
+LAYOUT = "scheduler:layout"
+LAYOUT_LOCK = "scheduler:layout_lock"
+
+
+def layout_key() -> str:
+    """The key layout's version (``storage.layout``): absent before hash tags."""
+    return LAYOUT
+
+
+def layout_lock_key() -> str:
+    """Held (``SET NX PX``) by the one replica renaming keys to the current layout."""
+    return LAYOUT_LOCK
 
 
 REMOVED_PREFIX = "scheduler:removed:"
@@ -58,12 +91,12 @@ REMOVED_TTL_S = 24 * 3600
 def removed_job_key(job_id: str) -> str:
     """Tombstone of a job removed from the config: its last record, kept ``REMOVED_TTL_S``
     (one day), so a job re-added within that time gets its runtime state back."""
-    return f"{REMOVED_PREFIX}{job_id}"
+    return f"{REMOVED_PREFIX}{job_tag(job_id)}"
 
 
 def runs_key(job_id: str) -> str:
     """Capped stream of run-history entries for one job."""
-    return f"{RUNS_PREFIX}{job_id}"
+    return f"{RUNS_PREFIX}{job_tag(job_id)}"
 
 
 #: The bar interval whose keys carry no interval part (the original design's keys).
@@ -98,13 +131,18 @@ def data_key_window(
 
     None for anything else, including a window of the same ticker at another interval.
     """
-    head = f"{_series(prefix, ticker, interval)}:"
+    head = window_head(prefix, ticker, interval=interval)
     if not key.startswith(head):
         return None
     parts = key[len(head) :].split(":")
     if len(parts) != 2 or not all(parts):
         return None
     return parts[0], parts[1]
+
+
+def window_head(prefix: str, ticker: str, *, interval: str = DAILY_INTERVAL) -> str:
+    """What every window key of (prefix, ticker, interval) starts with, up to its dates."""
+    return f"{_series(prefix, ticker, interval)}:"
 
 
 def _series(prefix: str, ticker: str, interval: str) -> str:
@@ -155,22 +193,25 @@ REPLICA_INDEX = "scheduler:replica_index"
 
 
 def slot_key(run_id: str) -> str:
-    """Claim marker of one run id (``{job}:{unix_ms}``); outlives the run so it never reruns."""
-    return f"{SLOT_PREFIX}{run_id}"
+    """Claim marker of one run id (``job:unix_ms``, ``stocksched.runids``); outlives the run
+    so it never reruns. The job part is the hash tag: ``scheduler:slot:{job}:1700000000000``."""
+    job_id, sep, rest = run_id.partition(":")
+    return f"{SLOT_PREFIX}{job_tag(job_id)}{sep}{rest}"
 
 
 def running_key(job_id: str) -> str:
     """Per-job running lease (hash: owner token, run id) with a PX expiry the owner extends."""
-    return f"{RUNNING_PREFIX}{job_id}"
+    return f"{RUNNING_PREFIX}{job_tag(job_id)}"
 
 
 def inflight_key(job_id: str) -> str:
     """Hash run id -> JSON of the job's runs in progress; a field left behind is a crash."""
-    return f"{INFLIGHT_PREFIX}{job_id}"
+    return f"{INFLIGHT_PREFIX}{job_tag(job_id)}"
 
 
 def inflight_index_key() -> str:
-    """Set of job ids with in-flight records, so the crash scan never SCANs the keyspace."""
+    """Set of job ids with in-flight records, so the crash scan never SCANs the keyspace
+    (on a cluster a superset: the crash scan drops the ids whose hash is gone)."""
     return INFLIGHT_INDEX
 
 

@@ -31,13 +31,14 @@ it and take the lease later with ``wait_lease_job``. Slots that will
 not run at all (missed while down, market closed) are claimed with ``claim_slots``
 before they are recorded, so several replicas write one history entry per slot. A
 claim that wins may also mark the job running (``MarkRunning``), in the same script.
+All three keys carry the job id as hash tag (``scheduler:slot:{job}:...``), so on a
+Redis Cluster the claim is still one script; the in-flight index and the runtime
+projection follow in a second round trip there (``stocksched.storage.globalkeys``).
 
 Limits, stated rather than hidden: a lease is time-based, so a run whose process
 stalls (or whose Redis is unreachable) for longer than ``lease_ms`` loses it while
 still running; ``LeaseKeeper`` reports that through its callback so the run can be
-flagged, and another replica may meanwhile record the run as interrupted. The
-scripts touch several keys, so this targets one Redis (or a primary with
-replicas), not Redis Cluster.
+flagged, and another replica may meanwhile record the run as interrupted.
 """
 
 from __future__ import annotations
@@ -52,8 +53,9 @@ from enum import StrEnum
 
 from stocksched.clock import Clock, SystemClock
 from stocksched.model import Trigger, iso
-from stocksched.storage import keys, scripts
+from stocksched.storage import globalkeys, keys, scripts
 from stocksched.storage.adapter import RedisAdapter, storage_errors
+from stocksched.storage.cluster import is_cluster
 from stocksched.storage.fence import Fence
 from stocksched.storage.inflight import InflightRecords, InflightRun
 
@@ -142,6 +144,7 @@ class LeaseManager:
             raise ValueError("owner (the replica id) must be non-empty and contain no '/'")
         client = adapter.client
         self._r = client
+        self._cluster = is_cluster(client)
         self.owner = owner
         self.lease_ms = lease_ms
         self.slot_ttl_ms = slot_ttl_ms
@@ -263,7 +266,10 @@ class LeaseManager:
     ) -> ClaimResult:
         with storage_errors("EVALSHA claim", keys.slot_key(record.run_id)):
             reply = self._claim(**self._claim_call(record, take_slot, slot_ttl_ms, mark))
-        return self._claim_result(record, reply)
+            result = self._claim_result(record, reply)
+            if self._cluster and result.lease is not None:
+                globalkeys.after_claims(self._r, [(record.job_id, mark is not None)])
+        return result
 
     def try_claim_many(self, requests: Sequence[ClaimRequest]) -> list[ClaimResult]:
         """``try_claim`` for each request in one round trip: a pipeline of claim scripts,
@@ -280,7 +286,13 @@ class LeaseManager:
         ]
         with storage_errors("EVALSHA claim", keys.slot_key(requests[0].run_id)):
             replies = scripts.evalsha_many(self._r, scripts.CLAIM, calls)
-        return [self._claim_result(r, reply) for r, reply in zip(records, replies, strict=True)]
+            out = [self._claim_result(r, reply) for r, reply in zip(records, replies, strict=True)]
+            if self._cluster:
+                won = zip(out, requests, strict=True)
+                globalkeys.after_claims(
+                    self._r, [(q.job_id, q.mark is not None) for r, q in won if r.lease]
+                )
+        return out
 
     def _claim_call(
         self,
@@ -292,16 +304,7 @@ class LeaseManager:
         """The claim script's keys and arguments (``scripts.CLAIM``)."""
         job_id, run_id = record.job_id, record.run_id
         return {
-            "keys": [
-                keys.slot_key(run_id),
-                keys.running_key(job_id),
-                keys.inflight_key(job_id),
-                keys.inflight_index_key(),
-                keys.paused_index_key(),
-                keys.job_key(job_id),
-                keys.job_state_key(job_id),
-                keys.job_runtime_key(),
-            ],
+            "keys": scripts.claim_keys(job_id, run_id, cluster=self._cluster),
             "args": [
                 record.owner,
                 run_id,
@@ -345,16 +348,15 @@ class LeaseManager:
         with storage_errors("EVALSHA finish_run", key):
             return bool(
                 self._finish_run(
-                    keys=[key, keys.inflight_index_key(), keys.running_key(lease.job_id)],
+                    keys=[key, keys.running_key(lease.job_id)]
+                    + ([] if self._cluster else [keys.inflight_index_key()]),
                     args=[lease.run_id, lease.job_id, lease.token],
                 )
             )
 
     def holder(self, job_id: str) -> tuple[str, str] | None:
         """(replica id, run id) of the job's running lease, held on any replica; None if free.
-
-        A read for messages only: ``claim`` decides. A field the hash lacks reads as ``?``.
-        """
+        A read for messages only: ``claim`` decides. A field the hash lacks reads as ``?``."""
         key = keys.running_key(job_id)
         with storage_errors("HMGET", key):
             owner, run_id = self._r.hmget(key, ["owner", "run_id"])

@@ -30,12 +30,13 @@ each other's bars. Many series are written in one pipeline (``write_many``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from stocksched.storage import keys, seriescodec
 from stocksched.storage.adapter import RedisAdapter, StorageError, storage_errors
-from stocksched.storage.fence import Fence, FenceLostError
+from stocksched.storage.cluster import is_cluster
+from stocksched.storage.fence import Fence, FenceLostError, check_apart
 from stocksched.storage.scripts import Call, evalsha_many
 from stocksched.storage.seriesscripts import READ, Upsert, next_tag, run_upserts
 
@@ -151,6 +152,9 @@ class SeriesStore:
         Raises FenceLostError for a fenced write whose run lost its lease (the others are
         applied), StorageError when Redis fails or conflicts never settle.
         """
+        if is_cluster(self._adapter.client):  # lease and series in different slots
+            check_apart(self._adapter.client, [w.fence for w in writes if w.fence is not None])
+            writes = [replace(w, fence=None) for w in writes]
         versions: dict[int, int] = {}
         todo = list(range(len(writes)))
         bases = [_Base.of(w.base, w) if w.base is not None else _Base() for w in writes]
