@@ -23,6 +23,11 @@ from tests.servers import RedisServer, free_port
 #: The real Redis deployments a test of ``redis_server``/``real_redis`` runs against;
 #: ``STOCKSCHED_TEST_REDIS=single`` (or ``cluster``) runs one of them only.
 REDIS_KINDS = os.environ.get("STOCKSCHED_TEST_REDIS", "single,cluster").split(",")
+#: ``STOCKSCHED_TEST_CLUSTER_E2E=all`` runs every slow end-to-end test (daemon
+#: subprocesses) on the cluster too; by default only those marked ``cluster_e2e`` do, the
+#: rest on the single server: their Redis calls are the ones the fast tests already run on
+#: both, and doubling every daemon test would take the suite past its 8 minutes.
+CLUSTER_E2E_ALL = os.environ.get("STOCKSCHED_TEST_CLUSTER_E2E", "") == "all"
 RealRedis = RedisServer | RedisClusterServers
 
 
@@ -31,6 +36,31 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "single_redis(reason): runs on a single real redis-server only, not on the cluster too",
     )
+    config.addinivalue_line(
+        "markers",
+        "cluster_e2e: a slow end-to-end test that runs on the cluster too by default",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the cluster variants of slow tests not marked ``cluster_e2e`` (see
+    ``CLUSTER_E2E_ALL``)."""
+    if CLUSTER_E2E_ALL:
+        return
+    keep: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        on_cluster = params is not None and "cluster" in (
+            params.params.get("redis_kind"),
+            params.params.get("any_redis"),
+        )
+        slow = item.get_closest_marker("slow") is not None
+        wanted = item.get_closest_marker("cluster_e2e") is not None
+        (dropped if on_cluster and slow and not wanted else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session")

@@ -118,6 +118,7 @@ jobs:
 """
 
 
+@pytest.mark.cluster_e2e
 @pytest.mark.slow
 @pytest.mark.parametrize("redis_kind", ["cluster"], indirect=True)
 def test_two_daemons_on_a_cluster_run_every_slot_once_and_spread_the_data(
