@@ -8,7 +8,7 @@ keys (job index, paused set, runtime projection, in-flight index, replica index,
 index) have no tag: each lives in its own slot, and is written in a command apart from
 the per-job keys whenever the store is a cluster (see ``stocksched.storage.cluster``). A
 single Redis ignores the braces. ``stocksched.storage.layout`` renames keys of the
-untagged layout before 0.14 on start.
+untagged layout of earlier versions on start.
 """
 
 from __future__ import annotations
