@@ -2,8 +2,8 @@
 
 Before Redis Cluster support a job's keys had no hash tag (``scheduler:job:daily-tech``);
 now they carry the job id in braces (``scheduler:job:{daily-tech}``,
-``stocksched.storage.keys``), which a single Redis ignores and a Redis Cluster needs. ``migrate`` runs before a process first
-reads the job index (``JobRecords.ids``: a daemon's first load, a ``run-job``): it takes
+``stocksched.storage.keys``), which a single Redis ignores and a Redis Cluster needs.
+``migrate`` runs before a process first reads the job index (``JobRecords.ids``: a daemon's first load, a ``run-job``): it takes
 a lock (``SET NX PX``), renames every per-job key of the old layout to its new name
 (``RENAME`` keeps a key's expiry), and marks the layout done (``scheduler:layout``), so
 later starts cost one GET. Replicas starting meanwhile wait for the mark. Its SCANs (one
