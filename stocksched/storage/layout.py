@@ -1,15 +1,16 @@
 """The key layout, and the one-time rename of the keys written before hash tags.
 
-Before Redis Cluster support a job's keys had no hash tag (``scheduler:job:daily-tech``);
-now they carry the job id in braces (``scheduler:job:{daily-tech}``,
-``stocksched.storage.keys``), which a single Redis ignores and a Redis Cluster needs.
-``migrate`` runs before a process first reads the job index (``JobRecords.ids``: a daemon's first load, a ``run-job``): it takes
-a lock (``SET NX PX``), renames every per-job key of the old layout to its new name
-(``RENAME`` keeps a key's expiry), and marks the layout done (``scheduler:layout``), so
-later starts cost one GET. Replicas starting meanwhile wait for the mark. Its SCANs (one
-per old prefix) walk the keyspace of that Redis, market data included, once; stop every
-replica of the old version first, since an old replica would go on writing the old names.
-A cluster is new to stocksched, so it is only marked.
+Before Redis Cluster support a job's keys had no hash tag
+(``scheduler:job:daily-tech``); now they carry the job id in braces
+(``scheduler:job:{daily-tech}``, ``stocksched.storage.keys``), which a single Redis
+ignores and a Redis Cluster needs. ``migrate`` runs before a process first reads the job
+index (``JobRecords.ids``: a daemon's first load, a ``run-job``): it takes a lock (``SET
+NX PX``), renames every per-job key of the old layout to its new name (``RENAME`` keeps
+a key's expiry), and marks the layout done (``scheduler:layout``), so later starts cost
+one GET. Replicas starting meanwhile wait for the mark. Its SCANs (one per old prefix)
+walk the keyspace of that Redis, market data included, once; stop every replica of the
+old version first, since an old replica would go on writing the old names. A cluster is
+new to stocksched, so it is only marked.
 """
 
 from __future__ import annotations
