@@ -83,7 +83,8 @@ class Runs:
         run_id = self._table.dispatch(state, slot, now, spec.id in self.running, run_id)
         if run_id is not None:
             early = fire_at if fire_at is not None and fire_at > now else None
-            handle = RunHandle(run_id, Trigger.SCHEDULE, slot, early or now, start_at=early)
+            # started_at: the claim's (the lease's) start; the body's is in the result
+            handle = RunHandle(run_id, Trigger.SCHEDULE, slot, now, start_at=early)
             self.submit(spec, handle, state.next_run)
 
     def submit(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> None:
