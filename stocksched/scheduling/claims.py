@@ -47,6 +47,7 @@ class RunHandle:
     lease: Lease | None = None  # the cross-replica running lease, once claimed
     cancel_reason: str = ""  # why ``cancel`` was set: lease lost, shutdown grace over
     lease_done: bool = False  # the lease needs no release: recorded with it, or lost
+    start_at: datetime | None = None  # claimed early: the body starts then (``lead``)
 
 
 class Claims:

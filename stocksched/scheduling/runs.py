@@ -23,6 +23,7 @@ from stocksched.registry import JobRegistry
 from stocksched.scheduling.bookkeeping import Bookkeeping
 from stocksched.scheduling.claimer import SlotClaimer
 from stocksched.scheduling.claims import Claims, RunHandle
+from stocksched.scheduling.lead import wait_for_slot
 from stocksched.scheduling.recorder import Ended, RunRecorder, log_fence_lost
 from stocksched.scheduling.recovery import CrashRecovery
 from stocksched.scheduling.slots import JobState
@@ -69,13 +70,21 @@ class Runs:
     # -- starting (under the lock) -------------------------------------------------------
 
     def dispatch(
-        self, state: JobState, slot: datetime, now: datetime, run_id: str | None = None
+        self,
+        state: JobState,
+        slot: datetime,
+        now: datetime,
+        run_id: str | None = None,
+        fire_at: datetime | None = None,
     ) -> None:
-        """Start the due slot, unless the timetable passes it over."""
+        """Start the due slot, unless the timetable passes it over; a ``fire_at`` still
+        ahead of ``now``: claimed now, the body starts then (``lead``)."""
         spec = state.spec
         run_id = self._table.dispatch(state, slot, now, spec.id in self.running, run_id)
         if run_id is not None:
-            handle = RunHandle(run_id, Trigger.SCHEDULE, slot, now)
+            early = fire_at if fire_at is not None and fire_at > now else None
+            # started_at: the claim's (the lease's) start; the body's is in the result
+            handle = RunHandle(run_id, Trigger.SCHEDULE, slot, now, start_at=early)
             self.submit(spec, handle, state.next_run)
 
     def submit(self, spec: JobSpec, handle: RunHandle, next_run: datetime | None) -> None:
@@ -133,6 +142,8 @@ class Runs:
             if not self.claims.claim(spec, handle, next_run, answer):
                 return None
             assert handle.lease is not None
+            if not wait_for_slot(self._clock, handle.start_at, handle.cancel):
+                return self._not_started(spec, handle)
             result = self._executor.execute_job(
                 spec,
                 run_id=handle.run_id,
@@ -161,6 +172,22 @@ class Runs:
             )
             handle.outcome = JobStatus.FAILED
             return None
+
+    def _not_started(self, spec: JobSpec, handle: RunHandle) -> RunResult:
+        """Claimed early and cancelled before its slot came: recorded failed, with why
+        (the fenced record ends the lease and the job's running mark)."""
+        now = self._clock.now()
+        handle.outcome = JobStatus.FAILED
+        return RunResult(
+            job_id=spec.id,
+            run_id=handle.run_id,
+            trigger=handle.trigger,
+            scheduled_for=handle.scheduled_for,
+            started_at=now,
+            finished_at=now,
+            status=RunStatus.FAILED,
+            reason=f"not started: {handle.cancel_reason}",
+        )
 
     def _on_lease_lost(self, lease: Lease, reason: str) -> None:
         with self._cond:

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from stocksched.calendars import MarketCalendars
 from stocksched.clock import Clock
@@ -27,6 +27,7 @@ from stocksched.runids import manual_run_id
 from stocksched.scheduling.bookkeeping import Bookkeeping
 from stocksched.scheduling.claims import JobBusyError, RunHandle
 from stocksched.scheduling.gcsettle import GcSettler
+from stocksched.scheduling.lead import CLAIM_LEAD, ClaimLead
 from stocksched.scheduling.runs import Runs
 from stocksched.scheduling.timetable import Timetable
 from stocksched.storage.leases import LeaseManager
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 CANCEL_WAIT_S = 3.0
 # The loop wakes at least this often (the daemon lowers it to its watchdog interval).
 MAX_SLEEP_S = 30.0
+ZERO = timedelta(0)
 
 
 class JobScheduler:
@@ -77,6 +79,7 @@ class JobScheduler:
             registry, executor, clock, leases, self._book, self._table, self._wake,
             self._pool, self._recorder, metrics,
         )  # fmt: skip
+        self._lead = ClaimLead(self._runs.running)
         self._pause_epoch = 0
         self._thread = BackgroundThread("scheduler", self._loop)
         self._gc = GcSettler(clock)
@@ -90,13 +93,14 @@ class JobScheduler:
             self._table.set_jobs(records, now)
             self._wake.notify_all()
 
-    def tick(self, now: datetime | None = None) -> datetime | None:
-        """Dispatch every slot due at ``now``; return the earliest remaining fire time."""
+    def tick(self, now: datetime | None = None, lead: timedelta = ZERO) -> datetime | None:
+        """Dispatch the slots due by ``now`` + ``lead`` (``lead``); the next fire time."""
         now = now or self._clock.now()
         with self._lock:
             self._table.check_clock(now)
-            for state, slot, run_id in self._table.due(now):
-                self._runs.dispatch(state, slot, now, run_id)
+            horizon = self._lead.begin(now, lead)
+            for state, slot, run_id, fire_at in self._table.due(horizon, self._lead.hold):
+                self._runs.dispatch(state, slot, now, run_id, fire_at)
             self._runs.claimer.flush()
             self._table.dirty = False
             return self._table.next_fire_at()
@@ -246,7 +250,7 @@ class JobScheduler:
             if self._on_loop is not None:
                 self._on_loop()
             try:
-                next_due = self.tick()
+                next_due = self.tick(lead=CLAIM_LEAD)
             except Exception:  # one bad job must not stop the scheduler
                 log.exception("scheduler step failed; continuing")
                 next_due = None
@@ -262,7 +266,7 @@ class JobScheduler:
                     continue
                 timeout = self._max_sleep if retry_in is None else min(self._max_sleep, retry_in)
                 if next_due is not None:
-                    timeout = min(timeout, (next_due - self._clock.now()).total_seconds())
+                    timeout = min(timeout, self._lead.sleep_s(next_due, self._clock.now()))
                 if timeout > 0:
                     self._wake.wait(timeout)
 

@@ -60,6 +60,17 @@ class Entry(NamedTuple):
     run_id: str | None = None  # set for the rerun of an interrupted run
 
 
+def plain_catchup(entry: Entry, job_id: str, slot: datetime) -> bool:
+    """A plain catch-up of the slot being rerun: it would hold the job and skip the rerun.
+
+    A crash between the claim and the record's ``next_run`` update leaves ``next_run``
+    on the crashed slot, so the restart also arms a plain catch-up of it. That one can
+    only find the slot taken (the crashed run claimed it), but dispatched first it
+    holds the job, and the rerun behind it would be skipped and never run.
+    """
+    return entry.job_id == job_id and entry.slot == slot and entry.catchup and entry.run_id is None
+
+
 def jitter_offset(job_id: str, slot: datetime, jitter: timedelta) -> timedelta:
     if jitter <= timedelta(0):
         return timedelta(0)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 
 from stocksched.calendars import MarketCalendars
@@ -48,6 +48,7 @@ from stocksched.scheduling.slots import (
     adopt_mark,
     jitter_offset,
     log_step_back,
+    plain_catchup,
 )
 
 log = logging.getLogger(__name__)
@@ -213,17 +214,26 @@ class Timetable:
 
     # -- due slots ---------------------------------------------------------------------
 
-    def due(self, now: datetime) -> Iterator[tuple[JobState, datetime, str | None]]:
-        """Pop every slot due at ``now``: (job, slot, run id of a rerun or None)."""
+    def due(
+        self, now: datetime, hold: Callable[[Entry], bool] | None = None
+    ) -> Iterator[tuple[JobState, datetime, str | None, datetime]]:
+        """Pop every slot firing by ``now``: (job, slot, run id of a rerun or None, fire
+        time); ``hold``: which to leave in the heap for a later tick (``lead``)."""
+        held: list[Entry] = []
         while self._heap and self._heap[0].fire_at <= now:
             entry = heapq.heappop(self._heap)
             state = self.jobs.get(entry.job_id)
             if state is None or state.gen != entry.gen or not state.active:
                 continue  # stale entry: the job changed, paused or left the config
+            if hold is not None and hold(entry):
+                held.append(entry)
+                continue
             slot = entry.slot
             if not entry.catchup:
                 slot = self._advance(state, slot, now)
-            yield state, slot, entry.run_id
+            yield state, slot, entry.run_id, entry.fire_at
+        for entry in held:
+            heapq.heappush(self._heap, entry)
 
     def next_fire_at(self) -> datetime | None:
         return self._heap[0].fire_at if self._heap else None
@@ -286,18 +296,8 @@ class Timetable:
         self.dirty = True
 
     def _drop_plain_catchup(self, job_id: str, slot: datetime) -> None:
-        """Unqueue a catch-up of the slot being rerun; it would hold the job and skip the rerun.
-
-        A crash between the claim and the record's ``next_run`` update leaves ``next_run``
-        on the crashed slot, so the restart also arms a plain catch-up of it. That one can
-        only find the slot taken (the crashed run claimed it), but dispatched first it
-        holds the job, and the rerun behind it would be skipped and never run.
-        """
-        kept = [
-            e
-            for e in self._heap
-            if not (e.job_id == job_id and e.slot == slot and e.catchup and e.run_id is None)
-        ]
+        """Unqueue a catch-up of the slot being rerun (``slots.plain_catchup``)."""
+        kept = [e for e in self._heap if not plain_catchup(e, job_id, slot)]
         if len(kept) != len(self._heap):
             self._heap = kept
             heapq.heapify(self._heap)
