@@ -304,7 +304,7 @@ class Metrics:
         )
         self.schedule_lateness = Histogram(
             "stocksched_schedule_lateness_seconds",
-            "Delay from a slot's due time to its dispatch.",
+            "Delay from a slot's due time to the start of its run's body (scheduled runs).",
             buckets=LATENESS_BUCKETS,
             registry=r,
         )

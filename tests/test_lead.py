@@ -68,10 +68,12 @@ class GatedLeases(LeaseManager):
         return answers
 
 
-def _rig(client: redis.Redis, clock: Clock) -> tuple[JobRegistry, RigScheduler, GatedLeases]:
+def _rig(
+    client: redis.Redis, clock: Clock, metrics: Metrics | None = None
+) -> tuple[JobRegistry, RigScheduler, GatedLeases]:
     adapter = RedisAdapter(client)
     registry = JobRegistry(adapter, clock)
-    metrics = Metrics("test")
+    metrics = metrics or Metrics("test")
     executor = JobExecutor({"demo": DemoFetcher()}, DataIOButler(adapter), clock, 4, metrics)
     leases = GatedLeases(adapter, clock)
     sched = make_scheduler(
@@ -86,7 +88,8 @@ def test_a_slot_claimed_early_starts_its_body_at_the_slot_not_before(
     real_redis: redis.Redis,
 ) -> None:
     clock = RunningClock(EARLY)
-    registry, sched, leases = _rig(real_redis, clock)
+    metrics = Metrics("test")
+    registry, sched, leases = _rig(real_redis, clock, metrics)
     try:
         sched.tick(clock.now(), lead=CLAIM_LEAD)
         assert sched.is_running("a")  # handed to the claimer before its slot
@@ -99,6 +102,11 @@ def test_a_slot_claimed_early_starts_its_body_at_the_slot_not_before(
     assert run.status != RunStatus.FAILED
     assert leases.claimed_at[0] <= run.started_at  # claimed first, then started ...
     assert run.started_at >= SLOT  # ... at the slot, not before: started_at is the body's
+    # the lateness metric measures slot -> body start (not the early hand-over, always 0)
+    sample = metrics.registry.get_sample_value
+    assert sample("stocksched_schedule_lateness_seconds_count") == 1
+    late = sample("stocksched_schedule_lateness_seconds_sum")
+    assert late is not None and 0 < late <= (run.started_at - SLOT).total_seconds() + 0.5
 
 
 def test_without_a_lead_nothing_is_dispatched_before_its_slot(real_redis: redis.Redis) -> None:

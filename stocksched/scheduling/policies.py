@@ -13,7 +13,6 @@ from typing import Protocol
 from stocksched.calendars import MarketCalendars
 from stocksched.clock import iso_utc
 from stocksched.jobs.spec import JobSpec
-from stocksched.metrics import Metrics
 from stocksched.model import RunResult, RunStatus, Trigger
 from stocksched.scheduling.slots import JobState, note_slot, repeat_for, slot_run_id
 
@@ -41,8 +40,7 @@ def slot_ttl_ms(spec: JobSpec | None) -> int:
 class SlotPolicy:
     """Decides each due slot of a job; called by the timetable under the scheduler's lock."""
 
-    def __init__(self, metrics: Metrics, calendars: MarketCalendars, sink: SlotSink) -> None:
-        self._metrics = metrics
+    def __init__(self, calendars: MarketCalendars, sink: SlotSink) -> None:
         self._calendars = calendars
         self._sink = sink
 
@@ -79,7 +77,6 @@ class SlotPolicy:
         if busy:
             self._overlap(state, slot, now)
             return None
-        self._metrics.schedule_lateness.observe(max(0.0, (now - slot).total_seconds()))
         run_id = run_id or slot_run_id(state, spec.id, slot)
         note_slot(state, slot)
         return run_id

@@ -144,6 +144,9 @@ class Runs:
             assert handle.lease is not None
             if not wait_for_slot(self._clock, handle.start_at, handle.cancel):
                 return self._not_started(spec, handle)
+            if handle.trigger == Trigger.SCHEDULE and handle.scheduled_for is not None:
+                late = (self._clock.now() - handle.scheduled_for).total_seconds()
+                self._metrics.schedule_lateness.observe(max(0.0, late))
             result = self._executor.execute_job(
                 spec,
                 run_id=handle.run_id,

@@ -66,7 +66,7 @@ class Timetable:
         self._clock = clock
         self._metrics = metrics
         self._sink = sink
-        self._policy = SlotPolicy(metrics, calendars, sink)
+        self._policy = SlotPolicy(calendars, sink)
         self.jobs: dict[str, JobState] = {}
         self._heap: list[Entry] = []
         self._seq = itertools.count()
