@@ -7,6 +7,7 @@ ended by the same benchmark (context managers below), even when it fails.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import socket
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -266,3 +268,38 @@ def rebuild_scheduler(c: Any, **overrides: Any) -> Callable[[float], None]:
         book.submit(lambda: None).result(timeout)
 
     return flush
+
+
+class FakeYahooProcess:
+    """``python -m bench.fake_yahoo`` in its own process (its GIL is not ours): ``delay``
+    seconds a request, ``rate`` requests a second (GCRA), per client address with
+    ``per_address``; ``stats`` reads its counters."""
+
+    def __init__(self, delay: float, rate: float, home: Path, per_address: bool = False) -> None:
+        cmd = [sys.executable, "-m", "bench.fake_yahoo", "--delay", str(delay)]
+        cmd += ["--rate", str(rate), *(["--per-address"] if per_address else [])]
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=clean_env(home), stdout=subprocess.PIPE, text=True
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # "fake Yahoo on http://127.0.0.1:PORT ..."
+        if "127.0.0.1:" not in line:
+            self.stop()
+            sys.exit(f"fake Yahoo did not start: {line!r}")
+        self.port = int(line.split("127.0.0.1:")[1].split()[0])
+
+    def stats(self) -> dict[str, int]:
+        from bench.fake_yahoo import STATS_PATH
+
+        url = f"http://127.0.0.1:{self.port}{STATS_PATH}"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return dict(json.loads(resp.read()))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -38,7 +38,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, clean_env, free_port, private_redis, proc_cpu_seconds, ready
+from bench._common import (
+    REPO,
+    FakeYahooProcess,
+    clean_env,
+    free_port,
+    private_redis,
+    proc_cpu_seconds,
+    ready,
+)
 
 JOB_ID = "fanout-1000"
 PREFIX = "bench_fanout"
@@ -104,35 +112,6 @@ def child(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parent
 
 
-class FakeYahoo:
-    """``python -m bench.fake_yahoo --per-address`` in its own process."""
-
-    def __init__(self, delay: float, rate: float, home: Path) -> None:
-        cmd = [sys.executable, "-m", "bench.fake_yahoo", "--delay", str(delay)]
-        cmd += ["--rate", str(rate), "--per-address"]
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO, env=clean_env(home), stdout=subprocess.PIPE, text=True
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # "fake Yahoo on http://127.0.0.1:PORT ..."
-        if "127.0.0.1:" not in line:
-            self.stop()
-            sys.exit(f"fake Yahoo did not start: {line!r}")
-        self.port = int(line.split("127.0.0.1:")[1].split()[0])
-
-    def stats(self) -> dict[str, int]:
-        from bench.fake_yahoo import STATS_PATH
-
-        url = f"http://127.0.0.1:{self.port}{STATS_PATH}"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return dict(json.loads(resp.read()))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-
 def _wait(pred: Any, timeout: float, what: str, procs: list[subprocess.Popen[bytes]]) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,7 +147,7 @@ def run_replicas(n: int, args: argparse.Namespace, server: Any, tmp: Path) -> di
 
     server.client().flushall()
     (tmp / "jobs.yaml").write_text(jobs_yaml(args.tickers, args.retries))
-    fake = FakeYahoo(args.delay, args.rate, tmp / "home")
+    fake = FakeYahooProcess(args.delay, args.rate, tmp / "home", per_address=True)
     procs: list[subprocess.Popen[bytes]] = []
     ports = [free_port() for _ in range(n)]
     try:

@@ -33,14 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, clean_env, private_redis
+from bench._common import REPO, FakeYahooProcess, clean_env, private_redis
 
 JOB_ID = "fetch-1000"
 PREFIX = "bench_fetch"
@@ -125,43 +124,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- parent
 
 
-class FakeYahooProcess:
-    """``python -m bench.fake_yahoo`` in its own process (its GIL is not ours)."""
-
-    def __init__(self, delay: float, rate: float) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.fake_yahoo", "--delay", str(delay), "--rate", str(rate)],
-            cwd=REPO,
-            env=clean_env(Path(tempfile.gettempdir()) / "bench-fake-home"),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # "fake Yahoo on http://127.0.0.1:PORT ..."
-        if "127.0.0.1:" not in line:
-            self.stop()
-            sys.exit(f"fake Yahoo did not start: {line!r}")
-        self.port = int(line.split("127.0.0.1:")[1].split()[0])
-
-    def stats(self) -> dict[str, int]:
-        from bench.fake_yahoo import STATS_PATH
-
-        url = f"http://127.0.0.1:{self.port}{STATS_PATH}"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return dict(json.loads(resp.read()))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def run_config(args: argparse.Namespace, redis_url: str, limit: bool) -> dict[str, Any]:
-    fake = FakeYahooProcess(args.delay, args.rate)
+    fake = FakeYahooProcess(args.delay, args.rate, Path(tempfile.gettempdir()) / "bench-fake-home")
     try:
         cmd = [
             sys.executable,
