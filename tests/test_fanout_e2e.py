@@ -41,7 +41,6 @@ def _env(replica: str) -> dict[str, str]:
     }
 
 
-@pytest.mark.cluster_e2e
 @pytest.mark.slow
 def test_a_replica_killed_mid_run_loses_no_ticker(
     launch: Launch, real_redis: redis.Redis, tmp_path: Path

@@ -317,7 +317,6 @@ def started_after(runs: list[RunResult], t: float) -> int:
     return sum(1 for r in runs if r.status in EXECUTED and r.started_at.timestamp() > t)
 
 
-@pytest.mark.cluster_e2e
 @pytest.mark.slow
 def test_three_replicas_run_every_slot_exactly_once_also_when_one_is_killed(
     tmp_path: Path, real_redis: redis.Redis, launch: Launch
