@@ -87,6 +87,7 @@ def test_a_replica_frozen_past_its_lease_writes_nothing_after_waking(
         assert "Traceback" not in rep.stop()
 
 
+@pytest.mark.single_redis("stalls the one server with DEBUG SLEEP")
 def test_a_redis_stall_past_the_socket_timeout_leaves_no_phantom_run(
     tmp_path: Path, real_redis: redis.Redis, redis_server: RedisServer, launch: Launch
 ) -> None:
