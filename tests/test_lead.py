@@ -34,13 +34,22 @@ EARLY = SLOT - CLAIM_LEAD * 0.8  # inside the lead: claimed now, started at SLOT
 
 
 class RunningClock:
-    """Real time, shifted to start at ``start``: a worker waiting for a slot gets there."""
+    """Real time, shifted to start at ``start``: a worker waiting for a slot gets there.
+
+    It stands at ``start`` until ``go``: setting the rig up (slower on a cluster) must not
+    carry the clock past the slot before the test's tick.
+    """
 
     def __init__(self, start: datetime) -> None:
         self._start = start
+        self._mono: float | None = None
+
+    def go(self) -> None:
         self._mono = time.monotonic()
 
     def now(self) -> datetime:
+        if self._mono is None:
+            return self._start
         return self._start + timedelta(seconds=time.monotonic() - self._mono)
 
     def monotonic(self) -> float:
@@ -91,6 +100,7 @@ def test_a_slot_claimed_early_starts_its_body_at_the_slot_not_before(
     metrics = Metrics("test")
     registry, sched, leases = _rig(real_redis, clock, metrics)
     try:
+        clock.go()
         sched.tick(clock.now(), lead=CLAIM_LEAD)
         assert sched.is_running("a")  # handed to the claimer before its slot
         assert sched.wait_idle(10)
@@ -148,6 +158,7 @@ def test_a_run_waiting_for_its_slot_during_a_drain_runs_at_its_slot(
     clock = RunningClock(EARLY)
     registry, sched, leases = _rig(real_redis, clock)
     leases.gate.clear()
+    clock.go()
     sched.tick(clock.now(), lead=CLAIM_LEAD)
     left: list[list[str]] = []
     stopper = threading.Thread(target=lambda: left.append(sched.stop(10)))
@@ -167,6 +178,7 @@ def test_a_pause_between_the_claim_and_the_slot_lets_the_run_happen(
     registry, sched, leases = _rig(real_redis, clock)
     leases.after.append(lambda: sched.set_paused("a", True))
     try:
+        clock.go()
         sched.tick(clock.now(), lead=CLAIM_LEAD)
         assert sched.wait_idle(10)
         sched.flush_bookkeeping()
