@@ -49,6 +49,19 @@ class RunHandle:
     lease_done: bool = False  # the lease needs no release: recorded with it, or lost
     start_at: datetime | None = None  # claimed early: the body starts then (``lead``)
 
+    def not_run(self, job_id: str, now: datetime, reason: str) -> RunResult:
+        """The history entry of this run when its body never ran: failed at ``now``."""
+        return RunResult(
+            job_id=job_id,
+            run_id=self.run_id,
+            trigger=self.trigger,
+            scheduled_for=self.scheduled_for,
+            started_at=now,
+            finished_at=now,
+            status=RunStatus.FAILED,
+            reason=reason,
+        )
+
 
 class Claims:
     """A run's cross-replica side: the slot claim, the running lease, keeping, release."""
@@ -140,16 +153,8 @@ class Claims:
     def _unclaimed(self, spec: JobSpec, handle: RunHandle, exc: StorageError) -> None:
         """Redis failed the claim: the run is recorded failed, by whoever claims it later."""
         self._book.health.failed(f"claim slot job={spec.id}", exc)
-        now = self._clock.now()
-        result = RunResult(
-            job_id=spec.id,
-            run_id=handle.run_id,
-            trigger=handle.trigger,
-            scheduled_for=handle.scheduled_for,
-            started_at=now,
-            finished_at=now,
-            status=RunStatus.FAILED,
-            reason="Redis unavailable: slot could not be claimed",
+        result = handle.not_run(
+            spec.id, self._clock.now(), "Redis unavailable: slot could not be claimed"
         )
 
         def write() -> None:

@@ -179,18 +179,8 @@ class Runs:
     def _not_started(self, spec: JobSpec, handle: RunHandle) -> RunResult:
         """Claimed early and cancelled before its slot came: recorded failed, with why
         (the fenced record ends the lease and the job's running mark)."""
-        now = self._clock.now()
         handle.outcome = JobStatus.FAILED
-        return RunResult(
-            job_id=spec.id,
-            run_id=handle.run_id,
-            trigger=handle.trigger,
-            scheduled_for=handle.scheduled_for,
-            started_at=now,
-            finished_at=now,
-            status=RunStatus.FAILED,
-            reason=f"not started: {handle.cancel_reason}",
-        )
+        return handle.not_run(spec.id, self._clock.now(), f"not started: {handle.cancel_reason}")
 
     def _on_lease_lost(self, lease: Lease, reason: str) -> None:
         with self._cond:
